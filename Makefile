@@ -1,0 +1,37 @@
+# moestat: the two commands that set everything up on a fresh machine.
+#   make demo   create .venv, install, run the default study, write results/
+#   make test   create .venv, install with test extras, run the whole suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test,torch,dask]"
+	touch $@ $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	MPLBACKEND=Agg $(BIN)/python examples/plot_gaussian_moe_demo.py --out results
+
+test: $(VENV)/.installed-test
+	MPLBACKEND=Agg $(BIN)/python -m pytest -n 2 --durations=15
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check moestat tests examples benchmarks
+
+bench: $(VENV)/.installed-base
+	$(BIN)/python benchmarks/bench_em.py
+
+clean:
+	rm -rf $(VENV) results build *.egg-info

@@ -1,0 +1,31 @@
+"""moestat: estimation and convergence rates for mixture-of-experts models.
+
+A model is a gate times an expert family::
+
+    p(y | x) = sum_i g_i(x) f(y | x; theta_i)
+
+fitted by EM or direct maximum likelihood, with scikit-learn estimators on
+top.
+"""
+
+from moestat.estimators import GaussianMoE, PolynomialMoE
+from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
+from moestat.experts import GaussianExpert, GaussianExpertParams
+from moestat.gates import GateParams, SoftmaxGate
+from moestat.model import Design, MixtureOfExperts, MoEParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianMoE",
+    "PolynomialMoE",
+    "MixtureOfExperts",
+    "MoEParams",
+    "Design",
+    "SoftmaxGate",
+    "GateParams",
+    "GaussianExpert",
+    "GaussianExpertParams",
+    "ConvergenceWarning",
+    "DegenerateFitWarning",
+]

@@ -1,0 +1,138 @@
+"""Simulated data sets with a known true model.
+
+Every generator returns the data and the :class:`~moestat.MixtureOfExperts`
+that generated it, so examples and tests need no external data and the
+truth can be compared with a fit through the same object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moestat._validation import Interval, InstanceOf, as_generator, validate_params
+from moestat.experts import GaussianExpert, GaussianExpertParams
+from moestat.gates import GATE_NAMES, GateParams, resolve_gate
+from moestat.model import MixtureOfExperts, MoEParams
+
+__all__ = ["make_moe_regression"]
+
+
+def _random_params(
+    model: MixtureOfExperts,
+    n_experts: int,
+    n_features: int,
+    noise_var: float,
+    gate_scale: float,
+    coef_scale: float,
+    rng: np.random.Generator,
+) -> MoEParams:
+    design = model.design(np.zeros((1, n_features)))
+    p_gate, p_expert = design.gate.shape[1], design.expert.shape[1]
+    gate_coef = rng.normal(0.0, gate_scale, size=(n_experts, p_gate))
+    gate_coef -= gate_coef[0]
+    # Spread the intercepts so that the experts are distinct atoms.
+    expert_coef = rng.normal(0.0, coef_scale, size=(n_experts, p_expert))
+    expert_coef[:, 0] = coef_scale * (np.arange(n_experts) - (n_experts - 1) / 2)
+    expert_coef[:, 0] += rng.normal(0.0, 0.1 * coef_scale, size=n_experts)
+    var = np.full(n_experts, float(noise_var))
+    return MoEParams(GateParams(gate_coef), GaussianExpertParams(expert_coef, var))
+
+
+def make_moe_regression(
+    n_samples: int = 1000,
+    n_experts: int = 2,
+    n_features: int = 1,
+    *,
+    degree: int = 1,
+    gate: Any = "softmax",
+    params: MoEParams | None = None,
+    noise_var: float = 0.1,
+    gate_scale: float = 4.0,
+    coef_scale: float = 2.0,
+    x_low: float = -1.0,
+    x_high: float = 1.0,
+    random_state: Any = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], MixtureOfExperts]:
+    """Draw a regression data set from a Gaussian mixture of experts.
+
+    Covariates are uniform on ``[x_low, x_high]^n_features``; responses are
+    drawn from the true model ``p(y | x)``.
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+        Number of samples.
+    n_experts : int, default=2
+        Number of true experts.
+    n_features : int, default=1
+        Number of covariates ``d``.
+    degree : int, default=1
+        Order of the experts' polynomial mean.
+    gate : {"softmax"} or gate object, default="softmax"
+        The true gate.
+    params : MoEParams, optional
+        True parameters. If omitted they are drawn at random: gate rows
+        ``N(0, gate_scale^2)`` (the first set to zero), expert coefficients
+        ``N(0, coef_scale^2)`` with intercepts spread ``coef_scale`` apart,
+        and every variance equal to ``noise_var``.
+    noise_var : float, default=0.1
+        Expert variance used when ``params`` is omitted.
+    gate_scale, coef_scale : float, default=4.0, 2.0
+        Scales of the random parameters.
+    x_low, x_high : float, default=-1.0, 1.0
+        Range of the uniform covariates.
+    random_state : None, int or numpy Generator, default=None
+        One stream for the parameters, the covariates and the responses.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,)
+    true_model : MixtureOfExperts
+        The generating model with its parameters.
+
+    Examples
+    --------
+    >>> from moestat.datasets import make_moe_regression
+    >>> X, y, truth = make_moe_regression(n_samples=500, n_experts=3,
+    ...                                   random_state=0)
+    >>> X.shape, y.shape, truth.n_experts
+    ((500, 1), (500,), 3)
+    """
+    validate_params(
+        "make_moe_regression",
+        {
+            "n_samples": n_samples,
+            "n_experts": n_experts,
+            "n_features": n_features,
+            "degree": degree,
+            "noise_var": noise_var,
+            "gate": gate,
+        },
+        {
+            "n_samples": (Interval("int", 1, None),),
+            "n_experts": (Interval("int", 1, None),),
+            "n_features": (Interval("int", 1, None),),
+            "degree": (Interval("int", 0, None),),
+            "noise_var": (Interval("real", 0, None, closed="neither"),),
+            "gate": (
+                InstanceOf(str, "a gate name"),
+                InstanceOf(tuple(GATE_NAMES.values()), "a gate object"),
+            ),
+        },
+    )
+    if not x_low < x_high:
+        raise ValueError(f"x_low must be below x_high; got {x_low} and {x_high}.")
+    rng = as_generator(random_state)
+    model = MixtureOfExperts(resolve_gate(gate), GaussianExpert(degree=degree))
+    if params is None:
+        params = _random_params(
+            model, n_experts, n_features, noise_var, gate_scale, coef_scale, rng
+        )
+    model = model.with_params(params)
+    X = rng.uniform(x_low, x_high, size=(n_samples, n_features))
+    y, _ = model.sample(X, rng)
+    return X, y, model

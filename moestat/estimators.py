@@ -1,0 +1,525 @@
+"""scikit-learn estimators for mixture-of-experts regression.
+
+The base class owns validation, restarts, the convergence warning and the
+final E-step; subclasses only say which expert family they use.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from moestat._validation import (
+    RANDOM_STATE,
+    InstanceOf,
+    Interval,
+    Options,
+    as_generator,
+    validate_params,
+)
+from moestat.exceptions import ConvergenceWarning
+from moestat.experts import GaussianExpert
+from moestat.fit import INIT_METHODS, fit_restarts, warn_on_degeneracy
+from moestat.gates import GATE_NAMES, resolve_gate
+from moestat.model import MixtureOfExperts, MoEParams
+
+__all__ = ["GaussianMoE", "PolynomialMoE"]
+
+_COMMON_CONSTRAINTS: dict[str, tuple] = {
+    "n_experts": (Interval("int", 1, None),),
+    "gate": (
+        Options(tuple(GATE_NAMES)),
+        InstanceOf(tuple(GATE_NAMES.values()), "a gate object"),
+    ),
+    "solver": (Options(("em", "mle")),),
+    "n_init": (Interval("int", 1, None),),
+    "init": (
+        Options(INIT_METHODS),
+        InstanceOf(MoEParams, "a MoEParams start"),
+    ),
+    "tol": (Interval("real", 0, None),),
+    "max_iter": (Interval("int", 1, None),),
+    "reg_var": (Interval("real", 0, None),),
+    "shared_variance": (InstanceOf(bool, "a bool"),),
+    "polish": (InstanceOf(bool, "a bool"),),
+    "random_state": RANDOM_STATE,
+}
+
+
+class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
+    """Shared machinery of the regression estimators (not public)."""
+
+    _parameter_constraints: dict[str, tuple] = _COMMON_CONSTRAINTS
+
+    # -- hooks for subclasses -------------------------------------------------
+    def _expert_family(self) -> GaussianExpert:
+        raise NotImplementedError
+
+    def _model_spec(self) -> MixtureOfExperts:
+        return MixtureOfExperts(resolve_gate(self.gate), self._expert_family())
+
+    # -- fitting ---------------------------------------------------------------
+    def fit(self, X: ArrayLike, y: ArrayLike) -> _BaseMixtureOfExpertsRegressor:
+        """Fit the mixture of experts by maximum likelihood.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates (numpy array, list or pandas DataFrame).
+        y : array-like of shape (n_samples,)
+            Responses.
+
+        Returns
+        -------
+        self
+            The fitted estimator.
+        """
+        validate_params(
+            type(self).__name__, self.get_params(deep=False), self._parameter_constraints
+        )
+        X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        self._check_enough_data(X, y)
+        model = self._model_spec()
+        design = model.design(X)
+        var_floor = float(self.reg_var * np.var(y))
+        if isinstance(self.init, MoEParams):
+            self._check_start(self.init, design)
+        with np.errstate(over="ignore", under="ignore"):
+            best, results = fit_restarts(
+                model,
+                design,
+                X,
+                y,
+                n_experts=self.n_experts,
+                solver=self.solver,
+                init=self.init,
+                n_init=self.n_init,
+                rng=as_generator(self.random_state),
+                tol=self.tol,
+                max_iter=self.max_iter,
+                var_floor=var_floor,
+                polish=self.polish,
+            )
+        self._store(best, results, design, var_floor)
+        if not best.converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in max_iter="
+                f"{self.max_iter} iterations (best of {self.n_init} restarts). "
+                "Increase max_iter, raise tol, or try more restarts (n_init).",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        warn_on_degeneracy(best, var_floor, min_weight=design.expert.shape[1] + 1.0)
+        return self
+
+    def _check_enough_data(self, X: NDArray, y: NDArray) -> None:
+        n_samples = X.shape[0]
+        needed = max(2 * self.n_experts, 2)
+        if n_samples < needed:
+            raise ValueError(
+                f"{type(self).__name__} with n_experts={self.n_experts} needs at "
+                f"least {needed} samples (two per expert); got n_samples = "
+                f"{n_samples}."
+            )
+        if np.ptp(y) == 0:
+            raise ValueError(
+                f"y is constant (every value is {y[0]!r}): a mixture of experts "
+                "cannot be fitted to data with no spread."
+            )
+
+    def _check_start(self, start: MoEParams, design) -> None:
+        m = self.n_experts
+        expected = {
+            "gate coef": (start.gate.coef.shape, (m, design.gate.shape[1])),
+            "expert coef": (start.expert.coef.shape, (m, design.expert.shape[1])),
+            "expert var": (start.expert.var.shape, (m,)),
+        }
+        for name, (got, want) in expected.items():
+            if got != want:
+                raise ValueError(
+                    f"init: the {name} has shape {got}, expected {want} for "
+                    f"n_experts={m} and {self.n_features_in_} features."
+                )
+
+    def _store(self, best, results, design, var_floor) -> None:
+        self.model_ = best.model
+        params = best.model.params
+        self.params_ = params
+        self.gate_coef_ = params.gate.coef
+        self.expert_coef_ = params.expert.coef
+        self.expert_var_ = params.expert.var
+        self.log_likelihood_ = best.log_likelihood
+        self.log_likelihood_trace_ = best.trace
+        self.n_iter_ = best.n_iter
+        self.converged_ = best.converged
+        self.restart_log_likelihoods_ = np.array([r.log_likelihood for r in results])
+        self.restart_converged_ = np.array([r.converged for r in results])
+        self.var_floor_ = var_floor
+        self.n_parameters_ = self.model_.n_free_parameters(self.n_features_in_)
+        names = [f"x{j}" for j in range(self.n_features_in_)]
+        if hasattr(self, "feature_names_in_"):
+            names = [str(c) for c in self.feature_names_in_]
+        self.gate_feature_names_ = self.model_.gate.design_names(names)
+        self.expert_feature_names_ = self.model_.expert.design_names(names)
+
+    # -- prediction -----------------------------------------------------------
+    def _validated(self, X: ArrayLike) -> NDArray:
+        check_is_fitted(self, "model_")
+        return validate_data(self, X, reset=False, dtype=np.float64)
+
+    def _validated_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
+        check_is_fitted(self, "model_")
+        return validate_data(self, X, y, reset=False, y_numeric=True, dtype=np.float64)
+
+    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Predict the conditional mean ``E[y | x]``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``sum_i g_i(x) mu_i(x)``: the expert means mixed by the gate.
+        """
+        X = self._validated(X)
+        return self.model_.predict(X)
+
+    def predict_gate(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Gate weights ``g_i(x)``: the probability of each expert given x alone.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+            Rows sum to one.
+        """
+        X = self._validated(X)
+        return self.model_.gate_weights(X)
+
+    def predict_expert_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Alias of :meth:`predict_gate`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+        """
+        return self.predict_gate(X)
+
+    def predict_experts(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Each expert's own conditional mean.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+        """
+        X = self._validated(X)
+        return self.model_.expert_means(X)
+
+    def predict_posterior(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+        """Posterior responsibilities ``P(expert i | x, y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+        """
+        X, y = self._validated_xy(X, y)
+        return self.model_.responsibilities(X, y)
+
+    def score_samples(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+        """Conditional log-density ``log p(y | x)`` of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        X, y = self._validated_xy(X, y)
+        return self.model_.log_pdf(X, y)
+
+    def sample(self, X: ArrayLike, random_state: Any = None) -> NDArray[np.float64]:
+        """Draw responses ``y ~ p(y | x)`` from the fitted model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        random_state : None, int or numpy Generator, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        X = self._validated(X)
+        return self.model_.sample(X, random_state)[0]
+
+    # -- information criteria ----------------------------------------------
+    def bic(self, X: ArrayLike, y: ArrayLike) -> float:
+        """Bayesian information criterion on (X, y); lower is better.
+
+        ``-2 log L + p log n`` with ``p`` the number of free parameters
+        (``n_parameters_``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        float
+        """
+        log_lik = self.score_samples(X, y)
+        return float(-2.0 * log_lik.sum() + self.n_parameters_ * np.log(len(log_lik)))
+
+    def aic(self, X: ArrayLike, y: ArrayLike) -> float:
+        """Akaike information criterion on (X, y); lower is better.
+
+        ``-2 log L + 2 p`` with ``p`` the number of free parameters.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        float
+        """
+        log_lik = self.score_samples(X, y)
+        return float(-2.0 * log_lik.sum() + 2.0 * self.n_parameters_)
+
+
+_FITTED_ATTRIBUTES_DOC = """
+    Attributes
+    ----------
+    model_ : MixtureOfExperts
+        The fitted conditional density (gate, experts and parameters).
+    params_ : MoEParams
+        The fitted parameters (``model_.params``); usable as ``init``.
+    gate_coef_ : ndarray of shape (n_experts, 1 + n_features)
+        Gate intercept and slopes per expert; the first row is the
+        reference (zero) for the softmax gate.
+    expert_coef_ : ndarray of shape (n_experts, n_basis)
+        Expert coefficients on the basis named by ``expert_feature_names_``.
+    expert_var_ : ndarray of shape (n_experts,)
+        Expert noise variances.
+    log_likelihood_ : float
+        Total log-likelihood of the training data at the fitted parameters.
+    log_likelihood_trace_ : ndarray
+        Log-likelihood after each iteration of the best restart.
+    n_iter_ : int
+        Iterations of the best restart.
+    converged_ : bool
+        Whether the best restart met the stopping rule.
+    restart_log_likelihoods_ : ndarray of shape (n_init,)
+        Final log-likelihood of every restart.
+    restart_converged_ : ndarray of shape (n_init,)
+        Converged flag of every restart.
+    n_parameters_ : int
+        Number of free parameters (used by ``bic`` and ``aic``).
+    var_floor_ : float
+        The variance floor ``reg_var * Var(y)`` in force.
+    gate_feature_names_, expert_feature_names_ : list of str
+        Names of the gate's and the experts' design columns.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Feature names, when X had string column names.
+"""
+
+_COMMON_PARAMETERS_DOC = """
+    gate : {"softmax"} or gate object, default="softmax"
+        The gating function; a name or an object such as
+        ``moestat.SoftmaxGate()``.
+    solver : {"em", "mle"}, default="em"
+        ``"em"``: the EM algorithm; ``"mle"``: direct maximisation of the
+        log-likelihood by L-BFGS-B with analytic gradients.
+    n_init : int, default=10
+        Number of restarts; the one with the highest likelihood is kept.
+    init : {"auto", "kmeans", "random"} or MoEParams, default="auto"
+        How restarts start. ``"kmeans"``: a k-means partition of the
+        standardised (x, y); ``"random"``: the best of 5 random partitions
+        (each sample to the nearest of m random data points) after 10 EM
+        iterations; ``"auto"``: k-means for the first restart, ``"random"``
+        for the others. Starting parameters (a ``MoEParams``, e.g. another
+        fit's ``params_``) are used for the first restart.
+    tol : float, default=1e-6
+        Stopping tolerance on the change of the mean log-likelihood,
+        ``|l_t - l_{t-1}| <= tol * max(|l_{t-1}|, |l_t|, 1)``.
+    max_iter : int, default=1000
+        Maximum iterations per restart.
+    reg_var : float, default=1e-6
+        Variance floor, relative to ``Var(y)``: every expert variance is
+        kept at or above ``reg_var * Var(y)`` (the Gaussian likelihood is
+        unbounded as an expert collapses onto a point).
+    shared_variance : bool, default=False
+        If True all experts share one noise variance.
+    polish : bool, default=True
+        Finish the best restart with L-BFGS-B on the log-likelihood (the
+        EM-then-MLE hybrid): EM converges linearly and its stopping rule can
+        leave the last digits of the maximum unreached. The polish is kept
+        only if it does not lower the likelihood.
+    random_state : int, numpy Generator or None, default=None
+        Seeds the one random stream that every restart draws from.
+"""
+
+
+class GaussianMoE(_BaseMixtureOfExpertsRegressor):
+    __doc__ = (
+        """Mixture of linear Gaussian experts with a gate on x.
+
+    ``p(y | x) = sum_i g_i(x) N(y | b_i + a_i^T x, nu_i)``.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``m``."""
+        + _COMMON_PARAMETERS_DOC
+        + _FITTED_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    PolynomialMoE : Experts whose mean is a polynomial of order k.
+
+    Examples
+    --------
+    >>> from moestat import GaussianMoE
+    >>> from moestat.datasets import make_moe_regression
+    >>> X, y, truth = make_moe_regression(n_samples=2000, random_state=0)
+    >>> est = GaussianMoE(n_experts=2, random_state=0).fit(X, y)
+    >>> est.predict_gate(X[:3]).shape
+    (3, 2)
+    """
+    )
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        *,
+        gate: Any = "softmax",
+        solver: str = "em",
+        n_init: int = 10,
+        init: Any = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        reg_var: float = 1e-6,
+        shared_variance: bool = False,
+        polish: bool = True,
+        random_state: Any = None,
+    ) -> None:
+        self.n_experts = n_experts
+        self.gate = gate
+        self.solver = solver
+        self.n_init = n_init
+        self.init = init
+        self.tol = tol
+        self.max_iter = max_iter
+        self.reg_var = reg_var
+        self.shared_variance = shared_variance
+        self.polish = polish
+        self.random_state = random_state
+
+    def _expert_family(self) -> GaussianExpert:
+        return GaussianExpert(degree=1, shared_variance=self.shared_variance)
+
+
+class PolynomialMoE(_BaseMixtureOfExpertsRegressor):
+    __doc__ = (
+        """Mixture of Gaussian experts whose means are polynomials of order k.
+
+    ``p(y | x) = sum_i g_i(x) N(y | a_i^T phi_k(x), nu_i)`` where ``phi_k``
+    holds every monomial of total degree at most ``k`` (scikit-learn's
+    ``PolynomialFeatures``). As in the polynomial-expert papers the gate
+    sees x itself (affine scores) while the experts see the polynomial basis.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``m``.
+    degree : int, default=2
+        Order ``k`` of the experts' polynomial mean (0: constant experts)."""
+        + _COMMON_PARAMETERS_DOC
+        + _FITTED_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    GaussianMoE : The linear case (``degree=1``).
+
+    References
+    ----------
+    .. [1] Mendes, E. F. and Jiang, W. (2012). On convergence rates of
+       mixtures of polynomial experts. Neural Computation 24(11).
+
+    Examples
+    --------
+    >>> from moestat import PolynomialMoE
+    >>> from moestat.datasets import make_moe_regression
+    >>> X, y, truth = make_moe_regression(n_samples=2000, degree=2, random_state=0)
+    >>> est = PolynomialMoE(n_experts=2, degree=2, random_state=0).fit(X, y)
+    >>> est.expert_coef_.shape
+    (2, 3)
+    """
+    )
+
+    _parameter_constraints = {
+        **_COMMON_CONSTRAINTS,
+        "degree": (Interval("int", 0, None),),
+    }
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        degree: int = 2,
+        *,
+        gate: Any = "softmax",
+        solver: str = "em",
+        n_init: int = 10,
+        init: Any = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        reg_var: float = 1e-6,
+        shared_variance: bool = False,
+        polish: bool = True,
+        random_state: Any = None,
+    ) -> None:
+        self.n_experts = n_experts
+        self.degree = degree
+        self.gate = gate
+        self.solver = solver
+        self.n_init = n_init
+        self.init = init
+        self.tol = tol
+        self.max_iter = max_iter
+        self.reg_var = reg_var
+        self.shared_variance = shared_variance
+        self.polish = polish
+        self.random_state = random_state
+
+    def _expert_family(self) -> GaussianExpert:
+        return GaussianExpert(degree=self.degree, shared_variance=self.shared_variance)

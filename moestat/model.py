@@ -1,0 +1,268 @@
+"""A mixture of experts: a gate times an expert family, with parameters.
+
+``MixtureOfExperts(gate, expert, params)`` is a complete conditional density
+
+    p(y | x) = sum_i g_i(x; gate) f(y | x; expert_i).
+
+The same object is the true model of a simulation and the result of a fit,
+so the truth and the estimate share one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import linear_sum_assignment
+
+from moestat._math import logsumexp_rows
+from moestat._validation import as_generator
+from moestat.experts import GaussianExpert, GaussianExpertParams
+from moestat.gates import GateParams, SoftmaxGate
+
+__all__ = ["MoEParams", "Design", "MixtureOfExperts"]
+
+Gate = SoftmaxGate
+Expert = GaussianExpert
+
+
+@dataclass(frozen=True)
+class MoEParams:
+    """Parameters of a mixture of experts: the gate's and the experts'.
+
+    Parameters
+    ----------
+    gate : GateParams
+        Gate parameters, one row per expert.
+    expert : GaussianExpertParams
+        Expert parameters, one row per expert.
+    """
+
+    gate: GateParams
+    expert: GaussianExpertParams
+
+    @property
+    def n_experts(self) -> int:
+        """Number of experts."""
+        return self.gate.n_experts
+
+
+@dataclass(frozen=True)
+class Design:
+    """The two design matrices a model works on, built once per data set.
+
+    Parameters
+    ----------
+    gate : ndarray of shape (n, p_gate)
+        The gate's design (``[1, x]`` for an affine gate).
+    expert : ndarray of shape (n, p_expert)
+        The experts' basis (``[1, x, x^2, ...]`` for polynomial experts).
+    """
+
+    gate: NDArray[np.float64]
+    expert: NDArray[np.float64]
+
+    @property
+    def n_samples(self) -> int:
+        """Number of rows."""
+        return self.gate.shape[0]
+
+
+# -- pure functions on designs (the fitting engines' hot path) ---------------
+def log_joint(
+    gate: Gate, expert: Expert, params: MoEParams, design: Design, y: NDArray
+) -> NDArray[np.float64]:
+    """``log g_i(x_t) + log f(y_t | x_t; theta_i)`` of shape (n, m)."""
+    return gate.log_weights(params.gate, design.gate) + expert.log_density(
+        params.expert, design.expert, y
+    )
+
+
+def responsibilities_from_log_joint(
+    log_joint_values: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """E-step: posterior responsibilities and per-sample log-likelihoods."""
+    log_lik = logsumexp_rows(log_joint_values)
+    return np.exp(log_joint_values - log_lik[:, None]), log_lik
+
+
+@dataclass(frozen=True)
+class MixtureOfExperts:
+    """A gate times an expert family, optionally with parameter values.
+
+    Parameters
+    ----------
+    gate : gate object
+        For example :class:`moestat.SoftmaxGate`.
+    expert : expert family
+        For example :class:`moestat.GaussianExpert`.
+    params : MoEParams, optional
+        Parameter values; without them the object is a model *specification*
+        (what the fitting engines start from).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from moestat import MixtureOfExperts, SoftmaxGate, GaussianExpert
+    >>> from moestat import MoEParams, GateParams, GaussianExpertParams
+    >>> params = MoEParams(
+    ...     GateParams(np.array([[0.0, 0.0], [0.0, 4.0]])),
+    ...     GaussianExpertParams(np.array([[1.0, 2.0], [-1.0, -2.0]]),
+    ...                          np.array([0.1, 0.1])))
+    >>> model = MixtureOfExperts(SoftmaxGate(), GaussianExpert(), params)
+    >>> X = np.linspace(-1, 1, 5)[:, None]
+    >>> model.gate_weights(X).sum(axis=1)
+    array([1., 1., 1., 1., 1.])
+    """
+
+    gate: Gate
+    expert: Expert
+    params: MoEParams | None = None
+
+    # -- structure ---------------------------------------------------------
+    @property
+    def n_experts(self) -> int:
+        """Number of experts ``m``."""
+        return self._require_params().n_experts
+
+    def design(self, X: ArrayLike) -> Design:
+        """Build the gate's and the experts' design matrices from ``X``."""
+        X = np.asarray(X, dtype=float)
+        return Design(self.gate.design(X), self.expert.design(X))
+
+    def n_free_parameters(self, n_features: int, n_experts: int | None = None) -> int:
+        """Number of free parameters (the identifiable parametrisation).
+
+        Parameters
+        ----------
+        n_features : int
+            Number of covariates ``d``.
+        n_experts : int, optional
+            Defaults to the number of experts in ``params``.
+        """
+        m = self.n_experts if n_experts is None else n_experts
+        design = self.design(np.zeros((1, n_features)))
+        return self.gate.n_free_parameters(
+            m, design.gate.shape[1]
+        ) + self.expert.n_free_parameters(m, design.expert.shape[1])
+
+    def with_params(self, params: MoEParams) -> MixtureOfExperts:
+        """Return the same model with other parameter values."""
+        return replace(self, params=params)
+
+    def _require_params(self) -> MoEParams:
+        if self.params is None:
+            raise ValueError(
+                "This MixtureOfExperts has no parameter values; pass params= "
+                "or use a fitted model."
+            )
+        return self.params
+
+    # -- the conditional density ------------------------------------------
+    def gate_weights(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Gate weights ``g_i(x)`` of shape (n, m): the prior of each expert."""
+        params = self._require_params()
+        return np.exp(self.gate.log_weights(params.gate, self.design(X).gate))
+
+    def expert_means(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Each expert's conditional mean, shape (n, m)."""
+        params = self._require_params()
+        return self.expert.mean(params.expert, self.design(X).expert)
+
+    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Conditional mean ``E[y | x] = sum_i g_i(x) E_i[y | x]``."""
+        params = self._require_params()
+        design = self.design(X)
+        weights = np.exp(self.gate.log_weights(params.gate, design.gate))
+        means = self.expert.mean(params.expert, design.expert)
+        return np.sum(weights * means, axis=1)
+
+    def log_pdf(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+        """``log p(y_t | x_t)`` for each sample, shape (n,)."""
+        design = self.design(X)
+        y = np.asarray(y, dtype=float)
+        values = log_joint(self.gate, self.expert, self._require_params(), design, y)
+        return logsumexp_rows(values)
+
+    def responsibilities(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+        """Posterior probability of each expert given (x, y), shape (n, m)."""
+        design = self.design(X)
+        y = np.asarray(y, dtype=float)
+        values = log_joint(self.gate, self.expert, self._require_params(), design, y)
+        return responsibilities_from_log_joint(values)[0]
+
+    def sample(
+        self, X: ArrayLike, random_state: Any = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
+        """Draw ``y ~ p(y | x)`` at each row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+        random_state : None, int or numpy Generator, default=None
+            Source of randomness.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            The responses.
+        labels : ndarray of shape (n_samples,)
+            The expert that generated each response.
+        """
+        rng = as_generator(random_state)
+        params = self._require_params()
+        design = self.design(X)
+        weights = np.exp(self.gate.log_weights(params.gate, design.gate))
+        cumulative = np.cumsum(weights, axis=1)
+        u = rng.random(design.n_samples) * cumulative[:, -1]
+        labels = np.minimum((cumulative < u[:, None]).sum(axis=1), weights.shape[1] - 1)
+        y = self.expert.sample(params.expert, design.expert, labels, rng)
+        return y, labels
+
+    # -- relabelling ---------------------------------------------------------
+    def permute(self, perm: ArrayLike) -> MixtureOfExperts:
+        """Return the model with its experts reordered by ``perm``.
+
+        Every per-expert quantity moves together; the gate re-anchors its
+        reference expert where its identifiability rule requires it.
+        """
+        params = self._require_params()
+        return self.with_params(
+            MoEParams(
+                self.gate.permute(params.gate, perm),
+                self.expert.permute(params.expert, perm),
+            )
+        )
+
+    def match_experts(self, reference: MixtureOfExperts) -> NDArray[np.intp]:
+        """Permutation that best aligns these experts with ``reference``'s.
+
+        Hungarian matching on the experts' parameter vectors (coefficients
+        and variance). ``self.permute(perm)`` then lists the experts in the
+        reference's order.
+
+        Parameters
+        ----------
+        reference : MixtureOfExperts
+            A model with the same number of experts.
+
+        Returns
+        -------
+        ndarray of shape (n_experts,)
+        """
+        if reference.n_experts != self.n_experts:
+            raise ValueError(
+                f"Cannot match {self.n_experts} experts to {reference.n_experts}."
+            )
+        ours = self.expert.atoms(self._require_params().expert)
+        theirs = reference.expert.atoms(reference._require_params().expert)
+        cost = np.linalg.norm(theirs[:, None, :] - ours[None, :, :], axis=2)
+        rows, cols = linear_sum_assignment(cost)
+        return cols[np.argsort(rows)]
+
+    def align_to(self, reference: MixtureOfExperts) -> MixtureOfExperts:
+        """Return the model with its experts in the reference's order."""
+        return self.permute(self.match_experts(reference))

@@ -1,0 +1,60 @@
+"""Shared fixtures and guards for the test suite.
+
+- The base seed is printed in the report header and can be overridden with
+  ``--seed N`` (or the ``MOESTAT_TEST_SEED`` environment variable).
+- A test that touches numpy's global random state, or leaves a matplotlib
+  figure open, fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--seed",
+        type=int,
+        default=int(os.environ.get("MOESTAT_TEST_SEED", "0")),
+        help="base seed of the randomised tests",
+    )
+
+
+def pytest_report_header(config):
+    return f"moestat test seed: {config.getoption('--seed')} (override with --seed)"
+
+
+@pytest.fixture
+def seed(request) -> int:
+    return request.config.getoption("--seed")
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _global_rng_untouched(request):
+    if request.node.get_closest_marker("uses_global_rng"):
+        # Third-party checks (scikit-learn's) that draw from it themselves.
+        yield
+        return
+    before = np.random.get_state()[1].copy()
+    yield
+    after = np.random.get_state()[1]
+    assert np.array_equal(before, after), "the test touched numpy's global RNG"
+
+
+@pytest.fixture(autouse=True)
+def _no_open_figures():
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        plt = sys.modules["matplotlib.pyplot"]
+        open_figures = plt.get_fignums()
+        plt.close("all")
+        assert not open_figures, f"the test left figures open: {open_figures}"

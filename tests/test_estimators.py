@@ -1,0 +1,231 @@
+"""GaussianMoE and PolynomialMoE as scikit-learn estimators."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from moestat import (
+    ConvergenceWarning,
+    DegenerateFitWarning,
+    GaussianMoE,
+    PolynomialMoE,
+    SoftmaxGate,
+)
+from tests.helpers import two_expert_truth
+
+# These checks call ``score_samples(X)`` with X alone, as for unconditional
+# density estimators. Here ``score_samples(X, y)`` is the conditional
+# log-density log p(y | x) and cannot be computed without y, so the call
+# fails by design; the same methods are checked with y in this file
+# (subset and order invariance: test_score_samples_is_per_sample).
+SCORE_SAMPLES_NEEDS_Y = (
+    "score_samples(X, y) is a conditional density and needs y; the check "
+    "calls it with X alone"
+)
+EXPECTED_FAILED_CHECKS = {
+    "check_methods_subset_invariance": SCORE_SAMPLES_NEEDS_Y,
+    "check_methods_sample_order_invariance": SCORE_SAMPLES_NEEDS_Y,
+}
+
+
+def _expected_failed_checks(estimator):
+    return EXPECTED_FAILED_CHECKS
+
+
+# scikit-learn's checks shuffle with numpy's global RNG (np.random.permutation).
+@pytest.mark.uses_global_rng
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::moestat.exceptions.DegenerateFitWarning")
+@parametrize_with_checks(
+    [GaussianMoE(n_init=2, random_state=0), PolynomialMoE(n_init=2, random_state=0)],
+    expected_failed_checks=_expected_failed_checks,
+)
+def test_scikit_learn_conventions(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture
+def data(rng):
+    truth = two_expert_truth()
+    X = rng.uniform(-1, 1, size=(1500, 1))
+    y, _ = truth.sample(X, rng)
+    return X, y
+
+
+@pytest.fixture
+def fitted(data):
+    return GaussianMoE(2, n_init=2, random_state=0).fit(*data)
+
+
+def test_fitted_attributes_have_documented_shapes(fitted):
+    assert fitted.gate_coef_.shape == (2, 2)
+    assert np.all(fitted.gate_coef_[0] == 0)
+    assert fitted.expert_coef_.shape == (2, 2)
+    assert fitted.expert_var_.shape == (2,)
+    assert fitted.converged_ and fitted.n_iter_ >= 1
+    assert fitted.log_likelihood_ == fitted.log_likelihood_trace_[-1]
+    assert fitted.restart_log_likelihoods_.shape == (2,)
+    # the best restart, polished by L-BFGS-B, is at least as good as any restart
+    assert fitted.log_likelihood_ >= fitted.restart_log_likelihoods_.max()
+    assert fitted.gate_feature_names_ == ["const", "x0"]
+    assert fitted.expert_feature_names_ == ["const", "x0"]
+
+
+def test_predictions_are_consistent(fitted, data):
+    X, y = data
+    gate = fitted.predict_gate(X)
+    np.testing.assert_allclose(gate.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(fitted.predict_expert_proba(X), gate)
+    np.testing.assert_allclose(
+        fitted.predict(X), np.sum(gate * fitted.predict_experts(X), axis=1)
+    )
+    posterior = fitted.predict_posterior(X, y)
+    np.testing.assert_allclose(posterior.sum(axis=1), 1.0)
+
+
+def test_log_likelihood_is_the_sum_of_score_samples(fitted, data):
+    np.testing.assert_allclose(
+        fitted.score_samples(*data).sum(), fitted.log_likelihood_, rtol=1e-12
+    )
+
+
+def test_score_samples_is_per_sample(fitted, data):
+    X, y = data
+    full = fitted.score_samples(X, y)
+    np.testing.assert_allclose(fitted.score_samples(X[:10], y[:10]), full[:10])
+    order = np.random.default_rng(1).permutation(len(y))
+    np.testing.assert_allclose(fitted.score_samples(X[order], y[order]), full[order])
+
+
+def test_score_is_r_squared(fitted, data):
+    X, y = data
+    residual = np.sum((y - fitted.predict(X)) ** 2)
+    expected = 1 - residual / np.sum((y - y.mean()) ** 2)
+    assert fitted.score(X, y) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "n_features", "expected"),
+    [
+        # gate (m-1)(d+1) + experts m(d+1) + m variances
+        (GaussianMoE(3), 2, 2 * 3 + 3 * 3 + 3),
+        # shared variance: one variance
+        (GaussianMoE(3, shared_variance=True), 2, 2 * 3 + 3 * 3 + 1),
+        # quadratic in 2 covariates: basis of 6 columns
+        (PolynomialMoE(3, degree=2), 2, 2 * 3 + 3 * 6 + 3),
+        # constant experts: a gated mixture of normals
+        (PolynomialMoE(2, degree=0), 1, 1 * 2 + 2 * 1 + 2),
+        # one expert: ordinary least squares
+        (GaussianMoE(1), 4, 0 + 5 + 1),
+    ],
+)
+def test_parameter_count_and_information_criteria(rng, estimator, n_features,
+                                                  expected):
+    X = rng.uniform(-1, 1, size=(300, n_features))
+    y = X.sum(axis=1) + rng.normal(scale=0.3, size=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", DegenerateFitWarning)
+        estimator.set_params(n_init=1, random_state=0).fit(X, y)
+    assert estimator.n_parameters_ == expected
+    log_lik = estimator.score_samples(X, y).sum()
+    assert estimator.bic(X, y) == pytest.approx(-2 * log_lik + expected * np.log(300))
+    assert estimator.aic(X, y) == pytest.approx(-2 * log_lik + 2 * expected)
+
+
+def test_sample_draws_one_response_per_row(fitted, data):
+    X, _ = data
+    draws = fitted.sample(X, random_state=3)
+    assert draws.shape == (len(X),)
+    np.testing.assert_array_equal(draws, fitted.sample(X, random_state=3))
+
+
+def test_pickle_round_trip(fitted, data):
+    X, y = data
+    clone = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(clone.predict(X), fitted.predict(X))
+    np.testing.assert_array_equal(clone.score_samples(X, y), fitted.score_samples(X, y))
+
+
+def test_works_in_a_pipeline_and_is_equivariant_to_scaling_x(data, fitted):
+    # An affine map of x is absorbed by the gate and expert coefficients, so
+    # the scaled fit predicts the same conditional means.
+    X, y = data
+    pipe = make_pipeline(StandardScaler(), GaussianMoE(2, n_init=2, random_state=0))
+    pipe.fit(X, y)
+    np.testing.assert_allclose(pipe.predict(X), fitted.predict(X), atol=1e-3)
+    assert pipe.score(X, y) == pytest.approx(fitted.score(X, y), abs=1e-4)
+
+
+def test_grid_search_over_the_number_of_experts_with_bic(data):
+    X, y = data
+
+    def neg_bic(estimator, X, y):
+        return -estimator.bic(X, y)
+
+    search = GridSearchCV(
+        GaussianMoE(n_init=2, random_state=0),
+        {"n_experts": [1, 2, 3]},
+        scoring=neg_bic,
+        cv=3,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", DegenerateFitWarning)
+        search.fit(X, y)
+    assert search.best_params_ == {"n_experts": 2}
+
+
+def test_accepts_lists_and_dataframes(data):
+    X, y = data
+    from_lists = GaussianMoE(2, n_init=1, random_state=0).fit(X.tolist(), list(y))
+    frame = pd.DataFrame({"dose": X[:, 0]})
+    from_frame = GaussianMoE(2, n_init=1, random_state=0).fit(frame, pd.Series(y))
+    np.testing.assert_allclose(from_lists.expert_coef_, from_frame.expert_coef_)
+    assert from_frame.expert_feature_names_ == ["const", "dose"]
+    assert list(from_frame.feature_names_in_) == ["dose"]
+    np.testing.assert_allclose(from_frame.predict(frame), from_lists.predict(X))
+
+
+def test_gate_given_as_an_object(data):
+    by_name = GaussianMoE(2, n_init=1, random_state=0).fit(*data)
+    by_object = GaussianMoE(2, gate=SoftmaxGate(), n_init=1, random_state=0).fit(*data)
+    np.testing.assert_array_equal(by_name.gate_coef_, by_object.gate_coef_)
+
+
+def test_polynomial_moe_with_degree_one_is_gaussian_moe(data):
+    linear = GaussianMoE(2, n_init=2, random_state=0).fit(*data)
+    poly = PolynomialMoE(2, degree=1, n_init=2, random_state=0).fit(*data)
+    np.testing.assert_allclose(poly.expert_coef_, linear.expert_coef_)
+    assert poly.log_likelihood_ == pytest.approx(linear.log_likelihood_)
+
+
+def test_fitted_params_restart_a_fit(fitted, data):
+    again = GaussianMoE(2, init=fitted.params_, n_init=1).fit(*data)
+    assert again.log_likelihood_ >= fitted.log_likelihood_ - 1e-6 * abs(
+        fitted.log_likelihood_
+    )
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_gate", "predict_experts"])
+def test_x_only_methods_are_per_sample(fitted, data, method):
+    # What check_methods_{subset,sample_order}_invariance check, for the
+    # methods that take X alone.
+    X, _ = data
+
+    def call(rows):
+        return getattr(fitted, method)(X[rows])
+
+    full = call(slice(None))
+    np.testing.assert_allclose(call(slice(0, 10)), full[:10], atol=1e-12)
+    order = np.random.default_rng(1).permutation(len(X))
+    np.testing.assert_allclose(call(order), full[order], atol=1e-12)

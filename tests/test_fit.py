@@ -1,0 +1,254 @@
+"""The fitting engines: EM monotonicity, gradients, agreement, recovery."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import approx_fprime
+
+from moestat import ConvergenceWarning, DegenerateFitWarning, GaussianMoE
+from moestat.fit import (
+    ConvergenceMonitor,
+    em,
+    fit_restarts,
+    initial_params,
+    log_likelihood_and_gradient,
+    mle,
+    pack,
+    unpack,
+)
+from tests.helpers import random_model, three_quadratic_truth, two_expert_truth
+
+
+def simulate(model, n, n_features, rng, spread=1.0):
+    X = rng.uniform(-spread, spread, size=(n, n_features))
+    y, _ = model.sample(X, rng)
+    return X, y
+
+
+def start_for(model, X, y, rng, method="random"):
+    spec = model.with_params(None)
+    design = spec.design(X)
+    start = initial_params(spec, design, X, y, model.n_experts, method, rng)
+    return spec.with_params(start), design
+
+
+# -- EM is monotone -----------------------------------------------------------
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_experts=st.integers(1, 4),
+    n_features=st.integers(1, 3),
+    degree=st.integers(0, 2),
+    n_samples=st.integers(40, 400),
+    shared_variance=st.booleans(),
+    init=st.sampled_from(["kmeans", "random"]),
+)
+def test_em_log_likelihood_never_decreases(
+    seed, n_experts, n_features, degree, n_samples, shared_variance, init
+):
+    rng = np.random.default_rng(seed)
+    truth = random_model(rng, n_experts, n_features, degree, shared_variance)
+    X, y = simulate(truth, n_samples, n_features, rng)
+    model, design = start_for(truth, X, y, rng, init)
+    result = em(model, design, y, tol=0.0, max_iter=60, var_floor=1e-6 * np.var(y))
+    trace = result.trace
+    steps = np.diff(trace)
+    assert np.all(steps >= -1e-10 * np.abs(trace[:-1])), steps.min()
+    assert result.monotone
+    assert np.all(np.isfinite(trace))
+
+
+def test_monitor_flags_a_decrease_and_applies_the_stopping_rule():
+    monitor = ConvergenceMonitor(tol=1e-6, n_samples=10)
+    assert not monitor.report(-100.0)
+    assert not monitor.report(-50.0)
+    assert not monitor.decreased
+    assert not monitor.report(-60.0)
+    assert monitor.decreased
+    assert monitor.report(-60.0 + 1e-6)
+
+
+# -- gradients ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("n_experts", "n_features", "degree", "shared_variance"),
+    [(1, 1, 1, False), (2, 1, 0, False), (3, 2, 1, False), (3, 2, 2, True)],
+)
+def test_log_likelihood_gradient_matches_finite_differences(
+    rng, n_experts, n_features, degree, shared_variance
+):
+    truth = random_model(rng, n_experts, n_features, degree, shared_variance)
+    X, y = simulate(truth, 200, n_features, rng)
+    floor = 1e-3
+    design = truth.design(X)
+    shapes = (n_experts, design.gate.shape[1], design.expert.shape[1])
+    theta = pack(truth, floor) + rng.normal(scale=0.1, size=pack(truth, floor).size)
+    model = truth.with_params(unpack(truth, theta, shapes, floor))
+
+    def log_lik(t):
+        return log_likelihood_and_gradient(
+            truth.with_params(unpack(truth, t, shapes, floor)), design, y, floor
+        )[0]
+
+    _, analytic = log_likelihood_and_gradient(model, design, y, floor)
+    numeric = approx_fprime(theta, log_lik, 1e-6)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-3)
+
+
+# -- EM and MLE agree ---------------------------------------------------------
+def test_em_and_mle_reach_the_same_maximum_from_the_same_start(rng):
+    truth = two_expert_truth()
+    X, y = simulate(truth, 2000, 1, rng)
+    model, design = start_for(truth, X, y, rng, "kmeans")
+    by_em = em(model, design, y, tol=1e-13, max_iter=5000)
+    by_mle = mle(model, design, y, tol=1e-13, max_iter=5000)
+    assert by_em.converged and by_mle.converged
+    np.testing.assert_allclose(by_mle.log_likelihood, by_em.log_likelihood, rtol=1e-9)
+    aligned = by_mle.model.align_to(by_em.model).params
+    np.testing.assert_allclose(
+        aligned.expert.coef, by_em.model.params.expert.coef, atol=1e-4
+    )
+    np.testing.assert_allclose(aligned.gate.coef, by_em.model.params.gate.coef,
+                               atol=1e-3)
+
+
+# -- one expert is ordinary least squares -------------------------------------
+@pytest.mark.parametrize("solver", ["em", "mle"])
+def test_one_expert_is_ordinary_least_squares(rng, solver):
+    n = 500
+    X = rng.normal(size=(n, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 3.0 + rng.normal(scale=0.7, size=n)
+    est = GaussianMoE(n_experts=1, solver=solver, n_init=1, tol=1e-12).fit(X, y)
+    ols = sm.OLS(y, sm.add_constant(X)).fit()
+    np.testing.assert_allclose(est.expert_coef_[0], ols.params, rtol=1e-6)
+    np.testing.assert_allclose(est.expert_var_[0], ols.ssr / n, rtol=1e-6)
+    np.testing.assert_allclose(est.log_likelihood_, ols.llf, rtol=1e-9)
+
+
+# -- recovery -----------------------------------------------------------------
+def aligned_errors(est, truth):
+    fitted = est.model_.align_to(truth).params
+    true = truth.params
+    return (
+        np.abs(fitted.gate.coef - true.gate.coef).max(),
+        np.abs(fitted.expert.coef - true.expert.coef).max(),
+        np.abs(fitted.expert.var / true.expert.var - 1).max(),
+    )
+
+
+@pytest.mark.parametrize("solver", ["em", "mle"])
+def test_recovers_the_true_parameters_at_n_20000(seed, solver):
+    # Tolerances are about 5 standard errors of each estimate at this n
+    # (spread over repeated seeds: gate 0.03, expert means 0.01, variance 1.5%).
+    truth = two_expert_truth()
+    rng = np.random.default_rng(seed)
+    X, y = simulate(truth, 20_000, 1, rng)
+    est = GaussianMoE(2, solver=solver, n_init=3, random_state=seed).fit(X, y)
+    gate_err, coef_err, var_err = aligned_errors(est, truth)
+    assert gate_err < 0.25
+    assert coef_err < 0.06
+    assert var_err < 0.08
+
+
+def test_recovers_three_quadratic_experts_at_n_20000(seed):
+    from moestat import PolynomialMoE
+
+    truth = three_quadratic_truth()
+    X, y = simulate(truth, 20_000, 1, np.random.default_rng(seed))
+    est = PolynomialMoE(3, degree=2, n_init=3, random_state=seed).fit(X, y)
+    assert est.log_likelihood_ >= truth.log_pdf(X, y).sum()
+    # Each expert sees a third of [-1, 1], so its x^2 coefficient is the least
+    # precise estimate (spread over seeds about 0.07); tolerances ~5 of those.
+    gate_err, coef_err, var_err = aligned_errors(est, truth)
+    assert coef_err < 0.4
+    assert var_err < 0.15
+    assert gate_err < 0.8
+
+
+# -- restarts -----------------------------------------------------------------
+def test_best_restart_is_the_best_of_all_restarts(rng):
+    truth = random_model(rng, 3, 1)
+    X, y = simulate(truth, 600, 1, rng)
+    spec = truth.with_params(None)
+    design = spec.design(X)
+    best, results = fit_restarts(
+        spec, design, X, y, n_experts=3, n_init=6, init="random", rng=rng
+    )
+    assert best.log_likelihood == max(r.log_likelihood for r in results)
+    assert len(results) == 6
+
+
+def test_a_fit_with_the_same_seed_is_repeatable(rng):
+    X, y = simulate(two_expert_truth(), 800, 1, rng)
+    first = GaussianMoE(2, n_init=3, random_state=5).fit(X, y)
+    second = GaussianMoE(2, n_init=3, random_state=5).fit(X, y)
+    np.testing.assert_array_equal(first.expert_coef_, second.expert_coef_)
+    np.testing.assert_array_equal(
+        first.restart_log_likelihoods_, second.restart_log_likelihoods_
+    )
+
+
+def test_a_given_start_is_used(rng):
+    truth = two_expert_truth()
+    X, y = simulate(truth, 1000, 1, rng)
+    with pytest.warns(ConvergenceWarning):
+        est = GaussianMoE(2, init=truth.params, n_init=1, max_iter=1).fit(X, y)
+    assert est.log_likelihood_trace_[0] == pytest.approx(truth.log_pdf(X, y).sum())
+
+
+# -- convergence and degeneracy are reported ------------------------------------
+def test_hitting_max_iter_warns(rng):
+    X, y = simulate(two_expert_truth(), 500, 1, rng)
+    with pytest.warns(ConvergenceWarning, match="did not converge in max_iter=2"):
+        est = GaussianMoE(2, max_iter=2, n_init=1, polish=False, random_state=0)
+        est.fit(X, y)
+    assert not est.converged_
+    assert est.n_iter_ == 2
+
+
+def test_mle_hitting_max_iter_warns(rng):
+    X, y = simulate(two_expert_truth(), 500, 1, rng)
+    with pytest.warns(ConvergenceWarning):
+        GaussianMoE(2, solver="mle", max_iter=2, n_init=1, random_state=0).fit(X, y)
+
+
+def test_a_collapsing_expert_is_reported_not_hidden(rng):
+    # Responses on three values: experts collapse onto single values.
+    X = rng.uniform(-1, 1, size=(60, 1))
+    y = rng.integers(0, 3, size=60).astype(float)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = GaussianMoE(4, n_init=2, random_state=0, max_iter=300).fit(X, y)
+    assert any(issubclass(w.category, DegenerateFitWarning) for w in caught)
+    assert np.all(np.isfinite(est.expert_coef_))
+    assert np.all(est.expert_var_ >= est.var_floor_)
+    assert np.isfinite(est.log_likelihood_)
+
+
+def test_polish_reaches_the_maximum_that_em_approaches(rng):
+    X, y = simulate(two_expert_truth(), 1000, 1, rng)
+    plain = GaussianMoE(2, n_init=1, polish=False, random_state=0).fit(X, y)
+    polished = GaussianMoE(2, n_init=1, random_state=0).fit(X, y)
+    design = plain.model_.design(X)
+    exact = em(plain.model_, design, y, tol=1e-14, max_iter=100_000,
+               var_floor=plain.var_floor_)
+    assert polished.log_likelihood_ >= plain.log_likelihood_
+    assert polished.log_likelihood_ == pytest.approx(exact.log_likelihood, abs=1e-6)
+    assert np.all(np.diff(polished.log_likelihood_trace_) >= -1e-10 * abs(
+        polished.log_likelihood_))
+
+
+def test_no_warning_on_a_healthy_fit(rng):
+    X, y = simulate(two_expert_truth(), 2000, 1, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GaussianMoE(2, n_init=2, random_state=0).fit(X, y)
