@@ -29,6 +29,7 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check moestat tests examples benchmarks
+	$(BIN)/ruff format --check moestat tests examples benchmarks
 
 bench: $(VENV)/.installed-base
 	$(BIN)/python benchmarks/bench_em.py

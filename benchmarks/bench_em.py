@@ -123,12 +123,18 @@ def main():
     print(f"  moestat EM       : {1e3 * t_moestat:8.2f} ms / iteration")
     print(f"  plain numpy EM   : {1e3 * t_plain:8.2f} ms / iteration")
     print(f"  ratio plain/moestat: {t_plain / t_moestat:6.2f}x")
-    print(f"  log-lik after {args.iters} iters: moestat {ll_moestat:.4f}, "
-          f"plain {ll_plain:.4f}")
-    print(f"  whole fit, n_init=1 : {t_fit1:7.2f} s ({est.n_iter_} iterations, "
-          f"converged={est.converged_})")
-    print(f"  whole fit, default n_init=10: {t_fit10:7.2f} s "
-          f"(best log-lik {est10.log_likelihood_:.3f})")
+    print(
+        f"  log-lik after {args.iters} iters: moestat {ll_moestat:.4f}, "
+        f"plain {ll_plain:.4f}"
+    )
+    print(
+        f"  whole fit, n_init=1 : {t_fit1:7.2f} s ({est.n_iter_} iterations, "
+        f"converged={est.converged_})"
+    )
+    print(
+        f"  whole fit, default n_init=10: {t_fit10:7.2f} s "
+        f"(best log-lik {est10.log_likelihood_:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from moestat._validation import Interval, InstanceOf, as_generator, validate_params
+from moestat._validation import InstanceOf, Interval, as_generator, validate_params
 from moestat.experts import GaussianExpert, GaussianExpertParams
 from moestat.gates import GATE_NAMES, GateParams, resolve_gate
 from moestat.model import MixtureOfExperts, MoEParams

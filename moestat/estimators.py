@@ -80,7 +80,9 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
             The fitted estimator.
         """
         validate_params(
-            type(self).__name__, self.get_params(deep=False), self._parameter_constraints
+            type(self).__name__,
+            self.get_params(deep=False),
+            self._parameter_constraints,
         )
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
         self._check_enough_data(X, y)
@@ -390,7 +392,7 @@ _COMMON_PARAMETERS_DOC = """
 """
 
 
-class GaussianMoE(_BaseMixtureOfExpertsRegressor):
+class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     __doc__ = (
         """Mixture of linear Gaussian experts with a gate on x.
 
@@ -449,7 +451,7 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):
         return GaussianExpert(degree=1, shared_variance=self.shared_variance)
 
 
-class PolynomialMoE(_BaseMixtureOfExpertsRegressor):
+class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     __doc__ = (
         """Mixture of Gaussian experts whose means are polynomials of order k.
 

@@ -8,6 +8,9 @@ __all__ = ["ConvergenceWarning", "DegenerateFitWarning"]
 
 
 class DegenerateFitWarning(UserWarning):
-    """A fitted expert collapsed: too little responsibility, or its variance
-    reached the floor that guards the Gaussian likelihood's degeneracy.
+    """A fitted expert collapsed.
+
+    Raised when an expert has too little responsibility for its parameters,
+    or its variance reached the floor that guards the Gaussian likelihood
+    against degeneracy.
     """

@@ -455,7 +455,11 @@ def screened_start(
     for _ in range(n_candidates):
         start = initial_params(model, design, X, y, n_experts, method, rng, var_floor)
         short = em(
-            model.with_params(start), design, y, tol=0.0, max_iter=screen_iter,
+            model.with_params(start),
+            design,
+            y,
+            tol=0.0,
+            max_iter=screen_iter,
             var_floor=var_floor,
         )
         if short.log_likelihood > best_ll:
@@ -527,8 +531,16 @@ def fit_restarts(
             )
         else:
             start = screened_start(
-                model, design, X, y, n_experts, "random", rng, var_floor,
-                n_candidates, screen_iter,
+                model,
+                design,
+                X,
+                y,
+                n_experts,
+                "random",
+                rng,
+                var_floor,
+                n_candidates,
+                screen_iter,
             )
         result = engine(
             model.with_params(start),

@@ -50,6 +50,4 @@ def three_quadratic_truth():
             np.array([0.04, 0.09, 0.06]),
         ),
     )
-    return MixtureOfExperts(
-        SoftmaxGate(), GaussianExpert(degree=2), params
-    )
+    return MixtureOfExperts(SoftmaxGate(), GaussianExpert(degree=2), params)

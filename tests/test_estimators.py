@@ -128,8 +128,7 @@ def test_score_is_r_squared(fitted, data):
         (GaussianMoE(1), 4, 0 + 5 + 1),
     ],
 )
-def test_parameter_count_and_information_criteria(rng, estimator, n_features,
-                                                  expected):
+def test_parameter_count_and_information_criteria(rng, estimator, n_features, expected):
     X = rng.uniform(-1, 1, size=(300, n_features))
     y = X.sum(axis=1) + rng.normal(scale=0.3, size=300)
     with warnings.catch_warnings():

@@ -117,8 +117,9 @@ def test_em_and_mle_reach_the_same_maximum_from_the_same_start(rng):
     np.testing.assert_allclose(
         aligned.expert.coef, by_em.model.params.expert.coef, atol=1e-4
     )
-    np.testing.assert_allclose(aligned.gate.coef, by_em.model.params.gate.coef,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        aligned.gate.coef, by_em.model.params.gate.coef, atol=1e-3
+    )
 
 
 # -- one expert is ordinary least squares -------------------------------------
@@ -239,12 +240,15 @@ def test_polish_reaches_the_maximum_that_em_approaches(rng):
     plain = GaussianMoE(2, n_init=1, polish=False, random_state=0).fit(X, y)
     polished = GaussianMoE(2, n_init=1, random_state=0).fit(X, y)
     design = plain.model_.design(X)
-    exact = em(plain.model_, design, y, tol=1e-14, max_iter=100_000,
-               var_floor=plain.var_floor_)
+    exact = em(
+        plain.model_, design, y, tol=1e-14, max_iter=100_000, var_floor=plain.var_floor_
+    )
     assert polished.log_likelihood_ >= plain.log_likelihood_
     assert polished.log_likelihood_ == pytest.approx(exact.log_likelihood, abs=1e-6)
-    assert np.all(np.diff(polished.log_likelihood_trace_) >= -1e-10 * abs(
-        polished.log_likelihood_))
+    assert np.all(
+        np.diff(polished.log_likelihood_trace_)
+        >= -1e-10 * abs(polished.log_likelihood_)
+    )
 
 
 def test_no_warning_on_a_healthy_fit(rng):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from moestat import MixtureOfExperts, SoftmaxGate, GaussianExpert
+from moestat import GaussianExpert, MixtureOfExperts, SoftmaxGate
 from tests.helpers import random_model
 
 
@@ -65,11 +65,13 @@ def test_samples_follow_the_conditional_mean_and_variance(rng, model):
     y, labels = model.sample(x, rng)
     weights = model.gate_weights(x[:1])[0]
     means = model.expert_means(x[:1])[0]
-    var = np.sum(weights * (model.params.expert.var + means**2)) - np.sum(
-        weights * means
-    ) ** 2
-    np.testing.assert_allclose(np.bincount(labels, minlength=3) / len(y), weights,
-                               atol=0.01)
+    var = (
+        np.sum(weights * (model.params.expert.var + means**2))
+        - np.sum(weights * means) ** 2
+    )
+    np.testing.assert_allclose(
+        np.bincount(labels, minlength=3) / len(y), weights, atol=0.01
+    )
     assert abs(y.mean() - model.predict(x[:1])[0]) < 4 * np.sqrt(var / len(y))
     np.testing.assert_allclose(y.var(), var, rtol=0.05)
 

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from sklearn.exceptions import DataConversionWarning, NotFittedError
 
-from moestat import GaussianMoE, GateParams, MoEParams, PolynomialMoE
-from moestat import GaussianExpertParams
+from moestat import (
+    GateParams,
+    GaussianExpertParams,
+    GaussianMoE,
+    MoEParams,
+    PolynomialMoE,
+)
 from moestat.datasets import make_moe_regression
 
 
@@ -62,8 +67,11 @@ def test_y_as_a_column_vector_is_raveled_with_a_warning(data):
 
 def test_too_few_samples_for_the_experts(data):
     X, y = data
-    with pytest.raises(ValueError, match=r"n_experts=4 needs at least 8 samples.*"
-                                         r"n_samples = 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"n_experts=4 needs at least 8 samples.*"
+        r"n_samples = 5",
+    ):
         fit(X[:5], y[:5], n_experts=4)
 
 
@@ -83,10 +91,15 @@ def test_empty_input():
     [
         ({"n_experts": 0}, "'n_experts' parameter of GaussianMoE must be an int"),
         ({"n_experts": 2.5}, "'n_experts' parameter"),
-        ({"gate": "sparsemax"}, "'gate' parameter of GaussianMoE must be one of "
-                                "'softmax' or a gate object; got 'sparsemax'"),
-        ({"solver": "sgd"}, "'solver' parameter of GaussianMoE must be one of "
-                            "'em', 'mle'; got 'sgd'"),
+        (
+            {"gate": "sparsemax"},
+            "'gate' parameter of GaussianMoE must be one of "
+            "'softmax' or a gate object; got 'sparsemax'",
+        ),
+        (
+            {"solver": "sgd"},
+            "'solver' parameter of GaussianMoE must be one of 'em', 'mle'; got 'sgd'",
+        ),
         ({"init": "spectral"}, "'init' parameter"),
         ({"n_init": 0}, "'n_init' parameter"),
         ({"tol": -1.0}, "'tol' parameter"),
@@ -111,8 +124,11 @@ def test_a_start_of_the_wrong_shape(data):
         GateParams(np.zeros((3, 3))),
         GaussianExpertParams(np.zeros((3, 3)), np.ones(3)),
     )
-    with pytest.raises(ValueError, match=r"init: the gate coef has shape \(3, 3\), "
-                                         r"expected \(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"init: the gate coef has shape \(3, 3\), "
+        r"expected \(2, 3\)",
+    ):
         fit(*data, n_experts=2, init=start)
 
 
@@ -124,8 +140,9 @@ def test_predict_before_fit(data):
 def test_predict_with_another_number_of_features(data):
     X, y = data
     est = fit(X, y)
-    with pytest.raises(ValueError, match="X has 3 features, but GaussianMoE is "
-                                         "expecting 2 features"):
+    with pytest.raises(
+        ValueError, match="X has 3 features, but GaussianMoE is expecting 2 features"
+    ):
         est.predict(np.zeros((4, 3)))
 
 

@@ -1,0 +1,164 @@
+"""Plots of fitted and true mixtures of experts (matplotlib).
+
+Every function takes ``ax=None``, draws on it (making a figure only when none
+is given) and returns the axes. matplotlib is imported only when a plot is
+asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from moestat.model import MixtureOfExperts
+
+__all__ = ["plot_fit", "plot_gate"]
+
+
+def _pyplot(function: str):
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise ImportError(f"moestat.plotting.{function} needs matplotlib.") from exc
+    return plt
+
+
+def _as_model(model: Any) -> MixtureOfExperts:
+    """Accept a MixtureOfExperts or a fitted estimator (its ``model_``)."""
+    fitted = getattr(model, "model_", model)
+    if not isinstance(fitted, MixtureOfExperts) or fitted.params is None:
+        raise TypeError(
+            "Expected a fitted estimator or a MixtureOfExperts with parameters; "
+            f"got {type(model).__name__}."
+        )
+    return fitted
+
+
+def _grid(X: np.ndarray, n_points: int = 300) -> np.ndarray:
+    if X.ndim != 2 or X.shape[1] != 1:
+        raise ValueError(
+            f"These plots show one covariate; X has shape {X.shape}. Plot a "
+            "slice of the covariates instead."
+        )
+    return np.linspace(X.min(), X.max(), n_points)[:, None]
+
+
+def plot_fit(
+    model: Any,
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    truth: MixtureOfExperts | None = None,
+    ax: Any = None,
+    **scatter_kwargs: Any,
+):
+    """Data, each expert's mean and the mixed conditional mean, for one covariate.
+
+    Parameters
+    ----------
+    model : fitted estimator or MixtureOfExperts
+        The model to draw.
+    X : array-like of shape (n_samples, 1)
+        Covariates (one column).
+    y : array-like of shape (n_samples,)
+        Responses.
+    truth : MixtureOfExperts, optional
+        A true model whose expert means are drawn dashed for comparison.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure is made when omitted.
+    **scatter_kwargs
+        Passed to ``ax.scatter`` for the data points.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    plt = _pyplot("plot_fit")
+    fitted = _as_model(model)
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    grid = _grid(X)
+    if ax is None:
+        _, ax = plt.subplots()
+    style = {"s": 6, "alpha": 0.3, "color": "0.5", "label": "data"}
+    ax.scatter(X[:, 0], y, **{**style, **scatter_kwargs})
+    means = fitted.expert_means(grid)
+    weights = fitted.gate_weights(grid)
+    for i in range(fitted.n_experts):
+        # Draw each expert where the gate gives it weight; faint elsewhere.
+        line = ax.plot(grid[:, 0], means[:, i], lw=1, alpha=0.3)[0]
+        active = np.where(weights[:, i] > 0.1, means[:, i], np.nan)
+        ax.plot(
+            grid[:, 0], active, lw=2, color=line.get_color(), label=f"expert {i + 1}"
+        )
+    ax.plot(grid[:, 0], fitted.predict(grid), "k-", lw=1.2, label="E[y | x]")
+    if truth is not None:
+        true_means = truth.expert_means(grid)
+        for i in range(truth.n_experts):
+            ax.plot(
+                grid[:, 0],
+                true_means[:, i],
+                "k--",
+                lw=1,
+                label="truth" if i == 0 else None,
+            )
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_gate(
+    model: Any,
+    X: ArrayLike,
+    *,
+    truth: MixtureOfExperts | None = None,
+    ax: Any = None,
+    **line_kwargs: Any,
+):
+    """Gate weights ``g_i(x)`` over the range of one covariate.
+
+    Parameters
+    ----------
+    model : fitted estimator or MixtureOfExperts
+        The model to draw.
+    X : array-like of shape (n_samples, 1)
+        Covariates whose range is drawn.
+    truth : MixtureOfExperts, optional
+        A true model whose gate weights are drawn dashed.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure is made when omitted.
+    **line_kwargs
+        Passed to ``ax.plot``.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    plt = _pyplot("plot_gate")
+    fitted = _as_model(model)
+    grid = _grid(np.asarray(X, dtype=float))
+    if ax is None:
+        _, ax = plt.subplots()
+    weights = fitted.gate_weights(grid)
+    for i in range(fitted.n_experts):
+        ax.plot(
+            grid[:, 0], weights[:, i], label=f"g_{i + 1}(x)", **{"lw": 2, **line_kwargs}
+        )
+    if truth is not None:
+        true_weights = truth.gate_weights(grid)
+        for i in range(truth.n_experts):
+            ax.plot(
+                grid[:, 0],
+                true_weights[:, i],
+                "k--",
+                lw=1,
+                label="truth" if i == 0 else None,
+            )
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("x")
+    ax.set_ylabel("gate weight")
+    ax.legend(loc="best", fontsize="small")
+    return ax
