@@ -11,7 +11,14 @@ top.
 from moestat.estimators import GaussianMoE, PolynomialMoE
 from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
 from moestat.experts import GaussianExpert, GaussianExpertParams
-from moestat.gates import GateParams, SoftmaxGate
+from moestat.gates import (
+    GateParams,
+    ModifiedSoftmaxGate,
+    NormalizedSigmoidGate,
+    SharedExpertsGate,
+    SharedGateParams,
+    SoftmaxGate,
+)
 from moestat.model import Design, MixtureOfExperts, MoEParams
 
 __version__ = "0.1.0"
@@ -23,7 +30,11 @@ __all__ = [
     "MoEParams",
     "Design",
     "SoftmaxGate",
+    "ModifiedSoftmaxGate",
+    "NormalizedSigmoidGate",
+    "SharedExpertsGate",
     "GateParams",
+    "SharedGateParams",
     "GaussianExpert",
     "GaussianExpertParams",
     "ConvergenceWarning",

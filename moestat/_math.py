@@ -23,6 +23,9 @@ def logsumexp_rows(a: NDArray[np.float64]) -> NDArray[np.float64]:
     """
     a_max = a.max(axis=1)
     shifted = a - a_max[:, None]
+    # exp() of values that underflow takes a slow path in numpy; terms below
+    # e^-700 (relative to the row's largest) cannot change the sum anyway.
+    np.maximum(shifted, -700.0, out=shifted)
     np.exp(shifted, out=shifted)
     return np.log(shifted.sum(axis=1)) + a_max
 

@@ -14,10 +14,28 @@ from numpy.typing import NDArray
 
 from moestat._validation import InstanceOf, Interval, as_generator, validate_params
 from moestat.experts import GaussianExpert, GaussianExpertParams
-from moestat.gates import GATE_NAMES, GateParams, resolve_gate
+from moestat.gates import (
+    GATE_TYPES,
+    GateParams,
+    SharedExpertsGate,
+    SharedGateParams,
+    resolve_gate,
+    with_shared_experts,
+)
 from moestat.model import MixtureOfExperts, MoEParams
 
 __all__ = ["make_moe_regression"]
+
+
+def _random_gate_params(gate, n_experts, p_gate, gate_scale, rng):
+    if isinstance(gate, SharedExpertsGate):
+        n_routed = n_experts - gate.n_shared
+        routed = _random_gate_params(gate.routed, n_routed, p_gate, gate_scale, rng)
+        omega = np.full(gate.n_shared, 1.0 / gate.n_shared)
+        return SharedGateParams(routed, omega, 0.5)
+    coef = rng.normal(0.0, gate_scale, size=(n_experts, p_gate))
+    # keep only the free rows (the softmax reference row is zero)
+    return gate.unpack(gate.pack(GateParams(coef)), n_experts, p_gate)
 
 
 def _random_params(
@@ -31,14 +49,13 @@ def _random_params(
 ) -> MoEParams:
     design = model.design(np.zeros((1, n_features)))
     p_gate, p_expert = design.gate.shape[1], design.expert.shape[1]
-    gate_coef = rng.normal(0.0, gate_scale, size=(n_experts, p_gate))
-    gate_coef -= gate_coef[0]
+    gate = _random_gate_params(model.gate, n_experts, p_gate, gate_scale, rng)
     # Spread the intercepts so that the experts are distinct atoms.
     expert_coef = rng.normal(0.0, coef_scale, size=(n_experts, p_expert))
     expert_coef[:, 0] = coef_scale * (np.arange(n_experts) - (n_experts - 1) / 2)
     expert_coef[:, 0] += rng.normal(0.0, 0.1 * coef_scale, size=n_experts)
     var = np.full(n_experts, float(noise_var))
-    return MoEParams(GateParams(gate_coef), GaussianExpertParams(expert_coef, var))
+    return MoEParams(gate, GaussianExpertParams(expert_coef, var))
 
 
 def make_moe_regression(
@@ -48,6 +65,7 @@ def make_moe_regression(
     *,
     degree: int = 1,
     gate: Any = "softmax",
+    n_shared_experts: int = 0,
     params: MoEParams | None = None,
     noise_var: float = 0.1,
     gate_scale: float = 4.0,
@@ -71,11 +89,16 @@ def make_moe_regression(
         Number of covariates ``d``.
     degree : int, default=1
         Order of the experts' polynomial mean.
-    gate : {"softmax"} or gate object, default="softmax"
-        The true gate.
+    gate : {"softmax", "modified_softmax", "normalized_sigmoid"} or gate \
+object, default="softmax"
+        The true gate over the routed experts.
+    n_shared_experts : int, default=0
+        Shared experts added to the ``n_experts`` routed ones (listed
+        first), with equal weights ``omega`` and the split ``1/2``.
     params : MoEParams, optional
         True parameters. If omitted they are drawn at random: gate rows
-        ``N(0, gate_scale^2)`` (the first set to zero), expert coefficients
+        ``N(0, gate_scale^2)`` (the softmax reference row set to zero),
+        expert coefficients
         ``N(0, coef_scale^2)`` with intercepts spread ``coef_scale`` apart,
         and every variance equal to ``noise_var``.
     noise_var : float, default=0.1
@@ -111,6 +134,7 @@ def make_moe_regression(
             "degree": degree,
             "noise_var": noise_var,
             "gate": gate,
+            "n_shared_experts": n_shared_experts,
         },
         {
             "n_samples": (Interval("int", 1, None),),
@@ -120,17 +144,30 @@ def make_moe_regression(
             "noise_var": (Interval("real", 0, None, closed="neither"),),
             "gate": (
                 InstanceOf(str, "a gate name"),
-                InstanceOf(tuple(GATE_NAMES.values()), "a gate object"),
+                InstanceOf(GATE_TYPES, "a gate object"),
             ),
+            "n_shared_experts": (Interval("int", 0, None),),
         },
     )
     if not x_low < x_high:
         raise ValueError(f"x_low must be below x_high; got {x_low} and {x_high}.")
     rng = as_generator(random_state)
-    model = MixtureOfExperts(resolve_gate(gate), GaussianExpert(degree=degree))
+    routed = resolve_gate(gate)
+    check_n_experts = getattr(routed, "check_n_experts", None)
+    if check_n_experts is not None:
+        check_n_experts(n_experts, for_fit=False)
+    model = MixtureOfExperts(
+        with_shared_experts(routed, n_shared_experts), GaussianExpert(degree=degree)
+    )
     if params is None:
         params = _random_params(
-            model, n_experts, n_features, noise_var, gate_scale, coef_scale, rng
+            model,
+            n_experts + n_shared_experts,
+            n_features,
+            noise_var,
+            gate_scale,
+            coef_scale,
+            rng,
         )
     model = model.with_params(params)
     X = rng.uniform(x_low, x_high, size=(n_samples, n_features))

@@ -25,7 +25,7 @@ from moestat._validation import (
 from moestat.exceptions import ConvergenceWarning
 from moestat.experts import GaussianExpert
 from moestat.fit import INIT_METHODS, fit_restarts, warn_on_degeneracy
-from moestat.gates import GATE_NAMES, resolve_gate
+from moestat.gates import GATE_NAMES, GATE_TYPES, resolve_gate, with_shared_experts
 from moestat.model import MixtureOfExperts, MoEParams
 
 __all__ = ["GaussianMoE", "PolynomialMoE"]
@@ -34,8 +34,10 @@ _COMMON_CONSTRAINTS: dict[str, tuple] = {
     "n_experts": (Interval("int", 1, None),),
     "gate": (
         Options(tuple(GATE_NAMES)),
-        InstanceOf(tuple(GATE_NAMES.values()), "a gate object"),
+        InstanceOf(GATE_TYPES, "a gate object"),
     ),
+    "n_shared_experts": (Interval("int", 0, None),),
+    "shared_weight": (Options(("fixed_half", "learned")),),
     "solver": (Options(("em", "mle")),),
     "n_init": (Interval("int", 1, None),),
     "init": (
@@ -61,7 +63,14 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
         raise NotImplementedError
 
     def _model_spec(self) -> MixtureOfExperts:
-        return MixtureOfExperts(resolve_gate(self.gate), self._expert_family())
+        gate = with_shared_experts(
+            resolve_gate(self.gate), self.n_shared_experts, self.shared_weight
+        )
+        return MixtureOfExperts(gate, self._expert_family())
+
+    @property
+    def _n_total_experts(self) -> int:
+        return self.n_experts + self.n_shared_experts
 
     # -- fitting ---------------------------------------------------------------
     def fit(self, X: ArrayLike, y: ArrayLike) -> _BaseMixtureOfExpertsRegressor:
@@ -87,17 +96,20 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
         self._check_enough_data(X, y)
         model = self._model_spec()
+        check_n_experts = getattr(model.gate, "check_n_experts", None)
+        if check_n_experts is not None:
+            check_n_experts(self._n_total_experts)
         design = model.design(X)
         var_floor = float(self.reg_var * np.var(y))
         if isinstance(self.init, MoEParams):
-            self._check_start(self.init, design)
+            self._check_start(model, self.init, design)
         with np.errstate(over="ignore", under="ignore"):
             best, results = fit_restarts(
                 model,
                 design,
                 X,
                 y,
-                n_experts=self.n_experts,
+                n_experts=self._n_total_experts,
                 solver=self.solver,
                 init=self.init,
                 n_init=self.n_init,
@@ -121,12 +133,17 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
 
     def _check_enough_data(self, X: NDArray, y: NDArray) -> None:
         n_samples = X.shape[0]
-        needed = max(2 * self.n_experts, 2)
+        needed = max(2 * self._n_total_experts, 2)
         if n_samples < needed:
+            shared = (
+                f" and n_shared_experts={self.n_shared_experts}"
+                if self.n_shared_experts
+                else ""
+            )
             raise ValueError(
-                f"{type(self).__name__} with n_experts={self.n_experts} needs at "
-                f"least {needed} samples (two per expert); got n_samples = "
-                f"{n_samples}."
+                f"{type(self).__name__} with n_experts={self.n_experts}{shared} "
+                f"needs at least {needed} samples (two per expert); got "
+                f"n_samples = {n_samples}."
             )
         if np.ptp(y) == 0:
             raise ValueError(
@@ -134,25 +151,19 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
                 "cannot be fitted to data with no spread."
             )
 
-    def _check_start(self, start: MoEParams, design) -> None:
-        m = self.n_experts
-        expected = {
-            "gate coef": (start.gate.coef.shape, (m, design.gate.shape[1])),
-            "expert coef": (start.expert.coef.shape, (m, design.expert.shape[1])),
-            "expert var": (start.expert.var.shape, (m,)),
-        }
-        for name, (got, want) in expected.items():
-            if got != want:
-                raise ValueError(
-                    f"init: the {name} has shape {got}, expected {want} for "
-                    f"n_experts={m} and {self.n_features_in_} features."
-                )
+    def _check_start(self, model: MixtureOfExperts, start: MoEParams, design) -> None:
+        m = self._n_total_experts
+        model.gate.check_params(start.gate, m, design.gate.shape[1])
+        model.expert.check_params(start.expert, m, design.expert.shape[1])
 
     def _store(self, best, results, design, var_floor) -> None:
         self.model_ = best.model
         params = best.model.params
         self.params_ = params
         self.gate_coef_ = params.gate.coef
+        if self.n_shared_experts:
+            self.shared_weights_ = params.gate.shared_weights
+            self.shared_share_ = params.gate.shared_share
         self.expert_coef_ = params.expert.coef
         self.expert_var_ = params.expert.var
         self.log_likelihood_ = best.log_likelihood
@@ -324,13 +335,18 @@ _FITTED_ATTRIBUTES_DOC = """
         The fitted conditional density (gate, experts and parameters).
     params_ : MoEParams
         The fitted parameters (``model_.params``); usable as ``init``.
-    gate_coef_ : ndarray of shape (n_experts, 1 + n_features)
-        Gate intercept and slopes per expert; the first row is the
-        reference (zero) for the softmax gate.
-    expert_coef_ : ndarray of shape (n_experts, n_basis)
-        Expert coefficients on the basis named by ``expert_feature_names_``.
-    expert_var_ : ndarray of shape (n_experts,)
+    gate_coef_ : ndarray of shape (n_experts, 1 + n_gate_features)
+        Gate intercept and slopes per routed expert; the first row is the
+        reference (zero) for the softmax gates.
+    expert_coef_ : ndarray of shape (n_shared_experts + n_experts, n_basis)
+        Expert coefficients on the basis named by ``expert_feature_names_``
+        (shared experts first).
+    expert_var_ : ndarray of shape (n_shared_experts + n_experts,)
         Expert noise variances.
+    shared_weights_ : ndarray of shape (n_shared_experts,)
+        Weights ``omega`` of the shared experts (only with shared experts).
+    shared_share_ : float
+        The weight ``lambda`` of the shared block (only with shared experts).
     log_likelihood_ : float
         Total log-likelihood of the training data at the fitted parameters.
     log_likelihood_trace_ : ndarray
@@ -356,9 +372,19 @@ _FITTED_ATTRIBUTES_DOC = """
 """
 
 _COMMON_PARAMETERS_DOC = """
-    gate : {"softmax"} or gate object, default="softmax"
-        The gating function; a name or an object such as
-        ``moestat.SoftmaxGate()``.
+    gate : {"softmax", "modified_softmax", "normalized_sigmoid"} or gate \
+object, default="softmax"
+        The gate over the routed experts: a name (``"modified_softmax"``
+        uses the ``tanh`` transform) or an object such as
+        ``moestat.NormalizedSigmoidGate(top_k=2)`` or
+        ``moestat.ModifiedSoftmaxGate(transform="sigmoid")``.
+    n_shared_experts : int, default=0
+        Always-active shared experts added to the ``n_experts`` routed ones
+        (DeepSeekMoE): ``p(y|x) = lambda sum_i omega_i f_i + (1 - lambda)
+        sum_j g_j(x) f_j``. They come first in ``expert_coef_``.
+    shared_weight : {"fixed_half", "learned"}, default="fixed_half"
+        The split ``lambda`` between shared and routed experts: 1/2 as in
+        DeepSeekMoE, or estimated.
     solver : {"em", "mle"}, default="em"
         ``"em"``: the EM algorithm; ``"mle"``: direct maximisation of the
         log-likelihood by L-BFGS-B with analytic gradients.
@@ -425,6 +451,8 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         n_experts: int = 2,
         *,
         gate: Any = "softmax",
+        n_shared_experts: int = 0,
+        shared_weight: str = "fixed_half",
         solver: str = "em",
         n_init: int = 10,
         init: Any = "auto",
@@ -437,6 +465,8 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
+        self.n_shared_experts = n_shared_experts
+        self.shared_weight = shared_weight
         self.solver = solver
         self.n_init = n_init
         self.init = init
@@ -500,6 +530,8 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         degree: int = 2,
         *,
         gate: Any = "softmax",
+        n_shared_experts: int = 0,
+        shared_weight: str = "fixed_half",
         solver: str = "em",
         n_init: int = 10,
         init: Any = "auto",
@@ -513,6 +545,8 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         self.n_experts = n_experts
         self.degree = degree
         self.gate = gate
+        self.n_shared_experts = n_shared_experts
+        self.shared_weight = shared_weight
         self.solver = solver
         self.n_init = n_init
         self.init = init

@@ -246,6 +246,36 @@ class GaussianExpert:
             var = np.full(n_experts, var[0])
         return GaussianExpertParams(coef.copy(), var)
 
+    def pack_bounds(
+        self, n_experts: int, n_design: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Lower and upper bounds of the packed parameters (none)."""
+        size = self.n_free_parameters(n_experts, n_design)
+        return np.full(size, -np.inf), np.full(size, np.inf)
+
+    def pack_scales(
+        self, column_scales: NDArray[np.float64], n_experts: int
+    ) -> NDArray[np.float64]:
+        """Typical size of each packed parameter (log variances: 1)."""
+        n_var = 1 if self.shared_variance else n_experts
+        return np.concatenate([np.tile(column_scales, n_experts), np.ones(n_var)])
+
+    def check_params(self, params: object, n_experts: int, n_design: int) -> None:
+        """Raise ``ValueError`` unless ``params`` fit this family."""
+        if not isinstance(params, GaussianExpertParams):
+            raise ValueError(
+                f"GaussianExpert needs GaussianExpertParams; got "
+                f"{type(params).__name__}."
+            )
+        for name, got, want in [
+            ("expert coef", params.coef.shape, (n_experts, n_design)),
+            ("expert var", params.var.shape, (n_experts,)),
+        ]:
+            if got != want:
+                raise ValueError(f"init: the {name} has shape {got}, expected {want}.")
+        if np.any(params.var <= 0):
+            raise ValueError("init: expert variances must be positive.")
+
     def permute(
         self, params: GaussianExpertParams, perm: ArrayLike
     ) -> GaussianExpertParams:

@@ -148,11 +148,14 @@ def em(
 
     Notes
     -----
-    E-step: responsibilities by log-sum-exp of ``log g + log f``. M-step:
-    the expert family's weighted M-step, then the gate's (one damped Newton
-    step that never decreases the gate objective, i.e. generalised EM). The
-    log-likelihood is therefore non-decreasing; the monitor flags any
-    decrease beyond round-off.
+    E-step: responsibilities by log-sum-exp of ``log g + log f``. Then two
+    conditional maximisation steps: the expert family's weighted M-step,
+    and the gate's damped Fisher-scoring step, accepted only if it does not
+    decrease ``sum r log g`` (generalised EM) or, for a top-K gate, the
+    observed log-likelihood with the new experts held fixed (an ECME step,
+    Liu and Rubin 1994; the gate receives the new experts' log densities
+    and chooses). The log-likelihood is therefore non-decreasing for every
+    gate; the monitor flags any decrease beyond round-off.
     """
     gate, expert = model.gate, model.expert
     params = model.params
@@ -170,12 +173,12 @@ def em(
         expert_params = expert.m_step(
             design.expert, y, resp, var_floor, params.expert, expert_features
         )
+        log_f = expert.log_density(expert_params, design.expert, y)
         gate_params, log_g = gate.m_step(
-            params.gate, design.gate, resp, log_g, gate_features
+            params.gate, design.gate, resp, log_g, gate_features, log_f
         )
         params = MoEParams(gate_params, expert_params)
-        values = log_g + expert.log_density(params.expert, design.expert, y)
-        resp, log_lik = responsibilities_from_log_joint(values)
+        resp, log_lik = responsibilities_from_log_joint(log_g + log_f)
         if monitor.report(log_lik.sum()):
             converged = True
             break
@@ -223,22 +226,21 @@ def unpack(
 def parameter_scales(model: MixtureOfExperts, design: Design) -> NDArray[np.float64]:
     """Typical size of each packed parameter: 1 / spread of its design column.
 
-    Each piece packs its coefficients row by row over its design's columns;
-    a column with spread ``s`` gets scale ``1 / s`` (constant columns 1).
-    Parameters that are not coefficients (log variances) get scale 1.
+    A coefficient of a column with spread ``s`` gets scale ``1 / s`` (constant
+    columns 1); each piece lays these out as it packs its parameters.
     """
-    m, p_gate, p_expert = _shapes(model, design)
+    m = model.params.n_experts
 
     def column_scales(A):
         sd = A.std(axis=0)
         return 1.0 / np.where(sd > 1e-12 * max(np.abs(A).max(), 1.0), sd, 1.0)
 
-    n_gate = model.gate.n_free_parameters(m, p_gate)
-    gate_part = np.tile(column_scales(design.gate), n_gate // p_gate)
-    n_expert = model.expert.n_free_parameters(m, p_expert)
-    coef_part = np.tile(column_scales(design.expert), m)
-    rest = np.ones(n_expert - coef_part.size)
-    return np.concatenate([gate_part, coef_part, rest])
+    return np.concatenate(
+        [
+            model.gate.pack_scales(column_scales(design.gate), m),
+            model.expert.pack_scales(column_scales(design.expert), m),
+        ]
+    )
 
 
 def log_likelihood_and_gradient(
@@ -313,7 +315,16 @@ def mle(
     # measured in units of that column's spread, which is what standardising
     # the covariates would do (L-BFGS, unlike Newton, is not affine invariant).
     scale = parameter_scales(model, design)
-    phi0 = pack(model, var_floor) / scale
+    m, p_gate, p_expert = shapes
+    lower, upper = (
+        np.concatenate(pair)
+        for pair in zip(
+            model.gate.pack_bounds(m, p_gate),
+            model.expert.pack_bounds(m, p_expert),
+            strict=True,
+        )
+    )
+    phi0 = np.clip(pack(model, var_floor), lower, upper) / scale
 
     def objective(phi):
         theta = phi * scale
@@ -336,6 +347,7 @@ def mle(
         jac=True,
         method="L-BFGS-B",
         callback=record,
+        bounds=list(zip(lower / scale, upper / scale, strict=True)),
         options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-12, "maxcor": 20},
     )
     fitted = model.with_params(unpack(model, result.x * scale, shapes, var_floor))

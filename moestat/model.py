@@ -20,11 +20,11 @@ from scipy.optimize import linear_sum_assignment
 from moestat._math import logsumexp_rows
 from moestat._validation import as_generator
 from moestat.experts import GaussianExpert, GaussianExpertParams
-from moestat.gates import GateParams, SoftmaxGate
+from moestat.gates import GateParams, SharedGateParams
 
 __all__ = ["MoEParams", "Design", "MixtureOfExperts"]
 
-Gate = SoftmaxGate
+Gate = Any  # any gate of moestat.gates
 Expert = GaussianExpert
 
 
@@ -34,13 +34,13 @@ class MoEParams:
 
     Parameters
     ----------
-    gate : GateParams
-        Gate parameters, one row per expert.
+    gate : GateParams or SharedGateParams
+        Gate parameters.
     expert : GaussianExpertParams
         Expert parameters, one row per expert.
     """
 
-    gate: GateParams
+    gate: GateParams | SharedGateParams
     expert: GaussianExpertParams
 
     @property
@@ -144,7 +144,7 @@ class MixtureOfExperts:
         """
         m = self.n_experts if n_experts is None else n_experts
         design = self.design(np.zeros((1, n_features)))
-        return self.gate.n_free_parameters(
+        return self.gate.degrees_of_freedom(
             m, design.gate.shape[1]
         ) + self.expert.n_free_parameters(m, design.expert.shape[1])
 
@@ -241,7 +241,8 @@ class MixtureOfExperts:
         """Permutation that best aligns these experts with ``reference``'s.
 
         Hungarian matching on the experts' parameter vectors (coefficients
-        and variance). ``self.permute(perm)`` then lists the experts in the
+        and variance), never across the gate's groups (shared experts match
+        shared experts). ``self.permute(perm)`` then lists the experts in the
         reference's order.
 
         Parameters
@@ -260,6 +261,9 @@ class MixtureOfExperts:
         ours = self.expert.atoms(self._require_params().expert)
         theirs = reference.expert.atoms(reference._require_params().expert)
         cost = np.linalg.norm(theirs[:, None, :] - ours[None, :, :], axis=2)
+        groups = self.gate.expert_groups(self.n_experts)
+        ref_groups = reference.gate.expert_groups(reference.n_experts)
+        cost = np.where(ref_groups[:, None] == groups[None, :], cost, 1e300)
         rows, cols = linear_sum_assignment(cost)
         return cols[np.argsort(rows)]
 

@@ -9,25 +9,45 @@ from moestat import (
     GaussianExpert,
     GaussianExpertParams,
     MixtureOfExperts,
+    ModifiedSoftmaxGate,
     MoEParams,
+    NormalizedSigmoidGate,
+    SharedExpertsGate,
+    SharedGateParams,
     SoftmaxGate,
 )
 
 
-def random_model(rng, n_experts=3, n_features=2, degree=1, shared_variance=False):
-    """A softmax-gated Gaussian MoE with random parameters."""
+def random_gate_params(gate, n_experts, n_design, rng, scale=2.0):
+    """Random parameters for any gate (shared experts: random omega)."""
+    if isinstance(gate, SharedExpertsGate):
+        routed = random_gate_params(
+            gate.routed, n_experts - gate.n_shared, n_design, rng, scale
+        )
+        omega = rng.dirichlet(np.ones(gate.n_shared))
+        share = 0.5 if not gate.learned else rng.uniform(0.2, 0.8)
+        return SharedGateParams(routed, omega, share)
+    coef = rng.normal(0, scale, size=(n_experts, n_design))
+    return gate.unpack(gate.pack(GateParams(coef)), n_experts, n_design)
+
+
+def random_model(
+    rng, n_experts=3, n_features=2, degree=1, shared_variance=False, gate=None
+):
+    """A Gaussian MoE with random parameters (softmax gate by default).
+
+    ``n_experts`` counts every expert, shared ones included.
+    """
+    gate = SoftmaxGate() if gate is None else gate
     expert = GaussianExpert(degree=degree, shared_variance=shared_variance)
-    spec = MixtureOfExperts(SoftmaxGate(), expert)
+    spec = MixtureOfExperts(gate, expert)
     design = spec.design(np.zeros((1, n_features)))
-    gate_coef = rng.normal(0, 2, size=(n_experts, design.gate.shape[1]))
-    gate_coef -= gate_coef[0]
+    gate_params = random_gate_params(gate, n_experts, design.gate.shape[1], rng)
     coef = rng.normal(0, 2, size=(n_experts, design.expert.shape[1]))
     var = rng.uniform(0.05, 0.5, size=n_experts)
     if shared_variance:
         var = np.full(n_experts, var[0])
-    return spec.with_params(
-        MoEParams(GateParams(gate_coef), GaussianExpertParams(coef, var))
-    )
+    return spec.with_params(MoEParams(gate_params, GaussianExpertParams(coef, var)))
 
 
 def two_expert_truth():
@@ -51,3 +71,17 @@ def three_quadratic_truth():
         ),
     )
     return MixtureOfExperts(SoftmaxGate(), GaussianExpert(degree=2), params)
+
+
+# Every gate the estimators accept, by a readable id (tests parametrize on it).
+GATES = {
+    "softmax": SoftmaxGate(),
+    "modified_tanh": ModifiedSoftmaxGate("tanh"),
+    "normalized_sigmoid": NormalizedSigmoidGate(),
+    "normalized_sigmoid_top2": NormalizedSigmoidGate(top_k=2),
+    "shared_softmax": SharedExpertsGate(SoftmaxGate(), 1),
+    "shared_sigmoid": SharedExpertsGate(NormalizedSigmoidGate(), 1),
+    "shared_top2_learned": SharedExpertsGate(
+        NormalizedSigmoidGate(top_k=2), 1, shared_weight="learned"
+    ),
+}

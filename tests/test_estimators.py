@@ -17,7 +17,10 @@ from moestat import (
     ConvergenceWarning,
     DegenerateFitWarning,
     GaussianMoE,
+    ModifiedSoftmaxGate,
+    NormalizedSigmoidGate,
     PolynomialMoE,
+    SharedExpertsGate,
     SoftmaxGate,
 )
 from tests.helpers import two_expert_truth
@@ -46,7 +49,14 @@ def _expected_failed_checks(estimator):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.filterwarnings("ignore::moestat.exceptions.DegenerateFitWarning")
 @parametrize_with_checks(
-    [GaussianMoE(n_init=2, random_state=0), PolynomialMoE(n_init=2, random_state=0)],
+    [
+        GaussianMoE(n_init=2, random_state=0),
+        PolynomialMoE(n_init=2, random_state=0),
+        GaussianMoE(gate="modified_softmax", n_init=2, random_state=0),
+        GaussianMoE(gate="normalized_sigmoid", n_init=2, random_state=0),
+        GaussianMoE(3, gate=NormalizedSigmoidGate(top_k=2), n_init=2, random_state=0),
+        GaussianMoE(n_shared_experts=1, n_init=2, random_state=0),
+    ],
     expected_failed_checks=_expected_failed_checks,
 )
 def test_scikit_learn_conventions(estimator, check):
@@ -126,6 +136,18 @@ def test_score_is_r_squared(fitted, data):
         (PolynomialMoE(2, degree=0), 1, 1 * 2 + 2 * 1 + 2),
         # one expert: ordinary least squares
         (GaussianMoE(1), 4, 0 + 5 + 1),
+        # normalized sigmoid: every gate row is free
+        (GaussianMoE(3, gate="normalized_sigmoid"), 2, 3 * 3 + 3 * 3 + 3),
+        (GaussianMoE(3, gate=NormalizedSigmoidGate(top_k=2)), 2, 9 + 9 + 3),
+        # modified softmax: as softmax, on M(x)
+        (GaussianMoE(3, gate="modified_softmax"), 2, 2 * 3 + 3 * 3 + 3),
+        # 2 shared + 2 routed: gate 1 * 3, omega 1; experts 4 * 3 + 4
+        (GaussianMoE(2, n_shared_experts=2), 2, 3 + 1 + 12 + 4),
+        (
+            GaussianMoE(2, n_shared_experts=1, shared_weight="learned"),
+            1,
+            2 + 0 + 1 + 6 + 3,
+        ),
     ],
 )
 def test_parameter_count_and_information_criteria(rng, estimator, n_features, expected):
@@ -228,3 +250,31 @@ def test_x_only_methods_are_per_sample(fitted, data, method):
     np.testing.assert_allclose(call(slice(0, 10)), full[:10], atol=1e-12)
     order = np.random.default_rng(1).permutation(len(X))
     np.testing.assert_allclose(call(order), full[order], atol=1e-12)
+
+
+def test_modified_softmax_with_identity_fits_exactly_as_softmax(data):
+    plain = GaussianMoE(2, n_init=2, random_state=0).fit(*data)
+    identity = GaussianMoE(
+        2, gate=ModifiedSoftmaxGate("identity"), n_init=2, random_state=0
+    ).fit(*data)
+    np.testing.assert_array_equal(identity.gate_coef_, plain.gate_coef_)
+    np.testing.assert_array_equal(identity.expert_coef_, plain.expert_coef_)
+    assert identity.log_likelihood_ == plain.log_likelihood_
+
+
+@pytest.mark.parametrize("gate", ["modified_softmax", "normalized_sigmoid"])
+def test_every_gate_by_name(data, gate):
+    est = GaussianMoE(2, gate=gate, n_init=2, random_state=0).fit(*data)
+    np.testing.assert_allclose(est.predict_gate(data[0]).sum(axis=1), 1.0)
+    assert est.gate_feature_names_[0] == "const"
+
+
+def test_shared_experts_come_first_with_their_weights(data):
+    est = GaussianMoE(2, n_shared_experts=1, n_init=2, random_state=0).fit(*data)
+    assert isinstance(est.model_.gate, SharedExpertsGate)
+    assert est.expert_coef_.shape == (3, 2)
+    assert est.gate_coef_.shape == (2, 2)
+    np.testing.assert_allclose(est.shared_weights_, [1.0])
+    assert est.shared_share_ == 0.5
+    gate = est.predict_gate(data[0])
+    np.testing.assert_allclose(gate[:, 0], 0.5)

@@ -22,7 +22,12 @@ from moestat.fit import (
     pack,
     unpack,
 )
-from tests.helpers import random_model, three_quadratic_truth, two_expert_truth
+from tests.helpers import (
+    GATES,
+    random_model,
+    three_quadratic_truth,
+    two_expert_truth,
+)
 
 
 def simulate(model, n, n_features, rng, spread=1.0):
@@ -52,12 +57,17 @@ def start_for(model, X, y, rng, method="random"):
     n_samples=st.integers(40, 400),
     shared_variance=st.booleans(),
     init=st.sampled_from(["kmeans", "random"]),
+    gate_name=st.sampled_from(sorted(GATES)),
 )
 def test_em_log_likelihood_never_decreases(
-    seed, n_experts, n_features, degree, n_samples, shared_variance, init
+    seed, n_experts, n_features, degree, n_samples, shared_variance, init, gate_name
 ):
     rng = np.random.default_rng(seed)
-    truth = random_model(rng, n_experts, n_features, degree, shared_variance)
+    gate = GATES[gate_name]
+    # shared experts come on top of the routed ones; top-2 needs 2 routed
+    n_experts += getattr(gate, "n_shared", 0)
+    n_experts = max(n_experts, getattr(gate, "n_shared", 0) + 2)
+    truth = random_model(rng, n_experts, n_features, degree, shared_variance, gate)
     X, y = simulate(truth, n_samples, n_features, rng)
     model, design = start_for(truth, X, y, rng, init)
     result = em(model, design, y, tol=0.0, max_iter=60, var_floor=1e-6 * np.var(y))
@@ -80,13 +90,21 @@ def test_monitor_flags_a_decrease_and_applies_the_stopping_rule():
 
 # -- gradients ----------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("n_experts", "n_features", "degree", "shared_variance"),
-    [(1, 1, 1, False), (2, 1, 0, False), (3, 2, 1, False), (3, 2, 2, True)],
+    ("n_experts", "n_features", "degree", "shared_variance", "gate_name"),
+    [
+        (1, 1, 1, False, "softmax"),
+        (2, 1, 0, False, "softmax"),
+        (3, 2, 1, False, "softmax"),
+        (3, 2, 2, True, "softmax"),
+        *((4, 2, 1, False, name) for name in sorted(GATES) if name != "softmax"),
+    ],
 )
 def test_log_likelihood_gradient_matches_finite_differences(
-    rng, n_experts, n_features, degree, shared_variance
+    rng, n_experts, n_features, degree, shared_variance, gate_name
 ):
-    truth = random_model(rng, n_experts, n_features, degree, shared_variance)
+    truth = random_model(
+        rng, n_experts, n_features, degree, shared_variance, GATES[gate_name]
+    )
     X, y = simulate(truth, 200, n_features, rng)
     floor = 1e-3
     design = truth.design(X)

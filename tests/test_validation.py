@@ -10,8 +10,12 @@ from moestat import (
     GateParams,
     GaussianExpertParams,
     GaussianMoE,
+    ModifiedSoftmaxGate,
     MoEParams,
+    NormalizedSigmoidGate,
     PolynomialMoE,
+    SharedExpertsGate,
+    SoftmaxGate,
 )
 from moestat.datasets import make_moe_regression
 
@@ -93,8 +97,9 @@ def test_empty_input():
         ({"n_experts": 2.5}, "'n_experts' parameter"),
         (
             {"gate": "sparsemax"},
-            "'gate' parameter of GaussianMoE must be one of "
-            "'softmax' or a gate object; got 'sparsemax'",
+            "'gate' parameter of GaussianMoE must be one of 'softmax', "
+            "'modified_softmax', 'normalized_sigmoid' or a gate object; "
+            "got 'sparsemax'",
         ),
         (
             {"solver": "sgd"},
@@ -112,6 +117,59 @@ def test_empty_input():
 def test_bad_hyperparameters_are_named(data, params, message):
     with pytest.raises(ValueError, match=message):
         fit(*data, **params)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"n_shared_experts": -1}, "'n_shared_experts' parameter of GaussianMoE"),
+        ({"shared_weight": "equal"}, "'shared_weight' parameter"),
+        (
+            {"gate": NormalizedSigmoidGate(top_k=3), "n_experts": 2},
+            r"top_k=3 is out of range for 2 routed experts",
+        ),
+    ],
+)
+def test_bad_gate_settings_are_named(data, params, message):
+    with pytest.raises(ValueError, match=message):
+        fit(*data, **params)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 1.5, True])
+def test_top_k_must_be_a_positive_int(top_k):
+    with pytest.raises(ValueError, match="top_k must be None or a positive int"):
+        NormalizedSigmoidGate(top_k=top_k)
+
+
+@pytest.mark.parametrize(
+    ("transform", "message"),
+    [
+        (lambda X: X[:-1], r"2-D array with 100 rows; it returned shape \(99, 2\)"),
+        (lambda X: X[:, 0], r"returned shape \(100,\)"),
+        (lambda X: np.where(X > 0, np.inf, X), "non-finite values"),
+    ],
+)
+def test_a_bad_gate_transform_is_refused(data, transform, message):
+    with pytest.raises(ValueError, match=message):
+        fit(*data, gate=ModifiedSoftmaxGate(transform=transform))
+
+
+def test_unknown_transform_name():
+    with pytest.raises(ValueError, match="Unknown transform 'relu'"):
+        ModifiedSoftmaxGate(transform="relu")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_shared": 0}, "n_shared must be at least 1"),
+        ({"n_shared": -2}, "n_shared must be at least 1"),
+        ({"n_shared": 1, "shared_weight": "half"}, "shared_weight must be"),
+    ],
+)
+def test_shared_experts_gate_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SharedExpertsGate(SoftmaxGate(), **kwargs)
 
 
 def test_negative_degree(data):
