@@ -33,6 +33,7 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-base
 	$(BIN)/python benchmarks/bench_em.py
+	$(BIN)/python benchmarks/bench_gates.py
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

@@ -443,6 +443,8 @@ def initial_params(
 
 ENGINES = {"em": em, "mle": mle}
 INIT_METHODS = ("auto", "kmeans", "random")
+# L-BFGS-B iterations of the polish: enough to finish a slow EM tail.
+POLISH_MAX_ITER = 200
 
 
 def screened_start(
@@ -571,7 +573,13 @@ def fit_restarts(
         )
     best = max(finite, key=lambda r: r.log_likelihood)
     if polish:
-        best = polish_fit(best, design, y, max_iter=max_iter, var_floor=var_floor)
+        best = polish_fit(
+            best,
+            design,
+            y,
+            max_iter=min(max_iter, POLISH_MAX_ITER),
+            var_floor=var_floor,
+        )
     return best, results
 
 

@@ -86,7 +86,7 @@ def affine_design(X: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def gate_objective(resp: NDArray[np.float64], log_g: NDArray[np.float64]) -> float:
     """``sum_t sum_i r_ti log g_i(x_t)``, with ``0 * log 0 = 0``."""
-    return float(np.sum(resp * np.maximum(log_g, _LOG_ZERO)))
+    return float(np.einsum("ij,ij->", resp, np.maximum(log_g, _LOG_ZERO)))
 
 
 def observed_objective(
