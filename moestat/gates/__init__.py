@@ -1,0 +1,106 @@
+"""Gating functions: the mixing weights g_i(x) of a mixture of experts.
+
+A gate is a small stateless piece. It builds its own design from the raw
+covariates, evaluates ``log g(x)`` for all experts at once as an (n, m)
+array, maximises the weighted soft-label objective of EM (its M-step),
+gives the gradient of that objective, and packs its free parameters for
+direct likelihood maximisation. The fitting engines call only these hooks.
+
+Gates
+-----
+- :class:`SoftmaxGate`: ``g_i = exp(s_i) / sum_j exp(s_j)``.
+- :class:`ModifiedSoftmaxGate`: the softmax of scores on a transformed
+  input ``M(x)``.
+- :class:`NormalizedSigmoidGate`: ``g_i = sigma(s_i) / sum_j sigma(s_j)``,
+  dense or over the top-K experts.
+- :class:`SharedExpertsGate`: always-active shared experts beside the
+  experts routed by any of the gates above (DeepSeekMoE).
+
+Notes
+-----
+The affine gates share one parameter container, :class:`GateParams`, whose
+``coef`` has one row per expert: ``coef[i] = (beta_0i, beta_1i)``, the
+intercept first and then one slope per column of the gate's input.
+
+Every M-step takes damped Fisher-scoring steps on
+``Q(beta) = sum_t sum_i r_ti log g_i(x_t)`` and accepts a step only if the
+gate's *true* ``Q`` (top-K selection recomputed at the candidate) does not
+decrease, so EM never decreases the likelihood for any gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moestat.gates._base import (
+    GateParams,
+    affine_design,
+    gate_objective,
+    observed_objective,
+)
+from moestat.gates.shared import SharedExpertsGate, SharedGateParams
+from moestat.gates.sigmoid import NormalizedSigmoidGate
+from moestat.gates.softmax import TRANSFORMS, ModifiedSoftmaxGate, SoftmaxGate
+
+__all__ = [
+    "GateParams",
+    "SharedGateParams",
+    "SoftmaxGate",
+    "ModifiedSoftmaxGate",
+    "NormalizedSigmoidGate",
+    "SharedExpertsGate",
+    "TRANSFORMS",
+    "GATE_NAMES",
+    "GATE_TYPES",
+    "resolve_gate",
+    "with_shared_experts",
+    "affine_design",
+    "gate_objective",
+    "observed_objective",
+]
+
+
+GATE_NAMES: dict[str, type] = {
+    "softmax": SoftmaxGate,
+    "modified_softmax": ModifiedSoftmaxGate,
+    "normalized_sigmoid": NormalizedSigmoidGate,
+}
+GATE_TYPES = (SoftmaxGate, NormalizedSigmoidGate, SharedExpertsGate)
+
+
+def resolve_gate(gate: object) -> Any:
+    """Return a gate object from a name or a gate instance.
+
+    Parameters
+    ----------
+    gate : str or gate object
+        ``"softmax"``, ``"modified_softmax"`` (the ``tanh`` transform),
+        ``"normalized_sigmoid"``, or an instance such as
+        ``NormalizedSigmoidGate(top_k=2)``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or an object that is not a gate.
+    """
+    if isinstance(gate, str):
+        if gate not in GATE_NAMES:
+            raise ValueError(
+                f"Unknown gate {gate!r}; choose one of {sorted(GATE_NAMES)} "
+                "or pass a gate object such as moestat.SoftmaxGate()."
+            )
+        return GATE_NAMES[gate]()
+    if isinstance(gate, GATE_TYPES):
+        return gate
+    raise ValueError(
+        f"gate must be one of {sorted(GATE_NAMES)} or a gate object; got {gate!r}."
+    )
+
+
+def with_shared_experts(
+    gate: Any, n_shared_experts: int, shared_weight: str = "fixed_half"
+) -> Any:
+    """The gate with ``n_shared_experts`` shared experts added (0: unchanged)."""
+    if n_shared_experts == 0:
+        return gate
+    return SharedExpertsGate(gate, n_shared_experts, shared_weight)

@@ -1,0 +1,347 @@
+"""Machinery shared by the gates: parameters, objectives, the Fisher step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from moestat._math import (
+    logsumexp_rows,
+    pair_products,
+    solve_spd,
+    unpack_symmetric,
+)
+
+__all__ = ["GateParams", "affine_design", "gate_objective", "observed_objective"]
+
+_LOG_ZERO = -1e300
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Parameters of an affine gate.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_experts, 1 + n_gate_features)
+        Row ``i`` holds ``(beta_0i, beta_1i)``: the intercept, then the
+        slopes on the gate's input.
+    """
+
+    coef: NDArray[np.float64]
+
+    @property
+    def n_experts(self) -> int:
+        """Number of experts the gate routes to."""
+        return self.coef.shape[0]
+
+
+def affine_design(X: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Prepend a column of ones to ``X``: the design ``[1, x]`` of a gate."""
+    return np.hstack([np.ones((X.shape[0], 1)), X])
+
+
+def gate_objective(resp: NDArray[np.float64], log_g: NDArray[np.float64]) -> float:
+    """``sum_t sum_i r_ti log g_i(x_t)``, with ``0 * log 0 = 0``."""
+    return float(np.einsum("ij,ij->", resp, np.maximum(log_g, _LOG_ZERO)))
+
+
+def observed_objective(
+    log_g: NDArray[np.float64],
+    log_f: NDArray[np.float64],
+    log_background: NDArray[np.float64] | None = None,
+) -> float:
+    """``sum_t log(sum_i g_i f_i + b_t)``: the log-likelihood as a gate sees it.
+
+    ``log_background`` holds ``log b_t``, the density of components outside
+    this gate (shared experts), or None.
+    """
+    values = logsumexp_rows(log_g + log_f)
+    if log_background is not None:
+        values = np.logaddexp(values, log_background)
+    return float(values.sum())
+
+
+def _fisher_direction(
+    Z: NDArray[np.float64],
+    features: NDArray[np.float64],
+    score_grad: NDArray[np.float64],
+    diag: NDArray[np.float64],
+    vec: NDArray[np.float64],
+    rows: NDArray[np.intp],
+) -> NDArray[np.float64]:
+    """Fisher-scoring direction for the free rows ``rows`` of a gate.
+
+    The information is ``sum_t (diag(d_t) - v_t v_t^T) kron x~_t x~_t^T``
+    restricted to the free rows, with ``d = diag`` and ``v = vec`` per sample;
+    its blocks come from one product of the pair weights with the per-sample
+    products ``features`` of the design columns.
+
+    Returns
+    -------
+    direction : ndarray of shape (m, p)
+        Zero on the rows that are not free.
+    predicted_gain : float
+        ``grad . direction``, the first-order gain of a full step.
+    """
+    n, p = Z.shape
+    m = score_grad.shape[1]
+    k = len(rows)
+    grad = (score_grad[:, rows].T @ Z).ravel()
+    pairs = [(a, b) for a in range(k) for b in range(a, k)]
+    weights = np.empty((len(pairs), n))
+    for w, (a, b) in zip(weights, pairs, strict=True):
+        np.multiply(vec[:, rows[a]], -vec[:, rows[b]], out=w)
+        if a == b:
+            w += diag[:, rows[a]]
+    blocks = unpack_symmetric(weights @ features, p)
+    information = np.empty((k * p, k * p))
+    for block, (a, b) in zip(blocks, pairs, strict=True):
+        information[a * p : (a + 1) * p, b * p : (b + 1) * p] = block
+        information[b * p : (b + 1) * p, a * p : (a + 1) * p] = block
+    step = solve_spd(information, grad, ridge=1e-9)
+    direction = np.zeros((m, p))
+    direction[rows] = step.reshape(k, p)
+    return direction, float(grad @ step)
+
+
+@dataclass(frozen=True)
+class _AffineGate:
+    """Machinery shared by the gates whose scores are affine in their input.
+
+    Subclasses say which rows are free, how scores become ``log g``, and the
+    score gradient and Fisher weights of the soft-label objective.
+    """
+
+    newton_steps: int = field(default=1, kw_only=True)
+    max_halvings: int = field(default=12, kw_only=True)
+    bound: float | None = field(default=None, kw_only=True)
+
+    # -- design and counts -------------------------------------------------
+    def gate_input(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The covariates the gate's scores are affine in (here ``x``)."""
+        return X
+
+    def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Return the gate design ``[1, input]``."""
+        return affine_design(self.gate_input(X))
+
+    def design_names(self, feature_names: list[str]) -> list[str]:
+        """Names of the gate design's columns."""
+        return ["const", *feature_names]
+
+    def free_rows(self, n_experts: int) -> NDArray[np.intp]:
+        """Indices of the rows of ``coef`` that are estimated."""
+        return np.arange(n_experts)
+
+    def n_free_parameters(self, n_experts: int, n_design: int) -> int:
+        """Length of the packed parameter vector."""
+        return len(self.free_rows(n_experts)) * n_design
+
+    def degrees_of_freedom(self, n_experts: int, n_design: int) -> int:
+        """Free parameters counted by the information criteria."""
+        return self.n_free_parameters(n_experts, n_design)
+
+    def expert_groups(self, n_experts: int) -> NDArray[np.intp]:
+        """Group of each expert; relabelling never mixes groups."""
+        return np.zeros(n_experts, dtype=np.intp)
+
+    # -- density -----------------------------------------------------------
+    def scores(self, params: GateParams, Z: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Affine scores ``s_i(x)`` of shape (n, m), stored experts-major."""
+        return (params.coef @ Z.T).T
+
+    def log_weights(
+        self, params: GateParams, Z: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Return ``log g(x)`` of shape (n, n_experts)."""
+        return self._log_weights_from_scores(self.scores(params, Z))
+
+    def _log_weights_from_scores(self, s):
+        raise NotImplementedError
+
+    def _score_gradient_and_fisher(self, params, Z, resp, log_g):
+        """(n, m) score gradient of Q and the Fisher weights (diag, vec)."""
+        raise NotImplementedError
+
+    # -- fitting -----------------------------------------------------------
+    def sufficient_features(self, Z: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per-sample products ``Z_a Z_b`` (a <= b) reused by every M-step."""
+        return pair_products(Z)
+
+    def init_params(
+        self,
+        Z: NDArray[np.float64],
+        resp: NDArray[np.float64],
+        max_steps: int = 10,
+        tol: float = 1e-6,
+    ) -> GateParams:
+        """Fit the gate to soft labels from a zero start (for initialisation).
+
+        Steps stop once ``Q`` gains less than ``tol * (|Q| + n)``.
+        """
+        params = GateParams(np.zeros((resp.shape[1], Z.shape[1])))
+        log_g = self.log_weights(params, Z)
+        features = self.sufficient_features(Z)
+        objective = gate_objective(resp, log_g)
+        for _ in range(max_steps):
+            params, log_g = self._step(params, Z, resp, log_g, features)
+            new_objective = gate_objective(resp, log_g)
+            gain, objective = new_objective - objective, new_objective
+            if gain <= tol * (abs(objective) + Z.shape[0]):
+                break
+        return params
+
+    def m_step(
+        self,
+        params: GateParams,
+        Z: NDArray[np.float64],
+        resp: NDArray[np.float64],
+        log_weights: NDArray[np.float64] | None = None,
+        features: NDArray[np.float64] | None = None,
+        log_f: NDArray[np.float64] | None = None,
+        log_background: NDArray[np.float64] | None = None,
+    ) -> tuple[GateParams, NDArray[np.float64]]:
+        """Damped Fisher-scoring steps that never decrease the objective.
+
+        Parameters
+        ----------
+        params : GateParams
+            Current parameters (the start).
+        Z : ndarray of shape (n, p)
+            Gate design.
+        resp : ndarray of shape (n, m)
+            Responsibilities (soft labels; rows may sum to less than one
+            when shared experts take the rest); they set the direction.
+        log_weights : ndarray of shape (n, m), optional
+            ``log g`` at ``params`` if already known (saves one evaluation).
+        features : ndarray, optional
+            :meth:`sufficient_features` of ``Z``, computed once per fit.
+        log_f : ndarray of shape (n, m), optional
+            The experts' log densities at their new parameters. Dense gates
+            ignore them and take a GEM step (``sum r log g`` must not
+            decrease); a top-K gate takes an ECME step on the observed
+            log-likelihood with these experts.
+        log_background : ndarray of shape (n,), optional
+            Log density of components outside this gate (shared experts),
+            used with ``log_f``.
+
+        Returns
+        -------
+        params : GateParams
+            Parameters whose objective is not below the start's.
+        log_weights : ndarray of shape (n, m)
+            ``log g`` at the returned parameters, for the next E-step.
+        """
+        if log_weights is None:
+            log_weights = self.log_weights(params, Z)
+        if features is None:
+            features = self.sufficient_features(Z)
+        resp, objective = self._step_objective(resp, log_weights, log_f, log_background)
+        for _ in range(self.newton_steps):
+            params, log_weights = self._step(
+                params, Z, resp, log_weights, features, objective
+            )
+        return params, log_weights
+
+    def _step_objective(self, resp, log_g, log_f, log_background):
+        """Soft labels for the direction and the objective a step must keep.
+
+        Dense gates take GEM steps on ``sum r log g``; the experts' densities
+        are not needed (see :class:`NormalizedSigmoidGate` for top-K).
+        """
+
+        def objective(log_g):
+            return gate_objective(resp, log_g)
+
+        return resp, objective
+
+    def _step(self, params, Z, resp, log_g, features, objective=None):
+        if objective is None:
+
+            def objective(log_g):
+                return gate_objective(resp, log_g)
+
+        score_grad, diag, vec = self._score_gradient_and_fisher(params, Z, resp, log_g)
+        rows = self.free_rows(params.coef.shape[0])
+        direction, gain = _fisher_direction(Z, features, score_grad, diag, vec, rows)
+        if not gain > 1e-14 * Z.shape[0]:
+            # No ascent predicted (a flat objective, e.g. at the optimum).
+            return params, log_g
+        current = objective(log_g)
+        step = 1.0
+        for _ in range(self._halvings()):
+            candidate = GateParams(self._project(params.coef + step * direction))
+            log_g_new = self.log_weights(candidate, Z)
+            if objective(log_g_new) >= current:
+                return candidate, log_g_new
+            step *= 0.5
+        return params, log_g
+
+    def gradient(
+        self,
+        params: GateParams,
+        Z: NDArray[np.float64],
+        resp: NDArray[np.float64],
+        log_weights: NDArray[np.float64],
+    ) -> NDArray[np.float64]:
+        """Gradient of ``sum r log g`` in the packed free parameters."""
+        score_grad, _, _ = self._score_gradient_and_fisher(params, Z, resp, log_weights)
+        full = score_grad.T @ Z
+        return full[self.free_rows(params.coef.shape[0])].ravel()
+
+    def _halvings(self) -> int:
+        return self.max_halvings
+
+    def _project(self, coef: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Clip the coefficients into the box ``[-bound, bound]`` (if any)."""
+        if self.bound is None:
+            return coef
+        return np.clip(coef, -self.bound, self.bound)
+
+    # -- parametrisation ---------------------------------------------------
+    def pack_bounds(
+        self, n_experts: int, n_design: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Lower and upper bounds of the packed parameters."""
+        size = self.n_free_parameters(n_experts, n_design)
+        limit = np.inf if self.bound is None else self.bound
+        return np.full(size, -limit), np.full(size, limit)
+
+    def pack(self, params: GateParams) -> NDArray[np.float64]:
+        """Free parameters as a flat vector."""
+        return params.coef[self.free_rows(params.coef.shape[0])].ravel().copy()
+
+    def unpack(
+        self, theta: NDArray[np.float64], n_experts: int, n_design: int
+    ) -> GateParams:
+        """Inverse of :meth:`pack`."""
+        coef = np.zeros((n_experts, n_design))
+        rows = self.free_rows(n_experts)
+        coef[rows] = theta.reshape(len(rows), n_design)
+        return GateParams(coef)
+
+    def pack_scales(
+        self, column_scales: NDArray[np.float64], n_experts: int
+    ) -> NDArray[np.float64]:
+        """Typical size of each packed parameter, from its column's scale."""
+        return np.tile(column_scales, len(self.free_rows(n_experts)))
+
+    def permute(self, params: GateParams, perm: ArrayLike) -> GateParams:
+        """Reorder the experts."""
+        return GateParams(params.coef[np.asarray(perm)])
+
+    def check_params(self, params: Any, n_experts: int, n_design: int) -> None:
+        """Raise ``ValueError`` unless ``params`` fit this gate."""
+        if not isinstance(params, GateParams):
+            raise ValueError(
+                f"{type(self).__name__} needs GateParams; got {type(params).__name__}."
+            )
+        if params.coef.shape != (n_experts, n_design):
+            raise ValueError(
+                f"init: the gate coef has shape {params.coef.shape}, expected "
+                f"{(n_experts, n_design)}."
+            )
