@@ -111,3 +111,23 @@ def test_top_k_recovery_from_a_near_truth_start(n_shared, seed):
     assert max_error(fitted.params.expert.coef, params.expert.coef) < 0.08
     gate_gap = np.abs(fitted.gate_weights(X) - truth.gate_weights(X)).mean()
     assert gate_gap < 0.02
+
+
+@pytest.mark.parametrize("n_shared", [0, 1], ids=["routed", "shared"])
+@pytest.mark.parametrize(
+    "gate",
+    [SoftmaxGate(), ModifiedSoftmaxGate("sigmoid"), NormalizedSigmoidGate()],
+    ids=["softmax", "modified_softmax", "normalized_sigmoid"],
+)
+def test_direct_mle_reaches_the_em_maximum(gate, n_shared, seed):
+    params = truth_params(gate, n_shared)
+    X, y, truth = make_moe_regression(
+        5000, gate=gate, n_shared_experts=n_shared, params=params, random_state=seed
+    )
+    common = {"gate": gate, "n_shared_experts": n_shared, "init": params, "n_init": 1}
+    by_em = GaussianMoE(2, solver="em", polish=False, tol=1e-7, **common).fit(X, y)
+    by_mle = GaussianMoE(2, solver="mle", polish=False, tol=1e-10, **common).fit(X, y)
+    assert by_mle.log_likelihood_ >= truth.log_pdf(X, y).sum()
+    # EM crawls along the sigmoid gate's flat directions, where quasi-Newton
+    # steps go further: MLE reaches at least EM's maximum.
+    assert by_mle.log_likelihood_ >= by_em.log_likelihood_ - 1e-3
