@@ -34,6 +34,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-base
 	$(BIN)/python benchmarks/bench_em.py
 	$(BIN)/python benchmarks/bench_gates.py
+	$(BIN)/python benchmarks/bench_families.py
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

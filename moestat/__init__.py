@@ -8,9 +8,16 @@ fitted by EM or direct maximum likelihood, with scikit-learn estimators on
 top.
 """
 
-from moestat.estimators import GaussianMoE, PolynomialMoE
+from moestat.estimators import GaussianMoE, MultinomialLogisticMoE, PolynomialMoE
 from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
-from moestat.experts import GaussianExpert, GaussianExpertParams
+from moestat.experts import (
+    GaussianExpert,
+    GaussianExpertParams,
+    GLMExpert,
+    GLMExpertParams,
+    MultinomialExpertParams,
+    MultinomialLogisticExpert,
+)
 from moestat.gates import (
     GateParams,
     ModifiedSoftmaxGate,
@@ -26,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GaussianMoE",
     "PolynomialMoE",
+    "MultinomialLogisticMoE",
     "MixtureOfExperts",
     "MoEParams",
     "Design",
@@ -37,6 +45,10 @@ __all__ = [
     "SharedGateParams",
     "GaussianExpert",
     "GaussianExpertParams",
+    "GLMExpert",
+    "GLMExpertParams",
+    "MultinomialLogisticExpert",
+    "MultinomialExpertParams",
     "ConvergenceWarning",
     "DegenerateFitWarning",
 ]

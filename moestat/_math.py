@@ -93,3 +93,48 @@ def experts_major(a: NDArray[np.float64]) -> NDArray[np.float64]:
     instead of n tiny row reductions, which is several times faster.
     """
     return np.asfortranarray(a)
+
+
+def fisher_direction(
+    Z: NDArray[np.float64],
+    features: NDArray[np.float64],
+    score_grad: NDArray[np.float64],
+    diag: NDArray[np.float64],
+    vec: NDArray[np.float64],
+    rows: NDArray[np.intp],
+) -> NDArray[np.float64]:
+    """Fisher-scoring direction for the free rows of a softmax-like block.
+
+    Serves every multinomial-logit-like objective: a gate's rows (experts)
+    or a multinomial expert's rows (classes). The information is
+    ``sum_t (diag(d_t) - v_t v_t^T) kron x~_t x~_t^T``
+    restricted to the free rows, with ``d = diag`` and ``v = vec`` per sample;
+    its blocks come from one product of the pair weights with the per-sample
+    products ``features`` of the design columns.
+
+    Returns
+    -------
+    direction : ndarray of shape (m, p)
+        Zero on the rows that are not free.
+    predicted_gain : float
+        ``grad . direction``, the first-order gain of a full step.
+    """
+    n, p = Z.shape
+    m = score_grad.shape[1]
+    k = len(rows)
+    grad = (score_grad[:, rows].T @ Z).ravel()
+    pairs = [(a, b) for a in range(k) for b in range(a, k)]
+    weights = np.empty((len(pairs), n))
+    for w, (a, b) in zip(weights, pairs, strict=True):
+        np.multiply(vec[:, rows[a]], -vec[:, rows[b]], out=w)
+        if a == b:
+            w += diag[:, rows[a]]
+    blocks = unpack_symmetric(weights @ features, p)
+    information = np.empty((k * p, k * p))
+    for block, (a, b) in zip(blocks, pairs, strict=True):
+        information[a * p : (a + 1) * p, b * p : (b + 1) * p] = block
+        information[b * p : (b + 1) * p, a * p : (a + 1) * p] = block
+    step = solve_spd(information, grad, ridge=1e-9)
+    direction = np.zeros((m, p))
+    direction[rows] = step.reshape(k, p)
+    return direction, float(grad @ step)

@@ -13,7 +13,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moestat._validation import InstanceOf, Interval, as_generator, validate_params
-from moestat.experts import GaussianExpert, GaussianExpertParams
+from moestat.experts import (
+    GaussianExpert,
+    GaussianExpertParams,
+    GLMExpert,
+    GLMExpertParams,
+    MultinomialExpertParams,
+    MultinomialLogisticExpert,
+)
 from moestat.gates import (
     GATE_TYPES,
     GateParams,
@@ -24,7 +31,7 @@ from moestat.gates import (
 )
 from moestat.model import MixtureOfExperts, MoEParams
 
-__all__ = ["make_moe_regression"]
+__all__ = ["make_moe_regression", "make_moe_classification", "make_moe_glm"]
 
 
 def _random_gate_params(gate, n_experts, p_gate, gate_scale, rng):
@@ -173,3 +180,215 @@ object, default="softmax"
     X = rng.uniform(x_low, x_high, size=(n_samples, n_features))
     y, _ = model.sample(X, rng)
     return X, y, model
+
+
+def _draw(
+    expert: Any,
+    n_samples: int,
+    n_experts: int,
+    n_features: int,
+    gate: Any,
+    n_shared_experts: int,
+    params: MoEParams | None,
+    make_expert_params: Any,
+    gate_scale: float,
+    x_low: float,
+    x_high: float,
+    rng: np.random.Generator,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], MixtureOfExperts]:
+    """Covariates uniform on the box, responses from the (given or random) truth."""
+    if not x_low < x_high:
+        raise ValueError(f"x_low must be below x_high; got {x_low} and {x_high}.")
+    routed = resolve_gate(gate)
+    check_n_experts = getattr(routed, "check_n_experts", None)
+    if check_n_experts is not None:
+        check_n_experts(n_experts, for_fit=False)
+    model = MixtureOfExperts(with_shared_experts(routed, n_shared_experts), expert)
+    if params is None:
+        m = n_experts + n_shared_experts
+        design = model.design(np.zeros((1, n_features)))
+        gate_params = _random_gate_params(
+            model.gate, m, design.gate.shape[1], gate_scale, rng
+        )
+        params = MoEParams(gate_params, make_expert_params(m, design.expert.shape[1]))
+    model = model.with_params(params)
+    X = rng.uniform(x_low, x_high, size=(n_samples, n_features))
+    y, _ = model.sample(X, rng)
+    return X, y, model
+
+
+_COUNT_CONSTRAINTS = {
+    "n_samples": (Interval("int", 1, None),),
+    "n_experts": (Interval("int", 1, None),),
+    "n_features": (Interval("int", 1, None),),
+    "degree": (Interval("int", 0, None),),
+    "n_shared_experts": (Interval("int", 0, None),),
+}
+
+
+def make_moe_classification(
+    n_samples: int = 1000,
+    n_experts: int = 2,
+    n_classes: int = 3,
+    n_features: int = 1,
+    *,
+    degree: int = 1,
+    gate: Any = "softmax",
+    n_shared_experts: int = 0,
+    params: MoEParams | None = None,
+    gate_scale: float = 3.0,
+    coef_scale: float = 2.0,
+    x_low: float = -1.0,
+    x_high: float = 1.0,
+    random_state: Any = None,
+) -> tuple[NDArray[np.float64], NDArray[np.intp], MixtureOfExperts]:
+    """Draw a classification data set from a multinomial logistic MoE.
+
+    Parameters
+    ----------
+    n_samples, n_experts, n_features, degree, gate, n_shared_experts
+        As for :func:`make_moe_regression`.
+    n_classes : int, default=3
+        Number of classes ``K``; labels are ``0 .. K-1``.
+    params : MoEParams, optional
+        True parameters (``MultinomialExpertParams`` for the experts). If
+        omitted: gate rows ``N(0, gate_scale^2)``, class coefficients
+        ``N(0, coef_scale^2)``.
+    gate_scale, coef_scale : float
+        Scales of the random parameters.
+    x_low, x_high : float, default=-1.0, 1.0
+        Range of the uniform covariates.
+    random_state : None, int or numpy Generator, default=None
+        One stream for parameters, covariates and labels.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,)
+        Integer labels.
+    true_model : MixtureOfExperts
+
+    Examples
+    --------
+    >>> from moestat.datasets import make_moe_classification
+    >>> X, y, truth = make_moe_classification(200, n_classes=3, random_state=0)
+    >>> sorted(set(y.tolist())) == [0, 1, 2]
+    True
+    """
+    validate_params(
+        "make_moe_classification",
+        {
+            "n_samples": n_samples,
+            "n_experts": n_experts,
+            "n_features": n_features,
+            "degree": degree,
+            "n_shared_experts": n_shared_experts,
+            "n_classes": n_classes,
+        },
+        {**_COUNT_CONSTRAINTS, "n_classes": (Interval("int", 2, None),)},
+    )
+    rng = as_generator(random_state)
+    expert = MultinomialLogisticExpert(n_classes, degree=degree)
+
+    def expert_params(m, p):
+        coef = rng.normal(0.0, coef_scale, size=(m, n_classes - 1, p))
+        return MultinomialExpertParams(coef)
+
+    X, y, model = _draw(
+        expert,
+        n_samples,
+        n_experts,
+        n_features,
+        gate,
+        n_shared_experts,
+        params,
+        expert_params,
+        gate_scale,
+        x_low,
+        x_high,
+        rng,
+    )
+    return X, y.astype(np.intp), model
+
+
+def make_moe_glm(
+    n_samples: int = 1000,
+    n_experts: int = 2,
+    n_features: int = 1,
+    *,
+    family: str = "poisson",
+    degree: int = 1,
+    gate: Any = "softmax",
+    n_shared_experts: int = 0,
+    params: MoEParams | None = None,
+    gate_scale: float = 3.0,
+    coef_scale: float = 1.0,
+    x_low: float = -1.0,
+    x_high: float = 1.0,
+    random_state: Any = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], MixtureOfExperts]:
+    """Draw counts (Poisson) or 0/1 responses (Bernoulli) from a GLM-expert MoE.
+
+    Parameters
+    ----------
+    family : {"poisson", "bernoulli"}, default="poisson"
+        The experts' distribution (log or logit link).
+    n_samples, n_experts, n_features, degree, gate, n_shared_experts
+        As for :func:`make_moe_regression`.
+    params : MoEParams, optional
+        True parameters (``GLMExpertParams`` for the experts). If omitted:
+        gate rows ``N(0, gate_scale^2)``, predictor coefficients
+        ``N(0, coef_scale^2)`` with intercepts spread ``coef_scale`` apart.
+    gate_scale, coef_scale : float
+        Scales of the random parameters.
+    x_low, x_high : float, default=-1.0, 1.0
+        Range of the uniform covariates.
+    random_state : None, int or numpy Generator, default=None
+        One stream for parameters, covariates and responses.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,)
+    true_model : MixtureOfExperts
+
+    Examples
+    --------
+    >>> from moestat.datasets import make_moe_glm
+    >>> X, y, truth = make_moe_glm(300, family="poisson", random_state=0)
+    >>> bool((y >= 0).all() and (y == y.round()).all())
+    True
+    """
+    validate_params(
+        "make_moe_glm",
+        {
+            "n_samples": n_samples,
+            "n_experts": n_experts,
+            "n_features": n_features,
+            "degree": degree,
+            "n_shared_experts": n_shared_experts,
+        },
+        _COUNT_CONSTRAINTS,
+    )
+    rng = as_generator(random_state)
+    expert = GLMExpert(family, degree=degree)
+
+    def expert_params(m, p):
+        coef = rng.normal(0.0, coef_scale, size=(m, p))
+        coef[:, 0] = coef_scale * (np.arange(m) - (m - 1) / 2)
+        return GLMExpertParams(coef)
+
+    return _draw(
+        expert,
+        n_samples,
+        n_experts,
+        n_features,
+        gate,
+        n_shared_experts,
+        params,
+        expert_params,
+        gate_scale,
+        x_low,
+        x_high,
+        rng,
+    )

@@ -1,7 +1,9 @@
-"""scikit-learn estimators for mixture-of-experts regression.
+"""scikit-learn estimators for mixtures of experts.
 
 The base class owns validation, restarts, the convergence warning and the
-final E-step; subclasses only say which expert family they use.
+final E-step; subclasses say which expert family they use and how the
+response is checked: ``GaussianMoE`` and ``PolynomialMoE`` (regression,
+Gaussian or GLM experts) and ``MultinomialLogisticMoE`` (classification).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moestat._validation import (
@@ -23,12 +26,13 @@ from moestat._validation import (
     validate_params,
 )
 from moestat.exceptions import ConvergenceWarning
-from moestat.experts import GaussianExpert
+from moestat.experts import GaussianExpert, GLMExpert, MultinomialLogisticExpert
+from moestat.experts.glm import GLM_FAMILIES
 from moestat.fit import INIT_METHODS, fit_restarts, warn_on_degeneracy
 from moestat.gates import GATE_NAMES, GATE_TYPES, resolve_gate, with_shared_experts
 from moestat.model import MixtureOfExperts, MoEParams
 
-__all__ = ["GaussianMoE", "PolynomialMoE"]
+__all__ = ["GaussianMoE", "PolynomialMoE", "MultinomialLogisticMoE"]
 
 _COMMON_CONSTRAINTS: dict[str, tuple] = {
     "n_experts": (Interval("int", 1, None),),
@@ -53,14 +57,29 @@ _COMMON_CONSTRAINTS: dict[str, tuple] = {
 }
 
 
-class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
-    """Shared machinery of the regression estimators (not public)."""
+class _BaseMixtureOfExperts(BaseEstimator):
+    """Shared machinery of the estimators (not public)."""
 
     _parameter_constraints: dict[str, tuple] = _COMMON_CONSTRAINTS
 
     # -- hooks for subclasses -------------------------------------------------
-    def _expert_family(self) -> GaussianExpert:
+    def _expert_family(self) -> Any:
         raise NotImplementedError
+
+    def _validate_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
+        """Check (X, y) at fit time; return y as the float codes the model uses."""
+        return validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+
+    def _check_target(self, y: NDArray[np.float64]) -> None:
+        """Refuse responses the expert family cannot model."""
+        if np.ptp(y) == 0:
+            raise ValueError(
+                f"y is constant (every value is {y[0]!r}): a mixture of experts "
+                "cannot be fitted to data with no spread."
+            )
+
+    def _var_floor(self, y: NDArray[np.float64]) -> float:
+        return 0.0
 
     def _model_spec(self) -> MixtureOfExperts:
         gate = with_shared_experts(
@@ -73,7 +92,7 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
         return self.n_experts + self.n_shared_experts
 
     # -- fitting ---------------------------------------------------------------
-    def fit(self, X: ArrayLike, y: ArrayLike) -> _BaseMixtureOfExpertsRegressor:
+    def fit(self, X: ArrayLike, y: ArrayLike) -> _BaseMixtureOfExperts:
         """Fit the mixture of experts by maximum likelihood.
 
         Parameters
@@ -93,14 +112,15 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
             self.get_params(deep=False),
             self._parameter_constraints,
         )
-        X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        X, y = self._validate_xy(X, y)
         self._check_enough_data(X, y)
+        self._check_target(y)
         model = self._model_spec()
         check_n_experts = getattr(model.gate, "check_n_experts", None)
         if check_n_experts is not None:
             check_n_experts(self._n_total_experts)
         design = model.design(X)
-        var_floor = float(self.reg_var * np.var(y))
+        var_floor = self._var_floor(y)
         if isinstance(self.init, MoEParams):
             self._check_start(model, self.init, design)
         with np.errstate(over="ignore", under="ignore"):
@@ -145,11 +165,6 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
                 f"needs at least {needed} samples (two per expert); got "
                 f"n_samples = {n_samples}."
             )
-        if np.ptp(y) == 0:
-            raise ValueError(
-                f"y is constant (every value is {y[0]!r}): a mixture of experts "
-                "cannot be fitted to data with no spread."
-            )
 
     def _check_start(self, model: MixtureOfExperts, start: MoEParams, design) -> None:
         m = self._n_total_experts
@@ -165,7 +180,8 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
             self.shared_weights_ = params.gate.shared_weights
             self.shared_share_ = params.gate.shared_share
         self.expert_coef_ = params.expert.coef
-        self.expert_var_ = params.expert.var
+        if hasattr(params.expert, "var"):
+            self.expert_var_ = params.expert.var
         self.log_likelihood_ = best.log_likelihood
         self.log_likelihood_trace_ = best.trace
         self.n_iter_ = best.n_iter
@@ -187,22 +203,21 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
 
     def _validated_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
         check_is_fitted(self, "model_")
-        return validate_data(self, X, y, reset=False, y_numeric=True, dtype=np.float64)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        y = self._encode_y(np.asarray(y))
+        if y.ndim != 1 or len(y) != len(X):
+            raise ValueError(
+                f"y must be 1-D with one value per row of X ({len(X)}); got shape "
+                f"{y.shape}."
+            )
+        return X, y
 
-    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Predict the conditional mean ``E[y | x]``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-            ``sum_i g_i(x) mu_i(x)``: the expert means mixed by the gate.
-        """
-        X = self._validated(X)
-        return self.model_.predict(X)
+    def _encode_y(self, y: NDArray) -> NDArray[np.float64]:
+        """Map a response given after fit to the model's float codes."""
+        y = y.astype(np.float64) if y.dtype.kind in "biuf" else y
+        if y.dtype.kind != "f" or not np.all(np.isfinite(y)):
+            raise ValueError("Input y contains NaN, infinity or non-numbers.")
+        return y
 
     def predict_gate(self, X: ArrayLike) -> NDArray[np.float64]:
         """Gate weights ``g_i(x)``: the probability of each expert given x alone.
@@ -231,20 +246,6 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
         ndarray of shape (n_samples, n_experts)
         """
         return self.predict_gate(X)
-
-    def predict_experts(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Each expert's own conditional mean.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_experts)
-        """
-        X = self._validated(X)
-        return self.model_.expert_means(X)
 
     def predict_posterior(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
         """Posterior responsibilities ``P(expert i | x, y)``.
@@ -276,22 +277,6 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
         X, y = self._validated_xy(X, y)
         return self.model_.log_pdf(X, y)
 
-    def sample(self, X: ArrayLike, random_state: Any = None) -> NDArray[np.float64]:
-        """Draw responses ``y ~ p(y | x)`` from the fitted model.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        random_state : None, int or numpy Generator, default=None
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        X = self._validated(X)
-        return self.model_.sample(X, random_state)[0]
-
-    # -- information criteria ----------------------------------------------
     def bic(self, X: ArrayLike, y: ArrayLike) -> float:
         """Bayesian information criterion on (X, y); lower is better.
 
@@ -326,6 +311,61 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, BaseEstimator):
         """
         log_lik = self.score_samples(X, y)
         return float(-2.0 * log_lik.sum() + 2.0 * self.n_parameters_)
+
+
+class _BaseMixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):
+    """Shared machinery of the regression estimators (not public)."""
+
+    def _var_floor(self, y: NDArray[np.float64]) -> float:
+        if isinstance(self._expert_family(), GaussianExpert):
+            return float(self.reg_var * np.var(y))
+        return 0.0
+
+    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Predict the conditional mean ``E[y | x]``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``sum_i g_i(x) mu_i(x)``: the expert means mixed by the gate.
+        """
+        X = self._validated(X)
+        return self.model_.predict(X)
+
+    def predict_experts(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Each expert's own conditional mean.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+        """
+        X = self._validated(X)
+        return self.model_.expert_means(X)
+
+    def sample(self, X: ArrayLike, random_state: Any = None) -> NDArray[np.float64]:
+        """Draw responses ``y ~ p(y | x)`` from the fitted model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        random_state : None, int or numpy Generator, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        X = self._validated(X)
+        return self.model_.sample(X, random_state)[0]
+
+    # -- information criteria ----------------------------------------------
 
 
 _FITTED_ATTRIBUTES_DOC = """
@@ -483,19 +523,26 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
 
 class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     __doc__ = (
-        """Mixture of Gaussian experts whose means are polynomials of order k.
+        """Mixture of experts whose predictors are polynomials of order k.
 
-    ``p(y | x) = sum_i g_i(x) N(y | a_i^T phi_k(x), nu_i)`` where ``phi_k``
-    holds every monomial of total degree at most ``k`` (scikit-learn's
-    ``PolynomialFeatures``). As in the polynomial-expert papers the gate
-    sees x itself (affine scores) while the experts see the polynomial basis.
+    ``p(y | x) = sum_i g_i(x) f(y | x; c_i)`` with ``f`` Gaussian
+    (``N(y | c_i^T phi_k(x), nu_i)``), Poisson (log link) or Bernoulli (logit
+    link) and ``phi_k`` every monomial of total degree at most ``k``
+    (scikit-learn's ``PolynomialFeatures``). As in the polynomial-expert
+    papers the gate sees x itself (affine scores) while the experts see the
+    polynomial basis.
 
     Parameters
     ----------
     n_experts : int, default=2
         Number of experts ``m``.
     degree : int, default=2
-        Order ``k`` of the experts' polynomial mean (0: constant experts)."""
+        Order ``k`` of the experts' polynomial predictor (0: constant).
+    family : {"gaussian", "poisson", "bernoulli"}, default="gaussian"
+        The experts' distribution, with its canonical link. Poisson needs
+        ``y >= 0`` (non-integers give the quasi-Poisson fit); Bernoulli needs
+        ``y`` in ``[0, 1]`` (proportions give the quasi-binomial fit).
+        ``predict`` returns the conditional mean, ``E[y | x]``."""
         + _COMMON_PARAMETERS_DOC
         + _FITTED_ATTRIBUTES_DOC
         + """
@@ -522,6 +569,7 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
     _parameter_constraints = {
         **_COMMON_CONSTRAINTS,
         "degree": (Interval("int", 0, None),),
+        "family": (Options(("gaussian", *GLM_FAMILIES)),),
     }
 
     def __init__(
@@ -529,6 +577,7 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         n_experts: int = 2,
         degree: int = 2,
         *,
+        family: str = "gaussian",
         gate: Any = "softmax",
         n_shared_experts: int = 0,
         shared_weight: str = "fixed_half",
@@ -544,6 +593,7 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
     ) -> None:
         self.n_experts = n_experts
         self.degree = degree
+        self.family = family
         self.gate = gate
         self.n_shared_experts = n_shared_experts
         self.shared_weight = shared_weight
@@ -557,5 +607,207 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         self.polish = polish
         self.random_state = random_state
 
-    def _expert_family(self) -> GaussianExpert:
-        return GaussianExpert(degree=self.degree, shared_variance=self.shared_variance)
+    def _expert_family(self) -> GaussianExpert | GLMExpert:
+        if self.family == "gaussian":
+            return GaussianExpert(
+                degree=self.degree, shared_variance=self.shared_variance
+            )
+        return GLMExpert(self.family, degree=self.degree)
+
+    def _check_target(self, y: NDArray[np.float64]) -> None:
+        if self.family == "poisson" and np.any(y < 0):
+            raise ValueError(
+                f"family='poisson' needs counts y >= 0; got min(y) = {y.min()!r}."
+            )
+        if self.family == "bernoulli" and (np.any(y < 0) or np.any(y > 1)):
+            raise ValueError(
+                "family='bernoulli' needs y in [0, 1] (0/1 labels or "
+                f"proportions); got values in [{y.min()!r}, {y.max()!r}]. For "
+                "other labels use MultinomialLogisticMoE."
+            )
+        super()._check_target(y)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.positive_only = self.family == "poisson"
+        return tags
+
+
+class MultinomialLogisticMoE(ClassifierMixin, _BaseMixtureOfExperts):  # noqa: D101
+    __doc__ = (
+        """Mixture of multinomial logistic experts: classification with K classes.
+
+    ``P(y = c | x) = sum_i g_i(x) p_i(c | x)``, each expert a multinomial
+    logistic regression on ``phi(x)`` (the first class is its reference) and
+    the gate on x.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``m``.
+    degree : int, default=1
+        Order of the polynomial basis of the experts' class scores."""
+        + _COMMON_PARAMETERS_DOC.replace(
+            """    reg_var : float, default=1e-6
+        Variance floor, relative to ``Var(y)``: every expert variance is
+        kept at or above ``reg_var * Var(y)`` (the Gaussian likelihood is
+        unbounded as an expert collapses onto a point).
+    shared_variance : bool, default=False
+        If True all experts share one noise variance.
+""",
+            "",
+        )
+        + """
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels (any sortable labels: ints, strings).
+    expert_coef_ : ndarray of shape (n_experts, n_classes - 1, n_basis)
+        Each expert's coefficients of classes ``classes_[1:]`` (the first
+        class is the reference).
+    model_, params_, gate_coef_, log_likelihood_, log_likelihood_trace_, \\
+n_iter_, converged_, restart_log_likelihoods_, restart_converged_, \\
+n_parameters_, gate_feature_names_, expert_feature_names_, n_features_in_, \\
+feature_names_in_
+        As for :class:`GaussianMoE`.
+
+    Notes
+    -----
+    With ``n_experts=1`` the fit is statsmodels' ``MNLogit``. Classes that
+    are (nearly) separable inside an expert have their maximum at infinity:
+    the coefficients then grow as EM runs, every probability stays finite,
+    and the stopping rule ends the fit.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from moestat import MultinomialLogisticMoE
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = MultinomialLogisticMoE(2, n_init=2, random_state=0).fit(X[:, 2:], y)
+    >>> clf.predict_proba(X[:2, 2:]).shape
+    (2, 3)
+    """
+    )
+
+    _parameter_constraints = {
+        key: value
+        for key, value in _COMMON_CONSTRAINTS.items()
+        if key not in ("reg_var", "shared_variance")
+    } | {"degree": (Interval("int", 0, None),)}
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        *,
+        degree: int = 1,
+        gate: Any = "softmax",
+        n_shared_experts: int = 0,
+        shared_weight: str = "fixed_half",
+        solver: str = "em",
+        n_init: int = 10,
+        init: Any = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        polish: bool = True,
+        random_state: Any = None,
+    ) -> None:
+        self.n_experts = n_experts
+        self.degree = degree
+        self.gate = gate
+        self.n_shared_experts = n_shared_experts
+        self.shared_weight = shared_weight
+        self.solver = solver
+        self.n_init = n_init
+        self.init = init
+        self.tol = tol
+        self.max_iter = max_iter
+        self.polish = polish
+        self.random_state = random_state
+
+    def _expert_family(self) -> MultinomialLogisticExpert:
+        return MultinomialLogisticExpert(len(self.classes_), degree=self.degree)
+
+    def _validate_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        return X, codes.astype(np.float64)
+
+    def _check_target(self, y: NDArray[np.float64]) -> None:
+        if len(self.classes_) < 2:
+            raise ValueError(
+                "MultinomialLogisticMoE needs at least 2 classes in y; got 1 class "
+                f"({self.classes_[0]!r})."
+            )
+
+    def _encode_y(self, y: NDArray) -> NDArray[np.float64]:
+        codes = np.searchsorted(self.classes_, y)
+        codes = np.clip(codes, 0, len(self.classes_) - 1)
+        unknown = self.classes_[codes] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"y contains labels not seen in fit: {np.unique(y[unknown])[:5]!r}; "
+                f"the classes are {self.classes_!r}."
+            )
+        return codes.astype(np.float64)
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Class probabilities ``sum_i g_i(x) p_i(c | x)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+        """
+        X = self._validated(X)
+        return self.model_.predict_proba(X)
+
+    def predict_log_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X: ArrayLike) -> NDArray:
+        """The most probable class.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def sample(self, X: ArrayLike, random_state: Any = None) -> NDArray:
+        """Draw labels ``y ~ P(y | x)`` from the fitted model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        random_state : None, int or numpy Generator, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        X = self._validated(X)
+        codes = self.model_.sample(X, random_state)[0].astype(np.intp)
+        return self.classes_[codes]

@@ -19,13 +19,13 @@ from scipy.optimize import linear_sum_assignment
 
 from moestat._math import logsumexp_rows
 from moestat._validation import as_generator
-from moestat.experts import GaussianExpert, GaussianExpertParams
+from moestat.experts import GaussianExpertParams
 from moestat.gates import GateParams, SharedGateParams
 
 __all__ = ["MoEParams", "Design", "MixtureOfExperts"]
 
 Gate = Any  # any gate of moestat.gates
-Expert = GaussianExpert
+Expert = Any  # any expert family of moestat.experts
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,12 @@ class MoEParams:
     ----------
     gate : GateParams or SharedGateParams
         Gate parameters.
-    expert : GaussianExpertParams
+    expert : GaussianExpertParams, GLMExpertParams or MultinomialExpertParams
         Expert parameters, one row per expert.
     """
 
     gate: GateParams | SharedGateParams
-    expert: GaussianExpertParams
+    expert: GaussianExpertParams | Any
 
     @property
     def n_experts(self) -> int:
@@ -178,6 +178,22 @@ class MixtureOfExperts:
         weights = np.exp(self.gate.log_weights(params.gate, design.gate))
         means = self.expert.mean(params.expert, design.expert)
         return np.sum(weights * means, axis=1)
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Class probabilities ``sum_i g_i(x) p_i(c | x)``, shape (n, K).
+
+        For expert families over classes (multinomial logistic experts).
+        """
+        params = self._require_params()
+        if not hasattr(self.expert, "class_probabilities"):
+            raise ValueError(
+                f"{type(self.expert).__name__} has no classes; predict_proba "
+                "needs multinomial logistic experts."
+            )
+        design = self.design(X)
+        weights = np.exp(self.gate.log_weights(params.gate, design.gate))
+        probs = self.expert.class_probabilities(params.expert, design.expert)
+        return np.einsum("ti,tic->tc", weights, probs)
 
     def log_pdf(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
         """``log p(y_t | x_t)`` for each sample, shape (n,)."""

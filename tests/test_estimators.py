@@ -18,6 +18,7 @@ from moestat import (
     DegenerateFitWarning,
     GaussianMoE,
     ModifiedSoftmaxGate,
+    MultinomialLogisticMoE,
     NormalizedSigmoidGate,
     PolynomialMoE,
     SharedExpertsGate,
@@ -40,7 +41,45 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
+# scikit-learn's regressor checks fit real-valued y (often negative or above
+# one); the Bernoulli family models responses in [0, 1] and refuses others
+# with a ValueError (binary labels of any kind: MultinomialLogisticMoE).
+BERNOULLI_NEEDS_Y_IN_0_1 = (
+    "family='bernoulli' models y in [0, 1]; the regressor check fits "
+    "real-valued y, which is refused with a ValueError"
+)
+BERNOULLI_REFUSED_CHECKS = [
+    "check_fit_score_takes_y",
+    "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters",
+    "check_estimators_fit_returns_self",
+    "check_readonly_memmap_input",
+    "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit",
+    "check_estimators_dtypes",
+    "check_dtype_object",
+    "check_f_contiguous_array_estimator",
+    "check_regressors_train",
+    "check_regressor_data_not_an_array",
+    "check_regressors_no_decision_function",
+    "check_supervised_y_2d",
+    "check_regressors_int",
+    "check_non_transformer_estimators_n_iter",
+    "check_fit2d_1feature",
+    "check_dict_unchanged",
+    "check_fit_idempotent",
+    "check_fit_check_is_fitted",
+    "check_n_features_in",
+    "check_fit2d_predict1d",
+]
+
+
 def _expected_failed_checks(estimator):
+    if getattr(estimator, "family", None) == "bernoulli":
+        return {
+            **EXPECTED_FAILED_CHECKS,
+            **dict.fromkeys(BERNOULLI_REFUSED_CHECKS, BERNOULLI_NEEDS_Y_IN_0_1),
+        }
     return EXPECTED_FAILED_CHECKS
 
 
@@ -56,6 +95,9 @@ def _expected_failed_checks(estimator):
         GaussianMoE(gate="normalized_sigmoid", n_init=2, random_state=0),
         GaussianMoE(3, gate=NormalizedSigmoidGate(top_k=2), n_init=2, random_state=0),
         GaussianMoE(n_shared_experts=1, n_init=2, random_state=0),
+        MultinomialLogisticMoE(n_init=2, random_state=0),
+        PolynomialMoE(family="poisson", n_init=2, random_state=0),
+        PolynomialMoE(family="bernoulli", n_init=2, random_state=0),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
@@ -278,3 +320,18 @@ def test_shared_experts_come_first_with_their_weights(data):
     assert est.shared_share_ == 0.5
     gate = est.predict_gate(data[0])
     np.testing.assert_allclose(gate[:, 0], 0.5)
+
+
+def test_bernoulli_family_fits_binary_responses(rng):
+    # what the refused regressor checks would cover, on data it models
+    X = rng.uniform(-1, 1, size=(400, 2))
+    y = (rng.random(400) < 1 / (1 + np.exp(-3 * X[:, 0]))).astype(float)
+    est = PolynomialMoE(2, degree=1, family="bernoulli", n_init=2, random_state=0)
+    assert est.fit(X, y) is est
+    mean = est.predict(X)
+    assert np.all((mean >= 0) & (mean <= 1))
+    np.testing.assert_array_equal(est.predict(X[::-1]), mean[::-1])
+    np.testing.assert_allclose(est.score_samples(X, y).sum(), est.log_likelihood_)
+    assert est.score(X, y) > 0.2
+    with pytest.raises(ValueError, match="X has 3 features"):
+        est.predict(np.zeros((2, 3)))

@@ -8,12 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from moestat._math import (
-    logsumexp_rows,
-    pair_products,
-    solve_spd,
-    unpack_symmetric,
-)
+from moestat._math import fisher_direction, logsumexp_rows, pair_products
 
 __all__ = ["GateParams", "affine_design", "gate_objective", "observed_objective"]
 
@@ -63,49 +58,6 @@ def observed_objective(
     if log_background is not None:
         values = np.logaddexp(values, log_background)
     return float(values.sum())
-
-
-def _fisher_direction(
-    Z: NDArray[np.float64],
-    features: NDArray[np.float64],
-    score_grad: NDArray[np.float64],
-    diag: NDArray[np.float64],
-    vec: NDArray[np.float64],
-    rows: NDArray[np.intp],
-) -> NDArray[np.float64]:
-    """Fisher-scoring direction for the free rows ``rows`` of a gate.
-
-    The information is ``sum_t (diag(d_t) - v_t v_t^T) kron x~_t x~_t^T``
-    restricted to the free rows, with ``d = diag`` and ``v = vec`` per sample;
-    its blocks come from one product of the pair weights with the per-sample
-    products ``features`` of the design columns.
-
-    Returns
-    -------
-    direction : ndarray of shape (m, p)
-        Zero on the rows that are not free.
-    predicted_gain : float
-        ``grad . direction``, the first-order gain of a full step.
-    """
-    n, p = Z.shape
-    m = score_grad.shape[1]
-    k = len(rows)
-    grad = (score_grad[:, rows].T @ Z).ravel()
-    pairs = [(a, b) for a in range(k) for b in range(a, k)]
-    weights = np.empty((len(pairs), n))
-    for w, (a, b) in zip(weights, pairs, strict=True):
-        np.multiply(vec[:, rows[a]], -vec[:, rows[b]], out=w)
-        if a == b:
-            w += diag[:, rows[a]]
-    blocks = unpack_symmetric(weights @ features, p)
-    information = np.empty((k * p, k * p))
-    for block, (a, b) in zip(blocks, pairs, strict=True):
-        information[a * p : (a + 1) * p, b * p : (b + 1) * p] = block
-        information[b * p : (b + 1) * p, a * p : (a + 1) * p] = block
-    step = solve_spd(information, grad, ridge=1e-9)
-    direction = np.zeros((m, p))
-    direction[rows] = step.reshape(k, p)
-    return direction, float(grad @ step)
 
 
 @dataclass(frozen=True)
@@ -267,7 +219,7 @@ class _AffineGate:
 
         score_grad, diag, vec = self._score_gradient_and_fisher(params, Z, resp, log_g)
         rows = self.free_rows(params.coef.shape[0])
-        direction, gain = _fisher_direction(Z, features, score_grad, diag, vec, rows)
+        direction, gain = fisher_direction(Z, features, score_grad, diag, vec, rows)
         if not gain > 1e-14 * Z.shape[0]:
             # No ascent predicted (a flat objective, e.g. at the optimum).
             return params, log_g

@@ -1,4 +1,6 @@
-"""Expert families: the component densities f(y | x; theta_i).
+"""Gaussian regression experts with polynomial means.
+
+Expert families: the component densities f(y | x; theta_i).
 
 An expert family is a small stateless piece that works on all m experts at
 once: the per-expert log density as an (n, m) array, the weighted M-step
@@ -14,9 +16,9 @@ from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.preprocessing import PolynomialFeatures
 
 from moestat._math import pair_products, solve_spd, unpack_symmetric
+from moestat.experts._basis import polynomial_design, polynomial_names
 
 __all__ = ["GaussianExpert", "GaussianExpertParams"]
 
@@ -81,16 +83,11 @@ class GaussianExpert:
     # -- design and counts -------------------------------------------------
     def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         """Return the polynomial basis ``phi(x)`` of shape (n, n_basis)."""
-        if self.degree == 1:
-            return np.hstack([np.ones((X.shape[0], 1)), X])
-        return PolynomialFeatures(self.degree, include_bias=True).fit_transform(X)
+        return polynomial_design(X, self.degree)
 
     def design_names(self, feature_names: list[str]) -> list[str]:
         """Names of the basis columns (``const``, ``x0``, ``x0^2``, ...)."""
-        poly = PolynomialFeatures(self.degree, include_bias=True)
-        poly.fit(np.zeros((1, len(feature_names))))
-        names = list(poly.get_feature_names_out(feature_names))
-        return ["const", *names[1:]]
+        return polynomial_names(feature_names, self.degree)
 
     def n_free_parameters(self, n_experts: int, n_design: int) -> int:
         """Free parameters: the coefficients and the variance(s)."""

@@ -1,0 +1,29 @@
+"""Expert families: the component densities f(y | x; theta_i).
+
+An expert family is a small stateless piece that works on all m experts at
+once: the per-expert log density as an (n, m) array, the weighted M-step
+(responsibilities in, new parameters out), the conditional means, sampling,
+and the gradient of the weighted complete-data log-likelihood in its packed
+free parameters (used by direct MLE, by Fisher's identity).
+
+- :class:`GaussianExpert`: Gaussian regression, polynomial mean.
+- :class:`GLMExpert`: Poisson or Bernoulli regression (canonical link),
+  polynomial linear predictor.
+- :class:`MultinomialLogisticExpert`: multinomial logit over K classes.
+"""
+
+from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
+from moestat.experts.glm import GLMExpert, GLMExpertParams
+from moestat.experts.multinomial import (
+    MultinomialExpertParams,
+    MultinomialLogisticExpert,
+)
+
+__all__ = [
+    "GaussianExpert",
+    "GaussianExpertParams",
+    "GLMExpert",
+    "GLMExpertParams",
+    "MultinomialLogisticExpert",
+    "MultinomialExpertParams",
+]

@@ -1,0 +1,311 @@
+"""GLM experts: Poisson and Bernoulli regression with a polynomial predictor.
+
+``f(y | x; c_i) = exp{ y eta_i(x) - b(eta_i(x)) + c(y) }`` with the canonical
+link and ``eta_i(x) = c_i^T phi_k(x)``, ``phi_k`` every monomial of total
+degree at most ``k`` (the polynomial experts of Mendes and Jiang).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import gammaln
+
+from moestat._math import logistic, pair_products, solve_spd, unpack_symmetric
+from moestat.experts._basis import polynomial_design, polynomial_names
+
+__all__ = ["GLMExpert", "GLMExpertParams", "GLM_FAMILIES"]
+
+GLM_FAMILIES = ("poisson", "bernoulli")
+
+
+@dataclass(frozen=True)
+class GLMExpertParams:
+    """Parameters of GLM experts.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_experts, n_basis)
+        Row ``i`` holds expert ``i``'s coefficients of the linear predictor
+        on the basis (the intercept first).
+    """
+
+    coef: NDArray[np.float64]
+
+    @property
+    def n_experts(self) -> int:
+        """Number of experts."""
+        return self.coef.shape[0]
+
+
+def _cumulant(family: str, eta: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``b(eta)``: ``exp(eta)`` (Poisson) or ``log(1 + exp(eta))`` (Bernoulli)."""
+    if family == "poisson":
+        return np.exp(eta)
+    return np.logaddexp(0.0, eta)
+
+
+def _mean(family: str, eta: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``b'(eta)``, the conditional mean."""
+    return np.exp(eta) if family == "poisson" else logistic(eta)
+
+
+def _variance(family: str, mu: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``b''(eta)`` written in the mean."""
+    return mu if family == "poisson" else mu * (1.0 - mu)
+
+
+@dataclass(frozen=True)
+class GLMExpert:
+    """Poisson or Bernoulli experts with a polynomial linear predictor.
+
+    Parameters
+    ----------
+    family : {"poisson", "bernoulli"}, default="poisson"
+        Log link (counts) or logit link (0/1 responses).
+    degree : int, default=1
+        Order ``k`` of the polynomial predictor.
+    newton_steps : int, default=1
+        Newton steps per M-step from the current coefficients (generalised
+        EM); initial fits take up to 25.
+    max_halvings : int, default=12
+        Step halvings before a Newton step is given up.
+
+    Notes
+    -----
+    M-step: weighted IRLS (Newton) on ``sum_t r_ti [y_t eta_ti - b(eta_ti)]``,
+    concave in each expert's coefficients: gradient
+    ``Phi^T (r_i (y - mu_i))``, Hessian ``-Phi^T diag(r_i b''(eta_i)) Phi``;
+    every expert's Hessian comes from one product of the weights with the
+    per-sample products of the basis columns. Each expert's step is halved
+    until its objective does not decrease.
+
+    Poisson responses need not be integers: non-negative real responses
+    give the quasi-Poisson fit (as scikit-learn's ``PoissonRegressor`` and
+    statsmodels' GLM do), with ``log f`` using ``log Gamma(y + 1)``.
+    Bernoulli responses in ``[0, 1]`` likewise give the quasi-binomial fit
+    for proportions. Under (quasi-)separation an expert's coefficients grow
+    without bound as EM runs; every quantity stays finite and the stopping
+    rule ends the fit (the likelihood then changes ever less).
+    """
+
+    name: ClassVar[str] = "glm"
+    family: str = "poisson"
+    degree: int = 1
+    newton_steps: int = field(default=1, kw_only=True)
+    max_halvings: int = field(default=12, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.family not in GLM_FAMILIES:
+            raise ValueError(
+                f"Unknown GLM family {self.family!r}; choose one of {GLM_FAMILIES}."
+            )
+
+    # -- design and counts -------------------------------------------------
+    def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Return the polynomial basis ``phi(x)`` of shape (n, n_basis)."""
+        return polynomial_design(X, self.degree)
+
+    def design_names(self, feature_names: list[str]) -> list[str]:
+        """Names of the basis columns."""
+        return polynomial_names(feature_names, self.degree)
+
+    def n_free_parameters(self, n_experts: int, n_design: int) -> int:
+        """Free parameters: the coefficients."""
+        return n_experts * n_design
+
+    # -- density -----------------------------------------------------------
+    def linear_predictor(
+        self, params: GLMExpertParams, Phi: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """``eta`` of shape (n, n_experts), stored experts-major."""
+        return (params.coef @ Phi.T).T
+
+    def mean(
+        self, params: GLMExpertParams, Phi: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Conditional mean of each expert, shape (n, n_experts)."""
+        with np.errstate(over="ignore"):
+            return _mean(self.family, self.linear_predictor(params, Phi))
+
+    def log_density(
+        self,
+        params: GLMExpertParams,
+        Phi: NDArray[np.float64],
+        y: NDArray[np.float64],
+    ) -> NDArray[np.float64]:
+        """``log f(y_t | x_t; c_i)`` of shape (n, n_experts)."""
+        eta = self.linear_predictor(params, Phi)
+        with np.errstate(over="ignore"):
+            out = y[:, None] * eta - _cumulant(self.family, eta)
+        if self.family == "poisson":
+            out -= gammaln(y + 1.0)[:, None]
+        return out
+
+    def sample(
+        self,
+        params: GLMExpertParams,
+        Phi: NDArray[np.float64],
+        labels: NDArray[np.intp],
+        rng: np.random.Generator,
+    ) -> NDArray[np.float64]:
+        """Draw ``y_t`` from expert ``labels[t]``."""
+        mu = self.mean(params, Phi)[np.arange(Phi.shape[0]), labels]
+        if self.family == "poisson":
+            return rng.poisson(mu).astype(float)
+        return (rng.random(len(mu)) < mu).astype(float)
+
+    # -- fitting -----------------------------------------------------------
+    def sufficient_features(
+        self, Phi: NDArray[np.float64], y: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Per-sample products ``phi_a phi_b`` (a <= b) for the Hessians."""
+        return pair_products(Phi)
+
+    def _objective(self, coef, Phi, y, resp):
+        """Each expert's ``sum_t r_ti [y eta - b(eta)]``, shape (m,)."""
+        eta = (coef @ Phi.T).T
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = resp * (y[:, None] * eta - _cumulant(self.family, eta))
+            totals = values.sum(axis=0)
+        return np.where(np.isfinite(totals), totals, -np.inf)
+
+    def _newton(self, coef, Phi, y, resp, features):
+        p = Phi.shape[1]
+        eta = (coef @ Phi.T).T
+        with np.errstate(over="ignore"):
+            mu = _mean(self.family, eta)
+        grad = (resp * (y[:, None] - mu)).T @ Phi
+        weights = resp * _variance(self.family, mu)
+        hessian = unpack_symmetric(weights.T @ features, p)
+        direction = solve_spd(hessian, grad, ridge=1e-9)
+        current = self._objective(coef, Phi, y, resp)
+        step = np.ones(coef.shape[0])
+        accepted = np.zeros(coef.shape[0], dtype=bool)
+        new = coef.copy()
+        for _ in range(self.max_halvings):
+            candidate = coef + step[:, None] * direction
+            value = self._objective(candidate, Phi, y, resp)
+            better = ~accepted & (value >= current)
+            new[better] = candidate[better]
+            accepted |= better
+            if accepted.all():
+                break
+            step = np.where(accepted, step, 0.5 * step)
+        return new
+
+    def _start(self, Phi, y, resp):
+        """Intercept-only start at the pooled mean response."""
+        mean = np.clip(y.mean(), 1e-3, None)
+        if self.family == "bernoulli":
+            mean = np.clip(mean, 1e-3, 1 - 1e-3)
+            intercept = np.log(mean / (1 - mean))
+        else:
+            intercept = np.log(mean)
+        coef = np.zeros((resp.shape[1], Phi.shape[1]))
+        coef[:, 0] = intercept
+        return coef
+
+    def m_step(
+        self,
+        Phi: NDArray[np.float64],
+        y: NDArray[np.float64],
+        resp: NDArray[np.float64],
+        var_floor: float = 0.0,
+        previous: GLMExpertParams | None = None,
+        features: NDArray[np.float64] | None = None,
+    ) -> GLMExpertParams:
+        """Weighted IRLS for every expert (``var_floor`` is not used).
+
+        Parameters
+        ----------
+        Phi : ndarray of shape (n, p)
+            Expert design.
+        y : ndarray of shape (n,)
+            Responses.
+        resp : ndarray of shape (n, m)
+            Responsibilities.
+        var_floor : float
+            Ignored (no variance parameter); kept for the common signature.
+        previous : GLMExpertParams, optional
+            Start of the Newton steps; without it, 25 steps from an
+            intercept-only fit.
+        features : ndarray, optional
+            :meth:`sufficient_features` of ``(Phi, y)``.
+
+        Returns
+        -------
+        GLMExpertParams
+        """
+        if features is None:
+            features = self.sufficient_features(Phi, y)
+        if previous is None:
+            coef, steps = self._start(Phi, y, resp), 25
+        else:
+            coef, steps = previous.coef, self.newton_steps
+        for _ in range(steps):
+            coef = self._newton(coef, Phi, y, resp, features)
+        return GLMExpertParams(coef)
+
+    def gradient(
+        self,
+        params: GLMExpertParams,
+        Phi: NDArray[np.float64],
+        y: NDArray[np.float64],
+        resp: NDArray[np.float64],
+        var_floor: float = 0.0,
+    ) -> NDArray[np.float64]:
+        """Gradient of ``sum r log f`` in the packed coefficients."""
+        mu = self.mean(params, Phi)
+        return ((resp * (y[:, None] - mu)).T @ Phi).ravel()
+
+    # -- parametrisation ---------------------------------------------------
+    def pack(self, params: GLMExpertParams, var_floor: float = 0.0) -> NDArray:
+        """The coefficients as a flat vector."""
+        return params.coef.ravel().copy()
+
+    def unpack(
+        self,
+        theta: NDArray[np.float64],
+        n_experts: int,
+        n_design: int,
+        var_floor: float = 0.0,
+    ) -> GLMExpertParams:
+        """Inverse of :meth:`pack`."""
+        return GLMExpertParams(theta.reshape(n_experts, n_design).copy())
+
+    def pack_bounds(
+        self, n_experts: int, n_design: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """No bounds."""
+        size = self.n_free_parameters(n_experts, n_design)
+        return np.full(size, -np.inf), np.full(size, np.inf)
+
+    def pack_scales(
+        self, column_scales: NDArray[np.float64], n_experts: int
+    ) -> NDArray[np.float64]:
+        """Typical size of each coefficient."""
+        return np.tile(column_scales, n_experts)
+
+    def check_params(self, params: object, n_experts: int, n_design: int) -> None:
+        """Raise ``ValueError`` unless ``params`` fit this family."""
+        if not isinstance(params, GLMExpertParams):
+            raise ValueError(
+                f"GLMExpert needs GLMExpertParams; got {type(params).__name__}."
+            )
+        if params.coef.shape != (n_experts, n_design):
+            raise ValueError(
+                f"init: the expert coef has shape {params.coef.shape}, expected "
+                f"{(n_experts, n_design)}."
+            )
+
+    def permute(self, params: GLMExpertParams, perm: ArrayLike) -> GLMExpertParams:
+        """Reorder the experts."""
+        return GLMExpertParams(params.coef[np.asarray(perm)])
+
+    def atoms(self, params: GLMExpertParams) -> NDArray[np.float64]:
+        """Per-expert parameter vectors used for matching."""
+        return params.coef

@@ -1,0 +1,305 @@
+"""Multinomial logistic experts: classification with K classes.
+
+``f(y = c | x; A_i) = exp(a_ic^T phi(x)) / sum_l exp(a_il^T phi(x))`` with the
+first class as reference (``a_i1 = 0``), so each expert has
+``(K - 1) p`` free coefficients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from moestat._math import fisher_direction, pair_products
+from moestat.experts._basis import polynomial_design, polynomial_names
+
+__all__ = ["MultinomialLogisticExpert", "MultinomialExpertParams"]
+
+
+@dataclass(frozen=True)
+class MultinomialExpertParams:
+    """Parameters of multinomial logistic experts.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_experts, n_classes - 1, n_basis)
+        ``coef[i, c - 1]`` holds expert ``i``'s coefficients of class ``c``
+        (classes ``1 .. K-1``; class 0 is the reference, fixed at zero).
+    """
+
+    coef: NDArray[np.float64]
+
+    @property
+    def n_experts(self) -> int:
+        """Number of experts."""
+        return self.coef.shape[0]
+
+
+@dataclass(frozen=True)
+class MultinomialLogisticExpert:
+    """Multinomial logit experts over ``n_classes`` classes.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of classes ``K`` (at least 2); responses are the codes
+        ``0 .. K-1``.
+    degree : int, default=1
+        Order of the polynomial basis of the class scores.
+    newton_steps : int, default=1
+        Newton steps per M-step (generalised EM); initial fits take up to 25.
+    max_halvings : int, default=12
+        Step halvings before a Newton step is given up.
+
+    Notes
+    -----
+    M-step: for each expert a multinomial logistic regression of the one-hot
+    classes with prior weights ``r_i``, by Newton's method: gradient
+    ``sum_t r_ti (e_y - p_t)_{1:K-1} kron phi_t``, Hessian
+    ``-sum_t r_ti (diag(p_t) - p_t p_t^T)_{1:K-1} kron phi_t phi_t^T``
+    (theory.md; the responsibilities weigh the one-hot labels, never replace
+    them). A tiny ridge in the solve keeps the step finite under separation,
+    where the maximum is at infinity: the coefficients then grow as EM runs
+    and the stopping rule ends the fit, every quantity finite.
+    """
+
+    name: ClassVar[str] = "multinomial"
+    n_classes: int = 2
+    degree: int = 1
+    newton_steps: int = field(default=1, kw_only=True)
+    max_halvings: int = field(default=12, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_classes, int | np.integer) or self.n_classes < 2:
+            raise ValueError(f"n_classes must be an int >= 2; got {self.n_classes!r}.")
+
+    # -- design and counts -------------------------------------------------
+    def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Return the basis ``phi(x)`` of shape (n, n_basis)."""
+        return polynomial_design(X, self.degree)
+
+    def design_names(self, feature_names: list[str]) -> list[str]:
+        """Names of the basis columns."""
+        return polynomial_names(feature_names, self.degree)
+
+    def n_free_parameters(self, n_experts: int, n_design: int) -> int:
+        """Free parameters: ``(K - 1) p`` per expert."""
+        return n_experts * (self.n_classes - 1) * n_design
+
+    # -- density -----------------------------------------------------------
+    def _class_major_log_probabilities(self, coef, Phi):
+        """``log p(c | x)`` stored class-major, shape (K, n) + coef.shape[:-2].
+
+        ``coef`` is (..., K-1, p). Reductions over the K classes then run as
+        element-wise operations over contiguous blocks, not as many tiny
+        reductions over a short last axis.
+        """
+        k1, p = coef.shape[-2:]
+        lead = coef.shape[:-2]
+        flat = coef.reshape(-1, p) @ Phi.T  # (prod(lead) * (K-1), n)
+        scores = np.zeros((k1 + 1, Phi.shape[0], *lead))
+        scores[1:] = np.moveaxis(flat.reshape(*lead, k1, -1), [-2, -1], [0, 1])
+        top = scores.max(axis=0)
+        shifted = scores - top
+        norm = np.log(np.exp(shifted).sum(axis=0))
+        shifted -= norm
+        return shifted
+
+    def class_log_probabilities(
+        self, params: MultinomialExpertParams, Phi: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """``log p_i(c | x)`` of shape (n, n_experts, n_classes)."""
+        log_probs = self._class_major_log_probabilities(params.coef, Phi)
+        return np.moveaxis(log_probs, 0, -1)
+
+    def class_probabilities(
+        self, params: MultinomialExpertParams, Phi: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """``p_i(c | x)`` of shape (n, n_experts, n_classes)."""
+        return np.exp(self.class_log_probabilities(params, Phi))
+
+    def mean(
+        self, params: MultinomialExpertParams, Phi: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Each expert's expected class code ``sum_c c p_i(c | x)``, (n, m)."""
+        probs = self.class_probabilities(params, Phi)
+        return np.asfortranarray(probs @ np.arange(self.n_classes, dtype=float))
+
+    def log_density(
+        self,
+        params: MultinomialExpertParams,
+        Phi: NDArray[np.float64],
+        y: NDArray[np.float64],
+    ) -> NDArray[np.float64]:
+        """``log p_i(y_t | x_t)`` of shape (n, n_experts)."""
+        log_probs = self._class_major_log_probabilities(params.coef, Phi)
+        codes = y.astype(np.intp)
+        out = np.empty(log_probs.shape[1:], order="F")
+        for c in range(self.n_classes):
+            rows = codes == c
+            out[rows] = log_probs[c, rows]
+        return out
+
+    def sample(
+        self,
+        params: MultinomialExpertParams,
+        Phi: NDArray[np.float64],
+        labels: NDArray[np.intp],
+        rng: np.random.Generator,
+    ) -> NDArray[np.float64]:
+        """Draw a class code for each row from expert ``labels[t]``."""
+        probs = self.class_probabilities(params, Phi)[np.arange(Phi.shape[0]), labels]
+        cumulative = np.cumsum(probs, axis=1)
+        u = rng.random(Phi.shape[0]) * cumulative[:, -1]
+        codes = (cumulative < u[:, None]).sum(axis=1)
+        return np.minimum(codes, self.n_classes - 1).astype(float)
+
+    # -- fitting -----------------------------------------------------------
+    def sufficient_features(
+        self, Phi: NDArray[np.float64], y: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Per-sample products ``phi_a phi_b`` (a <= b) for the Hessians."""
+        return pair_products(Phi)
+
+    def _objective(self, coef, Phi, codes, weights):
+        log_probs = self._class_major_log_probabilities(coef, Phi)
+        return float(weights @ log_probs[codes, np.arange(len(codes))])
+
+    def _newton_one(self, coef, Phi, codes, one_hot, weights, features):
+        """One damped Newton step for one expert's (K-1, p) coefficients."""
+        probs = np.exp(self._class_major_log_probabilities(coef, Phi)).T
+        probs = np.asfortranarray(probs)  # (n, K), class columns contiguous
+        score_grad = weights[:, None] * (one_hot - probs)
+        diag = weights[:, None] * probs
+        vec = np.sqrt(weights)[:, None] * probs
+        rows = np.arange(1, self.n_classes)
+        direction, gain = fisher_direction(Phi, features, score_grad, diag, vec, rows)
+        if not gain > 0:
+            return coef
+        current = self._objective(coef, Phi, codes, weights)
+        step = 1.0
+        for _ in range(self.max_halvings):
+            candidate = coef + step * direction[1:]
+            if self._objective(candidate, Phi, codes, weights) >= current:
+                return candidate
+            step *= 0.5
+        return coef
+
+    def m_step(
+        self,
+        Phi: NDArray[np.float64],
+        y: NDArray[np.float64],
+        resp: NDArray[np.float64],
+        var_floor: float = 0.0,
+        previous: MultinomialExpertParams | None = None,
+        features: NDArray[np.float64] | None = None,
+    ) -> MultinomialExpertParams:
+        """Weighted multinomial logit for every expert (Newton, damped).
+
+        Parameters
+        ----------
+        Phi : ndarray of shape (n, p)
+            Expert design.
+        y : ndarray of shape (n,)
+            Class codes ``0 .. K-1``.
+        resp : ndarray of shape (n, m)
+            Responsibilities: the prior weights of each expert's fit.
+        var_floor : float
+            Ignored; kept for the common signature.
+        previous : MultinomialExpertParams, optional
+            Start of the Newton steps; without it, up to 25 steps from zero.
+        features : ndarray, optional
+            :meth:`sufficient_features` of ``(Phi, y)``.
+
+        Returns
+        -------
+        MultinomialExpertParams
+        """
+        if features is None:
+            features = self.sufficient_features(Phi, y)
+        m, p = resp.shape[1], Phi.shape[1]
+        codes = y.astype(np.intp)
+        one_hot = np.asfortranarray(np.eye(self.n_classes)[codes])
+        if previous is None:
+            coef, steps = np.zeros((m, self.n_classes - 1, p)), 25
+        else:
+            coef, steps = previous.coef.copy(), self.newton_steps
+        for i in range(m):
+            weights = np.ascontiguousarray(resp[:, i])
+            for _ in range(steps):
+                coef[i] = self._newton_one(
+                    coef[i], Phi, codes, one_hot, weights, features
+                )
+        return MultinomialExpertParams(coef)
+
+    def gradient(
+        self,
+        params: MultinomialExpertParams,
+        Phi: NDArray[np.float64],
+        y: NDArray[np.float64],
+        resp: NDArray[np.float64],
+        var_floor: float = 0.0,
+    ) -> NDArray[np.float64]:
+        """Gradient of ``sum r log f`` in the packed coefficients."""
+        probs = self.class_probabilities(params, Phi)
+        one_hot = np.eye(self.n_classes)[y.astype(np.intp)]
+        residual = resp[:, :, None] * (one_hot[:, None, :] - probs)
+        grad = np.einsum("tic,ta->ica", residual[:, :, 1:], Phi)
+        return grad.ravel()
+
+    # -- parametrisation ---------------------------------------------------
+    def pack(
+        self, params: MultinomialExpertParams, var_floor: float = 0.0
+    ) -> NDArray[np.float64]:
+        """The coefficients as a flat vector."""
+        return params.coef.ravel().copy()
+
+    def unpack(
+        self,
+        theta: NDArray[np.float64],
+        n_experts: int,
+        n_design: int,
+        var_floor: float = 0.0,
+    ) -> MultinomialExpertParams:
+        """Inverse of :meth:`pack`."""
+        shape = (n_experts, self.n_classes - 1, n_design)
+        return MultinomialExpertParams(theta.reshape(shape).copy())
+
+    def pack_bounds(
+        self, n_experts: int, n_design: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """No bounds."""
+        size = self.n_free_parameters(n_experts, n_design)
+        return np.full(size, -np.inf), np.full(size, np.inf)
+
+    def pack_scales(
+        self, column_scales: NDArray[np.float64], n_experts: int
+    ) -> NDArray[np.float64]:
+        """Typical size of each coefficient."""
+        return np.tile(column_scales, n_experts * (self.n_classes - 1))
+
+    def check_params(self, params: object, n_experts: int, n_design: int) -> None:
+        """Raise ``ValueError`` unless ``params`` fit this family."""
+        if not isinstance(params, MultinomialExpertParams):
+            raise ValueError(
+                "MultinomialLogisticExpert needs MultinomialExpertParams; got "
+                f"{type(params).__name__}."
+            )
+        want = (n_experts, self.n_classes - 1, n_design)
+        if params.coef.shape != want:
+            raise ValueError(
+                f"init: the expert coef has shape {params.coef.shape}, expected {want}."
+            )
+
+    def permute(
+        self, params: MultinomialExpertParams, perm: ArrayLike
+    ) -> MultinomialExpertParams:
+        """Reorder the experts."""
+        return MultinomialExpertParams(params.coef[np.asarray(perm)])
+
+    def atoms(self, params: MultinomialExpertParams) -> NDArray[np.float64]:
+        """Per-expert parameter vectors used for matching."""
+        return params.coef.reshape(params.coef.shape[0], -1)
