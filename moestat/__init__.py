@@ -9,7 +9,11 @@ top.
 """
 
 from moestat.estimators import GaussianMoE, MultinomialLogisticMoE, PolynomialMoE
-from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
+from moestat.exceptions import (
+    ConvergenceWarning,
+    DegenerateFitWarning,
+    SingularInformationWarning,
+)
 from moestat.experts import (
     GaussianExpert,
     GaussianExpertParams,
@@ -26,7 +30,9 @@ from moestat.gates import (
     SharedGateParams,
     SoftmaxGate,
 )
+from moestat.inference import MoEInferenceResults
 from moestat.model import Design, MixtureOfExperts, MoEParams
+from moestat.selection import select_model
 
 __version__ = "0.1.0"
 
@@ -35,6 +41,7 @@ __all__ = [
     "PolynomialMoE",
     "MultinomialLogisticMoE",
     "MixtureOfExperts",
+    "select_model",
     "MoEParams",
     "Design",
     "SoftmaxGate",
@@ -51,4 +58,6 @@ __all__ = [
     "MultinomialExpertParams",
     "ConvergenceWarning",
     "DegenerateFitWarning",
+    "SingularInformationWarning",
+    "MoEInferenceResults",
 ]

@@ -30,6 +30,7 @@ from moestat.experts import GaussianExpert, GLMExpert, MultinomialLogisticExpert
 from moestat.experts.glm import GLM_FAMILIES
 from moestat.fit import INIT_METHODS, fit_restarts, warn_on_degeneracy
 from moestat.gates import GATE_NAMES, GATE_TYPES, resolve_gate, with_shared_experts
+from moestat.inference import MoEInferenceResults, infer
 from moestat.model import MixtureOfExperts, MoEParams
 
 __all__ = ["GaussianMoE", "PolynomialMoE", "MultinomialLogisticMoE"]
@@ -140,6 +141,8 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 polish=self.polish,
             )
         self._store(best, results, design, var_floor)
+        # kept for inference(): the information is evaluated on these data
+        self._fit_design, self._fit_y = design, y
         if not best.converged:
             warnings.warn(
                 f"{type(self).__name__} did not converge in max_iter="
@@ -172,16 +175,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
         model.expert.check_params(start.expert, m, design.expert.shape[1])
 
     def _store(self, best, results, design, var_floor) -> None:
-        self.model_ = best.model
-        params = best.model.params
-        self.params_ = params
-        self.gate_coef_ = params.gate.coef
-        if self.n_shared_experts:
-            self.shared_weights_ = params.gate.shared_weights
-            self.shared_share_ = params.gate.shared_share
-        self.expert_coef_ = params.expert.coef
-        if hasattr(params.expert, "var"):
-            self.expert_var_ = params.expert.var
+        self._set_model(best.model)
         self.log_likelihood_ = best.log_likelihood
         self.log_likelihood_trace_ = best.trace
         self.n_iter_ = best.n_iter
@@ -195,6 +189,38 @@ class _BaseMixtureOfExperts(BaseEstimator):
             names = [str(c) for c in self.feature_names_in_]
         self.gate_feature_names_ = self.model_.gate.design_names(names)
         self.expert_feature_names_ = self.model_.expert.design_names(names)
+
+    def _set_model(self, model: MixtureOfExperts) -> None:
+        self.model_ = model
+        params = model.params
+        self.params_ = params
+        self.gate_coef_ = params.gate.coef
+        if self.n_shared_experts:
+            self.shared_weights_ = params.gate.shared_weights
+            self.shared_share_ = params.gate.shared_share
+        self.expert_coef_ = params.expert.coef
+        if hasattr(params.expert, "var"):
+            self.expert_var_ = params.expert.var
+
+    def align_to(self, reference: Any) -> _BaseMixtureOfExperts:
+        """Relabel the fitted experts to match a reference's order.
+
+        Hungarian matching on the experts' parameters (never across shared
+        and routed experts); every per-expert quantity moves together.
+
+        Parameters
+        ----------
+        reference : fitted estimator or MixtureOfExperts
+            Another fit or a true model with the same number of experts.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "model_")
+        reference = getattr(reference, "model_", reference)
+        self._set_model(self.model_.align_to(reference))
+        return self
 
     # -- prediction -----------------------------------------------------------
     def _validated(self, X: ArrayLike) -> NDArray:
@@ -277,6 +303,67 @@ class _BaseMixtureOfExperts(BaseEstimator):
         X, y = self._validated_xy(X, y)
         return self.model_.log_pdf(X, y)
 
+    # -- inference ------------------------------------------------------------
+    def inference(self) -> MoEInferenceResults:
+        """Standard errors, tests and intervals for the fitted parameters.
+
+        The observed information (negative Hessian of the log-likelihood on
+        the training data, by central differences of the analytic
+        gradient) is inverted where it is positive definite; see
+        :mod:`moestat.inference`.
+
+        Returns
+        -------
+        MoEInferenceResults
+            ``params``, ``bse``, ``tvalues``, ``pvalues``, ``conf_int()``,
+            ``cov_params()``, ``summary()``, ``to_frame()``.
+        """
+        check_is_fitted(self, "model_")
+        with np.errstate(over="ignore", under="ignore"):
+            return infer(
+                self.model_,
+                self._fit_design,
+                self._fit_y,
+                (self.gate_feature_names_, self.expert_feature_names_),
+                var_floor=self.var_floor_,
+                df_model=self.n_parameters_,
+                converged=self.converged_,
+                n_iter=self.n_iter_,
+                info=self._summary_info(),
+            )
+
+    def summary(self, alpha: float = 0.05):
+        """Shortcut for ``self.inference().summary(alpha)``.
+
+        Parameters
+        ----------
+        alpha : float, default=0.05
+            One minus the coverage of the intervals.
+
+        Returns
+        -------
+        statsmodels.iolib.summary.Summary
+        """
+        return self.inference().summary(alpha)
+
+    def _summary_info(self) -> dict[str, Any]:
+        gate = self.model_.gate
+        routed = getattr(gate, "routed", gate)
+        info = {
+            "Model": type(self).__name__,
+            "Experts": type(self.model_.expert).__name__,
+            "Gate": routed.name
+            + (f" (top {routed.top_k})" if getattr(routed, "top_k", None) else ""),
+            "Routed experts (m)": self.n_experts,
+        }
+        if self.n_shared_experts:
+            info["Shared experts"] = self.n_shared_experts
+        if hasattr(self, "degree"):
+            info["Degree (k)"] = self.degree
+        info["Solver"] = self.solver
+        return info
+
+    # -- information criteria ----------------------------------------------
     def bic(self, X: ArrayLike, y: ArrayLike) -> float:
         """Bayesian information criterion on (X, y); lower is better.
 
@@ -364,8 +451,6 @@ class _BaseMixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):
         """
         X = self._validated(X)
         return self.model_.sample(X, random_state)[0]
-
-    # -- information criteria ----------------------------------------------
 
 
 _FITTED_ATTRIBUTES_DOC = """

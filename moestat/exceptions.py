@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["ConvergenceWarning", "DegenerateFitWarning"]
+__all__ = ["ConvergenceWarning", "DegenerateFitWarning", "SingularInformationWarning"]
 
 
 class DegenerateFitWarning(UserWarning):
@@ -14,3 +14,7 @@ class DegenerateFitWarning(UserWarning):
     or its variance reached the floor that guards the Gaussian likelihood
     against degeneracy.
     """
+
+
+class SingularInformationWarning(UserWarning):
+    """The observed information is singular: some standard errors are NaN."""

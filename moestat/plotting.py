@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 
 from moestat.model import MixtureOfExperts
 
-__all__ = ["plot_fit", "plot_gate"]
+__all__ = ["plot_fit", "plot_gate", "plot_selection"]
 
 
 def _pyplot(function: str):
@@ -160,5 +160,40 @@ def plot_gate(
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("x")
     ax.set_ylabel("gate weight")
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_selection(table: Any, *, criterion: str | None = None, ax: Any = None):
+    """A criterion against the number of experts, one line per degree.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The table of :func:`moestat.selection.select_model`.
+    criterion : str, optional
+        Column to draw; by default the one the table was sorted by.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure is made when omitted.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    plt = _pyplot("plot_selection")
+    criterion = criterion or table.attrs.get("criterion", "bic")
+    if criterion not in table:
+        raise ValueError(f"The table has no column {criterion!r}.")
+    if ax is None:
+        _, ax = plt.subplots()
+    groups = table.groupby("degree") if "degree" in table else [(None, table)]
+    for key, part in groups:
+        part = part.sort_values("n_experts")
+        label = criterion if key is None else f"degree {key}"
+        ax.plot(part["n_experts"], part[criterion], "o-", label=label)
+    best = table.loc[table[criterion].idxmin()]
+    ax.plot(best["n_experts"], best[criterion], "k*", ms=14, label="best")
+    ax.set_xlabel("number of experts m")
+    ax.set_ylabel(criterion)
     ax.legend(loc="best", fontsize="small")
     return ax

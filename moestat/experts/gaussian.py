@@ -273,6 +273,27 @@ class GaussianExpert:
         if np.any(params.var <= 0):
             raise ValueError("init: expert variances must be positive.")
 
+    def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
+        """Readable names of the packed parameters, e.g. ``expert1[x0]``."""
+        names = [
+            f"expert{i + 1}[{name}]" for i in range(n_experts) for name in design_names
+        ]
+        if self.shared_variance:
+            return [*names, "variance"]
+        return names + [f"expert{i + 1}[variance]" for i in range(n_experts)]
+
+    def natural(
+        self, theta: NDArray[np.float64], n_experts: int, var_floor: float
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Reported values and ``d value / d theta`` (variances, not log)."""
+        n_var = 1 if self.shared_variance else n_experts
+        values = theta.copy()
+        jacobian = np.ones_like(theta)
+        excess = np.exp(theta[-n_var:])
+        values[-n_var:] = var_floor + excess
+        jacobian[-n_var:] = excess
+        return values, jacobian
+
     def permute(
         self, params: GaussianExpertParams, perm: ArrayLike
     ) -> GaussianExpertParams:

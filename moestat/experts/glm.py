@@ -302,6 +302,18 @@ class GLMExpert:
                 f"{(n_experts, n_design)}."
             )
 
+    def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
+        """Readable names of the packed parameters, e.g. ``expert1[x0]``."""
+        return [
+            f"expert{i + 1}[{name}]" for i in range(n_experts) for name in design_names
+        ]
+
+    def natural(
+        self, theta: NDArray[np.float64], n_experts: int, var_floor: float = 0.0
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Reported values (the coefficients themselves) and unit Jacobian."""
+        return theta.copy(), np.ones_like(theta)
+
     def permute(self, params: GLMExpertParams, perm: ArrayLike) -> GLMExpertParams:
         """Reorder the experts."""
         return GLMExpertParams(params.coef[np.asarray(perm)])

@@ -294,6 +294,21 @@ class MultinomialLogisticExpert:
                 f"init: the expert coef has shape {params.coef.shape}, expected {want}."
             )
 
+    def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
+        """Readable names, e.g. ``expert1[class2:x0]`` (class codes from 0)."""
+        return [
+            f"expert{i + 1}[class{c}:{name}]"
+            for i in range(n_experts)
+            for c in range(1, self.n_classes)
+            for name in design_names
+        ]
+
+    def natural(
+        self, theta: NDArray[np.float64], n_experts: int, var_floor: float = 0.0
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Reported values (the coefficients themselves) and unit Jacobian."""
+        return theta.copy(), np.ones_like(theta)
+
     def permute(
         self, params: MultinomialExpertParams, perm: ArrayLike
     ) -> MultinomialExpertParams:

@@ -282,6 +282,16 @@ class _AffineGate:
         """Typical size of each packed parameter, from its column's scale."""
         return np.tile(column_scales, len(self.free_rows(n_experts)))
 
+    def parameter_names(
+        self, n_experts: int, design_names: list[str], offset: int = 0
+    ) -> list[str]:
+        """Readable names of the packed parameters, e.g. ``gate2[const]``."""
+        return [
+            f"gate{i + 1 + offset}[{name}]"
+            for i in self.free_rows(n_experts)
+            for name in design_names
+        ]
+
     def permute(self, params: GateParams, perm: ArrayLike) -> GateParams:
         """Reorder the experts."""
         return GateParams(params.coef[np.asarray(perm)])

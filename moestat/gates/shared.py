@@ -266,6 +266,21 @@ class SharedExpertsGate:
         extra = np.full(self.n_shared - 1 + int(self.learned), np.inf)
         return np.concatenate([lo, -extra]), np.concatenate([hi, extra])
 
+    def parameter_names(
+        self, n_experts: int, design_names: list[str], offset: int = 0
+    ) -> list[str]:
+        """Routed gate rows (numbered after the shared experts), then weights."""
+        names = self.routed.parameter_names(
+            self.n_routed(n_experts), design_names, offset + self.n_shared
+        )
+        names += [
+            f"shared{i + 1 + offset}[log(omega{i + 1}/omega1)]"
+            for i in range(1, self.n_shared)
+        ]
+        if self.learned:
+            names.append("shared[logit(lambda)]")
+        return names
+
     def permute(self, params: SharedGateParams, perm: ArrayLike) -> SharedGateParams:
         """Reorder experts within the shared and the routed block."""
         perm = np.asarray(perm)
