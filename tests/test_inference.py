@@ -301,3 +301,15 @@ def test_parameter_counts_of_the_discrete_families(
         result = estimator.inference()
     assert estimator.n_parameters_ == expected
     assert result.df_model == expected == len(result.params)
+
+
+def test_select_model_shows_progress_unless_silenced(rng, capsys):
+    X = rng.uniform(-1, 1, size=(200, 1))
+    y = X[:, 0] + rng.normal(scale=0.3, size=200)
+    estimator = GaussianMoE(n_init=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        select_model(estimator, X, y, n_experts=[1, 2], progress=True)
+        assert "select_model" in capsys.readouterr().err
+        select_model(estimator, X, y, n_experts=[1, 2], progress=False)
+        assert capsys.readouterr().err == ""
