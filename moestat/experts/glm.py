@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 from scipy.special import gammaln
 
-from moestat._math import logistic, pair_products, solve_spd, unpack_symmetric
-from moestat.experts._basis import polynomial_design, polynomial_names
+from moestat._math import logistic, solve_spd, unpack_symmetric
+from moestat.experts._base import CoefficientExpert
 
 __all__ = ["GLMExpert", "GLMExpertParams", "GLM_FAMILIES"]
 
@@ -59,7 +59,7 @@ def _variance(family: str, mu: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 @dataclass(frozen=True)
-class GLMExpert:
+class GLMExpert(CoefficientExpert):
     """Poisson or Bernoulli experts with a polynomial linear predictor.
 
     Parameters
@@ -93,6 +93,7 @@ class GLMExpert:
     """
 
     name: ClassVar[str] = "glm"
+    params_type: ClassVar[type] = GLMExpertParams
     family: str = "poisson"
     degree: int = 1
     newton_steps: int = field(default=1, kw_only=True)
@@ -105,17 +106,9 @@ class GLMExpert:
             )
 
     # -- design and counts -------------------------------------------------
-    def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Return the polynomial basis ``phi(x)`` of shape (n, n_basis)."""
-        return polynomial_design(X, self.degree)
-
-    def design_names(self, feature_names: list[str]) -> list[str]:
-        """Names of the basis columns."""
-        return polynomial_names(feature_names, self.degree)
-
-    def n_free_parameters(self, n_experts: int, n_design: int) -> int:
-        """Free parameters: the coefficients."""
-        return n_experts * n_design
+    def coef_shape(self, n_experts: int, n_design: int) -> tuple[int, ...]:
+        """Shape of the coefficient array."""
+        return (n_experts, n_design)
 
     # -- density -----------------------------------------------------------
     def linear_predictor(
@@ -159,12 +152,6 @@ class GLMExpert:
         return (rng.random(len(mu)) < mu).astype(float)
 
     # -- fitting -----------------------------------------------------------
-    def sufficient_features(
-        self, Phi: NDArray[np.float64], y: NDArray[np.float64]
-    ) -> NDArray[np.float64]:
-        """Per-sample products ``phi_a phi_b`` (a <= b) for the Hessians."""
-        return pair_products(Phi)
-
     def _objective(self, coef, Phi, y, resp):
         """Each expert's ``sum_t r_ti [y eta - b(eta)]``, shape (m,)."""
         eta = (coef @ Phi.T).T
@@ -263,61 +250,8 @@ class GLMExpert:
         return ((resp * (y[:, None] - mu)).T @ Phi).ravel()
 
     # -- parametrisation ---------------------------------------------------
-    def pack(self, params: GLMExpertParams, var_floor: float = 0.0) -> NDArray:
-        """The coefficients as a flat vector."""
-        return params.coef.ravel().copy()
-
-    def unpack(
-        self,
-        theta: NDArray[np.float64],
-        n_experts: int,
-        n_design: int,
-        var_floor: float = 0.0,
-    ) -> GLMExpertParams:
-        """Inverse of :meth:`pack`."""
-        return GLMExpertParams(theta.reshape(n_experts, n_design).copy())
-
-    def pack_bounds(
-        self, n_experts: int, n_design: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """No bounds."""
-        size = self.n_free_parameters(n_experts, n_design)
-        return np.full(size, -np.inf), np.full(size, np.inf)
-
-    def pack_scales(
-        self, column_scales: NDArray[np.float64], n_experts: int
-    ) -> NDArray[np.float64]:
-        """Typical size of each coefficient."""
-        return np.tile(column_scales, n_experts)
-
-    def check_params(self, params: object, n_experts: int, n_design: int) -> None:
-        """Raise ``ValueError`` unless ``params`` fit this family."""
-        if not isinstance(params, GLMExpertParams):
-            raise ValueError(
-                f"GLMExpert needs GLMExpertParams; got {type(params).__name__}."
-            )
-        if params.coef.shape != (n_experts, n_design):
-            raise ValueError(
-                f"init: the expert coef has shape {params.coef.shape}, expected "
-                f"{(n_experts, n_design)}."
-            )
-
     def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
         """Readable names of the packed parameters, e.g. ``expert1[x0]``."""
         return [
             f"expert{i + 1}[{name}]" for i in range(n_experts) for name in design_names
         ]
-
-    def natural(
-        self, theta: NDArray[np.float64], n_experts: int, var_floor: float = 0.0
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Reported values (the coefficients themselves) and unit Jacobian."""
-        return theta.copy(), np.ones_like(theta)
-
-    def permute(self, params: GLMExpertParams, perm: ArrayLike) -> GLMExpertParams:
-        """Reorder the experts."""
-        return GLMExpertParams(params.coef[np.asarray(perm)])
-
-    def atoms(self, params: GLMExpertParams) -> NDArray[np.float64]:
-        """Per-expert parameter vectors used for matching."""
-        return params.coef

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
-from moestat._math import fisher_direction, pair_products
-from moestat.experts._basis import polynomial_design, polynomial_names
+from moestat._math import fisher_direction
+from moestat.experts._base import CoefficientExpert
 
 __all__ = ["MultinomialLogisticExpert", "MultinomialExpertParams"]
 
@@ -39,7 +39,7 @@ class MultinomialExpertParams:
 
 
 @dataclass(frozen=True)
-class MultinomialLogisticExpert:
+class MultinomialLogisticExpert(CoefficientExpert):
     """Multinomial logit experts over ``n_classes`` classes.
 
     Parameters
@@ -67,6 +67,7 @@ class MultinomialLogisticExpert:
     """
 
     name: ClassVar[str] = "multinomial"
+    params_type: ClassVar[type] = MultinomialExpertParams
     n_classes: int = 2
     degree: int = 1
     newton_steps: int = field(default=1, kw_only=True)
@@ -77,17 +78,9 @@ class MultinomialLogisticExpert:
             raise ValueError(f"n_classes must be an int >= 2; got {self.n_classes!r}.")
 
     # -- design and counts -------------------------------------------------
-    def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Return the basis ``phi(x)`` of shape (n, n_basis)."""
-        return polynomial_design(X, self.degree)
-
-    def design_names(self, feature_names: list[str]) -> list[str]:
-        """Names of the basis columns."""
-        return polynomial_names(feature_names, self.degree)
-
-    def n_free_parameters(self, n_experts: int, n_design: int) -> int:
-        """Free parameters: ``(K - 1) p`` per expert."""
-        return n_experts * (self.n_classes - 1) * n_design
+    def coef_shape(self, n_experts: int, n_design: int) -> tuple[int, ...]:
+        """Shape of the coefficient array."""
+        return (n_experts, self.n_classes - 1, n_design)
 
     # -- density -----------------------------------------------------------
     def _class_major_log_probabilities(self, coef, Phi):
@@ -158,12 +151,6 @@ class MultinomialLogisticExpert:
         return np.minimum(codes, self.n_classes - 1).astype(float)
 
     # -- fitting -----------------------------------------------------------
-    def sufficient_features(
-        self, Phi: NDArray[np.float64], y: NDArray[np.float64]
-    ) -> NDArray[np.float64]:
-        """Per-sample products ``phi_a phi_b`` (a <= b) for the Hessians."""
-        return pair_products(Phi)
-
     def _objective(self, coef, Phi, codes, weights):
         log_probs = self._class_major_log_probabilities(coef, Phi)
         return float(weights @ log_probs[codes, np.arange(len(codes))])
@@ -251,49 +238,6 @@ class MultinomialLogisticExpert:
         return grad.ravel()
 
     # -- parametrisation ---------------------------------------------------
-    def pack(
-        self, params: MultinomialExpertParams, var_floor: float = 0.0
-    ) -> NDArray[np.float64]:
-        """The coefficients as a flat vector."""
-        return params.coef.ravel().copy()
-
-    def unpack(
-        self,
-        theta: NDArray[np.float64],
-        n_experts: int,
-        n_design: int,
-        var_floor: float = 0.0,
-    ) -> MultinomialExpertParams:
-        """Inverse of :meth:`pack`."""
-        shape = (n_experts, self.n_classes - 1, n_design)
-        return MultinomialExpertParams(theta.reshape(shape).copy())
-
-    def pack_bounds(
-        self, n_experts: int, n_design: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """No bounds."""
-        size = self.n_free_parameters(n_experts, n_design)
-        return np.full(size, -np.inf), np.full(size, np.inf)
-
-    def pack_scales(
-        self, column_scales: NDArray[np.float64], n_experts: int
-    ) -> NDArray[np.float64]:
-        """Typical size of each coefficient."""
-        return np.tile(column_scales, n_experts * (self.n_classes - 1))
-
-    def check_params(self, params: object, n_experts: int, n_design: int) -> None:
-        """Raise ``ValueError`` unless ``params`` fit this family."""
-        if not isinstance(params, MultinomialExpertParams):
-            raise ValueError(
-                "MultinomialLogisticExpert needs MultinomialExpertParams; got "
-                f"{type(params).__name__}."
-            )
-        want = (n_experts, self.n_classes - 1, n_design)
-        if params.coef.shape != want:
-            raise ValueError(
-                f"init: the expert coef has shape {params.coef.shape}, expected {want}."
-            )
-
     def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
         """Readable names, e.g. ``expert1[class2:x0]`` (class codes from 0)."""
         return [
@@ -302,19 +246,3 @@ class MultinomialLogisticExpert:
             for c in range(1, self.n_classes)
             for name in design_names
         ]
-
-    def natural(
-        self, theta: NDArray[np.float64], n_experts: int, var_floor: float = 0.0
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Reported values (the coefficients themselves) and unit Jacobian."""
-        return theta.copy(), np.ones_like(theta)
-
-    def permute(
-        self, params: MultinomialExpertParams, perm: ArrayLike
-    ) -> MultinomialExpertParams:
-        """Reorder the experts."""
-        return MultinomialExpertParams(params.coef[np.asarray(perm)])
-
-    def atoms(self, params: MultinomialExpertParams) -> NDArray[np.float64]:
-        """Per-expert parameter vectors used for matching."""
-        return params.coef.reshape(params.coef.shape[0], -1)
