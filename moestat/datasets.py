@@ -45,26 +45,6 @@ def _random_gate_params(gate, n_experts, p_gate, gate_scale, rng):
     return gate.unpack(gate.pack(GateParams(coef)), n_experts, p_gate)
 
 
-def _random_params(
-    model: MixtureOfExperts,
-    n_experts: int,
-    n_features: int,
-    noise_var: float,
-    gate_scale: float,
-    coef_scale: float,
-    rng: np.random.Generator,
-) -> MoEParams:
-    design = model.design(np.zeros((1, n_features)))
-    p_gate, p_expert = design.gate.shape[1], design.expert.shape[1]
-    gate = _random_gate_params(model.gate, n_experts, p_gate, gate_scale, rng)
-    # Spread the intercepts so that the experts are distinct atoms.
-    expert_coef = rng.normal(0.0, coef_scale, size=(n_experts, p_expert))
-    expert_coef[:, 0] = coef_scale * (np.arange(n_experts) - (n_experts - 1) / 2)
-    expert_coef[:, 0] += rng.normal(0.0, 0.1 * coef_scale, size=n_experts)
-    var = np.full(n_experts, float(noise_var))
-    return MoEParams(gate, GaussianExpertParams(expert_coef, var))
-
-
 def make_moe_regression(
     n_samples: int = 1000,
     n_experts: int = 2,
@@ -156,30 +136,29 @@ object, default="softmax"
             "n_shared_experts": (Interval("int", 0, None),),
         },
     )
-    if not x_low < x_high:
-        raise ValueError(f"x_low must be below x_high; got {x_low} and {x_high}.")
     rng = as_generator(random_state)
-    routed = resolve_gate(gate)
-    check_n_experts = getattr(routed, "check_n_experts", None)
-    if check_n_experts is not None:
-        check_n_experts(n_experts, for_fit=False)
-    model = MixtureOfExperts(
-        with_shared_experts(routed, n_shared_experts), GaussianExpert(degree=degree)
+
+    def expert_params(m, p):
+        # Spread the intercepts so that the experts are distinct atoms.
+        coef = rng.normal(0.0, coef_scale, size=(m, p))
+        coef[:, 0] = coef_scale * (np.arange(m) - (m - 1) / 2)
+        coef[:, 0] += rng.normal(0.0, 0.1 * coef_scale, size=m)
+        return GaussianExpertParams(coef, np.full(m, float(noise_var)))
+
+    return _draw(
+        GaussianExpert(degree=degree),
+        n_samples,
+        n_experts,
+        n_features,
+        gate,
+        n_shared_experts,
+        params,
+        expert_params,
+        gate_scale,
+        x_low,
+        x_high,
+        rng,
     )
-    if params is None:
-        params = _random_params(
-            model,
-            n_experts + n_shared_experts,
-            n_features,
-            noise_var,
-            gate_scale,
-            coef_scale,
-            rng,
-        )
-    model = model.with_params(params)
-    X = rng.uniform(x_low, x_high, size=(n_samples, n_features))
-    y, _ = model.sample(X, rng)
-    return X, y, model
 
 
 def _draw(
