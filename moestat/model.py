@@ -85,7 +85,11 @@ def responsibilities_from_log_joint(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """E-step: posterior responsibilities and per-sample log-likelihoods."""
     log_lik = logsumexp_rows(log_joint_values)
-    return np.exp(log_joint_values - log_lik[:, None]), log_lik
+    shifted = log_joint_values - log_lik[:, None]
+    # exp() of values that underflow takes a slow path in numpy: below e^-700
+    # a responsibility is kept at ~1e-304 instead of an exact or subnormal 0.
+    np.maximum(shifted, -700.0, out=shifted)
+    return np.exp(shifted, out=shifted), log_lik
 
 
 @dataclass(frozen=True)
