@@ -23,26 +23,12 @@ from moestat.experts import (
 )
 from moestat.gates import (
     GATE_TYPES,
-    GateParams,
-    SharedExpertsGate,
-    SharedGateParams,
     resolve_gate,
     with_shared_experts,
 )
 from moestat.model import MixtureOfExperts, MoEParams
 
 __all__ = ["make_moe_regression", "make_moe_classification", "make_moe_glm"]
-
-
-def _random_gate_params(gate, n_experts, p_gate, gate_scale, rng):
-    if isinstance(gate, SharedExpertsGate):
-        n_routed = n_experts - gate.n_shared
-        routed = _random_gate_params(gate.routed, n_routed, p_gate, gate_scale, rng)
-        omega = np.full(gate.n_shared, 1.0 / gate.n_shared)
-        return SharedGateParams(routed, omega, 0.5)
-    coef = rng.normal(0.0, gate_scale, size=(n_experts, p_gate))
-    # keep only the free rows (the softmax reference row is zero)
-    return gate.unpack(gate.pack(GateParams(coef)), n_experts, p_gate)
 
 
 def make_moe_regression(
@@ -179,16 +165,12 @@ def _draw(
     if not x_low < x_high:
         raise ValueError(f"x_low must be below x_high; got {x_low} and {x_high}.")
     routed = resolve_gate(gate)
-    check_n_experts = getattr(routed, "check_n_experts", None)
-    if check_n_experts is not None:
-        check_n_experts(n_experts, for_fit=False)
+    routed.check_n_experts(n_experts, for_fit=False)
     model = MixtureOfExperts(with_shared_experts(routed, n_shared_experts), expert)
     if params is None:
         m = n_experts + n_shared_experts
         design = model.design(np.zeros((1, n_features)))
-        gate_params = _random_gate_params(
-            model.gate, m, design.gate.shape[1], gate_scale, rng
-        )
+        gate_params = model.gate.random_params(m, design.gate.shape[1], gate_scale, rng)
         params = MoEParams(gate_params, make_expert_params(m, design.expert.shape[1]))
     model = model.with_params(params)
     X = rng.uniform(x_low, x_high, size=(n_samples, n_features))

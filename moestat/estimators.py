@@ -79,9 +79,6 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 "cannot be fitted to data with no spread."
             )
 
-    def _var_floor(self, y: NDArray[np.float64]) -> float:
-        return 0.0
-
     def _model_spec(self) -> MixtureOfExperts:
         gate = with_shared_experts(
             resolve_gate(self.gate), self.n_shared_experts, self.shared_weight
@@ -117,11 +114,9 @@ class _BaseMixtureOfExperts(BaseEstimator):
         self._check_enough_data(X, y)
         self._check_target(y)
         model = self._model_spec()
-        check_n_experts = getattr(model.gate, "check_n_experts", None)
-        if check_n_experts is not None:
-            check_n_experts(self._n_total_experts)
+        model.gate.check_n_experts(self._n_total_experts)
         design = model.design(X)
-        var_floor = self._var_floor(y)
+        var_floor = model.expert.variance_floor(y, getattr(self, "reg_var", 0.0))
         if isinstance(self.init, MoEParams):
             self._check_start(model, self.init, design)
         with np.errstate(over="ignore", under="ignore"):
@@ -347,13 +342,10 @@ class _BaseMixtureOfExperts(BaseEstimator):
         return self.inference().summary(alpha)
 
     def _summary_info(self) -> dict[str, Any]:
-        gate = self.model_.gate
-        routed = getattr(gate, "routed", gate)
         info = {
             "Model": type(self).__name__,
             "Experts": type(self.model_.expert).__name__,
-            "Gate": routed.name
-            + (f" (top {routed.top_k})" if getattr(routed, "top_k", None) else ""),
+            "Gate": self.model_.gate.describe(),
             "Routed experts (m)": self.n_experts,
         }
         if self.n_shared_experts:
@@ -402,11 +394,6 @@ class _BaseMixtureOfExperts(BaseEstimator):
 
 class _BaseMixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):
     """Shared machinery of the regression estimators (not public)."""
-
-    def _var_floor(self, y: NDArray[np.float64]) -> float:
-        if isinstance(self._expert_family(), GaussianExpert):
-            return float(self.reg_var * np.var(y))
-        return 0.0
 
     def predict(self, X: ArrayLike) -> NDArray[np.float64]:
         """Predict the conditional mean ``E[y | x]``.

@@ -629,11 +629,12 @@ def warn_on_degeneracy(result: FitResult, var_floor: float, min_weight: float) -
             DegenerateFitWarning,
             stacklevel=3,
         )
-    var = getattr(result.model.params.expert, "var", None)
-    if var is not None and var_floor > 0 and np.any(var <= var_floor * (1 + 1e-9)):
-        at_floor = np.flatnonzero(var <= var_floor * (1 + 1e-9)).tolist()
+    at_floor = result.model.expert.at_variance_floor(
+        result.model.params.expert, var_floor
+    )
+    if len(at_floor):
         warnings.warn(
-            f"The variance of expert(s) {at_floor} reached the floor "
+            f"The variance of expert(s) {list(at_floor)} reached the floor "
             f"{var_floor:.3g} (reg_var * Var(y)): an expert is collapsing onto a "
             "few points. Try fewer experts or a larger reg_var.",
             DegenerateFitWarning,

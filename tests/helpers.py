@@ -19,16 +19,13 @@ from moestat import (
 
 
 def random_gate_params(gate, n_experts, n_design, rng, scale=2.0):
-    """Random parameters for any gate (shared experts: random omega)."""
+    """Random parameters for any gate (shared experts: random omega too)."""
+    params = gate.random_params(n_experts, n_design, scale, rng)
     if isinstance(gate, SharedExpertsGate):
-        routed = random_gate_params(
-            gate.routed, n_experts - gate.n_shared, n_design, rng, scale
-        )
         omega = rng.dirichlet(np.ones(gate.n_shared))
         share = 0.5 if not gate.learned else rng.uniform(0.2, 0.8)
-        return SharedGateParams(routed, omega, share)
-    coef = rng.normal(0, scale, size=(n_experts, n_design))
-    return gate.unpack(gate.pack(GateParams(coef)), n_experts, n_design)
+        return SharedGateParams(params.routed, omega, share)
+    return params
 
 
 def random_model(

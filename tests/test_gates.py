@@ -234,3 +234,17 @@ def test_resolve_gate_by_name_and_object():
         resolve_gate("sparsemax")
     with pytest.raises(ValueError, match="gate must be one of"):
         resolve_gate(3)
+
+
+def test_gates_describe_themselves_for_summaries():
+    assert SoftmaxGate().describe() == "softmax"
+    assert ModifiedSoftmaxGate("sigmoid").describe() == "modified_softmax (sigmoid)"
+    assert NormalizedSigmoidGate(top_k=2).describe() == "normalized_sigmoid (top 2)"
+    shared = SharedExpertsGate(NormalizedSigmoidGate(), 2)
+    assert shared.describe() == "normalized_sigmoid + 2 shared"
+
+
+def test_every_gate_checks_its_number_of_experts():
+    SoftmaxGate().check_n_experts(1)
+    with pytest.raises(ValueError, match="top_k=3 is out of range for 2 routed"):
+        SharedExpertsGate(NormalizedSigmoidGate(top_k=3), 1).check_n_experts(3)

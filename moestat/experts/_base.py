@@ -48,6 +48,14 @@ class CoefficientExpert:
         """Per-sample products ``phi_a phi_b`` (a <= b) for the Hessians."""
         return pair_products(Phi)
 
+    def variance_floor(self, y: NDArray[np.float64], reg_var: float) -> float:
+        """No variance parameter, so no floor."""
+        return 0.0
+
+    def at_variance_floor(self, params: Any, var_floor: float) -> NDArray[np.intp]:
+        """No variance parameter: no expert sits at a floor."""
+        return np.array([], dtype=np.intp)
+
     # -- parametrisation ---------------------------------------------------
     def pack(self, params: Any, var_floor: float = 0.0) -> NDArray[np.float64]:
         """The coefficients as a flat vector."""

@@ -243,6 +243,18 @@ class GaussianExpert:
             var = np.full(n_experts, var[0])
         return GaussianExpertParams(coef.copy(), var)
 
+    def variance_floor(self, y: NDArray[np.float64], reg_var: float) -> float:
+        """The floor ``nu_min = reg_var * Var(y)`` on every variance."""
+        return float(reg_var * np.var(y))
+
+    def at_variance_floor(
+        self, params: GaussianExpertParams, var_floor: float
+    ) -> NDArray[np.intp]:
+        """Experts whose variance sits at the floor (a collapsing expert)."""
+        if var_floor <= 0:
+            return np.array([], dtype=np.intp)
+        return np.flatnonzero(params.var <= var_floor * (1 + 1e-9))
+
     def pack_bounds(
         self, n_experts: int, n_design: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

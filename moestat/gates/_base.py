@@ -97,6 +97,20 @@ class _AffineGate:
         """Free parameters counted by the information criteria."""
         return self.n_free_parameters(n_experts, n_design)
 
+    def check_n_experts(self, n_experts: int, for_fit: bool = True) -> None:
+        """Raise ``ValueError`` if the gate cannot route to ``n_experts``."""
+
+    def describe(self) -> str:
+        """A short label for summaries."""
+        return self.name
+
+    def random_params(
+        self, n_experts: int, n_design: int, scale: float, rng: np.random.Generator
+    ) -> GateParams:
+        """Random parameters: ``N(0, scale^2)`` on every free row."""
+        coef = rng.normal(0.0, scale, size=(n_experts, n_design))
+        return self.unpack(self.pack(GateParams(coef)), n_experts, n_design)
+
     def expert_groups(self, n_experts: int) -> NDArray[np.intp]:
         """Group of each expert; relabelling never mixes groups."""
         return np.zeros(n_experts, dtype=np.intp)

@@ -126,9 +126,20 @@ class SharedExpertsGate:
 
     def check_n_experts(self, n_experts: int, for_fit: bool = True) -> None:
         """Check the routed gate against the number of routed experts."""
-        check = getattr(self.routed, "check_n_experts", None)
-        if check is not None:
-            check(self.n_routed(n_experts), for_fit)
+        self.routed.check_n_experts(self.n_routed(n_experts), for_fit)
+
+    def describe(self) -> str:
+        """The routed gate's label and the number of shared experts."""
+        return f"{self.routed.describe()} + {self.n_shared} shared"
+
+    def random_params(
+        self, n_experts: int, n_design: int, scale: float, rng: np.random.Generator
+    ) -> SharedGateParams:
+        """Random routed gate; equal shared weights and the split 1/2."""
+        routed = self.routed.random_params(
+            self.n_routed(n_experts), n_design, scale, rng
+        )
+        return SharedGateParams(routed, np.full(self.n_shared, 1.0 / self.n_shared))
 
     # -- density -----------------------------------------------------------
     def log_weights(

@@ -113,6 +113,10 @@ class NormalizedSigmoidGate(_AffineGate):
                 "and gives them no gradient. Use top_k >= 2."
             )
 
+    def describe(self) -> str:
+        """``normalized_sigmoid`` or ``normalized_sigmoid (top 2)``."""
+        return self.name + (f" (top {self.top_k})" if self.top_k else "")
+
     def degrees_of_freedom(self, n_experts: int, n_design: int) -> int:
         """``m (d + 1)``; zero for a single expert (the gate is then 1)."""
         return 0 if n_experts == 1 else n_experts * n_design

@@ -133,6 +133,11 @@ class ModifiedSoftmaxGate(SoftmaxGate):
                 f"covariates to an (n, d') array; got {self.transform!r}."
             )
 
+    def describe(self) -> str:
+        """``modified_softmax (tanh)`` and the like."""
+        label = self.transform if isinstance(self.transform, str) else "callable"
+        return f"{self.name} ({label})"
+
     def gate_input(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         """``M(x)``, checked for shape and finiteness."""
         fn = (
