@@ -60,11 +60,6 @@ def solve_spd(
     return z * scale
 
 
-def logistic(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The logistic function ``1 / (1 + exp(-x))``, without overflow."""
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 def pair_products(A: NDArray[np.float64]) -> NDArray[np.float64]:
     """Products ``A[:, a] * A[:, b]`` for every ``a <= b``, shape (n, p(p+1)/2).
 

@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import gammaln
+from scipy.special import expit, gammaln
 
-from moestat._math import logistic, solve_spd, unpack_symmetric
+from moestat._math import solve_spd, unpack_symmetric
 from moestat.experts._base import CoefficientExpert
 
 __all__ = ["GLMExpert", "GLMExpertParams", "GLM_FAMILIES"]
@@ -50,7 +50,7 @@ def _cumulant(family: str, eta: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def _mean(family: str, eta: NDArray[np.float64]) -> NDArray[np.float64]:
     """``b'(eta)``, the conditional mean."""
-    return np.exp(eta) if family == "poisson" else logistic(eta)
+    return np.exp(eta) if family == "poisson" else expit(eta)
 
 
 def _variance(family: str, mu: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -152,9 +152,10 @@ class GLMExpert(CoefficientExpert):
         return (rng.random(len(mu)) < mu).astype(float)
 
     # -- fitting -----------------------------------------------------------
-    def _objective(self, coef, Phi, y, resp):
+    def _objective(self, coef, Phi, y, resp, eta=None):
         """Each expert's ``sum_t r_ti [y eta - b(eta)]``, shape (m,)."""
-        eta = (coef @ Phi.T).T
+        if eta is None:
+            eta = (coef @ Phi.T).T
         with np.errstate(over="ignore", invalid="ignore"):
             values = resp * (y[:, None] * eta - _cumulant(self.family, eta))
             totals = values.sum(axis=0)
@@ -169,7 +170,7 @@ class GLMExpert(CoefficientExpert):
         weights = resp * _variance(self.family, mu)
         hessian = unpack_symmetric(weights.T @ features, p)
         direction = solve_spd(hessian, grad, ridge=1e-9)
-        current = self._objective(coef, Phi, y, resp)
+        current = self._objective(coef, Phi, y, resp, eta)
         step = np.ones(coef.shape[0])
         accepted = np.zeros(coef.shape[0], dtype=bool)
         new = coef.copy()

@@ -151,14 +151,16 @@ class MultinomialLogisticExpert(CoefficientExpert):
         return np.minimum(codes, self.n_classes - 1).astype(float)
 
     # -- fitting -----------------------------------------------------------
-    def _objective(self, coef, Phi, codes, weights):
-        log_probs = self._class_major_log_probabilities(coef, Phi)
+    def _objective(self, coef, Phi, codes, weights, log_probs=None):
+        if log_probs is None:
+            log_probs = self._class_major_log_probabilities(coef, Phi)
         return float(weights @ log_probs[codes, np.arange(len(codes))])
 
     def _newton_one(self, coef, Phi, codes, one_hot, weights, features):
         """One damped Newton step for one expert's (K-1, p) coefficients."""
-        probs = np.exp(self._class_major_log_probabilities(coef, Phi)).T
-        probs = np.asfortranarray(probs)  # (n, K), class columns contiguous
+        log_probs = self._class_major_log_probabilities(coef, Phi)
+        current = self._objective(coef, Phi, codes, weights, log_probs)
+        probs = np.asfortranarray(np.exp(log_probs).T)  # (n, K), classes contiguous
         score_grad = weights[:, None] * (one_hot - probs)
         diag = weights[:, None] * probs
         vec = np.sqrt(weights)[:, None] * probs
@@ -166,7 +168,6 @@ class MultinomialLogisticExpert(CoefficientExpert):
         direction, gain = fisher_direction(Phi, features, score_grad, diag, vec, rows)
         if not gain > 0:
             return coef
-        current = self._objective(coef, Phi, codes, weights)
         step = 1.0
         for _ in range(self.max_halvings):
             candidate = coef + step * direction[1:]

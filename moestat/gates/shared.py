@@ -7,8 +7,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import expit
 
-from moestat._math import logistic, logsumexp_rows
+from moestat._math import logsumexp_rows
 from moestat.gates._base import GateParams
 
 __all__ = ["SharedGateParams", "SharedExpertsGate"]
@@ -259,7 +260,7 @@ class SharedExpertsGate:
         omega = np.exp(logits - logsumexp_rows(logits[None, :])[0])
         share = 0.5
         if self.learned:
-            share = float(logistic(theta[k + self.n_shared - 1]))
+            share = float(expit(theta[k + self.n_shared - 1]))
         return SharedGateParams(routed, omega, share)
 
     def pack_scales(

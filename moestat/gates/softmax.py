@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import expit
 
-from moestat._math import logistic, logsumexp_rows
+from moestat._math import logsumexp_rows
 from moestat.gates._base import GateParams, _AffineGate
 
 __all__ = ["SoftmaxGate", "ModifiedSoftmaxGate", "TRANSFORMS"]
@@ -81,7 +82,7 @@ class SoftmaxGate(_AffineGate):
 TRANSFORMS: dict[str, Callable[[NDArray[np.float64]], NDArray[np.float64]]] = {
     "identity": lambda X: X,
     "tanh": np.tanh,
-    "sigmoid": logistic,
+    "sigmoid": expit,
 }
 
 
