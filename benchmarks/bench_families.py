@@ -12,17 +12,14 @@ Run:  python benchmarks/bench_families.py [--n 100000] [--iters 30] [--repeats 3
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
+from _timing import em_ms_per_iteration
 
 from moestat.datasets import (
     make_moe_classification,
     make_moe_glm,
     make_moe_regression,
 )
-from moestat.fit import em, initial_params
-from moestat.model import MixtureOfExperts
 
 DATA = {
     "gaussian": lambda n: make_moe_regression(n, 4, 2, random_state=0),
@@ -34,17 +31,7 @@ DATA = {
 
 def ms_per_iteration(make, n, iters, repeats):
     X, y, truth = make(n)
-    y = np.asarray(y, dtype=float)
-    spec = MixtureOfExperts(truth.gate, truth.expert)
-    design = spec.design(X)
-    start = initial_params(spec, design, X, y, 4, "kmeans", np.random.default_rng(1))
-    model = spec.with_params(start)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        em(model, design, y, tol=0.0, max_iter=iters)
-        best = min(best, time.perf_counter() - t0)
-    return 1e3 * best / iters
+    return em_ms_per_iteration(X, y, truth, iters, repeats)
 
 
 def main():

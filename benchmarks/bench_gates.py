@@ -11,9 +11,8 @@ Run:  python benchmarks/bench_gates.py [--n 100000] [--iters 40] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
+from _timing import em_ms_per_iteration
 
 from moestat import (
     ModifiedSoftmaxGate,
@@ -22,8 +21,6 @@ from moestat import (
     SoftmaxGate,
 )
 from moestat.datasets import make_moe_regression
-from moestat.fit import em, initial_params
-from moestat.model import MixtureOfExperts
 
 GATES = {
     "softmax": SoftmaxGate(),
@@ -46,18 +43,7 @@ def ms_per_iteration(gate, n, iters, repeats):
         n_shared_experts=n_shared,
         random_state=0,
     )
-    spec = MixtureOfExperts(truth.gate, truth.expert)
-    design = spec.design(X)
-    start = initial_params(
-        spec, design, X, y, 4 + n_shared, "kmeans", np.random.default_rng(1)
-    )
-    model = spec.with_params(start)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        em(model, design, y, tol=0.0, max_iter=iters)
-        best = min(best, time.perf_counter() - t0)
-    return 1e3 * best / iters
+    return em_ms_per_iteration(X, y, truth, iters, repeats)
 
 
 def main():

@@ -30,6 +30,25 @@ from moestat.model import MixtureOfExperts, MoEParams
 
 __all__ = ["make_moe_regression", "make_moe_classification", "make_moe_glm"]
 
+# The generators' arguments and what each may be, declared once.
+_CONSTRAINTS = {
+    "n_samples": (Interval("int", 1, None),),
+    "n_experts": (Interval("int", 1, None),),
+    "n_features": (Interval("int", 1, None),),
+    "degree": (Interval("int", 0, None),),
+    "n_shared_experts": (Interval("int", 0, None),),
+    "n_classes": (Interval("int", 2, None),),
+    "noise_var": (Interval("real", 0, None, closed="neither"),),
+    "gate": (
+        InstanceOf(str, "a gate name"),
+        InstanceOf(GATE_TYPES, "a gate object"),
+    ),
+}
+
+
+def _check_arguments(owner: str, **values: Any) -> None:
+    validate_params(owner, values, {name: _CONSTRAINTS[name] for name in values})
+
 
 def make_moe_regression(
     n_samples: int = 1000,
@@ -98,29 +117,15 @@ object, default="softmax"
     >>> X.shape, y.shape, truth.n_experts
     ((500, 1), (500,), 3)
     """
-    validate_params(
+    _check_arguments(
         "make_moe_regression",
-        {
-            "n_samples": n_samples,
-            "n_experts": n_experts,
-            "n_features": n_features,
-            "degree": degree,
-            "noise_var": noise_var,
-            "gate": gate,
-            "n_shared_experts": n_shared_experts,
-        },
-        {
-            "n_samples": (Interval("int", 1, None),),
-            "n_experts": (Interval("int", 1, None),),
-            "n_features": (Interval("int", 1, None),),
-            "degree": (Interval("int", 0, None),),
-            "noise_var": (Interval("real", 0, None, closed="neither"),),
-            "gate": (
-                InstanceOf(str, "a gate name"),
-                InstanceOf(GATE_TYPES, "a gate object"),
-            ),
-            "n_shared_experts": (Interval("int", 0, None),),
-        },
+        n_samples=n_samples,
+        n_experts=n_experts,
+        n_features=n_features,
+        degree=degree,
+        noise_var=noise_var,
+        gate=gate,
+        n_shared_experts=n_shared_experts,
     )
     rng = as_generator(random_state)
 
@@ -178,15 +183,6 @@ def _draw(
     return X, y, model
 
 
-_COUNT_CONSTRAINTS = {
-    "n_samples": (Interval("int", 1, None),),
-    "n_experts": (Interval("int", 1, None),),
-    "n_features": (Interval("int", 1, None),),
-    "degree": (Interval("int", 0, None),),
-    "n_shared_experts": (Interval("int", 0, None),),
-}
-
-
 def make_moe_classification(
     n_samples: int = 1000,
     n_experts: int = 2,
@@ -236,17 +232,14 @@ def make_moe_classification(
     >>> sorted(set(y.tolist())) == [0, 1, 2]
     True
     """
-    validate_params(
+    _check_arguments(
         "make_moe_classification",
-        {
-            "n_samples": n_samples,
-            "n_experts": n_experts,
-            "n_features": n_features,
-            "degree": degree,
-            "n_shared_experts": n_shared_experts,
-            "n_classes": n_classes,
-        },
-        {**_COUNT_CONSTRAINTS, "n_classes": (Interval("int", 2, None),)},
+        n_samples=n_samples,
+        n_experts=n_experts,
+        n_features=n_features,
+        degree=degree,
+        n_shared_experts=n_shared_experts,
+        n_classes=n_classes,
     )
     rng = as_generator(random_state)
     expert = MultinomialLogisticExpert(n_classes, degree=degree)
@@ -320,16 +313,13 @@ def make_moe_glm(
     >>> bool((y >= 0).all() and (y == y.round()).all())
     True
     """
-    validate_params(
+    _check_arguments(
         "make_moe_glm",
-        {
-            "n_samples": n_samples,
-            "n_experts": n_experts,
-            "n_features": n_features,
-            "degree": degree,
-            "n_shared_experts": n_shared_experts,
-        },
-        _COUNT_CONSTRAINTS,
+        n_samples=n_samples,
+        n_experts=n_experts,
+        n_features=n_features,
+        degree=degree,
+        n_shared_experts=n_shared_experts,
     )
     rng = as_generator(random_state)
     expert = GLMExpert(family, degree=degree)

@@ -313,3 +313,17 @@ def test_select_model_shows_progress_unless_silenced(rng, capsys):
         assert "select_model" in capsys.readouterr().err
         select_model(estimator, X, y, n_experts=[1, 2], progress=False)
         assert capsys.readouterr().err == ""
+
+
+def test_select_model_gives_the_same_table_in_parallel():
+    X, y, _ = make_moe_regression(800, params=separated_three_experts(), random_state=2)
+    estimator = GaussianMoE(n_init=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial, _ = select_model(
+            estimator, X, y, n_experts=[1, 2, 3], progress=False, n_jobs=1
+        )
+        parallel, _ = select_model(
+            estimator, X, y, n_experts=[1, 2, 3], progress=False, n_jobs=2
+        )
+    pd.testing.assert_frame_equal(serial, parallel)
