@@ -73,6 +73,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
 
     def _check_target(self, y: NDArray[np.float64]) -> None:
         """Refuse responses the expert family cannot model."""
+        self._expert_family().check_response(y)
         if np.ptp(y) == 0:
             raise ValueError(
                 f"y is constant (every value is {y[0]!r}): a mixture of experts "
@@ -686,19 +687,6 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
             )
         return GLMExpert(self.family, degree=self.degree)
 
-    def _check_target(self, y: NDArray[np.float64]) -> None:
-        if self.family == "poisson" and np.any(y < 0):
-            raise ValueError(
-                f"family='poisson' needs counts y >= 0; got min(y) = {y.min()!r}."
-            )
-        if self.family == "bernoulli" and (np.any(y < 0) or np.any(y > 1)):
-            raise ValueError(
-                "family='bernoulli' needs y in [0, 1] (0/1 labels or "
-                f"proportions); got values in [{y.min()!r}, {y.max()!r}]. For "
-                "other labels use MultinomialLogisticMoE."
-            )
-        super()._check_target(y)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.positive_only = self.family == "poisson"
@@ -806,6 +794,7 @@ feature_names_in_
         return X, codes.astype(np.float64)
 
     def _check_target(self, y: NDArray[np.float64]) -> None:
+        # the labels were coded 0 .. K-1 by _validate_xy
         if len(self.classes_) < 2:
             raise ValueError(
                 "MultinomialLogisticMoE needs at least 2 classes in y; got 1 class "

@@ -290,3 +290,11 @@ def test_generators_return_their_truth():
     )
     assert set(np.unique(y)) <= {0.0, 1.0}
     assert isinstance(truth.expert, GLMExpert)
+
+
+def test_expert_families_name_the_responses_they_refuse():
+    with pytest.raises(ValueError, match="class codes 0 .. 2"):
+        MultinomialLogisticExpert(3).check_response(np.array([0.0, 1.0, 3.0]))
+    with pytest.raises(ValueError, match="needs counts y >= 0"):
+        GLMExpert("poisson").check_response(np.array([1.0, -1.0]))
+    GLMExpert("poisson").check_response(np.array([0.0, 2.5]))  # quasi-Poisson

@@ -243,6 +243,9 @@ class GaussianExpert:
             var = np.full(n_experts, var[0])
         return GaussianExpertParams(coef.copy(), var)
 
+    def check_response(self, y: NDArray[np.float64]) -> None:
+        """Any finite real response is in the support."""
+
     def variance_floor(self, y: NDArray[np.float64], reg_var: float) -> float:
         """The floor ``nu_min = reg_var * Var(y)`` on every variance."""
         return float(reg_var * np.var(y))

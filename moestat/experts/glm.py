@@ -106,6 +106,19 @@ class GLMExpert(CoefficientExpert):
             )
 
     # -- design and counts -------------------------------------------------
+    def check_response(self, y: NDArray[np.float64]) -> None:
+        """Raise ``ValueError`` for responses outside the family's support."""
+        if self.family == "poisson" and np.any(y < 0):
+            raise ValueError(
+                f"family='poisson' needs counts y >= 0; got min(y) = {y.min()!r}."
+            )
+        if self.family == "bernoulli" and (np.any(y < 0) or np.any(y > 1)):
+            raise ValueError(
+                "family='bernoulli' needs y in [0, 1] (0/1 labels or "
+                f"proportions); got values in [{y.min()!r}, {y.max()!r}]. For "
+                "other labels use MultinomialLogisticMoE."
+            )
+
     def coef_shape(self, n_experts: int, n_design: int) -> tuple[int, ...]:
         """Shape of the coefficient array."""
         return (n_experts, n_design)

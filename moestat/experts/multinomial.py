@@ -78,6 +78,14 @@ class MultinomialLogisticExpert(CoefficientExpert):
             raise ValueError(f"n_classes must be an int >= 2; got {self.n_classes!r}.")
 
     # -- design and counts -------------------------------------------------
+    def check_response(self, y: NDArray[np.float64]) -> None:
+        """Raise ``ValueError`` unless ``y`` holds class codes ``0 .. K-1``."""
+        if np.any(y != np.round(y)) or np.any((y < 0) | (y >= self.n_classes)):
+            raise ValueError(
+                f"Multinomial experts need class codes 0 .. {self.n_classes - 1}; "
+                "encode the labels first (MultinomialLogisticMoE does)."
+            )
+
     def coef_shape(self, n_experts: int, n_design: int) -> tuple[int, ...]:
         """Shape of the coefficient array."""
         return (n_experts, self.n_classes - 1, n_design)
