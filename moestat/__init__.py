@@ -21,6 +21,10 @@ from moestat.experts import (
     GLMExpertParams,
     MultinomialExpertParams,
     MultinomialLogisticExpert,
+    ReLUExpert,
+    ReLUExpertParams,
+    StackedExpertParams,
+    StackedExperts,
 )
 from moestat.gates import (
     GateParams,
@@ -56,6 +60,10 @@ __all__ = [
     "GLMExpertParams",
     "MultinomialLogisticExpert",
     "MultinomialExpertParams",
+    "ReLUExpert",
+    "ReLUExpertParams",
+    "StackedExperts",
+    "StackedExpertParams",
     "ConvergenceWarning",
     "DegenerateFitWarning",
     "SingularInformationWarning",

@@ -10,6 +10,9 @@ free parameters (used by direct MLE, by Fisher's identity).
 - :class:`GLMExpert`: Poisson or Bernoulli regression (canonical link),
   polynomial linear predictor.
 - :class:`MultinomialLogisticExpert`: multinomial logit over K classes.
+- :class:`ReLUExpert`: Gaussian regression on one ReLU unit (DeepSeekMoE).
+- :class:`StackedExperts`: shared experts of one family beside routed
+  experts of another (for :class:`~moestat.gates.SharedExpertsGate`).
 """
 
 from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
@@ -18,6 +21,8 @@ from moestat.experts.multinomial import (
     MultinomialExpertParams,
     MultinomialLogisticExpert,
 )
+from moestat.experts.relu import ReLUExpert, ReLUExpertParams
+from moestat.experts.stacked import StackedExpertParams, StackedExperts
 
 __all__ = [
     "GaussianExpert",
@@ -26,4 +31,8 @@ __all__ = [
     "GLMExpertParams",
     "MultinomialLogisticExpert",
     "MultinomialExpertParams",
+    "ReLUExpert",
+    "ReLUExpertParams",
+    "StackedExperts",
+    "StackedExpertParams",
 ]

@@ -62,6 +62,11 @@ class GaussianExpert:
         Order ``k`` of the polynomial mean.
     shared_variance : bool, default=False
         If True all experts share one variance.
+    variance : float or None, default=None
+        A known noise variance ``nu`` shared by every expert (the
+        one-parameter Gaussian family of Mendes and Jiang): it is neither
+        estimated nor packed, and ``params.var`` must hold it for every
+        expert. ``None`` estimates the variances.
 
     Notes
     -----
@@ -74,11 +79,52 @@ class GaussianExpert:
 
     The packed parametrisation for direct MLE uses
     ``nu = nu_min + exp(u)`` so that the floor can never be crossed.
+
+    With a known ``variance`` the M-step is the weighted least squares alone
+    (theory.md section 4.3) and the variance never meets the floor; the
+    free parameters are the coefficients only, and ``shared_variance`` has
+    nothing left to pool.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from moestat import GaussianExpert
+    >>> expert = GaussianExpert(variance=0.25)
+    >>> expert.n_free_parameters(n_experts=2, n_design=2)
+    4
     """
 
     name: ClassVar[str] = "gaussian"
     degree: int = 1
     shared_variance: bool = False
+    variance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.variance is None:
+            return
+        value = self.variance
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float | np.integer | np.floating)
+            or not np.isfinite(value)
+            or value <= 0
+        ):
+            raise ValueError(
+                "variance must be None (estimated) or a positive finite number "
+                f"(known); got {value!r}."
+            )
+        object.__setattr__(self, "variance", float(value))
+
+    @property
+    def known_variance(self) -> bool:
+        """Whether the variance is known and fixed (``variance`` given)."""
+        return self.variance is not None
+
+    def _n_variances(self, n_experts: int) -> int:
+        """Packed variance parameters: none, one shared, or one per expert."""
+        if self.known_variance:
+            return 0
+        return 1 if self.shared_variance else n_experts
 
     # -- design and counts -------------------------------------------------
     def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -90,9 +136,8 @@ class GaussianExpert:
         return polynomial_names(feature_names, self.degree)
 
     def n_free_parameters(self, n_experts: int, n_design: int) -> int:
-        """Free parameters: the coefficients and the variance(s)."""
-        n_var = 1 if self.shared_variance else n_experts
-        return n_experts * n_design + n_var
+        """Free parameters: the coefficients and the variance(s), if estimated."""
+        return n_experts * n_design + self._n_variances(n_experts)
 
     # -- density -----------------------------------------------------------
     def mean(
@@ -159,7 +204,8 @@ class GaussianExpert:
         resp : ndarray of shape (n, m)
             Responsibilities.
         var_floor : float
-            Lower bound ``nu_min`` on the variances.
+            Lower bound ``nu_min`` on the variances (unused when the
+            variance is known).
         previous : GaussianExpertParams, optional
             Current parameters; experts with (numerically) no responsibility
             keep them. Without it such experts get the pooled fit.
@@ -189,6 +235,10 @@ class GaussianExpert:
         ss = stats[:, -1] - 2.0 * np.sum(coef * rhs, axis=1)
         ss += np.einsum("ia,iab,ib->i", coef, gram, coef)
         ss = np.maximum(ss, 0.0)
+        if self.known_variance:
+            if previous is not None and empty.any():
+                coef[empty] = previous.coef[empty]
+            return GaussianExpertParams(coef, np.full(m, self.variance))
         if self.shared_variance:
             var = np.full(m, ss[~empty].sum() / weight[~empty].sum())
         else:
@@ -210,6 +260,8 @@ class GaussianExpert:
         resid = y[:, None] - self.mean(params, Phi)
         scaled = resp * resid / params.var
         grad_coef = scaled.T @ Phi
+        if self.known_variance:
+            return grad_coef.ravel()
         grad_var = 0.5 * np.sum(resp * (resid * resid / params.var - 1.0), axis=0)
         grad_var = grad_var / params.var
         dvar_du = params.var - var_floor
@@ -223,7 +275,12 @@ class GaussianExpert:
     def pack(
         self, params: GaussianExpertParams, var_floor: float
     ) -> NDArray[np.float64]:
-        """Free parameters as a flat vector, variances as ``log(nu - nu_min)``."""
+        """Free parameters as a flat vector, variances as ``log(nu - nu_min)``.
+
+        A known variance is not packed: the vector holds the coefficients.
+        """
+        if self.known_variance:
+            return params.coef.ravel().copy()
         var = params.var[:1] if self.shared_variance else params.var
         excess = np.maximum(var - var_floor, 1e-12 * max(var_floor, 1e-300))
         return np.concatenate([params.coef.ravel(), np.log(excess)])
@@ -238,6 +295,8 @@ class GaussianExpert:
         """Inverse of :meth:`pack`."""
         k = n_experts * n_design
         coef = theta[:k].reshape(n_experts, n_design)
+        if self.known_variance:
+            return GaussianExpertParams(coef.copy(), np.full(n_experts, self.variance))
         var = var_floor + np.exp(theta[k:])
         if self.shared_variance:
             var = np.full(n_experts, var[0])
@@ -253,8 +312,11 @@ class GaussianExpert:
     def at_variance_floor(
         self, params: GaussianExpertParams, var_floor: float
     ) -> NDArray[np.intp]:
-        """Experts whose variance sits at the floor (a collapsing expert)."""
-        if var_floor <= 0:
+        """Experts whose variance sits at the floor (a collapsing expert).
+
+        None when the variance is known: it is never estimated.
+        """
+        if var_floor <= 0 or self.known_variance:
             return np.array([], dtype=np.intp)
         return np.flatnonzero(params.var <= var_floor * (1 + 1e-9))
 
@@ -269,7 +331,7 @@ class GaussianExpert:
         self, column_scales: NDArray[np.float64], n_experts: int
     ) -> NDArray[np.float64]:
         """Typical size of each packed parameter (log variances: 1)."""
-        n_var = 1 if self.shared_variance else n_experts
+        n_var = self._n_variances(n_experts)
         return np.concatenate([np.tile(column_scales, n_experts), np.ones(n_var)])
 
     def check_params(self, params: object, n_experts: int, n_design: int) -> None:
@@ -287,23 +349,40 @@ class GaussianExpert:
                 raise ValueError(f"init: the {name} has shape {got}, expected {want}.")
         if np.any(params.var <= 0):
             raise ValueError("init: expert variances must be positive.")
+        if self.known_variance and not np.allclose(
+            params.var, self.variance, rtol=1e-12, atol=0.0
+        ):
+            raise ValueError(
+                f"init: GaussianExpert(variance={self.variance!r}) fixes every "
+                f"expert variance at {self.variance!r}; got var = "
+                f"{params.var.tolist()!r}. Pass var=np.full(n_experts, "
+                f"{self.variance!r}) or variance=None to estimate it."
+            )
 
-    def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
-        """Readable names of the packed parameters, e.g. ``expert1[x0]``."""
-        names = [
-            f"expert{i + 1}[{name}]" for i in range(n_experts) for name in design_names
-        ]
+    def parameter_names(
+        self, n_experts: int, design_names: list[str], offset: int = 0
+    ) -> list[str]:
+        """Readable names of the packed parameters, e.g. ``expert1[x0]``.
+
+        Experts are numbered from ``offset + 1``.
+        """
+        numbers = range(offset + 1, offset + n_experts + 1)
+        names = [f"expert{i}[{name}]" for i in numbers for name in design_names]
+        if self.known_variance:
+            return names
         if self.shared_variance:
             return [*names, "variance"]
-        return names + [f"expert{i + 1}[variance]" for i in range(n_experts)]
+        return names + [f"expert{i}[variance]" for i in numbers]
 
     def natural(
         self, theta: NDArray[np.float64], n_experts: int, var_floor: float
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Reported values and ``d value / d theta`` (variances, not log)."""
-        n_var = 1 if self.shared_variance else n_experts
+        n_var = self._n_variances(n_experts)
         values = theta.copy()
         jacobian = np.ones_like(theta)
+        if n_var == 0:
+            return values, jacobian
         excess = np.exp(theta[-n_var:])
         values[-n_var:] = var_floor + excess
         jacobian[-n_var:] = excess
@@ -317,5 +396,33 @@ class GaussianExpert:
         return GaussianExpertParams(params.coef[perm], params.var[perm])
 
     def atoms(self, params: GaussianExpertParams) -> NDArray[np.float64]:
-        """Per-expert parameter vectors ``(coef, var)`` used for matching."""
+        """Per-expert parameter vectors ``(coef, var)`` used for matching.
+
+        A known variance is left out (it is the same for every expert).
+        """
+        if self.known_variance:
+            return params.coef.copy()
         return np.column_stack([params.coef, params.var])
+
+    def atom_blocks(
+        self, params: GaussianExpertParams
+    ) -> list[dict[str, NDArray[np.float64]]]:
+        """Each expert's atom split into the blocks of the Voronoi losses.
+
+        Returns
+        -------
+        list of dict
+            One dict per expert: ``"intercept"`` (length 1), ``"slope"`` (the
+            other basis coefficients) and ``"var"`` (length 1; left out when
+            the variance is known).
+        """
+        blocks = []
+        for i in range(params.n_experts):
+            block = {
+                "intercept": params.coef[i, :1].astype(float),
+                "slope": params.coef[i, 1:].astype(float),
+            }
+            if not self.known_variance:
+                block["var"] = params.var[i : i + 1].astype(float)
+            blocks.append(block)
+        return blocks

@@ -264,8 +264,31 @@ class GLMExpert(CoefficientExpert):
         return ((resp * (y[:, None] - mu)).T @ Phi).ravel()
 
     # -- parametrisation ---------------------------------------------------
-    def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
-        """Readable names of the packed parameters, e.g. ``expert1[x0]``."""
+    def parameter_names(
+        self, n_experts: int, design_names: list[str], offset: int = 0
+    ) -> list[str]:
+        """Readable names of the packed parameters, e.g. ``expert1[x0]``.
+
+        Experts are numbered from ``offset + 1``.
+        """
         return [
-            f"expert{i + 1}[{name}]" for i in range(n_experts) for name in design_names
+            f"expert{i + 1 + offset}[{name}]"
+            for i in range(n_experts)
+            for name in design_names
+        ]
+
+    def atom_blocks(
+        self, params: GLMExpertParams
+    ) -> list[dict[str, NDArray[np.float64]]]:
+        """Each expert's coefficients split into the Voronoi-loss blocks.
+
+        Returns
+        -------
+        list of dict
+            One dict per expert: ``"intercept"`` (length 1) and ``"slope"``
+            (the other basis coefficients).
+        """
+        return [
+            {"intercept": row[:1].astype(float), "slope": row[1:].astype(float)}
+            for row in params.coef
         ]

@@ -247,11 +247,36 @@ class MultinomialLogisticExpert(CoefficientExpert):
         return grad.ravel()
 
     # -- parametrisation ---------------------------------------------------
-    def parameter_names(self, n_experts: int, design_names: list[str]) -> list[str]:
-        """Readable names, e.g. ``expert1[class2:x0]`` (class codes from 0)."""
+    def parameter_names(
+        self, n_experts: int, design_names: list[str], offset: int = 0
+    ) -> list[str]:
+        """Readable names, e.g. ``expert1[class2:x0]`` (class codes from 0).
+
+        Experts are numbered from ``offset + 1``.
+        """
         return [
-            f"expert{i + 1}[class{c}:{name}]"
+            f"expert{i + 1 + offset}[class{c}:{name}]"
             for i in range(n_experts)
             for c in range(1, self.n_classes)
             for name in design_names
+        ]
+
+    def atom_blocks(
+        self, params: MultinomialExpertParams
+    ) -> list[dict[str, NDArray[np.float64]]]:
+        """Each expert's free coefficients split into the Voronoi-loss blocks.
+
+        Returns
+        -------
+        list of dict
+            One dict per expert: ``"intercept"`` (the ``K - 1`` free class
+            intercepts) and ``"slope"`` (the free class slopes, class by
+            class, flattened).
+        """
+        return [
+            {
+                "intercept": coef[:, 0].astype(float),
+                "slope": coef[:, 1:].ravel().astype(float),
+            }
+            for coef in params.coef
         ]
