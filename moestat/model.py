@@ -20,6 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from moestat._math import logsumexp_rows
 from moestat._validation import as_generator
 from moestat.experts import GaussianExpertParams
+from moestat.experts._base import expert_degrees_of_freedom
 from moestat.gates import GateParams, SharedGateParams
 
 __all__ = ["MoEParams", "Design", "MixtureOfExperts"]
@@ -150,7 +151,7 @@ class MixtureOfExperts:
         design = self.design(np.zeros((1, n_features)))
         return self.gate.degrees_of_freedom(
             m, design.gate.shape[1]
-        ) + self.expert.n_free_parameters(m, design.expert.shape[1])
+        ) + expert_degrees_of_freedom(self.expert, m, design.expert.shape[1])
 
     def with_params(self, params: MoEParams) -> MixtureOfExperts:
         """Return the same model with other parameter values."""

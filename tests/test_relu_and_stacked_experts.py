@@ -755,3 +755,16 @@ def test_em_recovers_the_deepseek_theorem_1_truth(seed):
     np.testing.assert_allclose(
         atoms, truth.expert.atoms(true.expert), rtol=0, atol=0.15
     )
+
+
+def test_information_criteria_count_relu_experts_without_their_scale():
+    # ReLU(c v^T x) / c is the same function for every c > 0: one parameter
+    # per expert is not identified and is not counted.
+    relu = MixtureOfExperts(SoftmaxGate(), ReLUExpert(bias=True))
+    assert relu.n_free_parameters(1, n_experts=2) == 2 + 2 * (3 - 1 + 1)
+    stacked = MixtureOfExperts(
+        SharedExpertsGate(SoftmaxGate(), 1),
+        StackedExperts(ReLUExpert(bias=True), GaussianExpert(degree=1), 1),
+    )
+    # routed softmax over 2: 2; shared weight: 0; ReLU: 3; two linear: 2 * 3
+    assert stacked.n_free_parameters(1, n_experts=3) == 2 + 3 + 6

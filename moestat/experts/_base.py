@@ -16,6 +16,16 @@ from moestat._math import pair_products
 from moestat.experts._basis import polynomial_design, polynomial_names
 
 
+def expert_degrees_of_freedom(expert: Any, n_experts: int, n_design: int) -> int:
+    """Identifiable parameters of an expert family, for information criteria.
+
+    The family's ``degrees_of_freedom`` hook where it has one (ReLU experts
+    leave out their unidentifiable scale), else all its free parameters.
+    """
+    count = getattr(expert, "degrees_of_freedom", expert.n_free_parameters)
+    return int(count(n_experts, n_design))
+
+
 class CoefficientExpert:
     """Mixin for expert families parametrised by one ``coef`` array.
 

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from moestat.experts._base import expert_degrees_of_freedom
+
 __all__ = ["StackedExperts", "StackedExpertParams"]
 
 # Covariates at which the two blocks' designs must agree: distinct values,
@@ -149,6 +151,14 @@ class StackedExperts:
     def n_free_parameters(self, n_experts: int, n_design: int) -> int:
         """Free parameters of both blocks."""
         return sum(self._sizes(n_experts, n_design))
+
+    def degrees_of_freedom(self, n_experts: int, n_design: int) -> int:
+        """Identifiable parameters of both blocks (for information criteria)."""
+        n_routed = n_experts - self.n_shared
+        return sum(
+            expert_degrees_of_freedom(family, count, n_design)
+            for family, count in ((self.shared, self.n_shared), (self.routed, n_routed))
+        )
 
     # -- density -----------------------------------------------------------
     def _columns(self, shared, routed):
