@@ -1,5 +1,6 @@
 # moestat: the two commands that set everything up on a fresh machine.
-#   make demo   create .venv, install, run the default study, write results/
+#   make demo   create .venv, install, run the default convergence-rate study
+#               (its rate table and plot go to results/)
 #   make test   create .venv, install with test extras, run the whole suite
 PYTHON ?= python3.11
 VENV   := .venv
@@ -22,7 +23,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base
-	MPLBACKEND=Agg $(BIN)/python examples/plot_gaussian_moe_demo.py --out results
+	MPLBACKEND=Agg $(BIN)/moestat demo --out results
 
 test: $(VENV)/.installed-test
 	MPLBACKEND=Agg $(BIN)/python -m pytest -n 2 --durations=15
@@ -35,6 +36,7 @@ bench: $(VENV)/.installed-base
 	$(BIN)/python benchmarks/bench_em.py
 	$(BIN)/python benchmarks/bench_gates.py
 	$(BIN)/python benchmarks/bench_families.py
+	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

@@ -124,6 +124,7 @@ def em(
     tol: float = 1e-6,
     max_iter: int = 1000,
     var_floor: float = 0.0,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> FitResult:
     """Fit by the EM algorithm from ``model.params``.
 
@@ -141,10 +142,20 @@ def em(
         Maximum number of EM iterations.
     var_floor : float, default=0.0
         Lower bound on expert variances.
+    sample_weight : ndarray of shape (n,), optional
+        Non-negative weights: EM then maximises ``sum_t w_t log p(y_t|x_t)``
+        (the responsibilities are multiplied by ``w_t`` before the
+        M-steps). With the weights of a quadrature rule this is population
+        EM on a pseudo-sample (theory.md §5.2.3). A top-K gate's ECME step
+        judges its candidates on the unweighted likelihood, so use weights
+        with dense gates. Scale them to average about one: the pieces'
+        guards (an expert with no responsibility) are relative to ``n``.
 
     Returns
     -------
     FitResult
+        With weights, ``log_likelihood`` and ``trace`` are weighted sums and
+        ``expert_weight`` the weighted responsibilities.
 
     Notes
     -----
@@ -159,13 +170,14 @@ def em(
     """
     gate, expert = model.gate, model.expert
     params = model.params
-    n = design.n_samples
+    weight = _check_sample_weight(sample_weight, design.n_samples)
+    n = design.n_samples if weight is None else float(weight.sum())
     monitor = ConvergenceMonitor(tol, n)
     gate_features = gate.sufficient_features(design.gate)
     expert_features = expert.sufficient_features(design.expert, y)
     log_g = gate.log_weights(params.gate, design.gate)
     values = log_g + expert.log_density(params.expert, design.expert, y)
-    resp, log_lik = responsibilities_from_log_joint(values)
+    resp, log_lik = _weigh(*responsibilities_from_log_joint(values), weight)
     monitor.report(log_lik.sum())
     converged = False
     n_iter = 0
@@ -178,7 +190,7 @@ def em(
             params.gate, design.gate, resp, log_g, gate_features, log_f
         )
         params = MoEParams(gate_params, expert_params)
-        resp, log_lik = responsibilities_from_log_joint(log_g + log_f)
+        resp, log_lik = _weigh(*responsibilities_from_log_joint(log_g + log_f), weight)
         if monitor.report(log_lik.sum()):
             converged = True
             break
@@ -191,6 +203,29 @@ def em(
         monotone=not monitor.decreased,
         expert_weight=resp.sum(axis=0),
     )
+
+
+def _check_sample_weight(
+    sample_weight: NDArray[np.float64] | None, n: int
+) -> NDArray[np.float64] | None:
+    if sample_weight is None:
+        return None
+    weight = np.asarray(sample_weight, dtype=float)
+    if weight.shape != (n,) or not np.all(np.isfinite(weight)) or weight.min() < 0:
+        raise ValueError(
+            f"sample_weight must be {n} finite non-negative numbers; got shape "
+            f"{weight.shape}."
+        )
+    if not weight.sum() > 0:
+        raise ValueError("sample_weight sums to zero; no sample would count.")
+    return weight
+
+
+def _weigh(resp, log_lik, weight):
+    """Responsibilities and log-likelihoods times the sample weights."""
+    if weight is None:
+        return resp, log_lik
+    return resp * weight[:, None], log_lik * weight
 
 
 # -- direct maximum likelihood ---------------------------------------------

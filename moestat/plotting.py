@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 
 from moestat.model import MixtureOfExperts
 
-__all__ = ["plot_fit", "plot_gate", "plot_selection"]
+__all__ = ["plot_fit", "plot_gate", "plot_selection", "plot_rates"]
 
 
 def _pyplot(function: str):
@@ -196,4 +196,104 @@ def plot_selection(table: Any, *, criterion: str | None = None, ax: Any = None):
     ax.set_xlabel("number of experts m")
     ax.set_ylabel(criterion)
     ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def _group_label(key: tuple, by: list[str]) -> str:
+    return ", ".join(str(value) for value in key) if by else ""
+
+
+def plot_rates(
+    results: Any,
+    loss: str = "kl",
+    *,
+    by: tuple[str, ...] = ("scenario", "fit"),
+    x: str = "n",
+    form: str = "mean",
+    theory: bool = True,
+    n_boot: int = 500,
+    ax: Any = None,
+    **line_kwargs: Any,
+):
+    """A loss against n on log-log axes: spread, fitted slope and theory.
+
+    For each group (by default scenario and fit) the per-n mean (or median)
+    over replications is drawn with the band between the 2.5% and 97.5%
+    replication quantiles, the fitted line ``c n^s`` (labelled with ``s`` and
+    its bootstrap interval, :func:`moestat.simulation.estimate_rate`) and,
+    dashed, a line of the theoretical slope through the middle of the fit.
+
+    Parameters
+    ----------
+    results : DataFrame or path-like
+        Cells of a sweep (:func:`moestat.simulation.load_results`) or its
+        directory.
+    loss : str, default="kl"
+        The loss column.
+    by : tuple of str, default=("scenario", "fit")
+        Columns that define the groups drawn on the axes (gates, m, ...).
+    x : str, default="n"
+        The column on the horizontal axis.
+    form : {"mean", "median", "log_n_over_n"}, default="mean"
+        As in :func:`moestat.simulation.estimate_rate`.
+    theory : bool, default=True
+        Draw the theoretical slope where one is known.
+    n_boot : int, default=500
+        Bootstrap draws of the slope's interval in the legend.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure if None.
+    **line_kwargs
+        Passed to the fitted line's ``ax.plot``.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    plt = _pyplot("plot_rates")
+    from moestat.simulation import estimate_rate, summarize_losses
+
+    summary = summarize_losses(results, loss, by=by, x=x)
+    rates = estimate_rate(results, loss, by=by, x=x, form=form, n_boot=n_boot)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5))
+    by = [column for column in by if column in summary.columns]
+    groups = summary.groupby(by, sort=True) if by else [((), summary)]
+    centre = "median" if form == "median" else "mean"
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        match = rates
+        for column, value in zip(by, key, strict=True):
+            match = match[match[column] == value]
+        xs = group[x].to_numpy(float)
+        color = ax.plot(xs, group[centre], "o", ms=4)[0].get_color()
+        low = np.maximum(group["q025"].to_numpy(float), np.finfo(float).tiny)
+        ax.fill_between(xs, low, group["q975"], color=color, alpha=0.15, lw=0)
+        if match.empty:
+            continue
+        row = match.iloc[0]
+        grid = np.geomspace(xs.min(), xs.max(), 50)
+        t = np.log(grid / np.log(grid)) if form == "log_n_over_n" else np.log(grid)
+        fitted = np.exp(row["intercept"] + row["slope"] * t)
+        label = (
+            f"{_group_label(key, by)}: slope {row['slope']:.3f} "
+            f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        )
+        ax.plot(grid, fitted, color=color, label=label, **line_kwargs)
+        if theory and np.isfinite(row["theory"]):
+            middle = t.mean()
+            level = row["intercept"] + row["slope"] * middle
+            reference = np.exp(level + row["theory"] * (t - middle))
+            ax.plot(
+                grid,
+                reference,
+                "--",
+                color=color,
+                alpha=0.7,
+                label=f"theory: slope {row['theory']:.3g}",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{loss} ({centre} over replications)")
+    ax.legend(fontsize="small")
     return ax

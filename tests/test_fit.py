@@ -274,3 +274,36 @@ def test_no_warning_on_a_healthy_fit(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GaussianMoE(2, n_init=2, random_state=0).fit(X, y)
+
+
+# -- weighted EM (population EM on quadrature pseudo-samples) ------------------
+@pytest.mark.parametrize(
+    "gate_name", ["softmax", "normalized_sigmoid", "shared_sigmoid"]
+)
+def test_integer_sample_weights_are_repeated_samples(rng, gate_name):
+    truth = random_model(rng, 3, 1, gate=GATES[gate_name])
+    X, y = simulate(truth, 300, 1, rng)
+    counts = rng.integers(1, 4, size=len(y))
+    model, design = start_for(truth, X, y, rng, "kmeans")
+    weighted = em(model, design, y, tol=0.0, max_iter=15, sample_weight=counts)
+    Xr, yr = np.repeat(X, counts, axis=0), np.repeat(y, counts)
+    repeated = em(model, model.design(Xr), yr, tol=0.0, max_iter=15)
+    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-8)
+    np.testing.assert_allclose(
+        pack(weighted.model, 0.0), pack(repeated.model, 0.0), rtol=1e-6, atol=1e-8
+    )
+    assert weighted.monotone
+
+
+def test_bad_sample_weights_are_refused(rng):
+    truth = two_expert_truth()
+    X, y = simulate(truth, 100, 1, rng)
+    model, design = start_for(truth, X, y, rng)
+    for weights, match in [
+        (np.ones(99), "100 finite non-negative"),
+        (-np.ones(100), "non-negative"),
+        (np.full(100, np.nan), "finite"),
+        (np.zeros(100), "sums to zero"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            em(model, design, y, sample_weight=weights)

@@ -115,6 +115,28 @@ class _AffineGate:
         """Group of each expert; relabelling never mixes groups."""
         return np.zeros(n_experts, dtype=np.intp)
 
+    # -- Voronoi losses ----------------------------------------------------
+    def voronoi_masses(self, params: GateParams) -> NDArray[np.float64]:
+        """Mass ``w_i`` of each expert in the mixing measure, shape (n_experts,).
+
+        The weight of expert ``i``'s atom in ``G = sum_i w_i delta_{zeta_i}``
+        (theory.md sections 1 and 5.2.1): a function of the gate intercept
+        ``beta_0i`` alone, ``exp`` for softmax gates and ``sigma`` for the
+        normalized sigmoid.
+        """
+        return self._mass_from_intercepts(np.asarray(params.coef[:, 0], dtype=float))
+
+    def voronoi_slopes(self, params: GateParams) -> NDArray[np.float64]:
+        """The gate's part ``beta_1i`` of each expert's atom, (n_experts, p - 1).
+
+        The slopes on the gate's input (theory.md section 5.2.1); the
+        intercept is the mass, not part of the atom.
+        """
+        return np.asarray(params.coef[:, 1:], dtype=float)
+
+    def _mass_from_intercepts(self, beta0: NDArray[np.float64]) -> NDArray[np.float64]:
+        raise NotImplementedError
+
     # -- density -----------------------------------------------------------
     def scores(self, params: GateParams, Z: NDArray[np.float64]) -> NDArray[np.float64]:
         """Affine scores ``s_i(x)`` of shape (n, m), stored experts-major."""

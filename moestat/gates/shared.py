@@ -142,6 +142,18 @@ class SharedExpertsGate:
         )
         return SharedGateParams(routed, np.full(self.n_shared, 1.0 / self.n_shared))
 
+    # -- Voronoi losses ----------------------------------------------------
+    def voronoi_masses(self, params: SharedGateParams) -> NDArray[np.float64]:
+        """Masses of the experts' atoms, shape (n_experts,).
+
+        ``omega_i`` for the shared experts, then the routed gate's masses
+        (theory.md section 3.6: ``G_1 = sum omega_i delta``, ``G_2 = sum
+        exp(beta_0i) delta`` or ``sum sigma(beta_0i) delta``). The split
+        ``lambda`` between the blocks is not part of either measure.
+        """
+        routed = self.routed.voronoi_masses(params.routed)
+        return np.concatenate([np.asarray(params.shared_weights, dtype=float), routed])
+
     # -- density -----------------------------------------------------------
     def log_weights(
         self, params: SharedGateParams, Z: NDArray[np.float64]

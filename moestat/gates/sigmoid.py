@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.special import expit
 
 from moestat._math import logsumexp_rows
 from moestat.gates._base import _AffineGate, observed_objective
@@ -173,6 +174,9 @@ class NormalizedSigmoidGate(_AffineGate):
         # experts, so a direction that fails at a half step rarely
         # succeeds at a smaller one: stop the line search early.
         return self.max_halvings if self.top_k is None else min(self.max_halvings, 2)
+
+    def _mass_from_intercepts(self, beta0):
+        return expit(beta0)
 
     def _log_weights_from_scores(self, s):
         log_sigma = np.minimum(s, 0.0) - np.log1p(np.exp(-np.abs(s)))

@@ -57,6 +57,11 @@ class SoftmaxGate(_AffineGate):
     def _log_weights_from_scores(self, s):
         return s - logsumexp_rows(s)[:, None]
 
+    def _mass_from_intercepts(self, beta0):
+        # exp(beta_0i): the masses change under the gate's translation, so
+        # the losses anchor the gate first (theory.md section 5.2.4).
+        return np.exp(beta0)
+
     def _score_gradient_and_fisher(self, params, Z, resp, log_g):
         g = np.exp(log_g)
         rho = resp.sum(axis=1)

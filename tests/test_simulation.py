@@ -1,0 +1,336 @@
+"""The convergence-rate laboratory: store, cells, sweeps, backends, rates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moestat.simulation import (
+    SCENARIOS,
+    Cell,
+    ResultStore,
+    cell_seed,
+    estimate_rate,
+    format_rates,
+    get_scenario,
+    list_scenarios,
+    load_results,
+    oracle_params,
+    plan_cells,
+    read_records,
+    run_cell,
+    simulate,
+    summarize_losses,
+)
+from moestat.simulation.store import CELLS_FILE
+
+SMALL_GRID = [150, 300, 600]
+VOLATILE = ["fit_time"]  # the only column allowed to differ between runs
+
+
+def _cells(frame: pd.DataFrame) -> pd.DataFrame:
+    return (
+        frame.drop(columns=VOLATILE)
+        .sort_values("key")
+        .reset_index(drop=True)
+        .reindex(sorted(frame.columns.drop(VOLATILE)), axis=1)
+    )
+
+
+# -- the store ---------------------------------------------------------------
+def test_store_appends_each_record_once_and_reads_it_back(tmp_path):
+    store = ResultStore(tmp_path)
+    assert store.append({"key": "a", "kl": 0.5})
+    assert not store.append({"key": "a", "kl": 0.7})
+    assert store.append({"key": "b", "kl": np.float64(np.nan)})
+    records = ResultStore(tmp_path).records()
+    assert [r["key"] for r in records] == ["a", "b"]
+    assert records[0]["kl"] == 0.5 and records[1]["kl"] is None
+
+
+def test_a_half_written_last_line_is_ignored_and_then_overwritten(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append({"key": "a", "kl": 0.5})
+    with open(tmp_path / CELLS_FILE, "a") as handle:
+        handle.write('{"key": "b", "kl": 0.2')  # killed mid-write
+    assert [r["key"] for r in read_records(tmp_path / CELLS_FILE)] == ["a"]
+    reopened = ResultStore(tmp_path)
+    assert reopened.keys() == {"a"}
+    reopened.append({"key": "b", "kl": 0.25})
+    lines = (tmp_path / CELLS_FILE).read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
+
+
+def test_load_results_names_the_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="moestat simulate"):
+        load_results(tmp_path / "nothing")
+
+
+# -- scenarios and cells -----------------------------------------------------
+def test_every_scenario_of_the_experiment_list_is_registered():
+    ids = {"SG-E", "SG-O", "DS-1", "DS-2", "DS-3", "DS-4", "DS-S"}
+    ids |= {"ML-R1", "ML-R2", "ML-MOD", "MJ-1", "MJ-2", "MJ-3"}
+    assert ids <= set(SCENARIOS)
+    for sid, title in list_scenarios():
+        assert title and sid in SCENARIOS
+
+
+def test_unknown_scenario_lists_the_known_ones():
+    with pytest.raises(ValueError, match="SG-E"):
+        get_scenario("XX-9")
+    assert get_scenario("sg-e").id == "SG-E"
+
+
+def test_cell_seeds_come_from_the_cell_alone():
+    assert cell_seed(0, "SG-E", 100, 3) == cell_seed(0, "SG-E", 100, 3)
+    seeds = {
+        cell_seed(s, sid, n, r)
+        for s in (0, 1)
+        for sid in ("SG-E", "SG-O")
+        for n in (100, 200)
+        for r in range(5)
+    }
+    assert len(seeds) == 40
+
+
+def test_plan_cells_covers_the_grid_once():
+    scenario = get_scenario("SG-O")
+    cells = plan_cells(scenario, [100, 200], 3, seed=7)
+    assert len(cells) == 2 * 3 * len(scenario.fits)
+    assert len({cell.key for cell in cells}) == len(cells)
+    with pytest.raises(ValueError, match="has no fit"):
+        plan_cells(scenario, [100], 1, fits=["m=9"])
+
+
+@pytest.mark.parametrize("sid", [sid for sid in SCENARIOS if sid not in ("DS-4",)])
+def test_the_oracle_layout_of_an_over_specified_fit_is_the_true_density(sid):
+    # Copies of a true expert share its mass, so before the perturbation the
+    # fitted model *is* the truth (except in the dense sigmoid regime, where
+    # no split of a sigmoid with a slope equals it).
+    scenario = SCENARIOS[sid]
+    X, _ = scenario.covariates.quadrature(50)
+    y, _ = scenario.truth.sample(X, np.random.default_rng(0))
+    for spec in scenario.fits:
+        if spec.init != "oracle":
+            continue
+        model = spec.model.with_params(
+            oracle_params(scenario.truth, spec.model, spec.assignment)
+        )
+        np.testing.assert_allclose(
+            model.log_pdf(X, y), scenario.truth.log_pdf(X, y), rtol=0, atol=1e-10
+        )
+
+
+def test_an_assignment_that_skips_a_true_expert_is_refused():
+    scenario = get_scenario("SG-O")
+    spec = scenario.fit("m=3")
+    with pytest.raises(ValueError, match="every true expert"):
+        oracle_params(scenario.truth, spec.model, (0, 0, 0))
+
+
+def test_a_cell_is_reproducible_from_its_record():
+    cell = Cell("SG-E", "m=2", 300, 2, 11)
+    first, second = run_cell("SG-E", cell), run_cell("SG-E", cell)
+    first.pop("fit_time"), second.pop("fit_time")
+    assert first == second
+    assert first["seed"] == cell_seed(11, "SG-E", 300, 2)
+    for column in ("kl", "hellinger", "tv", "voronoi", "log_likelihood", "n_iter"):
+        assert np.isfinite(first[column])
+    assert first["kl"] > 0 and not first["opt_failure"]
+
+
+# -- sweeps: resume, kill, backends ------------------------------------------
+def test_a_restarted_sweep_runs_only_the_missing_cells(tmp_path):
+    simulate("SG-E", tmp_path, n_grid=SMALL_GRID, n_reps=1, progress=False)
+    first = load_results(tmp_path)
+    simulate("SG-E", tmp_path, n_grid=SMALL_GRID, n_reps=2, progress=False)
+    both = load_results(tmp_path)
+    assert len(first) == 3 and len(both) == 6
+    assert both["key"].is_unique
+    kept = both.set_index("key").loc[first["key"], "fit_time"].to_numpy()
+    np.testing.assert_array_equal(kept, first["fit_time"].to_numpy())
+    lines = (tmp_path / CELLS_FILE).read_text().splitlines()
+    assert len(lines) == 6
+
+
+def _simulate_command(out: Path, n_grid: str, reps: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "moestat",
+        "simulate",
+        "SG-E",
+        "--n-grid",
+        n_grid,
+        "--reps",
+        str(reps),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+
+
+def test_a_sweep_killed_with_sigkill_and_restarted_has_exactly_the_cells_of_an_uninterrupted_run(  # noqa: E501
+    tmp_path,
+):
+    grid, reps = "200,400,800,1600", 3
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    complete = tmp_path / "complete"
+    subprocess.run(
+        _simulate_command(complete, grid, reps),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _simulate_command(killed, grid, reps),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cells_file = killed / CELLS_FILE
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if cells_file.exists() and len(read_records(cells_file)) >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = len(read_records(cells_file))
+    assert 3 <= interrupted < 12, "the kill must land mid-sweep"
+    subprocess.run(
+        _simulate_command(killed, grid, reps), check=True, env=env, capture_output=True
+    )
+    lines = cells_file.read_text().splitlines()
+    assert len(lines) == 12  # nothing stored twice
+    pd.testing.assert_frame_equal(
+        _cells(load_results(killed)), _cells(load_results(complete))
+    )
+
+
+def test_loky_and_a_dask_local_cluster_give_identical_cells(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    simulate(
+        "SG-O",
+        tmp_path / "loky",
+        n_grid=[200, 400],
+        n_reps=2,
+        n_jobs=2,
+        backend="loky",
+        progress=False,
+    )
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        simulate(
+            "SG-O",
+            tmp_path / "dask",
+            n_grid=[200, 400],
+            n_reps=2,
+            backend="dask",
+            scheduler=client,
+            progress=False,
+        )
+    loky, dask = load_results(tmp_path / "loky"), load_results(tmp_path / "dask")
+    assert len(loky) == 8
+    pd.testing.assert_frame_equal(_cells(loky), _cells(dask))
+
+
+def test_sweep_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="backend"):
+        simulate(
+            "SG-E", tmp_path, n_grid=[100], n_reps=1, backend="spark", progress=False
+        )
+    with pytest.raises(ValueError, match="scheduler"):
+        simulate(
+            "SG-E", tmp_path, n_grid=[100], n_reps=1, backend="dask", progress=False
+        )
+    with pytest.raises(ValueError, match="n_grid"):
+        simulate("SG-E", tmp_path, n_grid=[1], n_reps=1, progress=False)
+    with pytest.raises(ValueError, match="n_reps"):
+        simulate("SG-E", tmp_path, n_grid=[100], n_reps=0, progress=False)
+
+
+# -- rates -------------------------------------------------------------------
+def _synthetic(slope: float, reps: int = 30, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = np.repeat(np.geomspace(100, 1e5, 8).round(), reps)
+    loss = 2.0 * n**slope * rng.lognormal(0.0, 0.3, n.size)
+    return pd.DataFrame({"scenario": "toy", "fit": "m=2", "n": n, "kl": loss})
+
+
+@pytest.mark.parametrize("slope", [-1.0, -0.5, -0.25])
+def test_estimate_rate_recovers_a_known_slope_inside_its_interval(slope):
+    rates = estimate_rate(_synthetic(slope), "kl", theory={"kl": slope})
+    row = rates.iloc[0]
+    assert row["ci_low"] < slope < row["ci_high"]
+    assert row["ci_high"] - row["ci_low"] < 0.1
+    assert row["verdict"] == "pass" and row["n_points"] == 8
+    assert row["ols_ci_low"] < row["slope"] < row["ols_ci_high"]
+
+
+def test_bootstrap_intervals_cover_the_slope_at_about_their_level():
+    hits = [
+        (lambda r: r["ci_low"] <= -0.5 <= r["ci_high"])(
+            estimate_rate(_synthetic(-0.5, reps=10, seed=s), "kl", n_boot=400).iloc[0]
+        )
+        for s in range(40)
+    ]
+    assert 0.8 <= np.mean(hits) <= 1.0
+
+
+def test_the_median_and_log_n_over_n_forms():
+    frame = _synthetic(-0.5)
+    median = estimate_rate(frame, "kl", form="median").iloc[0]
+    assert abs(median["slope"] + 0.5) < 0.05
+    ds = estimate_rate(frame, "kl", form="log_n_over_n").iloc[0]
+    # log(n / log n) grows more slowly than log n: the slope is steeper.
+    assert ds["slope"] < median["slope"]
+
+
+def test_theory_comes_from_the_registered_scenario():
+    frame = _synthetic(-1.0).assign(scenario="SG-E")
+    rates = estimate_rate(frame, "kl")
+    assert rates["theory"].iloc[0] == -1.0
+    assert "SG-E" in format_rates(rates)
+
+
+def test_estimate_rate_refuses_bad_arguments():
+    frame = _synthetic(-1.0)
+    with pytest.raises(ValueError, match="form"):
+        estimate_rate(frame, "kl", form="mode")
+    with pytest.raises(ValueError, match="not in the results"):
+        estimate_rate(frame, "hellinger")
+    with pytest.raises(ValueError, match="three or more"):
+        estimate_rate(frame[frame["n"] < 500], "kl")
+
+
+def test_summarize_losses_gives_the_per_n_spread():
+    summary = summarize_losses(_synthetic(-1.0), "kl")
+    assert list(summary["reps"].unique()) == [30]
+    assert (summary["q025"] <= summary["median"]).all()
+    assert (summary["median"] <= summary["q975"]).all()
+
+
+def test_a_scenario_can_be_changed_and_run_without_registering_it(tmp_path):
+    scenario = replace(get_scenario("SG-E"), id="SG-E-short", max_iter=5)
+    simulate(scenario, tmp_path, n_grid=[200], n_reps=1, progress=False)
+    record = load_results(tmp_path).iloc[0]
+    assert record["scenario"] == "SG-E-short" and record["n_iter"] <= 5
