@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--form", default="mean", choices=["mean", "median", "log_n_over_n"]
     )
     rates.add_argument("--boot", type=int, default=2000, help="bootstrap draws")
+    rates.add_argument("--n-min", type=float, help="use only n >= N_MIN")
     rates.add_argument("-o", "--output", help="CSV file (default DIR/rates.csv)")
     rates.set_defaults(run=cmd_rates)
 
@@ -198,7 +199,9 @@ def cmd_rates(args: argparse.Namespace) -> int:
     """Print and save the rate table of a sweep directory."""
     from moestat.simulation import estimate_rate, format_rates
 
-    rates = estimate_rate(args.directory, args.loss, form=args.form, n_boot=args.boot)
+    rates = estimate_rate(
+        args.directory, args.loss, form=args.form, n_boot=args.boot, x_min=args.n_min
+    )
     output = Path(args.output or Path(args.directory) / "rates.csv")
     rates.to_csv(output, index=False)
     print(format_rates(rates))

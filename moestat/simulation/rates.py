@@ -172,6 +172,8 @@ def estimate_rate(
     n_boot: int = 2000,
     level: float = 0.95,
     theory: Mapping[str, float] | None = None,
+    x_min: float | None = None,
+    x_max: float | None = None,
     random_state: Any = 0,
 ) -> pd.DataFrame:
     """Estimate convergence rates: slopes of log(loss) against log(n).
@@ -197,6 +199,10 @@ def estimate_rate(
     theory : mapping of str to float, optional
         Theoretical slopes by loss name; default the registered scenario's
         (theory.md §6, §8.2).
+    x_min, x_max : float, optional
+        Use only the rows with ``x_min <= x <= x_max``: rates are
+        asymptotic, and at small n over-specified fits are often far from
+        that regime (the slope over the whole grid is then steeper).
     random_state : None, int or Generator, default=0
         Seed of the bootstrap.
 
@@ -248,6 +254,10 @@ def estimate_rate(
             f"Column(s) {missing or [x]} not in the results; they have "
             f"{sorted(frame.columns)}."
         )
+    if x_min is not None:
+        frame = frame[frame[x] >= x_min]
+    if x_max is not None:
+        frame = frame[frame[x] <= x_max]
     by = [column for column in by if column in frame.columns]
     rng = as_generator(random_state)
     rows = []

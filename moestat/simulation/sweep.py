@@ -356,13 +356,15 @@ def _fit_cell(
     X: NDArray[np.float64],
     y: NDArray[np.float64],
     rng: np.random.Generator,
+    reference: MixtureOfExperts | None = None,
 ):
     model = spec.model
     design = model.design(X)
     var_floor = model.expert.variance_floor(y, _REG_VAR)
     if spec.init == "oracle":
+        # A misspecified fit starts near what it converges to: G-check.
         start = oracle_start(
-            scenario.truth,
+            scenario.truth if reference is None else reference,
             model,
             spec.assignment,
             X,
@@ -470,7 +472,7 @@ def run_cell(
             data_rng = np.random.default_rng(seed)
             X = scenario.covariates.sample(cell.n, data_rng)
             y, _ = scenario.truth.sample(X, data_rng)
-            result = _fit_cell(scenario, spec, X, y, fit_rng)
+            result = _fit_cell(scenario, spec, X, y, fit_rng, reference)
         fit_time = time.perf_counter() - start
         losses = _loss_columns(scenario, spec, result.model, reference)
     ll_true = np.nan if population else float(scenario.truth.log_pdf(X, y).sum())
