@@ -40,8 +40,8 @@ DEFAULT_STUDY = (
     ("SG-E", ("m=2",)),
     ("SG-O", ("m=3",)),
 )
-DEFAULT_STUDY_GRID = (200, 400, 800, 1600, 3200, 6400, 12800, 25600)
-DEFAULT_STUDY_REPS = 16
+DEFAULT_STUDY_GRID = (1000, 1778, 3162, 5623, 10000, 17783, 31623, 56234, 100000)
+DEFAULT_STUDY_REPS = 40
 
 
 def _int_list(text: str) -> list[int]:

@@ -334,3 +334,76 @@ def test_a_scenario_can_be_changed_and_run_without_registering_it(tmp_path):
     simulate(scenario, tmp_path, n_grid=[200], n_reps=1, progress=False)
     record = load_results(tmp_path).iloc[0]
     assert record["scenario"] == "SG-E-short" and record["n_iter"] <= 5
+
+
+# -- population fits and the Mendes-Jiang studies ----------------------------
+def test_population_em_recovers_a_truth_inside_the_model():
+    from moestat.losses import kl_divergence
+    from moestat.simulation import population_fit
+
+    scenario = get_scenario("SG-E")
+    fitted = population_fit(
+        scenario.truth,
+        scenario.fits[0].model,
+        (0, 1),
+        scenario.covariates,
+        x_nodes=100,
+        y_nodes=16,
+    )
+    X, w = scenario.covariates.quadrature(100)
+    assert kl_divergence(scenario.truth, fitted, X, w) < 1e-8
+
+
+def test_an_approximation_cell_fits_the_population_once_per_restart():
+    scenario = replace(get_scenario("MJ-2"), x_nodes=60, max_iter=200)
+    cells = plan_cells(scenario, scenario.n_grid, 2, fits=["m=2,k=1"])
+    assert [(c.n, c.replicate) for c in cells] == [(0, 0), (0, 1)]
+    record = run_cell(scenario, cells[0])
+    assert record["n"] == 0 and record["degree"] == 1 and record["n_experts"] == 2
+    assert 0 < record["kl"] < 1.6  # better than one linear expert (KL 1.57)
+    with pytest.raises(ValueError, match="no n_grid"):
+        simulate(scenario, "unused", n_grid=[100], progress=False)
+
+
+def test_approximation_rates_and_the_tradeoff_summary():
+    from moestat.simulation import approximation_rates, tradeoff_summary
+
+    m = np.array([2, 4, 8, 16])
+    rows = [
+        {
+            "scenario": "MJ-2",
+            "fit": f"m={mi},k={k}",
+            "n": 0,
+            "replicate": r,
+            "n_experts": mi,
+            "degree": k,
+            "kl": mi ** (-2.0 * (k + 1)) * (1 + r),
+        }
+        for k in (0, 1)
+        for mi in m
+        for r in range(3)
+    ]
+    approx = approximation_rates(pd.DataFrame(rows))
+    np.testing.assert_allclose(approx["slope"], [-2.0, -4.0])
+    np.testing.assert_allclose(approx["theory"], [-2.0, -4.0])
+    # KL(n, m) = m^-2 + m / n: the best m grows like n^(1/3), min KL like n^(-2/3)
+    n_grid = np.array([1e3, 1e4, 1e5, 1e6])
+    rows = [
+        {"n": n, "degree": 0, "n_experts": mi, "kl": mi**-2.0 + mi / n}
+        for n in n_grid
+        for mi in range(1, 200)
+    ]
+    best, slopes = tradeoff_summary(pd.DataFrame(rows))
+    assert best["overall"].all() and len(best) == 4
+    row = slopes.iloc[0]
+    assert abs(row["loss_slope"] - row["loss_theory"]) < 0.03
+    assert abs(row["m_slope"] - row["m_theory"]) < 0.03
+
+
+def test_a_slope_that_misses_its_theory_by_less_than_the_tolerance_is_close():
+    frame = _synthetic(-1.05, reps=200)
+    row = estimate_rate(frame, "kl", theory={"kl": -1.0}).iloc[0]
+    assert not row["ci_low"] <= -1.0 <= row["ci_high"]
+    assert row["verdict"] == "close"
+    strict = estimate_rate(frame, "kl", theory={"kl": -1.0}, tolerance=0.01)
+    assert strict["verdict"].iloc[0] == "fail"

@@ -154,12 +154,16 @@ def _fit_one(
     }
 
 
-def _verdict(theory: float, low: float, high: float, diagnostic: bool) -> str:
+def _verdict(
+    theory: float, slope: float, low: float, high: float, diagnostic: bool, tol: float
+) -> str:
     if np.isnan(theory):
         return ""
     if diagnostic:
         return "diagnostic"
-    return "pass" if low <= theory <= high else "fail"
+    if low <= theory <= high:
+        return "pass"
+    return "close" if abs(slope - theory) <= tol else "fail"
 
 
 def estimate_rate(
@@ -174,6 +178,7 @@ def estimate_rate(
     theory: Mapping[str, float] | None = None,
     x_min: float | None = None,
     x_max: float | None = None,
+    tolerance: float = 0.1,
     random_state: Any = 0,
 ) -> pd.DataFrame:
     """Estimate convergence rates: slopes of log(loss) against log(n).
@@ -203,6 +208,9 @@ def estimate_rate(
         Use only the rows with ``x_min <= x <= x_max``: rates are
         asymptotic, and at small n over-specified fits are often far from
         that regime (the slope over the whole grid is then steeper).
+    tolerance : float, default=0.1
+        theory.md §8.2's tolerance on ``|slope - theory|``: a slope whose
+        interval misses the theory by less is reported as ``"close"``.
     random_state : None, int or Generator, default=0
         Seed of the bootstrap.
 
@@ -214,8 +222,10 @@ def estimate_rate(
         ``ols_ci_low``, ``ols_ci_high``, ``intercept``, ``r_squared``,
         ``theory`` (NaN where none is stated), ``abs_error``
         (``|slope - theory|``), ``verdict`` (``"pass"`` when the theory lies
-        in the interval, ``"fail"``, ``"diagnostic"`` for slopes theory.md
-        reports without a pass/fail rule, empty without a theory),
+        in the interval; ``"close"`` when it does not but
+        ``|slope - theory| <= tolerance``; ``"fail"``; ``"diagnostic"`` for
+        slopes theory.md reports without a pass/fail rule; empty without a
+        theory),
         ``n_points`` (sample sizes used), ``n_min``, ``n_max``, ``min_reps``
         and ``dropped`` (non-positive or missing losses left out).
 
@@ -283,7 +293,14 @@ def estimate_rate(
                 )
             row["theory"] = target
             row["abs_error"] = abs(row["slope"] - target)
-            row["verdict"] = _verdict(target, row["ci_low"], row["ci_high"], diagnostic)
+            row["verdict"] = _verdict(
+                target,
+                row["slope"],
+                row["ci_low"],
+                row["ci_high"],
+                diagnostic,
+                tolerance,
+            )
             row["n_points"] = len(xs)
             row["n_min"], row["n_max"] = float(xs.min()), float(xs.max())
             row["min_reps"] = min(values.size for values in samples)

@@ -605,7 +605,7 @@ def _ml_truth(regime: int, gate: Any = None) -> MixtureOfExperts:
 def _ml_fit(m: int, gate: Any = None, **kwargs: Any) -> FitSpec:
     gate = SoftmaxGate() if gate is None else gate
     spec = MixtureOfExperts(gate, MultinomialLogisticExpert(n_classes=3))
-    assignment = tuple(i % 2 for i in range(m))
+    assignment = kwargs.pop("assignment", tuple(i % 2 for i in range(m)))
     return FitSpec(
         f"m={m}", spec, m, assignment, voronoi="multinomial", polish=True, **kwargs
     )
@@ -638,25 +638,25 @@ def _ml_r1() -> Scenario:
     )
 
 
-def _ml_r2() -> Scenario:
+def _ml_regime2_fit(gate: Any, voronoi_theory: dict[str, float]) -> FitSpec:
+    """Three experts, two on the input-free expert 2 (its slopes diagnosed)."""
     over_cell = {"err_slope[1]": -0.25}
+    return _ml_fit(
+        3,
+        gate,
+        assignment=(0, 1, 1),
+        theory=_ML_DENSITY | voronoi_theory | over_cell,
+        diagnostic=tuple(over_cell),
+    )
+
+
+def _ml_r2() -> Scenario:
     return Scenario(
         id="ML-R2",
         title="Multinomial logistic MoE, regime 2 (an input-free expert) [P design]",
         truth=_ml_truth(2),
         covariates=_ML_COVARIATES,
-        fits=(
-            FitSpec(
-                "m=3",
-                MixtureOfExperts(SoftmaxGate(), MultinomialLogisticExpert(n_classes=3)),
-                3,
-                (0, 1, 1),
-                voronoi="multinomial",
-                polish=True,
-                theory=_ML_DENSITY | over_cell,
-                diagnostic=tuple(over_cell),
-            ),
-        ),
+        fits=(_ml_regime2_fit(SoftmaxGate(), {}),),
         n_grid=log_grid(100, 100_000, 20),
         n_reps=40,
         source="Nguyen, Akbarian, Nguyen & Ho (ICML 2024); setting theory.md §8.3",
@@ -670,24 +670,12 @@ def _ml_r2() -> Scenario:
 
 def _ml_mod() -> Scenario:
     gate = ModifiedSoftmaxGate(transform="tanh")
-    over_cell = {"err_slope[1]": -0.25}
     return Scenario(
         id="ML-MOD",
         title="Modified softmax gate on tanh(x), regime-2 truth (D_ML) [P design]",
         truth=_ml_truth(2, gate),
         covariates=_ML_COVARIATES,
-        fits=(
-            FitSpec(
-                "m=3",
-                MixtureOfExperts(gate, MultinomialLogisticExpert(n_classes=3)),
-                3,
-                (0, 1, 1),
-                voronoi="multinomial",
-                polish=True,
-                theory=_ML_DENSITY | {"voronoi": -0.5} | over_cell,
-                diagnostic=tuple(over_cell),
-            ),
-        ),
+        fits=(_ml_regime2_fit(gate, {"voronoi": -0.5}),),
         n_grid=log_grid(100, 100_000, 20),
         n_reps=40,
         source="Nguyen, Akbarian, Nguyen & Ho (ICML 2024); setting theory.md §8.3",

@@ -84,10 +84,10 @@ class ResultStore:
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     store = ResultStore(tmp)
-    ...     store.append({"key": "a", "n": 100, "kl": 0.01})
-    ...     store.append({"key": "a", "n": 100, "kl": 0.02})  # ignored
-    ...     sorted(store.keys()), len(store.records())
-    (['a'], 1)
+    ...     first = store.append({"key": "a", "n": 100, "kl": 0.01})
+    ...     again = store.append({"key": "a", "n": 100, "kl": 0.02})  # ignored
+    ...     first, again, sorted(store.keys()), len(store.records())
+    (True, False, ['a'], 1)
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
