@@ -34,7 +34,7 @@ from moestat.simulation import (
 )
 
 PRIMARY = ("kl", "hellinger", "tv", "voronoi")
-MJ3_FITS = [f"m={m},k={k}" for k in (0, 1, 2) for m in (1, 2, 3, 4, 6, 8, 12)]
+MJ3_FITS = [f"m={m},k={k}" for k in (0, 1, 2) for m in (1, 2, 3, 4, 6, 8)]
 
 
 def markdown(frame):
