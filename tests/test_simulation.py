@@ -407,3 +407,16 @@ def test_a_slope_that_misses_its_theory_by_less_than_the_tolerance_is_close():
     assert row["verdict"] == "close"
     strict = estimate_rate(frame, "kl", theory={"kl": -1.0}, tolerance=0.01)
     assert strict["verdict"].iloc[0] == "fail"
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_results_export_to_parquet_and_csv(tmp_path, suffix):
+    from moestat.simulation import export_results
+
+    simulate("SG-E", tmp_path, n_grid=[150], n_reps=2, progress=False)
+    path = export_results(tmp_path, tmp_path / f"cells{suffix}")
+    read = pd.read_parquet if suffix == ".parquet" else pd.read_csv
+    table = read(path)
+    assert len(table) == 2 and {"scenario", "n", "seed", "kl"} <= set(table.columns)
+    with pytest.raises(ValueError, match=".parquet or .csv"):
+        export_results(tmp_path, tmp_path / "cells.xlsx")

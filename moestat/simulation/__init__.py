@@ -41,7 +41,12 @@ from moestat.simulation.scenarios import (
     list_scenarios,
     log_grid,
 )
-from moestat.simulation.store import ResultStore, load_results, read_records
+from moestat.simulation.store import (
+    ResultStore,
+    export_results,
+    load_results,
+    read_records,
+)
 from moestat.simulation.sweep import (
     BACKENDS,
     Cell,
@@ -76,6 +81,7 @@ __all__ = [
     "BACKENDS",
     "ResultStore",
     "load_results",
+    "export_results",
     "read_records",
     "estimate_rate",
     "summarize_losses",

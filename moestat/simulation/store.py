@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ResultStore", "read_records", "load_results", "CELLS_FILE"]
+__all__ = [
+    "ResultStore",
+    "read_records",
+    "load_results",
+    "export_results",
+    "CELLS_FILE",
+]
 
 CELLS_FILE = "cells.jsonl"
 
@@ -176,3 +182,41 @@ def load_results(out_dir: str | os.PathLike) -> pd.DataFrame:
     order = ["scenario", "fit", "n", "replicate"]
     frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
     return frame
+
+
+def export_results(
+    out_dir: str | os.PathLike, path: str | os.PathLike | None = None
+) -> Path:
+    """Write the finished cells of a sweep to Parquet or CSV.
+
+    The store itself stays the append-only JSON-lines file (the durable,
+    resumable record); this writes a snapshot for other tools.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The sweep directory.
+    path : path-like, optional
+        ``*.parquet`` (pyarrow) or ``*.csv``; default ``out_dir/cells.parquet``.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        For another file extension.
+    """
+    target = Path(out_dir) / "cells.parquet" if path is None else Path(path)
+    frame = load_results(out_dir)
+    if target.suffix == ".parquet":
+        frame.to_parquet(target, index=False)
+    elif target.suffix == ".csv":
+        frame.to_csv(target, index=False)
+    else:
+        raise ValueError(
+            f"Cannot export to {str(target)!r}: use a .parquet or .csv file name."
+        )
+    return target
