@@ -220,7 +220,8 @@ def test_a_sweep_killed_with_sigkill_and_restarted_has_exactly_the_cells_of_an_u
 
 
 def test_loky_and_a_dask_local_cluster_give_identical_cells(tmp_path):
-    distributed = pytest.importorskip("dask.distributed")
+    from dask import distributed  # the dask extra is part of the test install
+
     simulate(
         "SG-O",
         tmp_path / "loky",

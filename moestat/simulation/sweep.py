@@ -31,6 +31,7 @@ from scipy.special import expit, logit
 from tqdm.auto import tqdm
 
 from moestat._validation import as_generator
+from moestat.experts import StackedExpertParams
 from moestat.fit import (
     em,
     fit_restarts,
@@ -212,7 +213,7 @@ def oracle_params(
     else:
         gate = _gather_affine(spec.gate, gate_params, index, counts)
     expert_params = true_params.expert
-    if hasattr(expert_params, "shared") and hasattr(expert_params, "routed"):
+    if isinstance(expert_params, StackedExpertParams):
         k1_true = true_params.gate.shared_weights.size
         k1 = spec.gate.n_shared
         expert = type(expert_params)(
