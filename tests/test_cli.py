@@ -83,3 +83,16 @@ def test_fit_names_a_missing_target_column(tmp_path):
     pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}).to_csv(path, index=False)
     with pytest.raises(SystemExit, match="no column 'z'"):
         main(["fit", str(path), "--target", "z", "--experts", "2"])
+
+
+def test_demo_writes_the_rate_table_and_plot(tmp_path, capsys):
+    argv = ["demo", "--out", str(tmp_path), "--n-grid", "300,600,1200"]
+    assert main([*argv, "--reps", "2", "--jobs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Estimated convergence rates" in out and "cells/s" in out
+    rates = pd.read_csv(tmp_path / "study_rates.csv")
+    assert {"SG-E", "SG-O"} == set(rates["scenario"])
+    assert {"kl", "voronoi"} <= set(rates["loss"])
+    assert (tmp_path / "study_rates.txt").read_text().startswith(" ")
+    assert (tmp_path / "study_rates.png").stat().st_size > 10_000
+    assert len(pd.read_csv(tmp_path / "study_cells.csv")) == 12
