@@ -248,3 +248,20 @@ def test_every_gate_checks_its_number_of_experts():
     SoftmaxGate().check_n_experts(1)
     with pytest.raises(ValueError, match="top_k=3 is out of range for 2 routed"):
         SharedExpertsGate(NormalizedSigmoidGate(top_k=3), 1).check_n_experts(3)
+
+
+@pytest.mark.parametrize(
+    "gate", [SoftmaxGate(), NormalizedSigmoidGate()], ids=["softmax", "sigmoid"]
+)
+def test_split_atoms_copies_experts_that_share_their_mass(gate):
+    params = GateParams(np.array([[0.0, 0.0], [0.7, -1.5], [-0.3, 2.0]]))
+    split = gate.split_atoms(params, [0, 1, 1, 2, 2, 2])
+    masses = gate.voronoi_masses(split)
+    original = gate.voronoi_masses(params)
+    if isinstance(gate, SoftmaxGate):  # masses are defined up to a common factor
+        masses, original = masses / masses[0], original / original[0]
+    np.testing.assert_allclose(
+        [masses[0], masses[1:3].sum(), masses[3:].sum()], original, rtol=1e-12
+    )
+    # copies keep the slopes of the expert they copy
+    np.testing.assert_allclose(split.coef[:, 1], [0.0, -1.5, -1.5, 2.0, 2.0, 2.0])

@@ -119,6 +119,13 @@ class CoefficientExpert:
         """Reorder the experts."""
         return self.params_type(params.coef[np.asarray(perm)])
 
+    def split_atoms(self, params: Any, index: ArrayLike) -> Any:
+        """Parameters whose expert ``i`` copies expert ``index[i]``.
+
+        Indices may repeat (an over-specified layout of a smaller model).
+        """
+        return self.permute(params, index)
+
     def atoms(self, params: Any) -> NDArray[np.float64]:
         """Per-expert parameter vectors used for matching."""
         return params.coef.reshape(params.coef.shape[0], -1)

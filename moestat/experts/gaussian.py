@@ -395,6 +395,15 @@ class GaussianExpert:
         perm = np.asarray(perm)
         return GaussianExpertParams(params.coef[perm], params.var[perm])
 
+    def split_atoms(
+        self, params: GaussianExpertParams, index: ArrayLike
+    ) -> GaussianExpertParams:
+        """Parameters whose expert ``i`` copies expert ``index[i]``.
+
+        Indices may repeat (an over-specified layout of a smaller model).
+        """
+        return self.permute(params, index)
+
     def atoms(self, params: GaussianExpertParams) -> NDArray[np.float64]:
         """Per-expert parameter vectors ``(coef, var)`` used for matching.
 

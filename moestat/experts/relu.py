@@ -449,6 +449,15 @@ class ReLUExpert:
         perm = np.asarray(perm)
         return ReLUExpertParams(params.coef[perm], params.var[perm])
 
+    def split_atoms(
+        self, params: ReLUExpertParams, index: ArrayLike
+    ) -> ReLUExpertParams:
+        """Parameters whose expert ``i`` copies expert ``index[i]``.
+
+        Indices may repeat (an over-specified layout of a smaller model).
+        """
+        return self.permute(params, index)
+
     # -- atoms ---------------------------------------------------------------
     def _scale_free(self, params):
         """``eta_2 (eta_0, eta_1)`` and ``eta_2 |(eta_0, eta_1)|``, per expert."""

@@ -401,6 +401,22 @@ class StackedExperts:
         self.shared.check_params(params.shared, self.n_shared, n_design)
         self.routed.check_params(params.routed, self.n_routed(n_experts), n_design)
 
+    def split_atoms(
+        self, params: StackedExpertParams, index: ArrayLike
+    ) -> StackedExpertParams:
+        """Parameters whose expert ``i`` copies expert ``index[i]`` of ``params``.
+
+        ``params`` may have fewer shared experts than this family: the first
+        ``n_shared`` entries of ``index`` pick shared experts, the rest
+        routed ones (in ``params``' numbering); indices may repeat.
+        """
+        index = np.asarray(index, dtype=np.intp)
+        k1, source = self.n_shared, params.shared.n_experts
+        return StackedExpertParams(
+            self.shared.split_atoms(params.shared, index[:k1]),
+            self.routed.split_atoms(params.routed, index[k1:] - source),
+        )
+
     def permute(
         self, params: StackedExpertParams, perm: ArrayLike
     ) -> StackedExpertParams:

@@ -116,6 +116,22 @@ class _AffineGate:
         return np.zeros(n_experts, dtype=np.intp)
 
     # -- Voronoi losses ----------------------------------------------------
+    def split_atoms(self, params: GateParams, index: ArrayLike) -> GateParams:
+        """Gate parameters whose expert ``i`` copies expert ``index[i]``.
+
+        Copies of one expert share its mass (its intercept is split), so
+        with expert parameters copied alike the density is unchanged: an
+        over-specified layout of a smaller model (the near-truth start of
+        theory.md §4.5).
+        """
+        index = np.asarray(index, dtype=np.intp)
+        counts = np.bincount(index, minlength=params.n_experts)[index]
+        coef = params.coef[index].copy()
+        masses = self._mass_from_intercepts(coef[:, 0]) / counts
+        coef[:, 0] = self._intercepts_from_mass(masses)
+        # permute() by the identity re-anchors a gate with a reference row.
+        return self.permute(GateParams(coef), np.arange(len(index)))
+
     def voronoi_masses(self, params: GateParams) -> NDArray[np.float64]:
         """Mass ``w_i`` of each expert in the mixing measure, shape (n_experts,).
 
@@ -135,6 +151,9 @@ class _AffineGate:
         return np.asarray(params.coef[:, 1:], dtype=float)
 
     def _mass_from_intercepts(self, beta0: NDArray[np.float64]) -> NDArray[np.float64]:
+        raise NotImplementedError
+
+    def _intercepts_from_mass(self, mass: NDArray[np.float64]) -> NDArray[np.float64]:
         raise NotImplementedError
 
     # -- density -----------------------------------------------------------

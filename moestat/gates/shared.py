@@ -143,6 +143,31 @@ class SharedExpertsGate:
         return SharedGateParams(routed, np.full(self.n_shared, 1.0 / self.n_shared))
 
     # -- Voronoi losses ----------------------------------------------------
+    def split_atoms(
+        self, params: SharedGateParams, index: ArrayLike
+    ) -> SharedGateParams:
+        """Parameters whose expert ``i`` copies expert ``index[i]`` of ``params``.
+
+        ``params`` may have fewer shared experts than this gate: the first
+        ``n_shared`` entries of ``index`` pick shared experts, the rest
+        routed ones (in ``params``' numbering). Copies share the weight
+        ``omega`` or the routed mass of the expert they copy.
+        """
+        index = np.asarray(index, dtype=np.intp)
+        k1, source = self.n_shared, len(params.shared_weights)
+        shared, routed = index[:k1], index[k1:] - source
+        if shared.max() >= source or (routed.size and routed.min() < 0):
+            raise ValueError(
+                f"index {index.tolist()} maps shared experts to routed ones; the "
+                f"first {k1} entries must be below {source}, the rest not."
+            )
+        counts = np.bincount(shared, minlength=source)[shared]
+        return SharedGateParams(
+            self.routed.split_atoms(params.routed, routed),
+            params.shared_weights[shared] / counts,
+            params.shared_share,
+        )
+
     def voronoi_masses(self, params: SharedGateParams) -> NDArray[np.float64]:
         """Masses of the experts' atoms, shape (n_experts,).
 

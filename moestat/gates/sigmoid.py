@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import expit
+from scipy.special import expit, logit
 
 from moestat._math import logsumexp_rows
 from moestat.gates._base import _AffineGate, observed_objective
@@ -177,6 +177,9 @@ class NormalizedSigmoidGate(_AffineGate):
 
     def _mass_from_intercepts(self, beta0):
         return expit(beta0)
+
+    def _intercepts_from_mass(self, mass):
+        return logit(mass)
 
     def _log_weights_from_scores(self, s):
         log_sigma = np.minimum(s, 0.0) - np.log1p(np.exp(-np.abs(s)))

@@ -62,6 +62,9 @@ class SoftmaxGate(_AffineGate):
         # the losses anchor the gate first (theory.md section 5.2.4).
         return np.exp(beta0)
 
+    def _intercepts_from_mass(self, mass):
+        return np.log(mass)
+
     def _score_gradient_and_fisher(self, params, Z, resp, log_g):
         g = np.exp(log_g)
         rho = resp.sum(axis=1)

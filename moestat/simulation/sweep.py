@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed, parallel_config
 from numpy.typing import NDArray
-from scipy.special import expit, logit
 from tqdm.auto import tqdm
 
 from moestat._validation import as_generator
-from moestat.experts import StackedExpertParams
 from moestat.fit import (
     em,
     fit_restarts,
@@ -41,7 +39,6 @@ from moestat.fit import (
     polish_fit,
     unpack,
 )
-from moestat.gates import GateParams, NormalizedSigmoidGate, SharedGateParams
 from moestat.losses import (
     density_losses,
     kl_divergence,
@@ -149,20 +146,6 @@ def plan_cells(
 
 
 # -- the near-truth start ---------------------------------------------------
-def _split_masses(gate: Any, intercepts: NDArray, counts: NDArray) -> NDArray:
-    """Intercepts that share a true expert's mass among ``counts`` copies."""
-    if isinstance(gate, NormalizedSigmoidGate):
-        return logit(expit(intercepts) / counts)
-    return intercepts - np.log(counts)
-
-
-def _gather_affine(gate: Any, params: GateParams, index, counts) -> GateParams:
-    coef = params.coef[index].copy()
-    coef[:, 0] = _split_masses(gate, coef[:, 0], counts)
-    # permute() by the identity re-anchors a softmax gate on its first row.
-    return gate.permute(GateParams(coef), np.arange(len(index)))
-
-
 def oracle_params(
     truth: MixtureOfExperts, spec: MixtureOfExperts, assignment: Sequence[int]
 ) -> MoEParams:
@@ -197,32 +180,10 @@ def oracle_params(
         raise ValueError(
             f"assignment {index.tolist()} maps shared experts to routed ones."
         )
-    counts = np.bincount(index, minlength=k_true)[index].astype(float)
-    gate_params = true_params.gate
-    if isinstance(gate_params, SharedGateParams):
-        k1_true = len(gate_params.shared_weights)
-        k1 = spec.gate.n_shared
-        routed = _gather_affine(
-            spec.gate.routed,
-            gate_params.routed,
-            index[k1:] - k1_true,
-            counts[k1:],
-        )
-        omega = gate_params.shared_weights[index[:k1]] / counts[:k1]
-        gate = SharedGateParams(routed, omega, gate_params.shared_share)
-    else:
-        gate = _gather_affine(spec.gate, gate_params, index, counts)
-    expert_params = true_params.expert
-    if isinstance(expert_params, StackedExpertParams):
-        k1_true = true_params.gate.shared_weights.size
-        k1 = spec.gate.n_shared
-        expert = type(expert_params)(
-            spec.expert.shared.permute(expert_params.shared, index[:k1]),
-            spec.expert.routed.permute(expert_params.routed, index[k1:] - k1_true),
-        )
-    else:
-        expert = spec.expert.permute(expert_params, index)
-    return MoEParams(gate, expert)
+    return MoEParams(
+        spec.gate.split_atoms(true_params.gate, index),
+        spec.expert.split_atoms(true_params.expert, index),
+    )
 
 
 def oracle_start(
