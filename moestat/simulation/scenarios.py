@@ -435,35 +435,71 @@ def _ds_fit(
     )
 
 
-def _ds1() -> Scenario:
+def _ds_routed_gate(literal: bool) -> GateParams:
+    # The printed routed gate (-0.5, 5), (0.5, 5) has equal slopes, so the
+    # softmax gate is constant in x (theory.md §6.F); the default keeps the
+    # printed intercept difference and gives the slopes a difference of 5.
+    rows = [(-0.5, 5.0), (0.5, 5.0)] if literal else _DS_SOFTMAX_ROUTED
+    return _softmax_rows(rows)
+
+
+_DS_DENSITY = {"tv": -0.5, "hellinger": -0.5, "kl": -1.0}
+
+
+def _ds_literal_fields(literal: bool, sid: str, title: str) -> dict[str, Any]:
+    """Id, title, notes and theory of a DS softmax scenario (printed or not)."""
+    if not literal:
+        return {
+            "id": sid,
+            "title": title,
+            "notes": (
+                "Routed gate (beta_0, beta_1) = (-1, 5) and (0, 0) instead of "
+                "the printed equal slopes, which make the softmax gate constant "
+                "in x (theory.md §6.F, ds_literal=False); DS-1L and DS-2L use "
+                "the printed values."
+            ),
+            "theory": _DS_THEORY,
+        }
+    return {
+        "id": sid + "L",
+        "title": title + ", printed gate",
+        "notes": (
+            "The printed routed gate (-0.5, 5), (0.5, 5) (ds_literal=True): its "
+            "slopes are equal, so the softmax gate does not depend on x and "
+            "assumption (A.2) fails. The density rates still hold (the truth is "
+            "in the model); the Voronoi loss has no stated rate here."
+        ),
+        "theory": _DS_DENSITY,
+    }
+
+
+def _ds1(literal: bool = False) -> Scenario:
     truth = MixtureOfExperts(
         SharedExpertsGate(SoftmaxGate(), 1),
         _ds_relu_experts(1),
-        MoEParams(
-            _shared_gate_params(_softmax_rows(_DS_SOFTMAX_ROUTED)), _ds_relu_params()
-        ),
+        MoEParams(_shared_gate_params(_ds_routed_gate(literal)), _ds_relu_params()),
     )
+    fields = _ds_literal_fields(
+        literal,
+        "DS-1",
+        "DeepSeekMoE Thm 1: softmax routing, ReLU experts, shared expert (D1)",
+    )
+    theory = fields.pop("theory")
     return Scenario(
-        id="DS-1",
-        title="DeepSeekMoE Thm 1: softmax routing, ReLU experts, shared expert (D1)",
         truth=truth,
         covariates=_DS_COVARIATES,
-        fits=(_ds_fit(SoftmaxGate(), _ds_relu_experts(2), "ds_strong"),),
+        fits=(_ds_fit(SoftmaxGate(), _ds_relu_experts(2), "ds_strong", theory=theory),),
         n_grid=log_grid(100, 100_000, 20),
         n_reps=40,
         source="Nguyen et al. (2025), DeepSeekMoE, App. G.1",
-        notes=(
-            "Routed gate (beta_0, beta_1) = (-1, 5) and (0, 0) instead of the "
-            "printed equal slopes, which make the softmax gate constant in x "
-            "(theory.md §6.F, ds_literal=False)."
-        ),
+        **fields,
     )
 
 
-def _ds_linear_truth() -> MixtureOfExperts:
+def _ds_linear_truth(literal: bool = False) -> MixtureOfExperts:
     # shared 2x, tau = 0.2; routed 8x + 2 and -6x + 1, nu = 0.4
     params = MoEParams(
-        _shared_gate_params(_softmax_rows(_DS_SOFTMAX_ROUTED)),
+        _shared_gate_params(_ds_routed_gate(literal)),
         _gaussian([(0.0, 2.0), (2.0, 8.0), (1.0, -6.0)], [0.2, 0.4, 0.4]),
     )
     return MixtureOfExperts(
@@ -471,17 +507,25 @@ def _ds_linear_truth() -> MixtureOfExperts:
     )
 
 
-def _ds2() -> Scenario:
+def _ds2(literal: bool = False) -> Scenario:
+    fields = _ds_literal_fields(
+        literal,
+        "DS-2",
+        "DeepSeekMoE Thm 2: softmax routing, linear experts, shared expert (D2)",
+    )
+    theory = fields.pop("theory")
     return Scenario(
-        id="DS-2",
-        title="DeepSeekMoE Thm 2: softmax routing, linear experts, shared expert (D2)",
-        truth=_ds_linear_truth(),
+        truth=_ds_linear_truth(literal),
         covariates=_DS_COVARIATES,
-        fits=(_ds_fit(SoftmaxGate(), GaussianExpert(degree=1), "ds_linear"),),
+        fits=(
+            _ds_fit(
+                SoftmaxGate(), GaussianExpert(degree=1), "ds_linear", theory=theory
+            ),
+        ),
         n_grid=log_grid(100, 100_000, 20),
         n_reps=40,
         source="Nguyen et al. (2025), DeepSeekMoE, App. G.1",
-        notes=_ds1().notes,
+        **fields,
     )
 
 
@@ -781,6 +825,8 @@ SCENARIOS: dict[str, Scenario] = {
         _sg_over(),
         _ds1(),
         _ds2(),
+        _ds1(literal=True),
+        _ds2(literal=True),
         _ds3(),
         _ds4(),
         _ds_shared_benefit(),
