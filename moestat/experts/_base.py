@@ -14,6 +14,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from moestat._math import pair_products
 from moestat.experts._basis import polynomial_design, polynomial_names
+from moestat.experts._normal import unbounded
 
 
 def expert_degrees_of_freedom(expert: Any, n_experts: int, n_design: int) -> int:
@@ -86,8 +87,7 @@ class CoefficientExpert:
         self, n_experts: int, n_design: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """No bounds."""
-        size = self.n_free_parameters(n_experts, n_design)
-        return np.full(size, -np.inf), np.full(size, np.inf)
+        return unbounded(self.n_free_parameters(n_experts, n_design))
 
     def pack_scales(
         self, column_scales: NDArray[np.float64], n_experts: int

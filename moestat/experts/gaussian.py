@@ -19,10 +19,18 @@ from numpy.typing import ArrayLike, NDArray
 
 from moestat._math import pair_products, solve_spd, unpack_symmetric
 from moestat.experts._basis import polynomial_design, polynomial_names
+from moestat.experts._normal import (
+    at_floor,
+    log_excess,
+    natural_variances,
+    normal_log_density,
+    normal_sample,
+    unbounded,
+    variance_floor,
+    variance_score,
+)
 
 __all__ = ["GaussianExpert", "GaussianExpertParams"]
-
-_LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass(frozen=True)
@@ -153,12 +161,7 @@ class GaussianExpert:
         y: NDArray[np.float64],
     ) -> NDArray[np.float64]:
         """``log f(y_t | x_t; theta_i)`` of shape (n, n_experts)."""
-        resid = y[:, None] - self.mean(params, Phi)
-        resid *= resid
-        resid /= params.var
-        resid += np.log(params.var) + _LOG_2PI
-        resid *= -0.5
-        return resid
+        return normal_log_density(self.mean(params, Phi), params.var, y)
 
     def sample(
         self,
@@ -168,9 +171,7 @@ class GaussianExpert:
         rng: np.random.Generator,
     ) -> NDArray[np.float64]:
         """Draw ``y_t`` from expert ``labels[t]`` at each design row."""
-        rows = np.arange(Phi.shape[0])
-        mean = self.mean(params, Phi)[rows, labels]
-        return mean + np.sqrt(params.var[labels]) * rng.standard_normal(len(labels))
+        return normal_sample(self.mean(params, Phi), params.var, labels, rng)
 
     # -- fitting -----------------------------------------------------------
     def sufficient_features(
@@ -262,13 +263,9 @@ class GaussianExpert:
         grad_coef = scaled.T @ Phi
         if self.known_variance:
             return grad_coef.ravel()
-        grad_var = 0.5 * np.sum(resp * (resid * resid / params.var - 1.0), axis=0)
-        grad_var = grad_var / params.var
-        dvar_du = params.var - var_floor
+        grad_u = variance_score(resp, resid, params.var, var_floor)
         if self.shared_variance:
-            grad_u = np.array([grad_var.sum() * dvar_du[0]])
-        else:
-            grad_u = grad_var * dvar_du
+            grad_u = np.array([grad_u.sum()])
         return np.concatenate([grad_coef.ravel(), grad_u])
 
     # -- parametrisation ---------------------------------------------------
@@ -282,8 +279,7 @@ class GaussianExpert:
         if self.known_variance:
             return params.coef.ravel().copy()
         var = params.var[:1] if self.shared_variance else params.var
-        excess = np.maximum(var - var_floor, 1e-12 * max(var_floor, 1e-300))
-        return np.concatenate([params.coef.ravel(), np.log(excess)])
+        return np.concatenate([params.coef.ravel(), log_excess(var, var_floor)])
 
     def unpack(
         self,
@@ -307,7 +303,7 @@ class GaussianExpert:
 
     def variance_floor(self, y: NDArray[np.float64], reg_var: float) -> float:
         """The floor ``nu_min = reg_var * Var(y)`` on every variance."""
-        return float(reg_var * np.var(y))
+        return variance_floor(y, reg_var)
 
     def at_variance_floor(
         self, params: GaussianExpertParams, var_floor: float
@@ -316,16 +312,15 @@ class GaussianExpert:
 
         None when the variance is known: it is never estimated.
         """
-        if var_floor <= 0 or self.known_variance:
+        if self.known_variance:
             return np.array([], dtype=np.intp)
-        return np.flatnonzero(params.var <= var_floor * (1 + 1e-9))
+        return at_floor(params.var, var_floor)
 
     def pack_bounds(
         self, n_experts: int, n_design: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Lower and upper bounds of the packed parameters (none)."""
-        size = self.n_free_parameters(n_experts, n_design)
-        return np.full(size, -np.inf), np.full(size, np.inf)
+        return unbounded(self.n_free_parameters(n_experts, n_design))
 
     def pack_scales(
         self, column_scales: NDArray[np.float64], n_experts: int
@@ -378,15 +373,7 @@ class GaussianExpert:
         self, theta: NDArray[np.float64], n_experts: int, var_floor: float
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Reported values and ``d value / d theta`` (variances, not log)."""
-        n_var = self._n_variances(n_experts)
-        values = theta.copy()
-        jacobian = np.ones_like(theta)
-        if n_var == 0:
-            return values, jacobian
-        excess = np.exp(theta[-n_var:])
-        values[-n_var:] = var_floor + excess
-        jacobian[-n_var:] = excess
-        return values, jacobian
+        return natural_variances(theta, self._n_variances(n_experts), var_floor)
 
     def permute(
         self, params: GaussianExpertParams, perm: ArrayLike

@@ -15,10 +15,18 @@ from numpy.typing import ArrayLike, NDArray
 
 from moestat._math import solve_spd
 from moestat.experts._basis import polynomial_design, polynomial_names
+from moestat.experts._normal import (
+    at_floor,
+    log_excess,
+    natural_variances,
+    normal_log_density,
+    normal_sample,
+    unbounded,
+    variance_floor,
+    variance_score,
+)
 
 __all__ = ["ReLUExpert", "ReLUExpertParams"]
-
-_LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass(frozen=True)
@@ -187,12 +195,7 @@ class ReLUExpert:
         y: NDArray[np.float64],
     ) -> NDArray[np.float64]:
         """``log f(y_t | x_t; theta_i)`` of shape (n, n_experts)."""
-        resid = y[:, None] - self.mean(params, Phi)
-        resid *= resid
-        resid /= params.var
-        resid += np.log(params.var) + _LOG_2PI
-        resid *= -0.5
-        return resid
+        return normal_log_density(self.mean(params, Phi), params.var, y)
 
     def sample(
         self,
@@ -202,8 +205,7 @@ class ReLUExpert:
         rng: np.random.Generator,
     ) -> NDArray[np.float64]:
         """Draw ``y_t`` from expert ``labels[t]`` at each design row."""
-        mean = self.mean(params, Phi)[np.arange(Phi.shape[0]), labels]
-        return mean + np.sqrt(params.var[labels]) * rng.standard_normal(len(labels))
+        return normal_sample(self.mean(params, Phi), params.var, labels, rng)
 
     # -- fitting -----------------------------------------------------------
     def sufficient_features(
@@ -347,16 +349,14 @@ class ReLUExpert:
         scaled = resp * resid / params.var
         grad_inner = ((scaled * (z > 0)).T @ Pin) * outer[:, None]
         grad_outer = np.sum(scaled * relu, axis=0)
-        grad_var = 0.5 * np.sum(resp * (resid * resid / params.var - 1.0), axis=0)
-        grad_u = grad_var / params.var * (params.var - var_floor)
+        grad_u = variance_score(resp, resid, params.var, var_floor)
         grad_coef = np.column_stack([grad_inner, grad_outer])
         return np.concatenate([grad_coef.ravel(), grad_u])
 
     # -- parametrisation ---------------------------------------------------
     def pack(self, params: ReLUExpertParams, var_floor: float) -> NDArray[np.float64]:
         """Coefficients, then the variances as ``log(nu - nu_min)``."""
-        excess = np.maximum(params.var - var_floor, 1e-12 * max(var_floor, 1e-300))
-        return np.concatenate([params.coef.ravel(), np.log(excess)])
+        return np.concatenate([params.coef.ravel(), log_excess(params.var, var_floor)])
 
     def unpack(
         self,
@@ -375,8 +375,7 @@ class ReLUExpert:
         self, n_experts: int, n_design: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Lower and upper bounds of the packed parameters (none)."""
-        size = self.n_free_parameters(n_experts, n_design)
-        return np.full(size, -np.inf), np.full(size, np.inf)
+        return unbounded(self.n_free_parameters(n_experts, n_design))
 
     def pack_scales(
         self, column_scales: NDArray[np.float64], n_experts: int
@@ -390,12 +389,7 @@ class ReLUExpert:
         self, theta: NDArray[np.float64], n_experts: int, var_floor: float
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Reported values and ``d value / d theta`` (variances, not log)."""
-        values = theta.copy()
-        jacobian = np.ones_like(theta)
-        excess = np.exp(theta[-n_experts:])
-        values[-n_experts:] = var_floor + excess
-        jacobian[-n_experts:] = excess
-        return values, jacobian
+        return natural_variances(theta, n_experts, var_floor)
 
     def parameter_names(
         self, n_experts: int, design_names: list[str], offset: int = 0
@@ -415,15 +409,13 @@ class ReLUExpert:
 
     def variance_floor(self, y: NDArray[np.float64], reg_var: float) -> float:
         """The floor ``nu_min = reg_var * Var(y)`` on every variance."""
-        return float(reg_var * np.var(y))
+        return variance_floor(y, reg_var)
 
     def at_variance_floor(
         self, params: ReLUExpertParams, var_floor: float
     ) -> NDArray[np.intp]:
         """Experts whose variance sits at the floor (a collapsing expert)."""
-        if var_floor <= 0:
-            return np.array([], dtype=np.intp)
-        return np.flatnonzero(params.var <= var_floor * (1 + 1e-9))
+        return at_floor(params.var, var_floor)
 
     def check_params(self, params: object, n_experts: int, n_design: int) -> None:
         """Raise ``ValueError`` unless ``params`` fit this family."""
