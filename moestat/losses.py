@@ -22,7 +22,7 @@ under one model's density (Gauss-Hermite), e.g. for population EM.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -1094,6 +1094,9 @@ class VoronoiLoss:
         for ``"paper"``); zero except for ``"optimal"`` (where a perfect fit
         gives ``t_0 = log sum_j exp(beta*_0j)``, the truth's masses being
         normalised). None for other gates.
+    errors : dict of str to float
+        The per-parameter errors at these cells and this translation (see
+        :func:`per_parameter_errors`).
     """
 
     value: float
@@ -1102,6 +1105,7 @@ class VoronoiLoss:
     cell_sizes: NDArray[np.intp]
     anchor: str = "none"
     shift: NDArray[np.float64] | None = None
+    errors: dict[str, float] = field(default_factory=dict)
 
     def __float__(self) -> float:
         return float(self.value)
@@ -1805,12 +1809,35 @@ def voronoi_loss(
     >>> loss.value, loss.kind, loss.cell_sizes
     (0.0, 'softmax_gaussian', array([1, 1]))
     """
-    kind, total, pairs, all_terms, shift, _ = _evaluate(
+    kind, total, pairs, all_terms, shift, shifts = _evaluate(
         true, fitted, kind, anchor, cell_metric, exponents
     )
     cells, sizes = _global_cells(true, fitted, pairs, all_terms)
     used_anchor = anchor if any(p.fit.softmax for p in pairs) else "none"
-    return VoronoiLoss(float(total), kind, cells, sizes, used_anchor, shift)
+    errors = _block_errors(pairs, all_terms, shifts)
+    return VoronoiLoss(float(total), kind, cells, sizes, used_anchor, shift, errors)
+
+
+def _block_errors(pairs, all_terms, shifts) -> dict[str, float]:
+    """``max_{i in A_j} |theta_i - theta*_j|`` per block and true atom."""
+    prefixed = len(pairs) > 1
+    errors: dict[str, float] = {}
+    for pair, terms in zip(pairs, all_terms, strict=True):
+        prefix = f"{pair.true.name}_" if prefixed else ""
+        for block in pair.true.atom:
+            values = pair.fit.blocks[block]
+            if block == "gate_slope" and pair.fit.name in shifts:
+                values = values - shifts[pair.fit.name]
+            for j, label in enumerate(pair.true.index):
+                members = terms.cells == j
+                if not members.any():
+                    errors[f"{prefix}{block}[{label}]"] = float("nan")
+                    continue
+                gaps = values[members] - pair.true.blocks[block][j]
+                errors[f"{prefix}{block}[{label}]"] = float(
+                    np.max(np.linalg.norm(gaps, axis=1))
+                )
+    return errors
 
 
 def per_parameter_errors(
@@ -1861,24 +1888,4 @@ def per_parameter_errors(
     >>> errors["intercept[0]"], errors["intercept[1]"]
     (0.25, 0.0)
     """
-    _, _, pairs, all_terms, _, shifts = _evaluate(
-        true, fitted, kind, anchor, cell_metric, exponents
-    )
-    prefixed = len(pairs) > 1
-    errors: dict[str, float] = {}
-    for pair, terms in zip(pairs, all_terms, strict=True):
-        prefix = f"{pair.true.name}_" if prefixed else ""
-        for block in pair.true.atom:
-            values = pair.fit.blocks[block]
-            if block == "gate_slope" and pair.fit.name in shifts:
-                values = values - shifts[pair.fit.name]
-            for j, label in enumerate(pair.true.index):
-                members = terms.cells == j
-                if not members.any():
-                    errors[f"{prefix}{block}[{label}]"] = float("nan")
-                    continue
-                gaps = values[members] - pair.true.blocks[block][j]
-                errors[f"{prefix}{block}[{label}]"] = float(
-                    np.max(np.linalg.norm(gaps, axis=1))
-                )
-    return errors
+    return voronoi_loss(true, fitted, kind, anchor, cell_metric, exponents).errors

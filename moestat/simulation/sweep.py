@@ -42,7 +42,6 @@ from moestat.fit import (
 from moestat.losses import (
     density_losses,
     kl_divergence,
-    per_parameter_errors,
     response_quadrature,
     voronoi_loss,
 )
@@ -389,8 +388,7 @@ def _loss_columns(
             return columns
         columns["voronoi"] = loss.value
         columns["cell_sizes"] = " ".join(str(int(s)) for s in np.ravel(loss.cell_sizes))
-        errors = per_parameter_errors(target, fitted, kind=spec.voronoi)
-        for name, value in errors.items():
+        for name, value in loss.errors.items():
             columns[f"err_{name}"] = value
     return columns
 
