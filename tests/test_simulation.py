@@ -222,15 +222,8 @@ def test_a_sweep_killed_with_sigkill_and_restarted_has_exactly_the_cells_of_an_u
 def test_loky_and_a_dask_local_cluster_give_identical_cells(tmp_path):
     from dask import distributed  # the dask extra is part of the test install
 
-    simulate(
-        "SG-O",
-        tmp_path / "loky",
-        n_grid=[200, 400],
-        n_reps=2,
-        n_jobs=2,
-        backend="loky",
-        progress=False,
-    )
+    grid = dict(n_grid=[200, 400], n_reps=2, progress=False)
+    simulate("SG-O", tmp_path / "loky", n_jobs=2, backend="loky", **grid)
     with (
         distributed.LocalCluster(
             n_workers=2,
@@ -240,18 +233,21 @@ def test_loky_and_a_dask_local_cluster_give_identical_cells(tmp_path):
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
+        simulate("SG-O", tmp_path / "client", backend="dask", scheduler=client, **grid)
+        # a scheduler address, as `moestat simulate --scheduler ADDR` gives
         simulate(
             "SG-O",
-            tmp_path / "dask",
-            n_grid=[200, 400],
-            n_reps=2,
+            tmp_path / "address",
             backend="dask",
-            scheduler=client,
-            progress=False,
+            scheduler=cluster.scheduler_address,
+            **grid,
         )
-    loky, dask = load_results(tmp_path / "loky"), load_results(tmp_path / "dask")
+    loky = load_results(tmp_path / "loky")
     assert len(loky) == 8
-    pd.testing.assert_frame_equal(_cells(loky), _cells(dask))
+    for other in ("client", "address"):
+        pd.testing.assert_frame_equal(
+            _cells(loky), _cells(load_results(tmp_path / other))
+        )
 
 
 def test_sweep_arguments_are_checked(tmp_path):
@@ -321,6 +317,32 @@ def test_estimate_rate_refuses_bad_arguments():
         estimate_rate(frame, "hellinger")
     with pytest.raises(ValueError, match="three or more"):
         estimate_rate(frame[frame["n"] < 500], "kl")
+
+
+def test_loss_columns_are_the_recorded_losses():
+    from moestat.simulation import loss_columns
+
+    frame = _synthetic(-1.0).assign(
+        voronoi=1.0, fit_time=0.1, n_iter=3, err_slope=[0.1] * 240, other=2.0
+    )
+    assert loss_columns(frame) == ["kl", "voronoi", "err_slope"]
+
+
+def test_rate_plot_draws_each_group_with_its_fit_and_theory():
+    import matplotlib.pyplot as plt
+
+    from moestat.plotting import plot_rates
+
+    frame = pd.concat(
+        [_synthetic(-1.0).assign(fit="m=2"), _synthetic(-0.5, seed=1).assign(fit="m=3")]
+    )
+    fig, ax = plt.subplots()
+    assert plot_rates(frame, "kl", ax=ax, n_boot=50) is ax
+    labels = [line.get_label() for line in ax.get_lines()]
+    fitted = [label for label in labels if "slope -" in label and "theory" not in label]
+    assert len(fitted) == 2 and fitted[0].startswith("toy, m=2")
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    plt.close(fig)
 
 
 def test_summarize_losses_gives_the_per_n_spread():

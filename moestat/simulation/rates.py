@@ -44,31 +44,25 @@ __all__ = [
 ]
 
 RATE_FORMS = ("mean", "median", "log_n_over_n")
-_NOT_LOSSES = {
-    "n",
-    "replicate",
-    "seed",
-    "root_seed",
-    "n_experts",
-    "degree",
-    "log_likelihood",
-    "log_likelihood_true",
-    "n_iter",
-    "fit_time",
-    "n_warnings",
-    "kl_floor",
-}
+# The loss columns a sweep records: the density losses, the Voronoi loss,
+# the KL to the truth of a misspecified fit, and the per-parameter errors.
+LOSSES = ("kl", "hellinger", "tv", "voronoi", "kl_truth")
+ERROR_PREFIX = "err_"
 
 
 def loss_columns(results: pd.DataFrame) -> list[str]:
-    """The numeric loss columns of a results table (``kl``, ``err_*``, ...)."""
-    columns = []
-    for name in results.columns:
-        if name in _NOT_LOSSES or results[name].dtype == bool:
-            continue
-        if pd.api.types.is_numeric_dtype(results[name]) and results[name].notna().any():
-            columns.append(name)
-    return columns
+    """The loss columns present in a results table, in table order.
+
+    ``kl``, ``hellinger``, ``tv``, ``voronoi``, ``kl_truth`` and the
+    per-parameter errors ``err_*``, where any value is present. Other
+    columns can still be given to :func:`estimate_rate` by name.
+    """
+    return [
+        name
+        for name in results.columns
+        if (name in LOSSES or name.startswith(ERROR_PREFIX))
+        and results[name].notna().any()
+    ]
 
 
 def _as_frame(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:

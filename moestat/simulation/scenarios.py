@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.stats import norm
 
 from moestat.experts import (
     GaussianExpert,
@@ -108,9 +109,6 @@ def sine_mean(X: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.sin(2.0 * np.pi * x) + 0.5 * x
 
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
-
-
 @dataclass(frozen=True)
 class GaussianRegressionTruth:
     """A true density outside every MoE: ``Y | X ~ N(h(X), variance)``.
@@ -132,8 +130,8 @@ class GaussianRegressionTruth:
 
     def log_pdf(self, X: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray:
         """``log p(y_t | x_t)`` for each sample."""
-        resid = np.asarray(y, float) - self.mean_function(np.asarray(X, float))
-        return -0.5 * (resid * resid / self.variance + np.log(self.variance) + _LOG_2PI)
+        mean = self.mean_function(np.asarray(X, float))
+        return norm.logpdf(np.asarray(y, float), mean, np.sqrt(self.variance))
 
     def sample(self, X: NDArray[np.float64], random_state: Any = None):
         """Draw ``y`` at each row of ``X``; the labels are all 0."""
