@@ -56,7 +56,12 @@ def solve_spd(
     scaled = matrix * scale[..., :, None] * scale[..., None, :]
     p = matrix.shape[-1]
     scaled = scaled + ridge * np.eye(p)
-    z = np.linalg.solve(scaled, (rhs * scale)[..., None])[..., 0]
+    try:
+        z = np.linalg.solve(scaled, (rhs * scale)[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        # exactly singular even with the ridge (an expert whose gate weight
+        # underflowed everywhere): the minimum-norm solution
+        z = (np.linalg.pinv(scaled) @ (rhs * scale)[..., None])[..., 0]
     return z * scale
 
 

@@ -22,6 +22,7 @@ from moestat._validation import (
     InstanceOf,
     Interval,
     Options,
+    Satisfies,
     as_generator,
     validate_params,
 )
@@ -54,6 +55,13 @@ _COMMON_CONSTRAINTS: dict[str, tuple] = {
     "reg_var": (Interval("real", 0, None),),
     "shared_variance": (InstanceOf(bool, "a bool"),),
     "polish": (InstanceOf(bool, "a bool"),),
+    "backend": (Options(("numpy", "torch")),),
+    "device": (
+        Satisfies(
+            lambda v: v is None or isinstance(v, str) or type(v).__name__ == "device",
+            "None, a device name such as 'cuda', or a torch.device",
+        ),
+    ),
     "random_state": RANDOM_STATE,
 }
 
@@ -135,6 +143,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 max_iter=self.max_iter,
                 var_floor=var_floor,
                 polish=self.polish,
+                batch_engine=self._batch_engine(),
             )
         self._store(best, results, design, var_floor)
         # kept for inference(): the information is evaluated on these data
@@ -149,6 +158,19 @@ class _BaseMixtureOfExperts(BaseEstimator):
             )
         warn_on_degeneracy(best, var_floor, min_weight=design.expert.shape[1] + 1.0)
         return self
+
+    def _batch_engine(self) -> Any:
+        """The torch backend's batched engine, or None for numpy."""
+        if self.backend == "numpy":
+            return None
+        try:
+            from moestat.torch.fit import batch_engine
+        except ImportError as error:
+            raise ImportError(
+                f"{type(self).__name__}(backend='torch') needs PyTorch: "
+                "`pip install 'moestat[torch]'`, or use backend='numpy'."
+            ) from error
+        return batch_engine(device=self.device)
 
     def _check_enough_data(self, X: NDArray, y: NDArray) -> None:
         n_samples = X.shape[0]
@@ -526,6 +548,14 @@ object, default="softmax"
         EM-then-MLE hybrid): EM converges linearly and its stopping rule can
         leave the last digits of the maximum unreached. The polish is kept
         only if it does not lower the likelihood.
+    backend : {"numpy", "torch"}, default="numpy"
+        ``"torch"`` fits every restart at once, batched, with the engines of
+        :mod:`moestat.torch.fit` (float64; PyTorch needed). Starts, stopping
+        rule and result are the numpy backend's: from the same start the
+        log-likelihoods agree to about 1e-8 relative.
+    device : str, torch.device or None, default=None
+        Where the torch backend computes (``"cpu"``, ``"cuda"``); None is
+        the CPU. Ignored by the numpy backend.
     random_state : int, numpy Generator or None, default=None
         Seeds the one random stream that every restart draws from.
 """
@@ -574,6 +604,8 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         reg_var: float = 1e-6,
         shared_variance: bool = False,
         polish: bool = True,
+        backend: str = "numpy",
+        device: Any = None,
         random_state: Any = None,
     ) -> None:
         self.n_experts = n_experts
@@ -588,6 +620,8 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         self.reg_var = reg_var
         self.shared_variance = shared_variance
         self.polish = polish
+        self.backend = backend
+        self.device = device
         self.random_state = random_state
 
     def _expert_family(self) -> GaussianExpert:
@@ -662,6 +696,8 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         reg_var: float = 1e-6,
         shared_variance: bool = False,
         polish: bool = True,
+        backend: str = "numpy",
+        device: Any = None,
         random_state: Any = None,
     ) -> None:
         self.n_experts = n_experts
@@ -678,6 +714,8 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         self.reg_var = reg_var
         self.shared_variance = shared_variance
         self.polish = polish
+        self.backend = backend
+        self.device = device
         self.random_state = random_state
 
     def _expert_family(self) -> GaussianExpert | GLMExpert:
@@ -769,6 +807,8 @@ feature_names_in_
         tol: float = 1e-6,
         max_iter: int = 1000,
         polish: bool = True,
+        backend: str = "numpy",
+        device: Any = None,
         random_state: Any = None,
     ) -> None:
         self.n_experts = n_experts
@@ -782,6 +822,8 @@ feature_names_in_
         self.tol = tol
         self.max_iter = max_iter
         self.polish = polish
+        self.backend = backend
+        self.device = device
         self.random_state = random_state
 
     def _expert_family(self) -> MultinomialLogisticExpert:

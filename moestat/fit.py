@@ -533,6 +533,7 @@ def fit_restarts(
     n_candidates: int = 5,
     screen_iter: int = 10,
     polish: bool = False,
+    batch_engine: Any = None,
 ) -> tuple[FitResult, list[FitResult]]:
     """Fit from ``n_init`` starts and keep the best log-likelihood.
 
@@ -561,6 +562,12 @@ def fit_restarts(
         Screening of random starts.
     polish : bool, default=False
         Finish the best restart with :func:`polish_fit`.
+    batch_engine : callable, optional
+        ``batch_engine(model, design, y, starts, solver=, tol=, max_iter=,
+        var_floor=)`` returning one FitResult per start: all restarts are
+        fitted together (the torch backend). The starts are drawn first, in
+        the same order, so both paths begin from the same parameters. With
+        ``polish`` the engine is called again with ``solver="mle"``.
 
     Returns
     -------
@@ -570,6 +577,7 @@ def fit_restarts(
     """
     engine = ENGINES[solver]
     results = []
+    starts = []
     for restart in range(n_init):
         method = init if isinstance(init, str) else "auto"
         if isinstance(init, MoEParams) and restart == 0:
@@ -591,6 +599,9 @@ def fit_restarts(
                 n_candidates,
                 screen_iter,
             )
+        if batch_engine is not None:
+            starts.append(start)
+            continue
         result = engine(
             model.with_params(start),
             design,
@@ -600,6 +611,17 @@ def fit_restarts(
             var_floor=var_floor,
         )
         results.append(result)
+    if batch_engine is not None:
+        results = batch_engine(
+            model,
+            design,
+            y,
+            starts,
+            solver=solver,
+            tol=tol,
+            max_iter=max_iter,
+            var_floor=var_floor,
+        )
     finite = [r for r in results if np.isfinite(r.log_likelihood)]
     if not finite:
         raise FloatingPointError(
@@ -614,6 +636,7 @@ def fit_restarts(
             y,
             max_iter=min(max_iter, POLISH_MAX_ITER),
             var_floor=var_floor,
+            batch_engine=batch_engine,
         )
     return best, results
 
@@ -626,6 +649,7 @@ def polish_fit(
     tol: float = 1e-12,
     max_iter: int = 500,
     var_floor: float = 0.0,
+    batch_engine: Any = None,
 ) -> FitResult:
     """Finish a fit with L-BFGS-B on the log-likelihood (the EM-then-MLE hybrid).
 
@@ -635,10 +659,24 @@ def polish_fit(
     fit is kept only if its likelihood is not lower; its iterations are
     added to the count and its history to the trace, and ``converged``
     stays the first engine's verdict unless the polish itself converged.
+    ``batch_engine`` (see :func:`fit_restarts`) runs the polish instead of
+    :func:`mle`.
     """
-    polished = mle(
-        result.model, design, y, tol=tol, max_iter=max_iter, var_floor=var_floor
-    )
+    if batch_engine is None:
+        polished = mle(
+            result.model, design, y, tol=tol, max_iter=max_iter, var_floor=var_floor
+        )
+    else:
+        (polished,) = batch_engine(
+            result.model,
+            design,
+            y,
+            [result.model.params],
+            solver="mle",
+            tol=tol,
+            max_iter=max_iter,
+            var_floor=var_floor,
+        )
     if polished.log_likelihood < result.log_likelihood:
         return result
     return FitResult(

@@ -14,7 +14,15 @@ from numpy.typing import ArrayLike
 
 from moestat.model import MixtureOfExperts
 
-__all__ = ["plot_fit", "plot_gate", "plot_selection", "plot_rates"]
+__all__ = [
+    "plot_fit",
+    "plot_gate",
+    "plot_selection",
+    "plot_rates",
+    "plot_expert_utilization",
+    "plot_router_saturation",
+    "plot_router_change_rate",
+]
 
 
 def _pyplot(function: str):
@@ -297,3 +305,146 @@ def plot_rates(
     ax.set_ylabel(f"{loss} ({centre} over replications)")
     ax.legend(fontsize="small")
     return ax
+
+
+def plot_expert_utilization(
+    utilization: Any,
+    *,
+    step: int | None = None,
+    ax: Any = None,
+    **imshow_kwargs: Any,
+):
+    """Expert utilization as a layer x expert heatmap.
+
+    Parameters
+    ----------
+    utilization : DataFrame or array-like of shape (n_layers, n_experts)
+        Either the table of
+        :meth:`moestat.torch.routing.diagnostics.RoutingRecorder.utilization`
+        (columns ``layer``, ``expert``, ``utilization`` and optionally
+        ``step``) or the values ``u[layer, expert]`` themselves.
+    step : int, optional
+        The step drawn from a table with several; by default the last.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure is made when omitted.
+    **imshow_kwargs
+        Passed to ``ax.imshow`` (``cmap``, ``vmin``, ``vmax``, ...).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    plt = _pyplot("plot_expert_utilization")
+    if hasattr(utilization, "columns"):
+        table = utilization
+        if "step" in table:
+            step = table["step"].max() if step is None else step
+            table = table[table["step"] == step]
+            if table.empty:
+                raise ValueError(f"The table has no rows for step {step!r}.")
+        values = table.pivot_table(
+            index="layer", columns="expert", values="utilization", aggfunc="mean"
+        ).to_numpy(float)
+    else:
+        values = np.asarray(utilization, dtype=float)
+        if values.ndim == 1:
+            values = values[None, :]
+        if values.ndim != 2:
+            raise ValueError(
+                "utilization must be a table or a (layers, experts) array; got "
+                f"shape {values.shape}."
+            )
+    if ax is None:
+        _, ax = plt.subplots()
+    style = {"aspect": "auto", "interpolation": "nearest", "cmap": "viridis"}
+    image = ax.imshow(values, **{**style, **imshow_kwargs})
+    ax.figure.colorbar(image, ax=ax, label="share of routing slots")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    title = "expert utilization"
+    ax.set_title(title if step is None else f"{title}, step {step}")
+    return ax
+
+
+def _per_layer_lines(
+    table: Any, value: str, ax: Any, ylabel: str, line_kwargs: dict
+) -> Any:
+    """Each layer faint, the layer mean bold, one colour per ``k``."""
+    if value not in table:
+        raise ValueError(f"The table has no column {value!r}.")
+    groups = table.groupby("k") if "k" in table else [(None, table)]
+    for k, part in groups:
+        label = "layer mean" if k is None else f"top-{k}, layer mean"
+        mean = part.groupby("step")[value].mean()
+        line = ax.plot(mean.index, mean.to_numpy(), lw=2, label=label, **line_kwargs)[0]
+        if "layer" in part and part["layer"].nunique() > 1:
+            for _, layer in part.groupby("layer"):
+                layer = layer.sort_values("step")
+                ax.plot(
+                    layer["step"],
+                    layer[value],
+                    lw=0.8,
+                    alpha=0.35,
+                    color=line.get_color(),
+                )
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-2, 102)
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_router_saturation(table: Any, *, ax: Any = None, **line_kwargs: Any):
+    """Router saturation (%) against the training step.
+
+    The layer mean is drawn bold and each layer faint, one colour per ``k``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The table of
+        :meth:`moestat.torch.routing.diagnostics.RoutingRecorder.saturation`
+        (columns ``step``, ``saturation`` and optionally ``layer``, ``k``).
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure is made when omitted.
+    **line_kwargs
+        Passed to ``ax.plot`` for the layer-mean lines.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    plt = _pyplot("plot_router_saturation")
+    if ax is None:
+        _, ax = plt.subplots()
+    return _per_layer_lines(
+        table, "saturation", ax, "router saturation (%)", line_kwargs
+    )
+
+
+def plot_router_change_rate(table: Any, *, ax: Any = None, **line_kwargs: Any):
+    """Router change rate (%) between consecutive checkpoints, against the step.
+
+    The layer mean is drawn bold and each layer faint, one colour per ``k``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The table of
+        :meth:`moestat.torch.routing.diagnostics.RoutingRecorder.change_rate`
+        (columns ``step``, ``change_rate`` and optionally ``layer``, ``k``).
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure is made when omitted.
+    **line_kwargs
+        Passed to ``ax.plot`` for the layer-mean lines.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    plt = _pyplot("plot_router_change_rate")
+    if ax is None:
+        _, ax = plt.subplots()
+    return _per_layer_lines(
+        table, "change_rate", ax, "router change rate (%)", line_kwargs
+    )

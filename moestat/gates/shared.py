@@ -15,6 +15,10 @@ from moestat.gates._base import GateParams
 __all__ = ["SharedGateParams", "SharedExpertsGate"]
 
 
+# the learned share of the shared block stays inside (0, 1), as in the M-step
+_SHARE_MIN = 1e-12
+
+
 @dataclass(frozen=True)
 class SharedGateParams:
     """Parameters of the shared-expert arrangement.
@@ -204,7 +208,7 @@ class SharedExpertsGate:
         omega = shared_mass / shared_mass.sum()
         omega = np.maximum(omega, 1e-300)
         share = float(shared_mass.sum() / resp.shape[0]) if self.learned else 0.5
-        return omega / omega.sum(), float(np.clip(share, 1e-12, 1 - 1e-12))
+        return omega / omega.sum(), float(np.clip(share, _SHARE_MIN, 1 - _SHARE_MIN))
 
     def init_params(
         self, Z: NDArray[np.float64], resp: NDArray[np.float64]
@@ -282,7 +286,8 @@ class SharedExpertsGate:
         logits = np.log(params.shared_weights[1:] / params.shared_weights[0])
         parts = [self.routed.pack(params.routed), logits]
         if self.learned:
-            share = params.shared_share
+            # a share at 0 or 1 would pack to an infinite logit
+            share = float(np.clip(params.shared_share, _SHARE_MIN, 1.0 - _SHARE_MIN))
             parts.append([np.log(share / (1 - share))])
         return np.concatenate(parts)
 
@@ -298,6 +303,7 @@ class SharedExpertsGate:
         share = 0.5
         if self.learned:
             share = float(expit(theta[k + self.n_shared - 1]))
+            share = float(np.clip(share, _SHARE_MIN, 1.0 - _SHARE_MIN))
         return SharedGateParams(routed, omega, share)
 
     def pack_scales(

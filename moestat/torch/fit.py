@@ -1,0 +1,787 @@
+"""Batched EM and direct MLE: B independent data sets fitted in one call.
+
+The engines mirror :func:`moestat.fit.em` and :func:`moestat.fit.mle` and
+share their stopping rule: with ``l_t`` the mean per-sample log-likelihood
+of data set ``b`` after iteration ``t``, that data set has converged when
+``|l_t - l_{t-1}| <= tol * max(|l_{t-1}|, |l_t|, 1)``; it then stops
+changing while the others go on, and keeps its own iteration count and
+convergence flag. Data sets of different sizes are padded with rows of
+weight zero.
+
+EM: the E-step is a log-sum-exp over ``log g + log f``; Gaussian experts
+take their closed-form weighted least squares; the gate, and experts without
+a closed form, take Newton steps on ``Q = sum r log(.)`` with step halving,
+accepted only if ``Q`` does not decrease (generalised EM; for a top-K gate
+the observed log-likelihood decides, an ECME step as in numpy). Newton
+directions use the closed-form Fisher information of the softmax gate and
+autograd Hessians (made positive definite by taking absolute eigenvalues)
+elsewhere.
+
+MLE: L-BFGS with per-data-set curvature pairs and Armijo backtracking, on
+the mean negative log-likelihood in the numpy engine's scaled packed
+parameters; gradients by autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from moestat.fit import FitResult, parameter_scales
+from moestat.model import Design, MixtureOfExperts, MoEParams
+from moestat.torch._device import resolve_device, resolve_dtype
+from moestat.torch.pieces import (
+    _solve_spd,
+    fisher_information,
+    q_objective,
+    torch_expert,
+    torch_gate,
+)
+
+__all__ = [
+    "BatchedData",
+    "BatchedModel",
+    "BatchedFit",
+    "stack_data",
+    "em",
+    "mle",
+    "fit_batched",
+    "batch_engine",
+]
+
+
+@dataclass(frozen=True)
+class BatchedData:
+    """B data sets, padded to a common size.
+
+    Attributes
+    ----------
+    gate : Tensor of shape (B, n, p_gate)
+    expert : Tensor of shape (B, n, p_expert)
+    y : Tensor of shape (B, n)
+    weight : Tensor of shape (B, n)
+        Sample weights; 0 on padding rows.
+    var_floor : Tensor of shape (B,)
+        Each data set's variance floor.
+    """
+
+    gate: Tensor
+    expert: Tensor
+    y: Tensor
+    weight: Tensor
+    var_floor: Tensor
+
+    @property
+    def n_samples(self) -> Tensor:
+        """Total weight of each data set, (B,)."""
+        return self.weight.sum(dim=1)
+
+
+def stack_data(
+    designs: Sequence[Design],
+    ys: Sequence[NDArray[np.float64]],
+    *,
+    var_floor: float | Sequence[float] = 0.0,
+    sample_weight: Sequence[NDArray[np.float64] | None] | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> BatchedData:
+    """Stack numpy designs and responses into one padded batch.
+
+    Parameters
+    ----------
+    designs : sequence of Design
+        ``model.design(X_b)`` for each data set.
+    ys : sequence of ndarray of shape (n_b,)
+    var_floor : float or sequence of float, default=0.0
+    sample_weight : sequence of (ndarray or None), optional
+    device : str or torch.device, optional
+        Default CPU.
+    dtype : {"float64", "float32"} or torch.dtype, optional
+        Default float64.
+
+    Returns
+    -------
+    BatchedData
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if len(designs) != len(ys) or not designs:
+        raise ValueError(
+            f"Need one response per design and at least one data set; got "
+            f"{len(designs)} designs and {len(ys)} responses."
+        )
+    n_max = max(len(y) for y in ys)
+    batch = len(designs)
+    floors = np.broadcast_to(np.asarray(var_floor, dtype=float), (batch,))
+    gate = np.zeros((batch, n_max, designs[0].gate.shape[1]))
+    expert = np.zeros((batch, n_max, designs[0].expert.shape[1]))
+    y_all = np.zeros((batch, n_max))
+    weight = np.zeros((batch, n_max))
+    for b, (design, y) in enumerate(zip(designs, ys, strict=True)):
+        n = len(y)
+        gate[b, :n], expert[b, :n], y_all[b, :n] = design.gate, design.expert, y
+        w = None if sample_weight is None else sample_weight[b]
+        weight[b, :n] = 1.0 if w is None else w
+
+    def put(a):
+        return torch.as_tensor(np.array(a), dtype=dtype, device=device)
+
+    return BatchedData(put(gate), put(expert), put(y_all), put(weight), put(floors))
+
+
+class BatchedModel:
+    """A numpy model specification in torch, for a given (m, p_gate, p_expert).
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        Its ``gate`` and ``expert`` pieces (parameters are not used).
+    n_experts, n_gate_design, n_expert_design : int
+    """
+
+    def __init__(
+        self,
+        model: MixtureOfExperts,
+        n_experts: int,
+        n_gate_design: int,
+        n_expert_design: int,
+    ) -> None:
+        self.spec = model
+        self.shapes = (n_experts, n_gate_design, n_expert_design)
+        self.gate = torch_gate(model.gate, n_experts, n_gate_design)
+        self.expert = torch_expert(model.expert, n_experts, n_expert_design)
+
+    def log_weights(self, theta_gate: Tensor, data: BatchedData) -> Tensor:
+        """``log g`` (B, n, m)."""
+        return self.gate.log_weights(theta_gate, data.gate)
+
+    def log_density(self, theta_expert: Tensor, data: BatchedData) -> Tensor:
+        """``log f`` (B, n, m)."""
+        return self.expert.log_density(
+            theta_expert, data.expert, data.y, data.var_floor
+        )
+
+    def log_likelihood(
+        self, theta_gate: Tensor, theta_expert: Tensor, data: BatchedData
+    ) -> Tensor:
+        """Weighted log-likelihood of each data set, (B,)."""
+        joint = self.log_weights(theta_gate, data) + self.log_density(
+            theta_expert, data
+        )
+        return _e_step(joint, data.weight)[1]
+
+    def project_gate(self, theta: Tensor) -> Tensor:
+        """Clip the gate's bounded coefficients into their box."""
+        bound = self.gate.bound
+        if bound is None:
+            return theta
+        clipped = theta.clamp(-bound, bound)
+        mask = getattr(self.gate, "bounds_mask", None)
+        if mask is None:
+            return clipped
+        out = theta.clone()
+        out[:, mask()] = clipped[:, mask()]
+        return out
+
+
+@dataclass(frozen=True)
+class BatchedFit:
+    """The outcome of a batched fit, one entry per data set.
+
+    Attributes
+    ----------
+    theta_gate, theta_expert : Tensor of shape (B, P)
+        Packed parameters (the numpy pieces' layout).
+    log_likelihood : Tensor of shape (B,)
+    trace : Tensor of shape (T + 1, B)
+        Log-likelihood after each iteration (NaN once a data set stopped).
+    n_iter : Tensor of shape (B,)
+    converged, monotone : Tensor of shape (B,), bool
+    expert_weight : Tensor of shape (B, m)
+    """
+
+    theta_gate: Tensor
+    theta_expert: Tensor
+    log_likelihood: Tensor
+    trace: Tensor
+    n_iter: Tensor
+    converged: Tensor
+    monotone: Tensor
+    expert_weight: Tensor
+
+
+# -- shared pieces -----------------------------------------------------------
+def _e_step(joint: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted responsibilities (B, n, m) and log-likelihoods (B,)."""
+    per_sample = torch.logsumexp(joint, dim=-1)
+    finite = torch.isfinite(per_sample)
+    safe = torch.where(finite, per_sample, torch.zeros_like(per_sample))
+    resp = torch.exp(joint - safe.unsqueeze(-1)) * weight.unsqueeze(-1)
+    resp = torch.nan_to_num(resp, nan=0.0)
+    counted = weight > 0
+    total = torch.where(counted, weight * per_sample, torch.zeros_like(per_sample))
+    return resp, total.sum(dim=1)
+
+
+def _converged(prev: Tensor, curr: Tensor, n: Tensor, tol: float) -> Tensor:
+    prev, curr = prev / n, curr / n
+    scale = torch.maximum(torch.maximum(prev.abs(), curr.abs()), torch.ones_like(n))
+    return (curr - prev).abs() <= tol * scale
+
+
+def _decreased(prev: Tensor, curr: Tensor, n: Tensor) -> Tensor:
+    prev, curr = prev / n, curr / n
+    scale = torch.maximum(torch.maximum(prev.abs(), curr.abs()), torch.ones_like(n))
+    return curr < prev - 1e-10 * scale
+
+
+def _hessian(objective: Callable[[Tensor], Tensor], theta: Tensor) -> tuple:
+    """Gradient (B, P) and Hessian (B, P, P) of a per-row objective (B,)."""
+    with torch.enable_grad():
+        point = theta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(point).sum(), point, create_graph=True)
+        columns = []
+        for j in range(point.shape[1]):
+            unit = torch.zeros_like(point)
+            unit[:, j] = 1.0
+            (column,) = torch.autograd.grad(
+                grad, point, grad_outputs=unit, retain_graph=True, allow_unused=True
+            )
+            columns.append(torch.zeros_like(point) if column is None else column)
+    return grad.detach(), torch.stack(columns, dim=-1).detach()
+
+
+def _newton_direction(grad: Tensor, information: Tensor) -> Tensor:
+    """``F^+ g`` with ``F``'s eigenvalues replaced by their absolute values.
+
+    For a concave objective (softmax gate, GLM and multinomial experts) this
+    is Newton's step; elsewhere it is still an ascent direction.
+    """
+    sym = 0.5 * (information + information.transpose(-1, -2))
+    values, vectors = torch.linalg.eigh(sym)
+    top = values.abs().amax(dim=-1, keepdim=True)
+    floor = 1e-10 * top + torch.finfo(values.dtype).tiny
+    values = values.abs().clamp(min=floor)
+    coords = (vectors.transpose(-1, -2) @ grad.unsqueeze(-1)).squeeze(-1)
+    return (vectors @ (coords / values).unsqueeze(-1)).squeeze(-1)
+
+
+def _ascend(
+    accept: Callable[[Tensor], Tensor],
+    theta: Tensor,
+    direction: Tensor,
+    todo: Tensor,
+    current: Tensor,
+    max_halvings: int,
+    project: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """Step halving: keep ``theta + t d`` where ``accept`` does not decrease."""
+    new = theta.clone()
+    step = torch.ones_like(current)
+    for _ in range(max_halvings):
+        if not bool(todo.any()):
+            break
+        candidate = project(theta + step.unsqueeze(-1) * direction)
+        value = accept(candidate)
+        ok = todo & (value >= current)
+        new = torch.where(ok.unsqueeze(-1), candidate, new)
+        todo = todo & ~ok
+        step = torch.where(todo, 0.5 * step, step)
+    return new
+
+
+def _newton_step(
+    direction_objective: Callable[[Tensor], Tensor],
+    accept: Callable[[Tensor], Tensor],
+    theta: Tensor,
+    active: Tensor,
+    n: Tensor,
+    max_halvings: int,
+    project: Callable[[Tensor], Tensor] = lambda t: t,
+    explicit: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+) -> Tensor:
+    """One damped Newton (Fisher-scoring) step on each active row."""
+    if explicit is not None:
+        # the numpy gates' Fisher scoring, solved as numpy solves it
+        grad, information = explicit(theta)
+        direction = _solve_spd(information, grad, ridge=1e-9)
+    else:
+        grad, hessian = _hessian(direction_objective, theta)
+        direction = _newton_direction(grad, -hessian)
+    gain = (grad * direction).sum(dim=-1)
+    todo = active & (gain > 1e-14 * n)
+    if not bool(todo.any()):
+        return theta
+    return _ascend(accept, theta, direction, todo, accept(theta), max_halvings, project)
+
+
+# -- EM ------------------------------------------------------------------------
+def em(
+    model: BatchedModel,
+    data: BatchedData,
+    theta_gate: Tensor,
+    theta_expert: Tensor,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+) -> BatchedFit:
+    """Batched EM from packed starting parameters.
+
+    Parameters
+    ----------
+    model : BatchedModel
+    data : BatchedData
+    theta_gate, theta_expert : Tensor of shape (B, P)
+        Starting parameters in the numpy pieces' packed layout.
+    tol : float, default=1e-6
+        Stopping tolerance (module docstring).
+    max_iter : int, default=1000
+
+    Returns
+    -------
+    BatchedFit
+    """
+    gate, expert = model.gate, model.expert
+    n = data.n_samples
+    log_g = model.log_weights(theta_gate, data)
+    log_f = model.log_density(theta_expert, data)
+    resp, ll = _e_step(log_g + log_f, data.weight)
+    history = [ll]
+    batch = ll.shape[0]
+    active = torch.ones(batch, dtype=torch.bool, device=ll.device)
+    converged = torch.zeros_like(active)
+    decreased = torch.zeros_like(active)
+    n_iter = torch.zeros(batch, dtype=torch.long, device=ll.device)
+    for iteration in range(1, max_iter + 1):
+        theta_expert = _expert_m_step(model, data, theta_expert, resp, active, n)
+        log_f = model.log_density(theta_expert, data)
+        theta_gate = _gate_m_step(model, data, theta_gate, resp, log_g, log_f, active)
+        log_g = gate.log_weights(theta_gate, data.gate)
+        resp, ll_new = _e_step(log_g + log_f, data.weight)
+        ll = torch.where(active, ll_new, ll)
+        decreased |= active & _decreased(history[-1], ll, n)
+        done = active & _converged(history[-1], ll, n, tol)
+        n_iter = torch.where(active, iteration, n_iter)
+        history.append(torch.where(active, ll, torch.full_like(ll, float("nan"))))
+        converged |= done
+        active = active & ~done
+        if not bool(active.any()):
+            break
+    del expert
+    return BatchedFit(
+        theta_gate=theta_gate.detach(),
+        theta_expert=theta_expert.detach(),
+        log_likelihood=ll.detach(),
+        trace=torch.stack(history).detach(),
+        n_iter=n_iter,
+        converged=converged,
+        monotone=~decreased,
+        expert_weight=resp.sum(dim=1).detach(),
+    )
+
+
+def _expert_m_step(model, data, theta, resp, active, n):
+    expert = model.expert
+    if hasattr(expert, "m_step"):
+        new = expert.m_step(theta, data.expert, data.y, resp, data.var_floor)
+        return torch.where(active.unsqueeze(-1), new, theta)
+
+    def q(t):
+        return q_objective(resp, model.log_density(t, data))
+
+    for _ in range(expert.newton_steps):
+        theta = _newton_step(q, q, theta, active, n, expert.max_halvings)
+    return theta
+
+
+def _gate_m_step(model, data, theta, resp, log_g, log_f, active):
+    gate = model.gate
+    n = data.n_samples
+    if gate.ecme:
+        # top-K: the direction from responsibilities at the new experts, the
+        # step judged by the observed log-likelihood (numpy's ECME step)
+        resp, _ = _e_step(log_g + log_f, data.weight)
+
+        def accept(t):
+            return _e_step(gate.log_weights(t, data.gate) + log_f, data.weight)[1]
+
+    else:
+
+        def accept(t):
+            return q_objective(resp, gate.log_weights(t, data.gate))
+
+    def direction_objective(t):
+        return q_objective(resp, gate.log_weights(t, data.gate))
+
+    explicit = None
+    if hasattr(gate, "fisher_weights"):
+
+        def explicit(t):
+            weights = gate.fisher_weights(
+                t, data.gate, resp, gate.log_weights(t, data.gate)
+            )
+            return fisher_information(data.gate, *weights, gate.free_rows())
+
+    for _ in range(gate.newton_steps):
+        theta = _newton_step(
+            direction_objective,
+            accept,
+            theta,
+            active,
+            n,
+            gate.max_halvings,
+            model.project_gate,
+            explicit,
+        )
+    return theta
+
+
+# -- MLE -----------------------------------------------------------------------
+def mle(
+    model: BatchedModel,
+    data: BatchedData,
+    theta_gate: Tensor,
+    theta_expert: Tensor,
+    *,
+    scale: Tensor | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    memory: int = 20,
+) -> BatchedFit:
+    """Batched direct maximum likelihood by L-BFGS (autograd gradients).
+
+    Parameters
+    ----------
+    model, data, theta_gate, theta_expert, tol, max_iter
+        As for :func:`em`; ``max_iter`` counts L-BFGS iterations.
+    scale : Tensor of shape (B, P), optional
+        Typical size of each packed parameter; the optimiser works on
+        ``theta / scale`` (numpy's :func:`moestat.fit.parameter_scales`).
+    memory : int, default=20
+        Curvature pairs kept per data set.
+
+    Returns
+    -------
+    BatchedFit
+    """
+    k = theta_gate.shape[1]
+    theta = torch.cat([theta_gate, theta_expert], dim=1)
+    if scale is None:
+        scale = torch.ones_like(theta)
+    n = data.n_samples
+
+    def loss_and_grad(phi):
+        with torch.enable_grad():
+            point = phi.detach().requires_grad_(True)
+            t = point * scale
+            t = torch.cat([model.project_gate(t[:, :k]), t[:, k:]], dim=1)
+            ll = model.log_likelihood(t[:, :k], t[:, k:], data)
+            loss = -ll / n
+            (grad,) = torch.autograd.grad(loss.sum(), point)
+        loss, grad = loss.detach(), grad.detach()
+        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(dim=-1)
+        loss = torch.where(bad, torch.full_like(loss, float("inf")), loss)
+        return loss, torch.where(bad.unsqueeze(-1), torch.zeros_like(grad), grad)
+
+    phi, history, n_iter, converged = _lbfgs(
+        loss_and_grad, theta / scale, n, tol=tol, max_iter=max_iter, memory=memory
+    )
+    theta = phi * scale
+    theta = torch.cat([model.project_gate(theta[:, :k]), theta[:, k:]], dim=1)
+    log_g = model.log_weights(theta[:, :k], data)
+    log_f = model.log_density(theta[:, k:], data)
+    resp, ll = _e_step(log_g + log_f, data.weight)
+    return BatchedFit(
+        theta_gate=theta[:, :k],
+        theta_expert=theta[:, k:],
+        log_likelihood=ll,
+        trace=torch.stack(history),
+        n_iter=n_iter,
+        converged=converged,
+        monotone=torch.ones_like(converged),
+        expert_weight=resp.sum(dim=1),
+    )
+
+
+def _two_loop(grad, S, Y, rho, newest, count):
+    """L-BFGS two-loop recursion, batched: ``-H g`` for each row."""
+    memory = S.shape[1]
+    rows = torch.arange(grad.shape[0], device=grad.device)
+    q = grad.clone()
+    alphas = []
+    for back in range(memory):
+        idx = (newest - back) % memory
+        used = (back < count).to(grad.dtype) * rho[rows, idx]
+        alpha = used * (S[rows, idx] * q).sum(-1)
+        q = q - alpha.unsqueeze(-1) * Y[rows, idx]
+        alphas.append((idx, alpha, used))
+    s_new, y_new = S[rows, newest % memory], Y[rows, newest % memory]
+    yy = (y_new * y_new).sum(-1)
+    gamma = torch.where(
+        (count > 0) & (yy > 0), (s_new * y_new).sum(-1) / yy.clamp(min=1e-300), 1.0
+    )
+    r = gamma.unsqueeze(-1) * q
+    for idx, alpha, used in reversed(alphas):
+        beta = used * (Y[rows, idx] * r).sum(-1)
+        r = r + (alpha - beta).unsqueeze(-1) * S[rows, idx]
+    return -r
+
+
+def _lbfgs(loss_and_grad, x, n, *, tol, max_iter, memory, max_backtracks=30):
+    batch, size = x.shape
+    f, g = loss_and_grad(x)
+    S = torch.zeros(batch, memory, size, dtype=x.dtype, device=x.device)
+    Y = torch.zeros_like(S)
+    rho = torch.zeros(batch, memory, dtype=x.dtype, device=x.device)
+    count = torch.zeros(batch, dtype=torch.long, device=x.device)
+    newest = torch.full((batch,), -1, dtype=torch.long, device=x.device)
+    active = torch.isfinite(f)
+    converged = torch.zeros_like(active)
+    n_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
+    history = [-f * n]
+    rows = torch.arange(batch, device=x.device)
+    for iteration in range(1, max_iter + 1):
+        d = _two_loop(g, S, Y, rho, newest.clamp(min=0), count)
+        slope = (g * d).sum(-1)
+        uphill = slope >= 0
+        d = torch.where(uphill.unsqueeze(-1), -g, d)
+        slope = torch.where(uphill, -(g * g).sum(-1), slope)
+        first = count == 0
+        step = torch.where(
+            first, 1.0 / g.abs().amax(-1).clamp(min=1.0), torch.ones_like(f)
+        )
+        todo = active.clone()
+        x_new, f_new, g_new = x.clone(), f.clone(), g.clone()
+        for _ in range(max_backtracks):
+            trial = x + step.unsqueeze(-1) * d
+            f_try, g_try = loss_and_grad(trial)
+            ok = todo & (f_try <= f + 1e-4 * step * slope)
+            x_new = torch.where(ok.unsqueeze(-1), trial, x_new)
+            f_new = torch.where(ok, f_try, f_new)
+            g_new = torch.where(ok.unsqueeze(-1), g_try, g_new)
+            todo = todo & ~ok
+            if not bool(todo.any()):
+                break
+            step = torch.where(todo, 0.5 * step, step)
+        stalled = todo  # no acceptable step: at the optimum to round-off
+        s, yv = x_new - x, g_new - g
+        sy = (s * yv).sum(-1)
+        store = (
+            active & ~stalled & (sy > 1e-10 * (yv * yv).sum(-1).sqrt() * s.norm(dim=-1))
+        )
+        slot = (newest + 1) % memory
+        S[rows[store], slot[store]] = s[store]
+        Y[rows[store], slot[store]] = yv[store]
+        rho[rows[store], slot[store]] = 1.0 / sy[store]
+        newest = torch.where(store, newest + 1, newest)
+        count = torch.where(store, (count + 1).clamp(max=memory), count)
+        settled = _converged(-f * n, -f_new * n, n, tol)
+        done = active & (settled | stalled)
+        converged |= active & settled
+        x = torch.where(active.unsqueeze(-1), x_new, x)
+        f = torch.where(active, f_new, f)
+        g = torch.where(active.unsqueeze(-1), g_new, g)
+        n_iter = torch.where(active, iteration, n_iter)
+        history.append(torch.where(active, -f * n, torch.full_like(f, float("nan"))))
+        active = active & ~done
+        if not bool(active.any()):
+            break
+    return x, history, n_iter, converged
+
+
+# -- numpy in, numpy out -------------------------------------------------------
+def fit_batched(
+    model: MixtureOfExperts,
+    designs: Sequence[Design],
+    ys: Sequence[NDArray[np.float64]],
+    starts: Sequence[MoEParams],
+    *,
+    solver: str = "em",
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    var_floor: float | Sequence[float] = 0.0,
+    sample_weight: Sequence[NDArray[np.float64] | None] | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> list[FitResult]:
+    """Fit one model specification to B data sets from B starts, in one batch.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The gate and expert family (its parameters are not used).
+    designs : sequence of Design
+        ``model.design(X_b)`` per data set (the same columns for all).
+    ys : sequence of ndarray
+        Responses per data set (sizes may differ: padded).
+    starts : sequence of MoEParams
+        Starting parameters per data set (the same number of experts).
+    solver : {"em", "mle"}, default="em"
+    tol, max_iter
+        As for :func:`moestat.fit.em`.
+    var_floor : float or sequence of float, default=0.0
+    sample_weight : sequence of (ndarray or None), optional
+    device : str or torch.device, optional
+        Default CPU.
+    dtype : {"float64", "float32"}, optional
+        Default float64.
+
+    Returns
+    -------
+    list of FitResult
+        One numpy :class:`~moestat.fit.FitResult` per data set, as the numpy
+        engines return.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from moestat import GaussianMoE
+    >>> from moestat.torch.fit import fit_batched
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(-1, 1, (200, 1))
+    >>> y = np.where(X[:, 0] > 0, 2 * X[:, 0], -X[:, 0]) + 0.1 * rng.normal(size=200)
+    >>> est = GaussianMoE(n_experts=2, random_state=0).fit(X, y)
+    >>> spec = est.model_
+    >>> results = fit_batched(spec, [spec.design(X)] * 2, [y, y], [spec.params] * 2)
+    >>> bool(np.isclose(results[0].log_likelihood, results[1].log_likelihood))
+    True
+    """
+    if solver not in ("em", "mle"):
+        raise ValueError(f"solver must be 'em' or 'mle'; got {solver!r}.")
+    if len(starts) != len(designs):
+        raise ValueError(
+            f"Need one start per data set; got {len(starts)} starts for "
+            f"{len(designs)} data sets."
+        )
+    m = starts[0].n_experts
+    p_gate, p_expert = designs[0].gate.shape[1], designs[0].expert.shape[1]
+    batched = BatchedModel(model, m, p_gate, p_expert)
+    data = stack_data(
+        designs,
+        ys,
+        var_floor=var_floor,
+        sample_weight=sample_weight,
+        device=device,
+        dtype=dtype,
+    )
+    floors = data.var_floor.cpu().numpy()
+
+    def put(rows):
+        return torch.as_tensor(np.stack(rows), dtype=data.y.dtype, device=data.y.device)
+
+    theta_gate = put([model.gate.pack(start.gate) for start in starts])
+    theta_expert = put(
+        [
+            model.expert.pack(start.expert, float(floor))
+            for start, floor in zip(starts, floors, strict=True)
+        ]
+    )
+    if solver == "em":
+        fit = em(batched, data, theta_gate, theta_expert, tol=tol, max_iter=max_iter)
+    else:
+        scale = put(
+            [
+                parameter_scales(model.with_params(start), design)
+                for start, design in zip(starts, designs, strict=True)
+            ]
+        )
+        fit = mle(
+            batched,
+            data,
+            theta_gate,
+            theta_expert,
+            scale=scale,
+            tol=tol,
+            max_iter=max_iter,
+        )
+    return to_fit_results(model, fit, (m, p_gate, p_expert), floors)
+
+
+def to_fit_results(
+    model: MixtureOfExperts,
+    fit: BatchedFit,
+    shapes: tuple[int, int, int],
+    var_floor: NDArray[np.float64],
+) -> list[FitResult]:
+    """One numpy :class:`~moestat.fit.FitResult` per row of a batched fit."""
+    m, p_gate, p_expert = shapes
+
+    def host(t):
+        return (
+            t.detach().cpu().double().numpy()
+            if t.is_floating_point()
+            else (t.detach().cpu().numpy())
+        )
+
+    gates, experts = host(fit.theta_gate), host(fit.theta_expert)
+    ll, trace, weight = (
+        host(fit.log_likelihood),
+        host(fit.trace),
+        host(fit.expert_weight),
+    )
+    n_iter, converged, monotone = (
+        host(fit.n_iter),
+        host(fit.converged),
+        host(fit.monotone),
+    )
+    results = []
+    for b in range(len(ll)):
+        params = MoEParams(
+            model.gate.unpack(gates[b], m, p_gate),
+            model.expert.unpack(experts[b], m, p_expert, float(var_floor[b])),
+        )
+        column = trace[:, b]
+        results.append(
+            FitResult(
+                model=model.with_params(params),
+                log_likelihood=float(ll[b]),
+                trace=column[np.isfinite(column)],
+                n_iter=int(n_iter[b]),
+                converged=bool(converged[b]),
+                monotone=bool(monotone[b]),
+                expert_weight=weight[b],
+            )
+        )
+    return results
+
+
+def batch_engine(device: Any = None, dtype: Any = None) -> Callable[..., list]:
+    """The ``batch_engine`` of :func:`moestat.fit.fit_restarts` on ``device``.
+
+    Every start is fitted to the same data set, all in one batch.
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+        Default CPU.
+    dtype : {"float64", "float32"}, optional
+        Default float64.
+
+    Returns
+    -------
+    callable
+    """
+    device = resolve_device(device)
+
+    def engine(model, design, y, starts, *, solver, tol, max_iter, var_floor):
+        batch = len(starts)
+        return fit_batched(
+            model,
+            [design] * batch,
+            [y] * batch,
+            starts,
+            solver=solver,
+            tol=tol,
+            max_iter=max_iter,
+            var_floor=var_floor,
+            device=device,
+            dtype=dtype,
+        )
+
+    return engine

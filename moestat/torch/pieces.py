@@ -1,0 +1,377 @@
+"""The gates and expert families in torch, batched, on packed parameters.
+
+Each torch piece mirrors one numpy piece of :mod:`moestat.gates` or
+:mod:`moestat.experts` and reads the *same* packed vector (the numpy piece's
+``pack``): the gate's free rows, variances as ``log(nu - nu_min)``. Batched
+arrays have a leading dimension ``B`` (replications, restarts or cells):
+parameters (B, P), designs (B, n, p), responses (B, n), log densities
+(B, n, m). Converting a torch fit back to numpy is the numpy piece's
+``unpack`` of one row.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from moestat.experts import (
+    GaussianExpert,
+    GLMExpert,
+    MultinomialLogisticExpert,
+)
+from moestat.gates import NormalizedSigmoidGate, SharedExpertsGate, SoftmaxGate
+
+__all__ = [
+    "torch_gate",
+    "torch_expert",
+    "fisher_information",
+    "SUPPORTED_GATES",
+    "SUPPORTED_EXPERTS",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _scores(coef: Tensor, Z: Tensor) -> Tensor:
+    """Affine scores (B, n, m) from coefficients (B, m, p) and design (B, n, p)."""
+    return torch.einsum("bnp,bmp->bnm", Z, coef)
+
+
+def q_objective(resp: Tensor, log_values: Tensor) -> Tensor:
+    """``sum_t sum_i r_ti log v_ti`` per batch row, with ``0 log 0 = 0``."""
+    terms = torch.where(resp > 0, resp * log_values, torch.zeros_like(resp))
+    return terms.sum(dim=(1, 2))
+
+
+class TorchSoftmaxGate:
+    """Softmax gate (plain or modified: the design carries the transform)."""
+
+    def __init__(self, gate: SoftmaxGate, n_experts: int, n_design: int) -> None:
+        self.gate, self.m, self.p = gate, n_experts, n_design
+        self.n_params = (n_experts - 1) * n_design
+        self.bound = None
+        self.max_halvings = gate.max_halvings
+        self.newton_steps = gate.newton_steps
+        self.ecme = False
+
+    def coef(self, theta: Tensor) -> Tensor:
+        """Full (B, m, p) coefficients, the reference row zero."""
+        free = theta.reshape(theta.shape[0], self.m - 1, self.p)
+        return torch.cat([torch.zeros_like(free[:, :1]), free], dim=1)
+
+    def log_weights(self, theta: Tensor, Z: Tensor) -> Tensor:
+        """``log g`` of shape (B, n, m)."""
+        return torch.log_softmax(_scores(self.coef(theta), Z), dim=-1)
+
+    def fisher_weights(
+        self, theta: Tensor, Z: Tensor, resp: Tensor, log_g: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Score gradient ``r - rho g`` and Fisher weights ``(rho g, sqrt(rho) g)``.
+
+        The numpy gate's ``_score_gradient_and_fisher``: the gradient in row
+        ``i`` is ``sum_t (r_ti - rho_t g_ti) z_t`` and the information blocks
+        are ``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T``.
+        """
+        g = log_g.exp()
+        rho = resp.sum(dim=-1, keepdim=True)
+        return resp - rho * g, rho * g, rho.sqrt() * g
+
+    def free_rows(self) -> slice:
+        """Rows of the (m, p) coefficients that are packed."""
+        return slice(1, self.m)
+
+
+class TorchNormalizedSigmoidGate:
+    """Normalized sigmoid gate, dense or top-K, inside a box ``|beta| <= bound``."""
+
+    def __init__(
+        self, gate: NormalizedSigmoidGate, n_experts: int, n_design: int
+    ) -> None:
+        self.gate, self.m, self.p = gate, n_experts, n_design
+        self.n_params = n_experts * n_design
+        self.bound = gate.bound
+        self.top_k = gate.top_k if gate.top_k and gate.top_k < n_experts else None
+        self.ecme = self.top_k is not None
+        self.max_halvings = (
+            gate.max_halvings if self.top_k is None else min(gate.max_halvings, 2)
+        )
+        self.newton_steps = gate.newton_steps
+
+    def coef(self, theta: Tensor) -> Tensor:
+        """Coefficients (B, m, p)."""
+        return theta.reshape(theta.shape[0], self.m, self.p)
+
+    def log_weights(self, theta: Tensor, Z: Tensor) -> Tensor:
+        """``log g`` of shape (B, n, m); ``-inf`` outside a top-K selection."""
+        s = _scores(self.coef(theta), Z)
+        log_sigma = torch.nn.functional.logsigmoid(s)
+        if self.top_k is not None:
+            # ties to the lower expert index, as the numpy gate
+            order = torch.argsort(s.detach(), dim=-1, descending=True, stable=True)
+            mask = torch.zeros_like(s, dtype=torch.bool)
+            mask.scatter_(-1, order[..., : self.top_k], True)
+            log_sigma = torch.where(
+                mask, log_sigma, torch.full_like(log_sigma, -math.inf)
+            )
+        return log_sigma - torch.logsumexp(log_sigma, dim=-1, keepdim=True)
+
+    def fisher_weights(
+        self, theta: Tensor, Z: Tensor, resp: Tensor, log_g: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Score gradient and the numpy gate's positive semi-definite weights.
+
+        With ``a = 1 - sigma(s)``: the score gradient is ``a (r - rho g)``,
+        and the information ``rho [diag(g a^2) - (g a)(g a)^T] +
+        diag(|sigma a (r - rho g)|)`` dominates the observed one.
+        """
+        a = torch.sigmoid(-_scores(self.coef(theta), Z))
+        g = log_g.clamp(min=-700.0).exp()
+        rho = resp.sum(dim=-1, keepdim=True)
+        score_grad = (resp - rho * g) * a
+        ga = g * a
+        diag = score_grad.abs() * (1.0 - a) + ga * a * rho
+        return score_grad, diag, ga * rho.sqrt()
+
+    def free_rows(self) -> slice:
+        """Every row is packed."""
+        return slice(0, self.m)
+
+
+def fisher_information(
+    Z: Tensor, score_grad: Tensor, diag: Tensor, vec: Tensor, rows: slice
+) -> tuple[Tensor, Tensor]:
+    """Gradient (B, k p) and information (B, k p, k p) of a softmax-like block.
+
+    The information is ``sum_t (diag(d_t) - v_t v_t^T) kron z_t z_t^T`` over
+    the free rows, as numpy's :func:`moestat._math.fisher_direction`.
+    """
+    score_grad, diag, vec = score_grad[..., rows], diag[..., rows], vec[..., rows]
+    batch, _, p = Z.shape
+    k = score_grad.shape[-1]
+    grad = torch.einsum("bnm,bnp->bmp", score_grad, Z).reshape(batch, k * p)
+    root = (vec.unsqueeze(-1) * Z.unsqueeze(-2)).reshape(batch, -1, k * p)
+    information = -(root.transpose(1, 2) @ root).reshape(batch, k, p, k, p)
+    blocks = torch.einsum("bnm,bnp,bnq->mbpq", diag, Z, Z)
+    index = torch.arange(k, device=Z.device)
+    information[:, index, :, index, :] += blocks
+    return grad, information.reshape(batch, k * p, k * p)
+
+
+class TorchSharedExpertsGate:
+    """Shared experts with constant weights beside a routed gate (DeepSeekMoE)."""
+
+    def __init__(self, gate: SharedExpertsGate, n_experts: int, n_design: int) -> None:
+        self.gate = gate
+        self.k = gate.n_shared
+        self.routed = torch_gate(gate.routed, n_experts - self.k, n_design)
+        self.n_params = self.routed.n_params + self.k - 1 + int(gate.learned)
+        self.bound = self.routed.bound
+        self.ecme = self.routed.ecme
+        self.max_halvings = self.routed.max_halvings
+        self.newton_steps = self.routed.newton_steps
+
+    def bounds_mask(self) -> slice:
+        """Packed entries the routed gate's box applies to."""
+        return slice(0, self.routed.n_params)
+
+    def log_weights(self, theta: Tensor, Z: Tensor) -> Tensor:
+        """``log(lambda omega_i)`` for shared, ``log((1 - lambda) g_j)`` routed."""
+        r = self.routed.n_params
+        routed = self.routed.log_weights(theta[:, :r], Z)
+        logits = torch.cat(
+            [torch.zeros_like(theta[:, :1]), theta[:, r : r + self.k - 1]], dim=1
+        )
+        log_omega = torch.log_softmax(logits, dim=1)
+        if self.gate.learned:
+            last = theta[:, -1]
+            log_share = torch.nn.functional.logsigmoid(last)
+            log_rest = torch.nn.functional.logsigmoid(-last)
+        else:
+            log_share = torch.full_like(theta[:, 0], math.log(0.5))
+            log_rest = log_share
+        shared = (log_share[:, None] + log_omega).unsqueeze(1)
+        shared = shared.expand(-1, Z.shape[1], -1)
+        return torch.cat([shared, log_rest[:, None, None] + routed], dim=-1)
+
+
+class TorchGaussianExpert:
+    """Gaussian experts with polynomial means (per-expert, shared or known variance)."""
+
+    def __init__(self, expert: GaussianExpert, n_experts: int, n_design: int) -> None:
+        self.expert, self.m, self.p = expert, n_experts, n_design
+        self.n_var = (
+            0 if expert.known_variance else (1 if expert.shared_variance else n_experts)
+        )
+        self.n_params = n_experts * n_design + self.n_var
+        self.bound = None
+        self.max_halvings = 12
+
+    def unpack(self, theta: Tensor, var_floor: Tensor) -> tuple[Tensor, Tensor]:
+        """Coefficients (B, m, p) and variances (B, m)."""
+        k = self.m * self.p
+        coef = theta[:, :k].reshape(-1, self.m, self.p)
+        if self.n_var == 0:
+            var = torch.full_like(coef[..., 0], self.expert.variance)
+        else:
+            var = var_floor[:, None] + theta[:, k:].exp()
+            var = var.expand(-1, self.m)
+        return coef, var
+
+    def log_density(
+        self, theta: Tensor, Phi: Tensor, y: Tensor, var_floor: Tensor
+    ) -> Tensor:
+        """``log N(y_t | phi_t^T coef_i, var_i)`` of shape (B, n, m)."""
+        coef, var = self.unpack(theta, var_floor)
+        resid = y.unsqueeze(-1) - _scores(coef, Phi)
+        var = var.unsqueeze(1)
+        return -0.5 * (resid * resid / var + var.log() + _LOG_2PI)
+
+    def m_step(
+        self,
+        theta: Tensor,
+        Phi: Tensor,
+        y: Tensor,
+        resp: Tensor,
+        var_floor: Tensor,
+    ) -> Tensor:
+        """Weighted least squares and weighted variances, as packed parameters.
+
+        Experts with (numerically) no responsibility keep their parameters,
+        as in the numpy M-step.
+        """
+        weight = resp.sum(dim=1)  # (B, m)
+        total = weight.sum(dim=1).clamp(min=1.0)
+        empty = weight <= 1e-10 * total[:, None]
+        gram = torch.einsum("bnm,bnp,bnq->bmpq", resp, Phi, Phi)
+        rhs = torch.einsum("bnm,bnp,bn->bmp", resp, Phi, y)
+        coef = _solve_spd(gram, rhs)
+        old_coef, old_var = self.unpack(theta, var_floor)
+        coef = torch.where(empty[..., None], old_coef, coef)
+        resid = y.unsqueeze(-1) - _scores(coef, Phi)
+        ss = (resp * resid * resid).sum(dim=1)
+        k = self.m * self.p
+        if self.n_var == 0:
+            return coef.reshape(-1, k)
+        if self.expert.shared_variance:
+            keep = ~empty
+            var = (ss * keep).sum(1, keepdim=True) / (weight * keep).sum(
+                1, keepdim=True
+            ).clamp(min=1e-300)
+        else:
+            var = torch.where(empty, old_var, ss / weight.clamp(min=1e-300))
+        var = torch.maximum(var, var_floor[:, None])
+        tiny = 1e-12 * var_floor.clamp(min=1e-300)
+        u = torch.log(torch.maximum(var - var_floor[:, None], tiny[:, None]))
+        return torch.cat([coef.reshape(-1, k), u], dim=1)
+
+
+class TorchGLMExpert:
+    """Poisson or Bernoulli GLM experts with a polynomial linear predictor."""
+
+    def __init__(self, expert: GLMExpert, n_experts: int, n_design: int) -> None:
+        self.expert, self.m, self.p = expert, n_experts, n_design
+        self.n_params = n_experts * n_design
+        self.bound = None
+        self.max_halvings = expert.max_halvings
+        self.newton_steps = expert.newton_steps
+
+    def log_density(
+        self, theta: Tensor, Phi: Tensor, y: Tensor, var_floor: Tensor
+    ) -> Tensor:
+        """``y eta - b(eta)`` (minus ``log y!`` for Poisson), (B, n, m)."""
+        eta = _scores(theta.reshape(-1, self.m, self.p), Phi)
+        y = y.unsqueeze(-1)
+        if self.expert.family == "poisson":
+            return y * eta - eta.exp() - torch.lgamma(y + 1.0)
+        return y * eta - torch.nn.functional.softplus(eta)
+
+
+class TorchMultinomialExpert:
+    """Multinomial logistic experts (class 0 the reference)."""
+
+    def __init__(
+        self, expert: MultinomialLogisticExpert, n_experts: int, n_design: int
+    ) -> None:
+        self.expert, self.m, self.p = expert, n_experts, n_design
+        self.k = expert.n_classes
+        self.n_params = n_experts * (self.k - 1) * n_design
+        self.bound = None
+        self.max_halvings = expert.max_halvings
+        self.newton_steps = expert.newton_steps
+
+    def log_density(
+        self, theta: Tensor, Phi: Tensor, y: Tensor, var_floor: Tensor
+    ) -> Tensor:
+        """``log p_i(y_t | x_t)`` of shape (B, n, m)."""
+        coef = theta.reshape(-1, self.m * (self.k - 1), self.p)
+        scores = _scores(coef, Phi).reshape(*Phi.shape[:2], self.m, self.k - 1)
+        scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], dim=-1)
+        log_probs = torch.log_softmax(scores, dim=-1)
+        codes = y.long().clamp(0, self.k - 1)[..., None, None].expand(-1, -1, self.m, 1)
+        return log_probs.gather(-1, codes).squeeze(-1)
+
+
+def _solve_spd(matrix: Tensor, rhs: Tensor, ridge: float = 1e-10) -> Tensor:
+    """Jacobi-equilibrated SPD solves with a tiny ridge (as numpy's solve_spd)."""
+    diag = torch.diagonal(matrix, dim1=-2, dim2=-1)
+    scale = 1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
+    scaled = matrix * scale[..., :, None] * scale[..., None, :]
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    scaled = scaled + ridge * eye
+    chol, info = torch.linalg.cholesky_ex(scaled)
+    solution = torch.cholesky_solve((rhs * scale).unsqueeze(-1), chol).squeeze(-1)
+    if bool((info != 0).any()):
+        fallback = torch.linalg.lstsq(scaled, (rhs * scale).unsqueeze(-1)).solution
+        solution = torch.where((info != 0)[..., None], fallback.squeeze(-1), solution)
+    return solution * scale
+
+
+_GATES: list[tuple[type, type]] = [
+    (SharedExpertsGate, TorchSharedExpertsGate),
+    (NormalizedSigmoidGate, TorchNormalizedSigmoidGate),
+    (SoftmaxGate, TorchSoftmaxGate),
+]
+_EXPERTS: list[tuple[type, type]] = [
+    (GaussianExpert, TorchGaussianExpert),
+    (GLMExpert, TorchGLMExpert),
+    (MultinomialLogisticExpert, TorchMultinomialExpert),
+]
+SUPPORTED_GATES = tuple(numpy_type.__name__ for numpy_type, _ in _GATES)
+SUPPORTED_EXPERTS = tuple(numpy_type.__name__ for numpy_type, _ in _EXPERTS)
+
+
+def torch_gate(gate: Any, n_experts: int, n_design: int) -> Any:
+    """The torch piece of a numpy gate.
+
+    Raises
+    ------
+    ValueError
+        For a gate the torch backend does not have.
+    """
+    for numpy_type, torch_type in _GATES:
+        if isinstance(gate, numpy_type):
+            return torch_type(gate, n_experts, n_design)
+    raise ValueError(
+        f"The torch backend has no {type(gate).__name__}; it supports "
+        f"{', '.join(SUPPORTED_GATES)}. Use backend='numpy'."
+    )
+
+
+def torch_expert(expert: Any, n_experts: int, n_design: int) -> Any:
+    """The torch piece of a numpy expert family.
+
+    Raises
+    ------
+    ValueError
+        For a family the torch backend does not have.
+    """
+    for numpy_type, torch_type in _EXPERTS:
+        if type(expert) is numpy_type:
+            return torch_type(expert, n_experts, n_design)
+    raise ValueError(
+        f"The torch backend has no {type(expert).__name__} experts; it supports "
+        f"{', '.join(SUPPORTED_EXPERTS)}. Use backend='numpy'."
+    )
