@@ -5,7 +5,8 @@ Commands
 ``moestat scenarios``
     List the registered scenarios.
 ``moestat simulate SCENARIO [--n-grid ...] [--reps R] [--jobs J] ...``
-    Run or resume a sweep into ``--out``.
+    Run or resume a sweep into ``--out`` (``--backend torch --device cuda``
+    fits the cells in batches on a GPU).
 ``moestat rates DIR``
     Estimate the convergence rates of a sweep; print them, write CSV.
 ``moestat plot DIR -o FILE.png``
@@ -42,6 +43,7 @@ DEFAULT_STUDY = (
 )
 DEFAULT_STUDY_GRID = (1000, 1778, 3162, 5623, 10000, 17783, 31623, 56234, 100000)
 DEFAULT_STUDY_REPS = 40
+_DEVICE_HELP = "where --backend torch computes: cpu, cuda, cuda:N (default cpu)"
 
 
 def _int_list(text: str) -> list[int]:
@@ -88,9 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--jobs", type=int, default=1, help="parallel workers (-1: all)")
     sim.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
     sim.add_argument(
-        "--backend", default="loky", choices=["loky", "threading", "sequential", "dask"]
+        "--backend",
+        default="numpy",
+        choices=["numpy", "torch", "loky", "threading", "sequential", "dask"],
+        help=(
+            "engine: 'numpy' fits one cell at a time in parallel (joblib's loky; "
+            "'threading', 'sequential' or 'dask' pick another joblib backend); "
+            "'torch' fits many cells of a fit in one batch on --device, from the "
+            "same samples and starts (needs PyTorch; not for scenarios with ReLU "
+            "or stacked experts). Default: numpy"
+        ),
     )
     sim.add_argument("--scheduler", help="dask scheduler address (--backend dask)")
+    sim.add_argument("--device", help=_DEVICE_HELP)
+    sim.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        help="precision of --backend torch (default float64)",
+    )
+    sim.add_argument(
+        "--batch-cells",
+        type=int,
+        help=(
+            "most cells in one torch batch (default: cells of similar n up to "
+            "about 4 million padded rows)"
+        ),
+    )
     sim.add_argument("--out", default="results", help="results directory")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(run=cmd_simulate)
@@ -144,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=-1, help="parallel workers")
     demo.add_argument("--n-grid", type=_int_list, help="override the n grid")
     demo.add_argument("--reps", type=int, help="override the replications")
+    demo.add_argument(
+        "--backend",
+        default="numpy",
+        choices=["numpy", "torch"],
+        help="engine of the sweeps (see `moestat simulate --help`); default numpy",
+    )
+    demo.add_argument("--device", help=_DEVICE_HELP)
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=cmd_demo)
     return parser
@@ -187,6 +219,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         backend=args.backend,
         scheduler=args.scheduler,
         progress=not args.quiet,
+        device=args.device,
+        dtype=args.dtype,
+        batch_cells=args.batch_cells,
     )
     results = load_results(args.out)
     print(f"{len(results)} cells in {args.out} ({time.perf_counter() - start:.1f} s).")
@@ -300,6 +335,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             fits=fits,
             n_jobs=args.jobs,
             progress=not args.quiet,
+            backend=args.backend,
+            device=args.device,
         )
         frames.append(load_results(directory))
     results = pd.concat(frames, ignore_index=True)
@@ -330,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"moestat {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -366,12 +366,15 @@ def plot_expert_utilization(
     return ax
 
 
+def _check_column(table: Any, value: str) -> None:
+    if not hasattr(table, "columns") or value not in table:
+        raise ValueError(f"The table has no column {value!r}.")
+
+
 def _per_layer_lines(
     table: Any, value: str, ax: Any, ylabel: str, line_kwargs: dict
 ) -> Any:
     """Each layer faint, the layer mean bold, one colour per ``k``."""
-    if value not in table:
-        raise ValueError(f"The table has no column {value!r}.")
     groups = table.groupby("k") if "k" in table else [(None, table)]
     for k, part in groups:
         label = "layer mean" if k is None else f"top-{k}, layer mean"
@@ -415,6 +418,7 @@ def plot_router_saturation(table: Any, *, ax: Any = None, **line_kwargs: Any):
     matplotlib.axes.Axes
     """
     plt = _pyplot("plot_router_saturation")
+    _check_column(table, "saturation")
     if ax is None:
         _, ax = plt.subplots()
     return _per_layer_lines(
@@ -443,6 +447,7 @@ def plot_router_change_rate(table: Any, *, ax: Any = None, **line_kwargs: Any):
     matplotlib.axes.Axes
     """
     plt = _pyplot("plot_router_change_rate")
+    _check_column(table, "change_rate")
     if ax is None:
         _, ax = plt.subplots()
     return _per_layer_lines(

@@ -58,3 +58,28 @@ def _no_open_figures():
         open_figures = plt.get_fignums()
         plt.close("all")
         assert not open_figures, f"the test left figures open: {open_figures}"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items or _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none here)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    # Two test workers share two cores: torch's intra-op threads would only
+    # contend (small problems run many times slower), so run them one each.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)

@@ -3,8 +3,8 @@
 - :data:`SCENARIOS`: the papers' true models and settings under their ids
   (theory.md §8.3); :func:`list_scenarios` describes them.
 - :func:`simulate`: a sweep over (fit, n, replicate) cells, in parallel
-  (joblib, or Dask for a cluster), every finished cell stored durably;
-  running it again resumes.
+  (joblib, or Dask for a cluster) or batched on a GPU (``backend="torch"``),
+  every finished cell stored durably; running it again resumes.
 - :func:`load_results`: the cells as a pandas DataFrame.
 - :func:`estimate_rate`: log-log slopes with bootstrap confidence intervals
   beside the rates theory predicts.
@@ -49,10 +49,12 @@ from moestat.simulation.store import (
 )
 from moestat.simulation.sweep import (
     BACKENDS,
+    TORCH_BATCH_ROWS,
     Cell,
     cell_seed,
     oracle_params,
     oracle_start,
+    plan_batches,
     plan_cells,
     population_fit,
     pseudo_sample,
@@ -72,6 +74,7 @@ __all__ = [
     "simulate",
     "run_cell",
     "plan_cells",
+    "plan_batches",
     "Cell",
     "cell_seed",
     "oracle_params",
@@ -79,6 +82,7 @@ __all__ = [
     "population_fit",
     "pseudo_sample",
     "BACKENDS",
+    "TORCH_BATCH_ROWS",
     "ResultStore",
     "load_results",
     "export_results",

@@ -140,8 +140,25 @@ class ResultStore:
         return True
 
     def extend(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Append several records; return how many were new."""
-        return sum(self.append(record) for record in records)
+        """Append several records durably, with one ``fsync``; return how many were new.
+
+        Records whose key is stored (or repeated among ``records``) are
+        skipped. A writer killed during the call leaves complete lines and
+        at most one half-written last line, as :meth:`append` does.
+        """
+        lines: dict[str, str] = {}
+        for record in records:
+            key = record["key"]
+            if key not in self._keys and key not in lines:
+                lines[key] = json.dumps({k: _to_json(v) for k, v in record.items()})
+        if not lines:
+            return 0
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines.values()))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._keys.update(lines)
+        return len(lines)
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record on disk."""

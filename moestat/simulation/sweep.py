@@ -9,11 +9,18 @@ scenario see the same sample at a given ``(n, replicate)``.
 Finished cells go to a :class:`~moestat.simulation.store.ResultStore` as
 they arrive; a sweep run again with the same arguments and directory skips
 them and runs the rest.
+
+Two engines fit the cells. The numpy engine fits one cell at a time (in
+parallel through joblib). The torch engine (``backend="torch"``) fits many
+cells of one fit at once through :func:`moestat.torch.fit.fit_batched`:
+samples, starts and losses are the numpy engine's, computed from the same
+seeds, so the two give comparable records cell by cell.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 import time
@@ -31,6 +38,8 @@ from tqdm.auto import tqdm
 
 from moestat._validation import as_generator
 from moestat.fit import (
+    POLISH_MAX_ITER,
+    FitResult,
     em,
     fit_restarts,
     initial_params,
@@ -45,13 +54,14 @@ from moestat.losses import (
     response_quadrature,
     voronoi_loss,
 )
-from moestat.model import MixtureOfExperts, MoEParams
+from moestat.model import Design, MixtureOfExperts, MoEParams
 from moestat.simulation.scenarios import FitSpec, Scenario, get_scenario
 from moestat.simulation.store import ResultStore
 
 __all__ = [
     "Cell",
     "plan_cells",
+    "plan_batches",
     "cell_seed",
     "oracle_params",
     "oracle_start",
@@ -60,9 +70,16 @@ __all__ = [
     "run_cell",
     "simulate",
     "BACKENDS",
+    "TORCH_BATCH_ROWS",
 ]
 
-BACKENDS = ("loky", "threading", "sequential", "dask")
+# joblib backends of the numpy engine; "numpy" is the numpy engine on loky.
+_JOBLIB_BACKENDS = ("loky", "threading", "sequential", "dask")
+BACKENDS = ("numpy", "torch", *_JOBLIB_BACKENDS)
+# Padded rows (cells x restarts x largest sample) of one torch batch.
+TORCH_BATCH_ROWS = 2**22
+# Response nodes of the pseudo-sample of an approximation cell.
+_POPULATION_Y_NODES = 40
 # Perturbation of the near-truth start: sd = oracle_scale * n ** _ORACLE_POWER
 # (CRPE-SGaME code, theory.md §4.5).
 _ORACLE_POWER = -0.083
@@ -295,9 +312,18 @@ def _cached_reference(
 
 
 # -- one cell ------------------------------------------------------------------
+def _population_data(
+    scenario: Scenario,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """The weighted pseudo-sample every cell of an approximation study fits."""
+    return pseudo_sample(
+        scenario.truth, scenario.covariates, scenario.x_nodes, _POPULATION_Y_NODES
+    )
+
+
 def _population_cell(scenario: Scenario, spec: FitSpec, rng: np.random.Generator):
     """Population EM of one fit from one random start (approximation studies)."""
-    X, y, weight = pseudo_sample(scenario.truth, scenario.covariates, scenario.x_nodes)
+    X, y, weight = _population_data(scenario)
     model = spec.model
     design = model.design(X)
     start = initial_params(model, design, X, y, spec.n_experts, "random", rng)
@@ -309,6 +335,22 @@ def _population_cell(scenario: Scenario, spec: FitSpec, rng: np.random.Generator
         max_iter=scenario.max_iter,
         sample_weight=weight,
     )
+
+
+def _restart_options(
+    scenario: Scenario, spec: FitSpec, var_floor: float
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`fit_restarts` for a fit with random starts."""
+    return {
+        "n_experts": spec.n_experts,
+        "solver": spec.solver,
+        "init": "auto",
+        "n_init": spec.n_init,
+        "tol": scenario.tol,
+        "max_iter": scenario.max_iter,
+        "var_floor": var_floor,
+        "polish": spec.polish,
+    }
 
 
 def _fit_cell(
@@ -346,21 +388,25 @@ def _fit_cell(
             result = polish_fit(result, design, y, var_floor=var_floor)
         return result
     best, _ = fit_restarts(
-        model,
-        design,
-        X,
-        y,
-        n_experts=spec.n_experts,
-        solver=spec.solver,
-        init="auto",
-        n_init=spec.n_init,
-        rng=rng,
-        tol=scenario.tol,
-        max_iter=scenario.max_iter,
-        var_floor=var_floor,
-        polish=spec.polish,
+        model, design, X, y, rng=rng, **_restart_options(scenario, spec, var_floor)
     )
     return best
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_quadrature(covariates: Any, n_nodes: int) -> tuple[NDArray, NDArray]:
+    return covariates.quadrature(n_nodes)
+
+
+def _quadrature(
+    covariates: Any, n_nodes: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The covariate quadrature of the losses, computed once per process."""
+    try:
+        Xq, wq = _cached_quadrature(covariates, n_nodes)
+    except TypeError:  # a covariate law that cannot be hashed
+        return covariates.quadrature(n_nodes)
+    return Xq.copy(), wq.copy()
 
 
 def _loss_columns(
@@ -370,7 +416,7 @@ def _loss_columns(
     reference: MixtureOfExperts | None,
 ) -> dict[str, Any]:
     target = scenario.truth if reference is None else reference
-    Xq, wq = scenario.covariates.quadrature(scenario.x_nodes)
+    Xq, wq = _quadrature(scenario.covariates, scenario.x_nodes)
     columns: dict[str, Any] = dict(
         density_losses(target, fitted, Xq, wq, which=scenario.density_losses)
     )
@@ -393,10 +439,54 @@ def _loss_columns(
     return columns
 
 
+def _record(
+    scenario: Scenario,
+    spec: FitSpec,
+    cell: Cell,
+    result: FitResult,
+    ll_true: float,
+    fit_time: float,
+    losses: dict[str, Any],
+    messages: Sequence[str],
+    backend: str,
+) -> dict[str, Any]:
+    """One cell's record: the same columns for every engine."""
+    return {
+        "key": cell.key,
+        "scenario": scenario.id,
+        "fit": cell.fit,
+        "n_experts": spec.n_experts,
+        "degree": getattr(spec.model.expert, "degree", None),
+        "gate": spec.model.gate.describe(),
+        "expert": type(spec.model.expert).__name__,
+        "solver": spec.solver,
+        "init": spec.init,
+        "n": cell.n,
+        "replicate": cell.replicate,
+        "root_seed": cell.root_seed,
+        "seed": cell.seed,
+        "log_likelihood": result.log_likelihood,
+        "log_likelihood_true": ll_true,
+        "opt_failure": bool(result.log_likelihood < ll_true - 1e-6 * cell.n),
+        "monotone": bool(result.monotone),
+        "n_iter": result.n_iter,
+        "converged": bool(result.converged),
+        "fit_time": fit_time,
+        **losses,
+        "n_warnings": len(messages),
+        "first_warning": messages[0][:200] if messages else "",
+        "backend": backend,
+    }
+
+
 def run_cell(
     scenario: Scenario | str,
     cell: Cell,
     reference: MixtureOfExperts | None = None,
+    *,
+    backend: str = "numpy",
+    device: Any = None,
+    dtype: Any = None,
 ) -> dict[str, Any]:
     """Draw the cell's sample, fit, and measure the losses.
 
@@ -409,17 +499,32 @@ def run_cell(
     reference : MixtureOfExperts, optional
         The best approximation the losses are measured against, for a
         misspecified fit (see :func:`population_fit`).
+    backend : {"numpy", "torch"}, default="numpy"
+        The engine (a joblib backend name means ``"numpy"``). ``"torch"``
+        fits the cell as a batch of one through
+        :func:`moestat.torch.fit.fit_batched`, from the same sample and
+        start.
+    device : str or torch.device, optional
+        Where the torch engine computes (default the CPU).
+    dtype : {"float64", "float32"}, optional
+        The torch engine's precision (default float64).
 
     Returns
     -------
     dict
         One record: the cell's identity and seed, the fit's log-likelihood
         and that of the truth, iterations, convergence, the optimisation
-        failure flag of theory.md §4.7, the fit time, the losses, and the
-        count and first text of warnings raised inside the cell.
+        failure flag of theory.md §4.7, the fit time, the losses, the count
+        and first text of warnings raised inside the cell, and the engine
+        (``backend``).
     """
     scenario = get_scenario(scenario)
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
     spec = scenario.fit(cell.fit)
+    if backend == "torch":
+        _check_torch(scenario, [spec], device, dtype)
+        return _run_torch_batch(scenario, spec, [cell], reference, device, dtype)[0]
     seed = cell.seed
     fit_rng = np.random.default_rng([seed, _stable_hash(cell.fit)])
     population = scenario.kind == "approximation"
@@ -436,38 +541,424 @@ def run_cell(
         fit_time = time.perf_counter() - start
         losses = _loss_columns(scenario, spec, result.model, reference)
     ll_true = np.nan if population else float(scenario.truth.log_pdf(X, y).sum())
-    record = {
-        "key": cell.key,
-        "scenario": scenario.id,
-        "fit": cell.fit,
-        "n_experts": spec.n_experts,
-        "degree": getattr(spec.model.expert, "degree", None),
-        "gate": spec.model.gate.describe(),
-        "expert": type(spec.model.expert).__name__,
+    messages = [str(warning.message) for warning in caught]
+    return _record(
+        scenario, spec, cell, result, ll_true, fit_time, losses, messages, "numpy"
+    )
+
+
+# -- the torch engine: many cells of one fit in one batch ------------------------
+class _Deferred(Exception):
+    """An engine call stopped before it ran, so that it can join a batch."""
+
+    def __init__(self, starts: Sequence[MoEParams], options: dict[str, Any]) -> None:
+        super().__init__("engine call deferred to a batch")
+        self.starts = list(starts)
+        self.options = options
+
+
+def _defer(model, design, y, starts, **options):
+    raise _Deferred(starts, options)
+
+
+def _deferred_call(function: Any, *args: Any, **kwargs: Any) -> _Deferred:
+    """The engine call ``function`` makes (its starts and options), not run.
+
+    ``function`` is :func:`fit_restarts` or :func:`polish_fit`: everything
+    it does before its ``batch_engine`` call (drawing the starts) is done
+    exactly as the numpy engine does it.
+    """
+    try:
+        function(*args, batch_engine=_defer, **kwargs)
+    except _Deferred as call:
+        return call
+    raise RuntimeError(f"{function.__name__} did not call its batch engine.")
+
+
+def _replay(result: FitResult) -> Any:
+    """A batch engine that returns a fit already computed in a batch."""
+
+    def engine(*args: Any, **kwargs: Any) -> list[FitResult]:
+        return [result]
+
+    return engine
+
+
+@dataclass
+class _Prepared:
+    """A cell's sample, design and starts, ready to join a batch."""
+
+    cell: Cell
+    design: Design
+    y: NDArray[np.float64]
+    weight: NDArray[np.float64] | None
+    var_floor: float
+    starts: list[MoEParams]
+    options: dict[str, Any]  # solver, tol and max_iter of the engine
+    restarts: bool  # keep the best start, as fit_restarts does
+    ll_true: float
+    seconds: float
+    messages: list[str]
+
+
+def _prepare_cell(
+    scenario: Scenario,
+    spec: FitSpec,
+    cell: Cell,
+    reference: MixtureOfExperts | None,
+) -> _Prepared:
+    """Sample and starts of a cell, from the numpy engine's seeds and code."""
+    seed = cell.seed
+    fit_rng = np.random.default_rng([seed, _stable_hash(cell.fit)])
+    model = spec.model
+    population = scenario.kind == "approximation"
+    weight, var_floor, restarts = None, 0.0, False
+    options = {
         "solver": spec.solver,
-        "init": spec.init,
-        "n": cell.n,
-        "replicate": cell.replicate,
-        "root_seed": cell.root_seed,
-        "seed": seed,
-        "log_likelihood": result.log_likelihood,
-        "log_likelihood_true": ll_true,
-        "opt_failure": bool(result.log_likelihood < ll_true - 1e-6 * cell.n),
-        "monotone": bool(result.monotone),
-        "n_iter": result.n_iter,
-        "converged": bool(result.converged),
-        "fit_time": fit_time,
-        **losses,
-        "n_warnings": len(caught),
-        "first_warning": str(caught[0].message)[:200] if caught else "",
+        "tol": scenario.tol,
+        "max_iter": scenario.max_iter,
     }
-    return record
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        if population:
+            X, y, weight = _population_data(scenario)
+            design = model.design(X)
+            starts = [
+                initial_params(model, design, X, y, spec.n_experts, "random", fit_rng)
+            ]
+            options["solver"] = "em"
+        else:
+            data_rng = np.random.default_rng(seed)
+            X = scenario.covariates.sample(cell.n, data_rng)
+            y, _ = scenario.truth.sample(X, data_rng)
+            design = model.design(X)
+            var_floor = model.expert.variance_floor(y, _REG_VAR)
+            if spec.init == "oracle":
+                starts = [
+                    oracle_start(
+                        scenario.truth if reference is None else reference,
+                        model,
+                        spec.assignment,
+                        X,
+                        scale=scenario.oracle_scale,
+                        rng=fit_rng,
+                        var_floor=var_floor,
+                    )
+                ]
+            else:
+                call = _deferred_call(
+                    fit_restarts,
+                    model,
+                    design,
+                    X,
+                    y,
+                    rng=fit_rng,
+                    **_restart_options(scenario, spec, var_floor),
+                )
+                starts, restarts = call.starts, True
+                options = {k: call.options[k] for k in ("solver", "tol", "max_iter")}
+        seconds = time.perf_counter() - start
+    ll_true = np.nan if population else float(scenario.truth.log_pdf(X, y).sum())
+    return _Prepared(
+        cell=cell,
+        design=design,
+        y=np.asarray(y, dtype=float),
+        weight=weight,
+        var_floor=float(var_floor),
+        starts=starts,
+        options=options,
+        restarts=restarts,
+        ll_true=ll_true,
+        seconds=seconds,
+        messages=[str(warning.message) for warning in caught],
+    )
+
+
+def _fit_starts(
+    model: MixtureOfExperts,
+    prepared: Sequence[_Prepared],
+    starts: Sequence[Sequence[MoEParams]],
+    options: dict[str, Any],
+    device: Any,
+    dtype: Any,
+    weighted: bool,
+) -> list[list[FitResult]]:
+    """Every start of every cell in one :func:`fit_batched` call, per cell."""
+    from moestat.torch.fit import fit_batched
+
+    designs, ys, flat, floors, weights, owners = [], [], [], [], [], []
+    for index, (cell, cell_starts) in enumerate(zip(prepared, starts, strict=True)):
+        for start in cell_starts:
+            designs.append(cell.design)
+            ys.append(cell.y)
+            flat.append(start)
+            floors.append(cell.var_floor)
+            weights.append(cell.weight)
+            owners.append(index)
+    results = fit_batched(
+        model,
+        designs,
+        ys,
+        flat,
+        solver=options["solver"],
+        tol=options["tol"],
+        max_iter=options["max_iter"],
+        var_floor=floors,
+        sample_weight=weights if weighted else None,
+        device=device,
+        dtype=dtype,
+    )
+    grouped: list[list[FitResult]] = [[] for _ in prepared]
+    for owner, result in zip(owners, results, strict=True):
+        grouped[owner].append(result)
+    return grouped
+
+
+def _best_restart(results: Sequence[FitResult]) -> FitResult:
+    """The restart with the largest finite log-likelihood (as fit_restarts)."""
+    finite = [r for r in results if np.isfinite(r.log_likelihood)]
+    if not finite:
+        raise FloatingPointError(
+            "Every restart ended with a non-finite log-likelihood; check the "
+            "scale of X and y or raise reg_var."
+        )
+    return max(finite, key=lambda r: r.log_likelihood)
+
+
+def _fit_prepared(
+    scenario: Scenario,
+    spec: FitSpec,
+    prepared: Sequence[_Prepared],
+    device: Any,
+    dtype: Any,
+) -> tuple[list[FitResult], float, list[str]]:
+    """Fit the prepared cells in one batch (and polish them in a second).
+
+    Returns the fit of each cell, the seconds taken and the warnings raised.
+    """
+    population = scenario.kind == "approximation"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        grouped = _fit_starts(
+            spec.model,
+            prepared,
+            [cell.starts for cell in prepared],
+            prepared[0].options,
+            device,
+            dtype,
+            weighted=population,
+        )
+        results = [
+            _best_restart(fits) if cell.restarts else fits[0]
+            for cell, fits in zip(prepared, grouped, strict=True)
+        ]
+        if spec.polish and not population:
+            results = _polish_batch(scenario, spec, prepared, results, device, dtype)
+        seconds = time.perf_counter() - start
+    return results, seconds, [str(warning.message) for warning in caught]
+
+
+def _polish_batch(
+    scenario: Scenario,
+    spec: FitSpec,
+    prepared: Sequence[_Prepared],
+    results: Sequence[FitResult],
+    device: Any,
+    dtype: Any,
+) -> list[FitResult]:
+    """:func:`polish_fit` of every cell, its L-BFGS runs in one batch."""
+
+    def options(cell: _Prepared) -> dict[str, Any]:
+        # fit_restarts caps the polish of a restarted fit (moestat.fit)
+        capped = {"max_iter": min(scenario.max_iter, POLISH_MAX_ITER)}
+        return {"var_floor": cell.var_floor, **(capped if cell.restarts else {})}
+
+    calls = [
+        _deferred_call(polish_fit, result, cell.design, cell.y, **options(cell))
+        for cell, result in zip(prepared, results, strict=True)
+    ]
+    polished = _fit_starts(
+        spec.model,
+        prepared,
+        [call.starts for call in calls],
+        calls[0].options,
+        device,
+        dtype,
+        weighted=False,
+    )
+    return [
+        polish_fit(
+            result, cell.design, cell.y, batch_engine=_replay(fits[0]), **options(cell)
+        )
+        for cell, result, fits in zip(prepared, results, polished, strict=True)
+    ]
+
+
+def _finish_cell(
+    scenario: Scenario,
+    spec: FitSpec,
+    cell: Cell,
+    result: FitResult,
+    reference: MixtureOfExperts | None,
+    ll_true: float,
+    fit_time: float,
+    messages: Sequence[str],
+) -> dict[str, Any]:
+    """Losses and record of a cell fitted in a batch."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = _loss_columns(scenario, spec, result.model, reference)
+    messages = [*messages, *(str(warning.message) for warning in caught)]
+    return _record(
+        scenario, spec, cell, result, ll_true, fit_time, losses, messages, "torch"
+    )
+
+
+def _in_process(tasks: Any) -> list[Any]:
+    """Run joblib ``delayed`` tasks one after the other, here."""
+    return [function(*args, **kwargs) for function, args, kwargs in tasks]
+
+
+def _run_torch_batch(
+    scenario: Scenario,
+    spec: FitSpec,
+    cells: Sequence[Cell],
+    reference: MixtureOfExperts | None,
+    device: Any,
+    dtype: Any,
+    parallel: Any = None,
+) -> list[dict[str, Any]]:
+    """Records of cells of one fit, fitted together in one torch batch.
+
+    Samples, starts and losses are computed per cell (by ``parallel``, a
+    joblib ``Parallel``, when given); the fits in one batch. Each record's
+    ``fit_time`` is its own sampling and starts plus an equal share of the
+    batch; warnings raised by the batched fit are counted in every cell.
+    """
+    run = _in_process if parallel is None else parallel
+    prepared = run(
+        delayed(_prepare_cell)(scenario, spec, cell, reference) for cell in cells
+    )
+    results, seconds, messages = _fit_prepared(scenario, spec, prepared, device, dtype)
+    share = seconds / len(prepared)
+    return run(
+        delayed(_finish_cell)(
+            scenario,
+            spec,
+            cell.cell,
+            result,
+            reference,
+            cell.ll_true,
+            cell.seconds + share,
+            [*cell.messages, *messages],
+        )
+        for cell, result in zip(prepared, results, strict=True)
+    )
+
+
+def _check_torch(
+    scenario: Scenario, specs: Sequence[FitSpec], device: Any, dtype: Any
+) -> None:
+    """Refuse, before any work, what the torch engine cannot run."""
+    try:
+        from moestat.torch._device import resolve_device, resolve_dtype
+        from moestat.torch.pieces import (
+            SUPPORTED_EXPERTS,
+            SUPPORTED_GATES,
+            torch_expert,
+            torch_gate,
+        )
+    except ImportError as error:
+        raise ImportError(
+            "backend='torch' needs PyTorch: `pip install 'moestat[torch]'`, or "
+            "use backend='numpy'."
+        ) from error
+    resolve_device(device)
+    resolve_dtype(dtype)
+    X = scenario.covariates.sample(2, np.random.default_rng(0))
+    for spec in specs:
+        model = spec.model
+        design = model.design(X)
+        try:
+            torch_gate(model.gate, spec.n_experts, design.gate.shape[1])
+            torch_expert(model.expert, spec.n_experts, design.expert.shape[1])
+        except ValueError as error:
+            raise ValueError(
+                f"Scenario {scenario.id} (fit {spec.label!r}) cannot run with "
+                f"backend='torch': its model has a {model.gate.describe()} gate "
+                f"and {type(model.expert).__name__} experts. The torch backend "
+                f"supports the gates {', '.join(SUPPORTED_GATES)} and the experts "
+                f"{', '.join(SUPPORTED_EXPERTS)}; use backend='numpy' for "
+                f"{scenario.id}."
+            ) from error
+
+
+def _cell_rows(scenario: Scenario, spec: FitSpec, cell: Cell) -> int:
+    """Rows a cell adds to a batch: its sample size times its starts."""
+    if scenario.kind == "approximation":
+        return scenario.x_nodes * _POPULATION_Y_NODES
+    return cell.n * (spec.n_init if spec.init != "oracle" else 1)
+
+
+def plan_batches(
+    scenario: Scenario,
+    cells: Sequence[Cell],
+    batch_cells: int | None = None,
+    max_rows: int = TORCH_BATCH_ROWS,
+) -> list[tuple[FitSpec, list[Cell]]]:
+    """Group cells into the torch engine's batches.
+
+    A batch holds cells of one fit in increasing n (then replicate). It is
+    closed before a cell that would make it hold more than ``batch_cells``
+    cells, more than ``max_rows`` padded rows (cells times starts times the
+    largest sample), or a sample more than twice its smallest (padding
+    rows then cost at most as much as the data).
+
+    Parameters
+    ----------
+    scenario : Scenario
+        The scenario of the cells.
+    cells : sequence of Cell
+        The cells to run.
+    batch_cells : int, optional
+        Most cells in one batch; None for no limit but ``max_rows``.
+    max_rows : int, default=TORCH_BATCH_ROWS
+        Most padded rows in one batch (a single larger cell is a batch).
+
+    Returns
+    -------
+    list of (FitSpec, list of Cell)
+    """
+    by_fit: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_fit.setdefault(cell.fit, []).append(cell)
+    batches = []
+    for label, group in by_fit.items():
+        spec = scenario.fit(label)
+        current: list[Cell] = []
+        for cell in sorted(group, key=lambda c: (c.n, c.replicate)):
+            rows = _cell_rows(scenario, spec, cell)
+            if current and (
+                (batch_cells is not None and len(current) >= batch_cells)
+                or (len(current) + 1) * rows > max_rows
+                or rows > 2 * _cell_rows(scenario, spec, current[0])
+            ):
+                batches.append((spec, current))
+                current = []
+            current.append(cell)
+        if current:
+            batches.append((spec, current))
+    return batches
 
 
 # -- the sweep -------------------------------------------------------------------
 @contextlib.contextmanager
 def _backend(backend: str, scheduler: Any, n_jobs: int) -> Iterator[None]:
-    if backend not in BACKENDS:
+    if backend == "numpy":
+        backend = "loky"
+    if backend not in _JOBLIB_BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
     if backend != "dask":
         with parallel_config(backend=backend, n_jobs=n_jobs):
@@ -507,9 +998,12 @@ def simulate(
     fits: Sequence[str] | None = None,
     seed: int = 0,
     n_jobs: int = 1,
-    backend: str = "loky",
+    backend: str = "numpy",
     scheduler: Any = None,
     progress: bool = True,
+    device: Any = None,
+    dtype: Any = None,
+    batch_cells: int | None = None,
 ) -> ResultStore:
     """Run (or resume) a sweep and store every finished cell in ``out_dir``.
 
@@ -529,20 +1023,46 @@ def simulate(
     seed : int, default=0
         Root seed; cell seeds are derived from it and the cell.
     n_jobs : int, default=1
-        Parallel workers (joblib; -1 for all cores).
-    backend : {"loky", "threading", "sequential", "dask"}, default="loky"
-        joblib backend. ``"dask"`` runs the cells on a dask.distributed
-        cluster through joblib's Dask backend.
+        Parallel workers (joblib; -1 for all cores). With
+        ``backend="torch"`` they draw the samples and starts and compute
+        the losses of a batch's cells; the batch itself is one torch call.
+    backend : {"numpy", "torch", "loky", "threading", "sequential", "dask"}, \
+default="numpy"
+        The engine. ``"numpy"`` fits one cell at a time, in parallel
+        through joblib's ``loky`` backend; ``"loky"``, ``"threading"``,
+        ``"sequential"`` and ``"dask"`` do the same through that joblib
+        backend (``"dask"`` on a dask.distributed cluster). ``"torch"``
+        fits many cells of one fit in one batch
+        (:func:`moestat.torch.fit.fit_batched`, see :func:`plan_batches`),
+        from the same samples and starts as the numpy engine; scenarios with
+        pieces the torch backend lacks (ReLU or stacked experts: DS-1, DS-3,
+        DS-4) are refused with a ValueError.
     scheduler : str or dask.distributed.Client, optional
         Scheduler address (or client) for ``backend="dask"``.
     progress : bool, default=True
         Show a tqdm progress bar.
+    device : str or torch.device, optional
+        Where the torch engine computes (``"cpu"``, ``"cuda"``,
+        ``"cuda:1"``); default the CPU. Ignored by the numpy engine.
+    dtype : {"float64", "float32"}, optional
+        The torch engine's precision; default float64.
+    batch_cells : int, optional
+        Most cells in one torch batch; default no limit other than about
+        four million padded rows (:data:`TORCH_BATCH_ROWS`).
 
     Returns
     -------
     ResultStore
         The store; ``moestat.simulation.load_results(out_dir)`` reads it as
-        a DataFrame.
+        a DataFrame. Each record's ``backend`` column names its engine
+        (``"numpy"`` or ``"torch"``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown backend, bad grid or replications, or
+        ``backend="torch"`` with a scenario, device or dtype the torch
+        backend cannot run.
 
     Examples
     --------
@@ -555,8 +1075,16 @@ def simulate(
     (4, [200, 400])
     """
     scenario = get_scenario(scenario)
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
     if n_reps is not None and (isinstance(n_reps, bool) or int(n_reps) < 1):
         raise ValueError(f"n_reps must be a positive integer; got {n_reps!r}.")
+    if batch_cells is not None and (
+        isinstance(batch_cells, bool) or int(batch_cells) < 1
+    ):
+        raise ValueError(
+            f"batch_cells must be a positive integer; got {batch_cells!r}."
+        )
     if scenario.kind == "approximation" and n_grid is not None:
         raise ValueError(
             f"Scenario {scenario.id} fits the population, not samples: it takes "
@@ -566,12 +1094,13 @@ def simulate(
     if scenario.kind == "rate" and (not grid or min(grid) < 2):
         raise ValueError(f"n_grid must hold sample sizes >= 2; got {list(grid)}.")
     reps = scenario.n_reps if n_reps is None else int(n_reps)
+    planned = plan_cells(scenario, grid, reps, seed, fits)
+    if backend == "torch":
+        labels = {cell.fit for cell in planned}
+        specs = [spec for spec in scenario.fits if spec.label in labels]
+        _check_torch(scenario, specs, device, dtype)
     store = ResultStore(out_dir)
-    cells = [
-        cell
-        for cell in plan_cells(scenario, grid, reps, seed, fits)
-        if cell.key not in store
-    ]
+    cells = [cell for cell in planned if cell.key not in store]
     references = {
         spec.label: population_fit(
             scenario.truth,
@@ -588,6 +1117,22 @@ def simulate(
         unit="cell",
         disable=not progress,
     )
+    if backend == "torch":
+        batch = None if batch_cells is None else int(batch_cells)
+        with bar, Parallel(n_jobs=n_jobs) as parallel:
+            for spec, group in plan_batches(scenario, cells, batch):
+                records = _run_torch_batch(
+                    scenario,
+                    spec,
+                    group,
+                    references.get(spec.label),
+                    device,
+                    dtype,
+                    parallel,
+                )
+                store.extend(records)  # stored as soon as the batch is done
+                bar.update(len(records))
+        return store
     with bar, _backend(backend, scheduler, n_jobs):
         tasks = (
             delayed(run_cell)(scenario, cell, references.get(cell.fit))

@@ -226,7 +226,8 @@ def _e_step(joint: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     resp = torch.nan_to_num(resp, nan=0.0)
     counted = weight > 0
     total = torch.where(counted, weight * per_sample, torch.zeros_like(per_sample))
-    return resp, total.sum(dim=1)
+    # summed in float64: the stopping rule compares changes of 1e-6 and less
+    return resp, total.sum(dim=1, dtype=torch.float64)
 
 
 def _converged(prev: Tensor, curr: Tensor, n: Tensor, tol: float) -> Tensor:
@@ -348,7 +349,7 @@ def em(
     BatchedFit
     """
     gate, expert = model.gate, model.expert
-    n = data.n_samples
+    n = data.n_samples.double()
     log_g = model.log_weights(theta_gate, data)
     log_f = model.log_density(theta_expert, data)
     resp, ll = _e_step(log_g + log_f, data.weight)
@@ -401,32 +402,55 @@ def _expert_m_step(model, data, theta, resp, active, n):
 
 
 def _gate_m_step(model, data, theta, resp, log_g, log_f, active):
-    gate = model.gate
-    n = data.n_samples
+    gate_step = _shared_gate_step if hasattr(model.gate, "routed") else _gate_step
+    return gate_step(
+        model.gate,
+        data.gate,
+        data.weight,
+        theta,
+        resp,
+        log_f,
+        None,
+        active,
+        model.project_gate,
+    )
+
+
+def _gate_step(gate, Z, weight, theta, resp, log_f, background, active, project):
+    """Fisher-scoring steps of an affine gate (GEM; ECME for top-K)."""
+    n = weight.sum(dim=1)
+
+    def observed(t):
+        joint = gate.log_weights(t, Z) + log_f
+        if background is None:
+            return _e_step(joint, weight)[1]
+        per_sample = torch.logaddexp(torch.logsumexp(joint, dim=-1), background)
+        return (weight * per_sample).sum(dim=1)
+
     if gate.ecme:
         # top-K: the direction from responsibilities at the new experts, the
         # step judged by the observed log-likelihood (numpy's ECME step)
-        resp, _ = _e_step(log_g + log_f, data.weight)
-
-        def accept(t):
-            return _e_step(gate.log_weights(t, data.gate) + log_f, data.weight)[1]
-
+        joint = gate.log_weights(theta, Z) + log_f
+        total = torch.logsumexp(joint, dim=-1)
+        if background is not None:
+            total = torch.logaddexp(total, background)
+        resp = torch.exp((joint - total.unsqueeze(-1)).clamp(min=-700.0))
+        resp = resp * weight.unsqueeze(-1)
+        accept = observed
     else:
 
         def accept(t):
-            return q_objective(resp, gate.log_weights(t, data.gate))
+            return q_objective(resp, gate.log_weights(t, Z))
 
     def direction_objective(t):
-        return q_objective(resp, gate.log_weights(t, data.gate))
+        return q_objective(resp, gate.log_weights(t, Z))
 
     explicit = None
     if hasattr(gate, "fisher_weights"):
 
         def explicit(t):
-            weights = gate.fisher_weights(
-                t, data.gate, resp, gate.log_weights(t, data.gate)
-            )
-            return fisher_information(data.gate, *weights, gate.free_rows())
+            weights = gate.fisher_weights(t, Z, resp, gate.log_weights(t, Z))
+            return fisher_information(Z, *weights, gate.free_rows())
 
     for _ in range(gate.newton_steps):
         theta = _newton_step(
@@ -436,10 +460,47 @@ def _gate_m_step(model, data, theta, resp, log_g, log_f, active):
             active,
             n,
             gate.max_halvings,
-            model.project_gate,
+            project,
             explicit,
         )
     return theta
+
+
+def _shared_gate_step(gate, Z, weight, theta, resp, log_f, background, active, project):
+    """Shared experts: closed-form weights, then the routed gate's step.
+
+    As the numpy gate: ``omega`` and a learned share are exact maximisers of
+    ``Q``; the routed gate steps on the routed responsibilities (judged, for
+    top-K, by the observed likelihood with the shared experts as background).
+    """
+    k, r = gate.k, gate.routed.n_params
+    shared_mass = resp[..., :k].sum(dim=1)
+    omega = shared_mass / shared_mass.sum(dim=-1, keepdim=True)
+    omega = omega.clamp(min=1e-300)
+    omega = omega / omega.sum(dim=-1, keepdim=True)
+    if gate.gate.learned:
+        share = shared_mass.sum(dim=-1) / weight.sum(dim=1)
+    else:
+        share = torch.full_like(shared_mass[:, 0], 0.5)
+    share = share.clamp(1e-12, 1 - 1e-12)
+    routed_log_f = log_f[..., k:] + torch.log1p(-share)[:, None, None]
+    shared_terms = log_f[..., :k] + (share.log()[:, None] + omega.log()).unsqueeze(1)
+    routed = _gate_step(
+        gate.routed,
+        Z,
+        weight,
+        theta[:, :r],
+        resp[..., k:],
+        routed_log_f,
+        torch.logsumexp(shared_terms, dim=-1),
+        active,
+        lambda t: project(torch.cat([t, theta[:, r:]], dim=1))[:, :r],
+    )
+    parts = [routed, (omega[:, 1:] / omega[:, :1]).log()]
+    if gate.gate.learned:
+        parts.append((share / (1 - share)).log().unsqueeze(-1))
+    new = torch.cat(parts, dim=1)
+    return torch.where(active.unsqueeze(-1), new, theta)
 
 
 # -- MLE -----------------------------------------------------------------------
@@ -543,6 +604,7 @@ def _lbfgs(loss_and_grad, x, n, *, tol, max_iter, memory, max_backtracks=30):
     newest = torch.full((batch,), -1, dtype=torch.long, device=x.device)
     active = torch.isfinite(f)
     converged = torch.zeros_like(active)
+    last_small = torch.zeros_like(active)
     n_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
     history = [-f * n]
     rows = torch.arange(batch, device=x.device)
@@ -569,7 +631,10 @@ def _lbfgs(loss_and_grad, x, n, *, tol, max_iter, memory, max_backtracks=30):
             if not bool(todo.any()):
                 break
             step = torch.where(todo, 0.5 * step, step)
-        stalled = todo  # no acceptable step: at the optimum to round-off
+        # no acceptable step: drop the curvature pairs and retry along the
+        # gradient; a failure from the gradient itself is the optimum
+        stalled = todo & (count == 0)
+        count = torch.where(todo, torch.zeros_like(count), count)
         s, yv = x_new - x, g_new - g
         sy = (s * yv).sum(-1)
         store = (
@@ -581,9 +646,12 @@ def _lbfgs(loss_and_grad, x, n, *, tol, max_iter, memory, max_backtracks=30):
         rho[rows[store], slot[store]] = 1.0 / sy[store]
         newest = torch.where(store, newest + 1, newest)
         count = torch.where(store, (count + 1).clamp(max=memory), count)
-        settled = _converged(-f * n, -f_new * n, n, tol)
+        settled = ~todo & _converged(-f * n, -f_new * n, n, tol)
         done = active & (settled | stalled)
-        converged |= active & settled
+        # a failed line search right after a step within tolerance is the
+        # optimum to round-off (numpy's rule for L-BFGS-B's status 2)
+        converged |= active & (settled | (stalled & last_small))
+        last_small = torch.where(todo, last_small, settled)
         x = torch.where(active.unsqueeze(-1), x_new, x)
         f = torch.where(active, f_new, f)
         g = torch.where(active.unsqueeze(-1), g_new, g)

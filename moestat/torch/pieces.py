@@ -288,6 +288,40 @@ class TorchGLMExpert:
             return y * eta - eta.exp() - torch.lgamma(y + 1.0)
         return y * eta - torch.nn.functional.softplus(eta)
 
+    def _objective(self, coef: Tensor, Phi: Tensor, y: Tensor, resp: Tensor):
+        """Each expert's ``sum_t r_ti [y eta - b(eta)]``, (B, m)."""
+        eta = _scores(coef, Phi)
+        if self.expert.family == "poisson":
+            cumulant = eta.exp()
+        else:
+            cumulant = torch.nn.functional.softplus(eta)
+        totals = (resp * (y.unsqueeze(-1) * eta - cumulant)).sum(dim=1)
+        return torch.where(torch.isfinite(totals), totals, -math.inf)
+
+    def m_step(
+        self, theta: Tensor, Phi: Tensor, y: Tensor, resp: Tensor, var_floor: Tensor
+    ) -> Tensor:
+        """Damped IRLS (Newton) steps for every expert, as the numpy M-step."""
+        coef = theta.reshape(-1, self.m, self.p)
+        for _ in range(self.newton_steps):
+            eta = _scores(coef, Phi)
+            if self.expert.family == "poisson":
+                mu = eta.exp()
+                variance = mu
+            else:
+                mu = torch.sigmoid(eta)
+                variance = mu * (1.0 - mu)
+            grad = torch.einsum("bnm,bnp->bmp", resp * (y.unsqueeze(-1) - mu), Phi)
+            hessian = torch.einsum("bnm,bnp,bnq->bmpq", resp * variance, Phi, Phi)
+            direction = _solve_spd(hessian, grad, ridge=1e-9)
+            coef = _halve_per_expert(
+                lambda c: self._objective(c, Phi, y, resp),
+                coef,
+                direction,
+                self.max_halvings,
+            )
+        return coef.reshape(theta.shape)
+
 
 class TorchMultinomialExpert:
     """Multinomial logistic experts (class 0 the reference)."""
@@ -312,6 +346,70 @@ class TorchMultinomialExpert:
         log_probs = torch.log_softmax(scores, dim=-1)
         codes = y.long().clamp(0, self.k - 1)[..., None, None].expand(-1, -1, self.m, 1)
         return log_probs.gather(-1, codes).squeeze(-1)
+
+    def m_step(
+        self, theta: Tensor, Phi: Tensor, y: Tensor, resp: Tensor, var_floor: Tensor
+    ) -> Tensor:
+        """One damped Fisher step per expert on its weighted multinomial logit."""
+        batch, n, p = Phi.shape
+        m, k = self.m, self.k
+        coef = theta.reshape(batch, m, k - 1, p)
+        codes = y.long().clamp(0, k - 1)
+        one_hot = torch.nn.functional.one_hot(codes, k).to(Phi.dtype)
+        flat_phi = Phi.unsqueeze(1).expand(batch, m, n, p).reshape(batch * m, n, p)
+
+        def objective(c):
+            log_p = self.log_density(c.reshape(batch, -1), Phi, y, var_floor)
+            return (resp * log_p).sum(dim=1)
+
+        for _ in range(self.newton_steps):
+            scores = _scores(coef.reshape(batch, m * (k - 1), p), Phi)
+            scores = scores.reshape(batch, n, m, k - 1)
+            scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], dim=-1)
+            probs = torch.softmax(scores, dim=-1).transpose(1, 2)  # (B, m, n, K)
+            weight = resp.transpose(1, 2).unsqueeze(-1)  # (B, m, n, 1)
+            score_grad = weight * (one_hot.unsqueeze(1) - probs)
+            grad, information = fisher_information(
+                flat_phi,
+                score_grad.reshape(batch * m, n, k),
+                (weight * probs).reshape(batch * m, n, k),
+                (weight.sqrt() * probs).reshape(batch * m, n, k),
+                slice(1, k),
+            )
+            direction = _solve_spd(information, grad, ridge=1e-9)
+            gain = (grad * direction).sum(dim=-1).reshape(batch, m)
+            direction = direction.reshape(batch, m, k - 1, p)
+            direction = torch.where(
+                (gain > 0)[..., None, None], direction, torch.zeros_like(direction)
+            )
+            coef = _halve_per_expert(objective, coef, direction, self.max_halvings)
+        return coef.reshape(theta.shape)
+
+
+def _halve_per_expert(
+    objective, coef: Tensor, direction: Tensor, max_halvings: int
+) -> Tensor:
+    """Per-expert step halving: keep ``coef + t d`` where ``objective`` (B, m) holds.
+
+    Each expert of each data set keeps the first of ``1, 1/2, 1/4, ...``
+    whose objective is not below the current one, or its old value.
+    """
+    current = objective(coef)
+    lead = direction.dim() - 2
+    step = torch.ones_like(current)
+    accepted = torch.zeros_like(current, dtype=torch.bool)
+    new = coef.clone()
+    for _ in range(max_halvings):
+        shape = (*step.shape, *([1] * lead))
+        candidate = coef + step.reshape(shape) * direction
+        value = objective(candidate)
+        better = ~accepted & (value >= current)
+        new = torch.where(better.reshape(shape), candidate, new)
+        accepted |= better
+        if bool(accepted.all()):
+            break
+        step = torch.where(accepted, step, 0.5 * step)
+    return new
 
 
 def _solve_spd(matrix: Tensor, rhs: Tensor, ridge: float = 1e-10) -> Tensor:

@@ -123,16 +123,18 @@ def selection_mask(selection: Any, n_experts: int) -> NDArray[np.bool_]:
     return mask[..., :n_experts]
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per leading index: sum_x |A(x) & B(x)| and sum_x |B(x)|, over axis -2."""
+def _overlap_percent(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per layer: 100 sum_x |A(x) & B(x)| / sum_x |B(x)| for (L, N, K|m) inputs."""
     if a.dtype == bool or b.dtype == bool:
         m = a.shape[-1] if a.dtype == bool else b.shape[-1]
         a, b = selection_mask(a, m), selection_mask(b, m)
-        return (a & b).sum(axis=(-2, -1)), b.sum(axis=(-2, -1))
-    a = a.astype(np.int64)
-    b = b.astype(np.int64)
-    same = (a[..., :, None] == b[..., None, :]) & (b[..., None, :] >= 0)
-    return same.sum(axis=(-3, -2, -1)), (b >= 0).sum(axis=(-2, -1))
+        hits, total = (a & b).sum(axis=(-2, -1)), b.sum(axis=(-2, -1))
+    else:
+        a = a.astype(np.int64)
+        b = b.astype(np.int64)
+        same = (a[..., :, None] == b[..., None, :]) & (b[..., None, :] >= 0)
+        hits, total = same.sum(axis=(-3, -2, -1)), (b >= 0).sum(axis=(-2, -1))
+    return 100.0 * hits / np.maximum(total, 1)
 
 
 def _by_checkpoint(selections: Any) -> np.ndarray:
@@ -148,10 +150,6 @@ def _by_checkpoint(selections: Any) -> np.ndarray:
             f"layer); got {selections.shape}."
         )
     return selections
-
-
-def _percent(hits: np.ndarray, total: np.ndarray) -> np.ndarray:
-    return 100.0 * hits / np.maximum(total, 1)
 
 
 def router_saturation(
@@ -189,8 +187,8 @@ def router_saturation(
     final = selections[-1] if final is None else _numpy(final)
     if final.ndim == 2:
         final = final[None]
-    hits, total = _overlap(selections, final[None])
-    values = _percent(hits, total)
+    # one checkpoint at a time: the pairwise comparison is (L, N, K, K)
+    values = np.stack([_overlap_percent(chosen, final) for chosen in selections])
     return values if per_layer else values.mean(axis=1)
 
 
@@ -235,8 +233,9 @@ def router_change_rate(
             raise ValueError("ordered=True needs expert ids, not masks.")
         values = 100.0 * (after != before).mean(axis=(-2, -1))
     else:
-        hits, total = _overlap(after, before)
-        values = 100.0 - _percent(hits, total)
+        values = 100.0 - np.stack(
+            [_overlap_percent(a, b) for a, b in zip(after, before, strict=True)]
+        )
     return values if per_layer else values.mean(axis=1)
 
 
@@ -264,13 +263,29 @@ def expert_utilization(selection: Any, n_experts: int) -> NDArray[np.float64]:
     array([0.5 , 0.25, 0.25, 0.  ])
     """
     selection = _numpy(selection)
-    mask = selection_mask(selection, n_experts)
-    counts = mask.sum(axis=-2).astype(np.float64)
     if selection.dtype == bool:
+        counts = selection_mask(selection, n_experts).sum(axis=-2).astype(float)
         slots = counts.sum(axis=-1, keepdims=True)
     else:
+        counts = _slot_counts(selection, n_experts).astype(np.float64)
         slots = np.full(counts.shape[:-1] + (1,), np.prod(selection.shape[-2:]))
     return counts / np.maximum(slots, 1)
+
+
+def _slot_counts(ids: np.ndarray, n_experts: int) -> np.ndarray:
+    """Slots held by each expert, (..., N, K) ids -> (..., m), by one bincount."""
+    ids = ids.astype(np.int64)
+    if ids.size and ids.max() >= n_experts:
+        raise ValueError(
+            f"Expert id {ids.max()} is out of range for n_experts={n_experts}."
+        )
+    lead = ids.shape[:-2]
+    n_lead = int(np.prod(lead))
+    bins = n_experts + 1  # the last bin takes the empty slots (-1)
+    flat = np.where(ids < 0, n_experts, ids).reshape(n_lead, -1)
+    flat = flat + (np.arange(n_lead) * bins)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=n_lead * bins)
+    return counts.reshape(*lead, bins)[..., :n_experts]
 
 
 def relative_perplexity(utilization: ArrayLike) -> NDArray[np.float64] | float:

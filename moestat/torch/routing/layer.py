@@ -107,6 +107,15 @@ class BatchedExperts(nn.Module):
 
     def forward_expert(self, i: int, x: Tensor) -> Tensor:
         """Expert ``i`` alone: (..., d_in) -> (..., d_out)."""
+        self._check_input(x)
+        return self._expert_forward(tuple(p[i].to(x.dtype) for p in self._params()), x)
+
+    def _params(self) -> tuple[Tensor, ...]:
+        """The stacked (m, ...) parameters, as ``_expert_forward`` takes them."""
+        raise NotImplementedError
+
+    def _expert_forward(self, params: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """One expert, given its own parameters, on ``x``."""
         raise NotImplementedError
 
     def _forward_offsets(self, x: Tensor, offsets: Tensor, rows: Tensor) -> Tensor:
@@ -165,8 +174,8 @@ class BatchedExperts(nn.Module):
             ``"loop"``: one matmul per expert over its row block (reads
             ``counts`` on the host). ``"auto"`` takes ``"grouped_mm"`` where
             :meth:`grouped_mm_applicable`, else ``"padded"`` on CUDA (one
-            launch instead of m), else ``"loop"`` (on the CPU the loop does
-            no wasted work and its per-expert overhead is small).
+            launch instead of m), else ``"loop"`` (no padded rows; on the
+            CPU a small matmul costs no kernel launch).
 
         Returns
         -------
@@ -212,11 +221,16 @@ class BatchedExperts(nn.Module):
             return self._forward_padded(x_sorted, counts_t, max_count)
         sizes = [int(c) for c in counts_t.tolist()]  # host sync
         parts = torch.split(x_sorted, sizes)
+        # one cast and one unbind: the backward stacks the m gradients once
+        # instead of adding m full-size gradients of p[i]
+        per_expert = zip(
+            *(p.to(x_sorted.dtype).unbind(0) for p in self._params()), strict=True
+        )
         outputs = [
-            self.forward_expert(i, part)
+            self._expert_forward(params, part)
             if part.shape[0]
             else x_sorted.new_empty(0, self.d_out)
-            for i, part in enumerate(parts)
+            for params, part in zip(per_expert, parts, strict=True)
         ]
         return torch.cat(outputs, dim=0)
 
@@ -324,8 +338,8 @@ class ExpertMLP(BatchedExperts):
         ):
             _uniform_(tensor, bound, generator)
 
-    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return tuple(p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2))
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        return tuple(p.to(dtype) for p in self._params())
 
     def forward_all(self, x: Tensor) -> Tensor:
         """Every expert on every token: (..., d) -> (..., m, d)."""
@@ -352,12 +366,11 @@ class ExpertMLP(BatchedExperts):
         hidden = self._act(torch.baddbmm(b1.unsqueeze(1), x, w1))
         return torch.baddbmm(b2.unsqueeze(1), hidden, w2)
 
-    def forward_expert(self, i: int, x: Tensor) -> Tensor:
-        """Expert ``i`` alone: (..., d) -> (..., d)."""
-        self._check_input(x)
-        w1, b1, w2, b2 = (
-            p[i].to(x.dtype) for p in (self.w1, self.b1, self.w2, self.b2)
-        )
+    def _params(self) -> tuple[Tensor, ...]:
+        return (self.w1, self.b1, self.w2, self.b2)
+
+    def _expert_forward(self, params: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        w1, b1, w2, b2 = params
         return self._act(x @ w1 + b1) @ w2 + b2
 
     def _forward_offsets(self, x: Tensor, offsets: Tensor, rows: Tensor) -> Tensor:
@@ -466,11 +479,12 @@ class LinearExperts(BatchedExperts):
         bias = self._bias(x.dtype)
         return out if bias is None else out + bias.unsqueeze(1)
 
-    def forward_expert(self, i: int, x: Tensor) -> Tensor:
-        """Expert ``i`` alone: (..., d_in) -> (..., d_out)."""
-        self._check_input(x)
-        out = x @ self.weight[i].to(x.dtype)
-        return out if self.bias is None else out + self.bias[i].to(x.dtype)
+    def _params(self) -> tuple[Tensor, ...]:
+        return (self.weight,) if self.bias is None else (self.weight, self.bias)
+
+    def _expert_forward(self, params: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        out = x @ params[0]
+        return out + params[1] if len(params) > 1 else out
 
     def _forward_offsets(self, x: Tensor, offsets: Tensor, rows: Tensor) -> Tensor:
         out = torch._grouped_mm(x, self.weight.to(x.dtype), offs=offsets)

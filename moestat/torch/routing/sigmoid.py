@@ -392,7 +392,7 @@ class NormalizedSigmoidRouter(Router):
         Returns
         -------
         Tensor of shape (m,)
-            The step ``sign(mean(c) - c)`` that was applied (times ``gamma``).
+            ``sign(mean(c) - c)``; the bias moved by ``gamma`` times it.
 
         Raises
         ------

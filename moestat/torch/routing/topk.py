@@ -790,7 +790,14 @@ class NoisyTopKRouter(_CapacityMixin, Router):
         _, n, m = z.shape
         std = None
         if noise_std is not None and self.training:
-            std = as_logits(noise_std, m).expand_as(z)
+            std = noise_std.float()
+            if std.dim() == 2:
+                std = std.unsqueeze(0)
+            if std.shape != z.shape:
+                raise ValueError(
+                    f"noise_std must have the shape of the logits {tuple(z.shape)}; "
+                    f"got {tuple(noise_std.shape)}."
+                )
             std = std.clamp(min=torch.finfo(std.dtype).tiny)
             eps = torch.randn(
                 z.shape, generator=self.generator(z.device), device=z.device

@@ -1,0 +1,316 @@
+"""The torch backend fits the numpy backend's models, batched, with the same result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moestat import (  # noqa: E402
+    GaussianMoE,
+    MultinomialLogisticMoE,
+    NormalizedSigmoidGate,
+    PolynomialMoE,
+)
+from moestat.experts import (  # noqa: E402
+    GaussianExpert,
+    GLMExpert,
+    GLMExpertParams,
+    MultinomialExpertParams,
+    MultinomialLogisticExpert,
+    ReLUExpert,
+)
+from moestat.fit import em as numpy_em  # noqa: E402
+from moestat.fit import mle as numpy_mle  # noqa: E402
+from moestat.gates import GateParams, SoftmaxGate  # noqa: E402
+from moestat.model import MixtureOfExperts, MoEParams  # noqa: E402
+from moestat.torch._device import resolve_device, resolve_dtype  # noqa: E402
+from moestat.torch.fit import fit_batched, stack_data  # noqa: E402
+from tests.helpers import two_expert_truth  # noqa: E402
+
+
+def _regression(rng, n=400):
+    # a smooth softmax gate: every maximum in the comparisons below is finite
+    X = rng.uniform(-1, 1, (n, 1))
+    return X, two_expert_truth().sample(X, rng)[0]
+
+
+def _counts(rng, n=400):
+    X = rng.uniform(-1, 1, (n, 1))
+    return X, rng.poisson(np.exp(np.where(X[:, 0] > 0, 1 + X[:, 0], 0.5 - X[:, 0])))
+
+
+def _truth(expert, expert_coef):
+    gate = GateParams(np.array([[0.0, 0.0], [0.5, 4.0]]))
+    return MixtureOfExperts(SoftmaxGate(), expert, MoEParams(gate, expert_coef))
+
+
+def _binary(rng, n=400):
+    # two well-separated Bernoulli experts under a smooth gate
+    truth = _truth(
+        GLMExpert(family="bernoulli"),
+        GLMExpertParams(np.array([[3.0, 5.0], [-3.0, -5.0]])),
+    )
+    X = rng.uniform(-1, 1, (2 * n, 1))
+    return X, truth.sample(X, rng)[0]
+
+
+def _classes(rng, n=400):
+    truth = _truth(
+        MultinomialLogisticExpert(n_classes=3),
+        MultinomialExpertParams(
+            np.array([[[2.0, 3.0], [-1.0, 0.0]], [[-2.0, 0.0], [1.0, -3.0]]])
+        ),
+    )
+    X = rng.uniform(-1, 1, (2 * n, 1))
+    return X, truth.sample(X, rng)[0].astype(int)
+
+
+# (estimator, data) pairs covering every gate and expert family with a torch piece
+CASES = {
+    "softmax": (GaussianMoE(2), _regression),
+    "modified_softmax": (GaussianMoE(2, gate="modified_softmax"), _regression),
+    "normalized_sigmoid": (GaussianMoE(2, gate="normalized_sigmoid"), _regression),
+    "sigmoid_top2": (GaussianMoE(3, gate=NormalizedSigmoidGate(top_k=2)), _regression),
+    "shared_fixed": (GaussianMoE(2, n_shared_experts=1), _regression),
+    "shared_learned": (
+        GaussianMoE(2, n_shared_experts=1, shared_weight="learned"),
+        _regression,
+    ),
+    "shared_variance": (GaussianMoE(2, shared_variance=True), _regression),
+    "polynomial": (PolynomialMoE(2, degree=2), _regression),
+    "poisson": (PolynomialMoE(2, degree=1, family="poisson"), _counts),
+    "bernoulli": (PolynomialMoE(2, degree=1, family="bernoulli"), _binary),
+    "multinomial": (MultinomialLogisticMoE(2), _classes),
+}
+
+
+def _start(estimator, X, y):
+    """A fitted model a few EM iterations in: the common start of both backends."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = estimator.set_params(n_init=1, max_iter=3, polish=False, random_state=0)
+        est.fit(X, y)
+    return est
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_torch_em_reaches_the_numpy_em_likelihood_from_the_same_start(case, rng):
+    estimator, make_data = CASES[case]
+    X, y = make_data(rng)
+    est = _start(estimator, X, y)
+    model, design = est.model_, est.model_.design(X)
+    y_codes = est._encode_y(np.asarray(y))
+    reference = numpy_em(
+        model, design, y_codes, tol=1e-10, max_iter=3000, var_floor=est.var_floor_
+    )
+    (result,) = fit_batched(
+        model,
+        [design],
+        [y_codes],
+        [model.params],
+        tol=1e-10,
+        max_iter=3000,
+        var_floor=est.var_floor_,
+    )
+    # (an expert may separate its classes and drift without converging; the
+    # two engines then still walk the same path)
+    assert result.monotone and result.converged == reference.converged
+    assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-6)
+    assert np.all(np.diff(result.trace) >= -1e-9 * np.abs(result.trace[1:]))
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"sigmoid_top2"}))
+def test_torch_mle_reaches_the_numpy_mle_likelihood_from_the_same_start(case, rng):
+    # (a top-K gate's likelihood is discontinuous: the two quasi-Newton
+    # methods may stop at different jumps, so it is left out here)
+    estimator, make_data = CASES[case]
+    X, y = make_data(rng)
+    est = _start(estimator, X, y)
+    design = est.model_.design(X)
+    y_codes = est._encode_y(np.asarray(y))
+    # Two quasi-Newton methods may climb to different maxima from a rough
+    # start; from the top of one basin (EM run to 1e-8) both must agree.
+    model = numpy_em(
+        est.model_, design, y_codes, tol=1e-8, max_iter=3000, var_floor=est.var_floor_
+    ).model
+    reference = numpy_mle(
+        model, design, y_codes, tol=1e-12, max_iter=3000, var_floor=est.var_floor_
+    )
+    (result,) = fit_batched(
+        model,
+        [design],
+        [y_codes],
+        [model.params],
+        solver="mle",
+        tol=1e-12,
+        max_iter=3000,
+        var_floor=est.var_floor_,
+    )
+    assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-6)
+
+
+def test_a_batch_of_data_sets_fits_as_each_set_alone(rng):
+    sizes = [150, 400, 275]
+    data = [_regression(rng, n) for n in sizes]
+    starts, designs, ys, floors = [], [], [], []
+    for X, y in data:
+        est = _start(GaussianMoE(2), X, y)
+        starts.append(est.params_)
+        designs.append(est.model_.design(X))
+        ys.append(y)
+        floors.append(est.var_floor_)
+    model = est.model_
+    together = fit_batched(model, designs, ys, starts, tol=1e-9, var_floor=floors)
+    for b in range(len(sizes)):
+        (alone,) = fit_batched(
+            model, [designs[b]], [ys[b]], [starts[b]], tol=1e-9, var_floor=floors[b]
+        )
+        assert together[b].n_iter == alone.n_iter
+        assert together[b].converged == alone.converged
+        assert together[b].log_likelihood == pytest.approx(
+            alone.log_likelihood, rel=1e-10
+        )
+        np.testing.assert_allclose(
+            together[b].model.params.expert.coef,
+            alone.model.params.expert.coef,
+            rtol=1e-7,
+            atol=1e-9,
+        )
+
+
+def test_each_data_set_keeps_its_own_convergence_flag(rng):
+    X, y = _regression(rng)
+    est = _start(GaussianMoE(2), X, y)
+    design = est.model_.design(X)
+    good = est.params_
+    results = fit_batched(
+        est.model_, [design, design], [y, y], [good, good], max_iter=2, tol=1e-12
+    )
+    assert [r.n_iter for r in results] == [2, 2]
+    assert not any(r.converged for r in results)
+    results = fit_batched(est.model_, [design], [y], [good], max_iter=2000)
+    assert results[0].converged and results[0].n_iter < 2000
+
+
+@pytest.mark.parametrize(
+    "case", ["softmax", "normalized_sigmoid", "poisson", "multinomial"]
+)
+def test_estimators_give_the_same_fit_on_both_backends(case, rng):
+    estimator, make_data = CASES[case]
+    X, y = make_data(rng, 300)
+    fits = {}
+    for backend in ("numpy", "torch"):
+        est = estimator.set_params(
+            n_init=2, tol=1e-10, max_iter=2000, random_state=3, backend=backend
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits[backend] = (
+                est.fit(X, y).log_likelihood_,
+                est.restart_log_likelihoods_.copy(),
+                est.predict(X[:5]),
+            )
+    assert fits["torch"][0] == pytest.approx(fits["numpy"][0], rel=1e-6)
+    np.testing.assert_allclose(fits["torch"][1], fits["numpy"][1], rtol=1e-6)
+
+
+def test_float32_fits_close_to_float64(rng):
+    X, y = _regression(rng, 2000)
+    est = _start(GaussianMoE(2), X, y)
+    design = est.model_.design(X)
+    args = (est.model_, [design], [y], [est.params_])
+    (wide,) = fit_batched(*args, tol=1e-8, var_floor=est.var_floor_)
+    (narrow,) = fit_batched(*args, tol=1e-6, var_floor=est.var_floor_, dtype="float32")
+    assert narrow.log_likelihood == pytest.approx(wide.log_likelihood, rel=1e-3)
+
+
+def test_padding_rows_do_not_count(rng):
+    X, y = _regression(rng, 100)
+    est = _start(GaussianMoE(2), X, y)
+    design = est.model_.design(X)
+    data = stack_data([design, est.model_.design(X[:60])], [y, y[:60]])
+    assert data.n_samples.tolist() == [100.0, 60.0]
+    assert data.weight[1, 60:].abs().sum() == 0
+
+
+def test_unknown_devices_and_dtypes_are_refused():
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("abacus")
+    with pytest.raises(ValueError, match="dtype must be float64 or float32"):
+        resolve_dtype("int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            GaussianMoE(backend="torch", device="cuda").fit(
+                *_regression(np.random.default_rng(0))
+            )
+
+
+def test_unknown_backend_is_refused(rng):
+    with pytest.raises(ValueError, match="backend"):
+        GaussianMoE(backend="jax").fit(*_regression(rng))
+
+
+def test_pieces_without_a_torch_version_are_refused(rng):
+    X, y = _regression(rng)
+    start = _start(GaussianMoE(2), X, y).params_
+    model = MixtureOfExperts(SoftmaxGate(), ReLUExpert())
+    design = model.design(X)
+    with pytest.raises(ValueError, match="no ReLUExpert experts"):
+        fit_batched(model, [design], [y], [start])
+
+
+def test_one_start_per_data_set_is_required(rng):
+    X, y = _regression(rng)
+    model = MixtureOfExperts(SoftmaxGate(), GaussianExpert())
+    design = model.design(X)
+    with pytest.raises(ValueError, match="one start per data set"):
+        fit_batched(model, [design, design], [y, y], [None])
+
+
+def test_importing_moestat_does_not_import_torch():
+    code = "import moestat, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_moestat_works_without_torch_and_says_what_is_missing():
+    code = """
+import sys
+import importlib.abc
+class NoTorch(importlib.abc.MetaPathFinder):  # as if torch were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+sys.meta_path.insert(0, NoTorch())
+import numpy as np
+from moestat import GaussianMoE
+rng = np.random.default_rng(0)
+X = rng.uniform(-1, 1, (200, 1)); y = X[:, 0] + rng.normal(size=200)
+GaussianMoE(n_init=1).fit(X, y)
+try:
+    GaussianMoE(n_init=1, backend='torch').fit(X, y)
+except ImportError as error:
+    assert "needs PyTorch" in str(error), error
+else:
+    raise AssertionError("backend='torch' fitted without torch")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.gpu
+def test_cuda_fit_matches_the_cpu_fit(rng):
+    X, y = _regression(rng, 5000)
+    est = _start(GaussianMoE(3), X, y)
+    design = est.model_.design(X)
+    args = (est.model_, [design] * 4, [y] * 4, [est.params_] * 4)
+    cpu = fit_batched(*args, tol=1e-10, var_floor=est.var_floor_)
+    gpu = fit_batched(*args, tol=1e-10, var_floor=est.var_floor_, device="cuda")
+    for a, b in zip(cpu, gpu, strict=True):
+        assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-8)

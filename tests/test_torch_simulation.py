@@ -1,0 +1,247 @@
+"""Sweeps with the torch engine: the numpy engine's cells, fitted in batches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moestat.cli import main  # noqa: E402
+from moestat.simulation import (  # noqa: E402
+    Cell,
+    ResultStore,
+    get_scenario,
+    load_results,
+    plan_batches,
+    plan_cells,
+    run_cell,
+    simulate,
+)
+from moestat.simulation import sweep as sweep_module  # noqa: E402
+from moestat.simulation.store import CELLS_FILE  # noqa: E402
+
+# The torch engine runs the numpy engine's closed-form Gaussian M-step and
+# Fisher-scoring gate step in float64 from the same start, so the two differ
+# by round-off only: measured, log-likelihoods agree to 1e-15 and losses to
+# 1e-10 relative (losses of order 1e-4 are differences of near-equal
+# densities, which amplifies round-off). A different algorithm stopped at the
+# same tolerance 1e-6 moves the losses by 1e-4 to 1e-2 relative, so these
+# tolerances would catch it.
+# Per-parameter errors that are zero by construction (the anchored gate
+# slope) are round-off of parameters of size 10 to 25: compared absolutely.
+LL_RTOL = 1e-12
+LOSS_RTOL = 1e-7
+ERROR_ATOL = 1e-8
+# the columns that may differ between the engines
+ENGINE_COLUMNS = ["fit_time", "backend"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # the suite runs one process per core (xdist): one intra-op thread each
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _sweep(path, backend, **kwargs):
+    simulate(backend=backend, out_dir=path, progress=False, **kwargs)
+    return load_results(path).set_index("key").sort_index()
+
+
+def _assert_same_cells(numpy_cells, torch_cells, loss_rtol=LOSS_RTOL, ll_rtol=LL_RTOL):
+    assert list(numpy_cells.index) == list(torch_cells.index)
+    assert set(numpy_cells.columns) == set(torch_cells.columns)
+    assert set(numpy_cells["backend"]) == {"numpy"}
+    assert set(torch_cells["backend"]) == {"torch"}
+    exact = ["seed", "n", "replicate", "fit", "n_experts", "converged", "opt_failure"]
+    pd.testing.assert_frame_equal(numpy_cells[exact], torch_cells[exact])
+    for column in ("log_likelihood", "log_likelihood_true"):
+        np.testing.assert_allclose(
+            torch_cells[column], numpy_cells[column], rtol=ll_rtol
+        )
+    losses = [
+        c
+        for c in numpy_cells.columns
+        if c in ("kl", "hellinger", "tv", "voronoi") or c.startswith("err_")
+    ]
+    assert "kl" in losses
+    for column in losses:
+        np.testing.assert_allclose(
+            torch_cells[column].to_numpy(float),
+            numpy_cells[column].to_numpy(float),
+            rtol=loss_rtol,
+            atol=ERROR_ATOL if column.startswith("err_") else 0.0,
+            err_msg=column,
+        )
+
+
+# -- the same cells as the numpy engine ----------------------------------------
+@pytest.mark.parametrize(
+    ("scenario", "grid", "fits"),
+    [
+        ("SG-E", [150, 400, 1200], None),  # near-truth starts
+        ("SG-O", [1000], ["m=3"]),  # over-specified
+        ("MJ-3", [300], ["m=2,k=1"]),  # k-means and random restarts, best kept
+    ],
+)
+def test_a_torch_sweep_gives_the_numpy_sweeps_cells(tmp_path, scenario, grid, fits):
+    common = dict(scenario=scenario, n_grid=grid, n_reps=2, fits=fits)
+    numpy_cells = _sweep(tmp_path / "numpy", "numpy", **common)
+    torch_cells = _sweep(tmp_path / "torch", "torch", batch_cells=3, **common)
+    assert len(numpy_cells) == 2 * len(grid)
+    _assert_same_cells(numpy_cells, torch_cells)
+    np.testing.assert_array_equal(torch_cells["n_iter"], numpy_cells["n_iter"])
+
+
+def test_a_polished_fit_is_polished_in_a_batch(tmp_path):
+    # ML-R1 m=2 ends with L-BFGS: scipy's L-BFGS-B for numpy, the batched
+    # L-BFGS for torch. Both run to tol 1e-12 from the same EM fit and stop
+    # at the same maximum up to their different line searches: measured
+    # 5e-12 relative in log-likelihood and 7e-6 in KL.
+    common = dict(scenario="ML-R1", n_grid=[300], n_reps=2, fits=["m=2"])
+    numpy_cells = _sweep(tmp_path / "numpy", "numpy", **common)
+    torch_cells = _sweep(tmp_path / "torch", "torch", **common)
+    assert (torch_cells["n_iter"] > 0).all()
+    np.testing.assert_allclose(
+        torch_cells["log_likelihood"], numpy_cells["log_likelihood"], rtol=1e-9
+    )
+    np.testing.assert_allclose(torch_cells["kl"], numpy_cells["kl"], rtol=1e-3)
+
+
+def test_a_population_fit_runs_its_restarts_in_one_batch(tmp_path):
+    cells = plan_cells(get_scenario("MJ-2"), (0,), 2, fits=["m=2,k=0"])
+    numpy_record, torch_record = (
+        run_cell("MJ-2", cells[1], backend=backend) for backend in ("numpy", "torch")
+    )
+    assert torch_record["backend"] == "torch" and torch_record["n"] == 0
+    assert torch_record["n_iter"] == numpy_record["n_iter"]
+    assert torch_record["kl"] == pytest.approx(numpy_record["kl"], rel=LOSS_RTOL)
+
+
+def test_run_cell_with_torch_reproduces_a_cell_of_a_torch_sweep(tmp_path):
+    cells = _sweep(tmp_path, "torch", scenario="SG-E", n_grid=[200, 300], n_reps=2)
+    record = run_cell("SG-E", Cell("SG-E", "m=2", 300, 1, 0), backend="torch")
+    stored = cells.loc[record["key"]]
+    assert record["seed"] == stored["seed"] and record["n_iter"] == stored["n_iter"]
+    assert record["kl"] == pytest.approx(stored["kl"], rel=LOSS_RTOL)
+
+
+# -- batches -------------------------------------------------------------------
+def test_batches_hold_one_fit_and_samples_within_a_factor_two():
+    scenario = get_scenario("SG-O")
+    cells = plan_cells(scenario, [1000, 1500, 2500, 4000], 3)
+    batches = plan_batches(scenario, cells)
+    assert sum(len(group) for _, group in batches) == len(cells)
+    for spec, group in batches:
+        assert {cell.fit for cell in group} == {spec.label}
+        sizes = [cell.n for cell in group]
+        assert sizes == sorted(sizes) and max(sizes) <= 2 * min(sizes)
+    limited = [len(g) for _, g in plan_batches(scenario, cells, batch_cells=4)]
+    assert max(limited) == 4 and sum(limited) == len(cells)
+    small = plan_batches(scenario, cells, max_rows=5000)
+    assert all(len(g) * max(c.n for c in g) <= 5000 or len(g) == 1 for _, g in small)
+
+
+# -- resuming --------------------------------------------------------------------
+def test_a_batch_of_records_is_stored_at_once_and_each_key_once(tmp_path):
+    store = ResultStore(tmp_path)
+    assert store.extend([{"key": "a", "kl": 0.5}, {"key": "b"}, {"key": "a"}]) == 2
+    assert store.extend([{"key": "b"}, {"key": "c", "kl": np.nan}]) == 1
+    records = ResultStore(tmp_path).records()
+    assert [r["key"] for r in records] == ["a", "b", "c"]
+    assert records[0]["kl"] == 0.5 and records[2]["kl"] is None
+    assert store.extend([]) == 0
+
+
+def test_an_interrupted_torch_sweep_resumes_without_storing_a_cell_twice(
+    tmp_path, monkeypatch
+):
+    common = dict(scenario="SG-E", n_grid=[150, 300, 600], n_reps=2, batch_cells=2)
+    complete = _sweep(tmp_path / "complete", "torch", **common)
+    fit_prepared = sweep_module._fit_prepared
+    calls = []
+
+    def dies_in_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fit_prepared(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_fit_prepared", dies_in_the_third_batch)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        simulate(out_dir=killed, backend="torch", progress=False, **common)
+    assert len(load_results(killed)) == 4  # the two finished batches
+    monkeypatch.setattr(sweep_module, "_fit_prepared", fit_prepared)
+    resumed = _sweep(killed, "torch", **common)
+    lines = (killed / CELLS_FILE).read_text().splitlines()
+    assert len(lines) == 6 == len({json.loads(line)["key"] for line in lines})
+    volatile = ["fit_time"]
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns=volatile), complete.drop(columns=volatile)
+    )
+    # a numpy sweep over the same directory finds nothing left to run
+    _sweep(killed, "numpy", **{k: v for k, v in common.items() if k != "batch_cells"})
+    assert len((killed / CELLS_FILE).read_text().splitlines()) == 6
+
+
+# -- what the torch engine refuses -------------------------------------------------
+@pytest.mark.parametrize("sid", ["DS-1", "DS-3", "DS-4"])
+def test_scenarios_with_pieces_torch_lacks_are_refused_up_front(tmp_path, sid):
+    with pytest.raises(ValueError) as error:
+        simulate(sid, tmp_path / sid, n_grid=[100], n_reps=1, backend="torch")
+    message = str(error.value)
+    assert sid in message and "backend='numpy'" in message
+    assert "StackedExperts" in message  # what it has
+    assert "SoftmaxGate" in message and "GaussianExpert" in message  # what works
+    assert not (tmp_path / sid).exists()  # nothing was started
+
+
+def test_bad_torch_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="batch_cells"):
+        simulate("SG-E", tmp_path, n_grid=[100], n_reps=1, batch_cells=0)
+    with pytest.raises(ValueError, match="dtype"):
+        simulate(
+            "SG-E", tmp_path, n_grid=[100], n_reps=1, backend="torch", dtype="int8"
+        )
+    with pytest.raises(ValueError, match="backend"):
+        run_cell("SG-E", Cell("SG-E", "m=2", 100, 0, 0), backend="jax")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            simulate(
+                "SG-E", tmp_path, n_grid=[100], n_reps=1, backend="torch", device="cuda"
+            )
+
+
+# -- the command line --------------------------------------------------------------
+def test_the_simulate_command_runs_the_torch_engine(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["simulate", "SG-E", "--n-grid", "150,300,600", "--reps", "1"]
+    torch_args = ["--backend", "torch", "--device", "cpu", "--batch-cells", "2"]
+    assert main([*argv, *torch_args, "--out", str(out), "--quiet"]) == 0
+    assert "3 cells" in capsys.readouterr().out
+    assert set(load_results(out)["backend"]) == {"torch"}
+
+
+def test_the_simulate_command_reports_what_torch_cannot_run(tmp_path, capsys):
+    argv = ["simulate", "DS-1", "--backend", "torch", "--out", str(tmp_path)]
+    assert main([*argv, "--quiet"]) == 2
+    assert "backend='numpy'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        argv = ["simulate", "SG-E", "--backend", "torch", "--device", "cuda"]
+        assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
+        assert "CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["simulate", "demo"])
+def test_the_help_describes_the_engines(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--backend" in out and "--device" in out and "torch" in out
