@@ -98,6 +98,8 @@ def _expected_failed_checks(estimator):
         MultinomialLogisticMoE(n_init=2, random_state=0),
         PolynomialMoE(family="poisson", n_init=2, random_state=0),
         PolynomialMoE(family="bernoulli", n_init=2, random_state=0),
+        GaussianMoE(n_init=2, random_state=0, backend="torch"),
+        MultinomialLogisticMoE(n_init=2, random_state=0, backend="torch"),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
