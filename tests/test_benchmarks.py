@@ -38,3 +38,7 @@ def test_benchmark_runs(script):
 
 
 OWN_ARGS["bench_torch_sweep.py"] = (["--small", "--device", "cpu"], "torch")
+OWN_ARGS["bench_torch_em.py"] = (
+    ["--small", "--device", "cpu", "--iters", "2", "--repeats", "1"],
+    "torch",
+)

@@ -314,3 +314,19 @@ def test_cuda_fit_matches_the_cpu_fit(rng):
     gpu = fit_batched(*args, tol=1e-10, var_floor=est.var_floor_, device="cuda")
     for a, b in zip(cpu, gpu, strict=True):
         assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-8)
+
+
+def test_the_fused_pass_reaches_the_same_fit(rng):
+    X, y = _regression(rng, 3000)
+    est = _start(GaussianMoE(2), X, y)
+    args = (est.model_, [est.model_.design(X)], [y], [est.params_])
+    (plain,) = fit_batched(*args, tol=1e-10, var_floor=est.var_floor_)
+    (fused,) = fit_batched(*args, tol=1e-10, var_floor=est.var_floor_, fused=True)
+    assert fused.log_likelihood == pytest.approx(plain.log_likelihood, rel=1e-8)
+
+
+def test_one_expert_fits_on_the_torch_backend(rng):
+    X, y = _regression(rng)
+    torch_fit = GaussianMoE(1, n_init=1, backend="torch").fit(X, y)
+    numpy_fit = GaussianMoE(1, n_init=1).fit(X, y)
+    assert torch_fit.log_likelihood_ == pytest.approx(numpy_fit.log_likelihood_)

@@ -308,6 +308,8 @@ def _newton_step(
     explicit: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
     """One damped Newton (Fisher-scoring) step on each active row."""
+    if theta.shape[1] == 0:
+        return theta  # nothing free (a gate over one expert)
     if explicit is not None:
         # the numpy gates' Fisher scoring, solved as numpy solves it
         grad, information = explicit(theta)
@@ -331,6 +333,8 @@ def em(
     *,
     tol: float = 1e-6,
     max_iter: int = 1000,
+    fused: bool = False,
+    chunk_size: int | None = None,
 ) -> BatchedFit:
     """Batched EM from packed starting parameters.
 
@@ -343,11 +347,31 @@ def em(
     tol : float, default=1e-6
         Stopping tolerance (module docstring).
     max_iter : int, default=1000
+    fused : bool, default=False
+        Softmax gate with Gaussian experts only: one chunked pass over the
+        data per iteration (:func:`moestat.torch.fused.em_softmax_gaussian`),
+        for large n. It reaches the same maximum; its gate steps are judged
+        by the observed log-likelihood rather than by ``Q``, so its path can
+        differ from this engine's where a step is halved.
+    chunk_size : int, optional
+        Rows per chunk of the fused pass (default: from the sizes).
 
     Returns
     -------
     BatchedFit
     """
+    if fused:
+        from moestat.torch.fused import em_softmax_gaussian
+
+        return em_softmax_gaussian(
+            model,
+            data,
+            theta_gate,
+            theta_expert,
+            tol=tol,
+            max_iter=max_iter,
+            chunk_size=chunk_size,
+        )
     gate, expert = model.gate, model.expert
     n = data.n_samples.double()
     log_g = model.log_weights(theta_gate, data)
@@ -677,6 +701,7 @@ def fit_batched(
     sample_weight: Sequence[NDArray[np.float64] | None] | None = None,
     device: Any = None,
     dtype: Any = None,
+    fused: bool = False,
 ) -> list[FitResult]:
     """Fit one model specification to B data sets from B starts, in one batch.
 
@@ -699,6 +724,9 @@ def fit_batched(
         Default CPU.
     dtype : {"float64", "float32"}, optional
         Default float64.
+    fused : bool, default=False
+        EM for a softmax gate with Gaussian experts in one chunked pass per
+        iteration (see :func:`em`); for large n.
 
     Returns
     -------
@@ -751,7 +779,15 @@ def fit_batched(
         ]
     )
     if solver == "em":
-        fit = em(batched, data, theta_gate, theta_expert, tol=tol, max_iter=max_iter)
+        fit = em(
+            batched,
+            data,
+            theta_gate,
+            theta_expert,
+            tol=tol,
+            max_iter=max_iter,
+            fused=fused,
+        )
     else:
         scale = put(
             [

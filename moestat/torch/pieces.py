@@ -60,7 +60,7 @@ class TorchSoftmaxGate:
     def coef(self, theta: Tensor) -> Tensor:
         """Full (B, m, p) coefficients, the reference row zero."""
         free = theta.reshape(theta.shape[0], self.m - 1, self.p)
-        return torch.cat([torch.zeros_like(free[:, :1]), free], dim=1)
+        return torch.cat([free.new_zeros(theta.shape[0], 1, self.p), free], dim=1)
 
     def log_weights(self, theta: Tensor, Z: Tensor) -> Tensor:
         """``log g`` of shape (B, n, m)."""
