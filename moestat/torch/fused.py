@@ -456,23 +456,10 @@ def _expert_step(
     delta = torch.where(empty[..., None], torch.zeros_like(delta), delta)
     old_coef, old_var = expert.unpack(theta, var_floor)
     coef = old_coef + delta
-    k = expert.m * expert.p
-    if expert.n_var == 0:
-        return coef.reshape(-1, k)
     quad = torch.einsum("bmp,bmpq,bmq->bm", delta, stats.expert_gram, delta)
     ss = stats.expert_ss - 2.0 * (delta * stats.expert_score).sum(-1) + quad
     ss = ss.clamp(min=0.0)
-    if expert.expert.shared_variance:
-        keep = ~empty
-        var = (ss * keep).sum(1, keepdim=True) / (weight * keep).sum(
-            1, keepdim=True
-        ).clamp(min=1e-300)
-    else:
-        var = torch.where(empty, old_var, ss / weight.clamp(min=1e-300))
-    var = torch.maximum(var, var_floor[:, None])
-    tiny = 1e-12 * var_floor.clamp(min=1e-300)
-    u = torch.log(torch.maximum(var - var_floor[:, None], tiny[:, None]))
-    return torch.cat([coef.reshape(-1, k), u], dim=1)
+    return expert.pack_fit(coef, ss, weight, empty, old_var, var_floor)
 
 
 def _gate_direction(stats: SweepStatistics, n: Tensor) -> Tensor:

@@ -252,6 +252,29 @@ class TorchGaussianExpert:
         coef = torch.where(empty[..., None], old_coef, coef)
         resid = y.unsqueeze(-1) - _scores(coef, Phi)
         ss = (resp * resid * resid).sum(dim=1)
+        return self.pack_fit(coef, ss, weight, empty, old_var, var_floor)
+
+    def pack_fit(
+        self,
+        coef: Tensor,
+        ss: Tensor,
+        weight: Tensor,
+        empty: Tensor,
+        old_var: Tensor,
+        var_floor: Tensor,
+    ) -> Tensor:
+        """Packed parameters from new coefficients and weighted squared residuals.
+
+        Parameters
+        ----------
+        coef : Tensor of shape (B, m, p)
+        ss, weight : Tensor of shape (B, m)
+            ``sum_t r_ti (y_t - phi_t^T coef_i)^2`` and ``sum_t r_ti``.
+        empty : Tensor of shape (B, m), bool
+            Experts with no responsibility: they keep ``old_var``.
+        old_var : Tensor of shape (B, m)
+        var_floor : Tensor of shape (B,)
+        """
         k = self.m * self.p
         if self.n_var == 0:
             return coef.reshape(-1, k)
