@@ -74,7 +74,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from moestat.torch.fit import BatchedData, BatchedFit, BatchedModel, _converged
+from moestat.torch._batch import BatchedData, BatchedFit, BatchedModel, _converged
 from moestat.torch.pieces import TorchGaussianExpert, TorchSoftmaxGate, _solve_spd
 
 __all__ = [
