@@ -22,6 +22,8 @@ __all__ = [
     "plot_expert_utilization",
     "plot_router_saturation",
     "plot_router_change_rate",
+    "plot_training_curves",
+    "plot_router_comparison",
 ]
 
 
@@ -376,8 +378,12 @@ def _per_layer_lines(
 ) -> Any:
     """Each layer faint, the layer mean bold, one colour per ``k``."""
     groups = table.groupby("k") if "k" in table else [(None, table)]
+    line_kwargs = dict(line_kwargs)
+    prefix = line_kwargs.pop("label", None)  # a caller's label names the lines
     for k, part in groups:
         label = "layer mean" if k is None else f"top-{k}, layer mean"
+        if prefix is not None:
+            label = f"{prefix}: {label}"
         mean = part.groupby("step")[value].mean()
         line = ax.plot(mean.index, mean.to_numpy(), lw=2, label=label, **line_kwargs)[0]
         if "layer" in part and part["layer"].nunique() > 1:
@@ -452,4 +458,144 @@ def plot_router_change_rate(table: Any, *, ax: Any = None, **line_kwargs: Any):
         _, ax = plt.subplots()
     return _per_layer_lines(
         table, "change_rate", ax, "router change rate (%)", line_kwargs
+    )
+
+
+def plot_training_curves(
+    table: Any,
+    metric: str = "loss",
+    ax: Any = None,
+    *,
+    window: int = 1,
+    **line_kwargs: Any,
+):
+    """A quantity against the training step, one line per router.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A tidy table with columns ``step``, ``metric`` and optionally
+        ``router`` (one line each, in order of appearance), ``layer`` (the
+        lines are layer means) and ``k`` (one line per router and ``k``):
+        for instance ``history``, ``saturation`` or ``change_rate`` of
+        :class:`moestat.torch.experiment.RouterComparison`. Missing values
+        are skipped.
+    metric : str, default="loss"
+        The column drawn.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure is made when omitted.
+    window : int, default=1
+        Draw the rolling mean over this many consecutive rows of each line
+        (smooths noisy per-step losses; 1 draws the values).
+    **line_kwargs
+        Passed to ``ax.plot``.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from moestat.plotting import plot_training_curves
+    >>> table = pd.DataFrame({"router": ["a", "a", "b", "b"], "step": [1, 2, 1, 2],
+    ...                       "loss": [1.0, 0.5, 1.0, 0.8]})
+    >>> ax = plot_training_curves(table)
+    >>> [line.get_label() for line in ax.lines]
+    ['a', 'b']
+    >>> import matplotlib.pyplot as plt; plt.close(ax.figure)
+    """
+    plt = _pyplot("plot_training_curves")
+    _check_column(table, metric)
+    if "step" not in table:
+        raise ValueError("The table has no column 'step'.")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int; got {window!r}.")
+    keys = [column for column in ("router", "k") if column in table]
+    several_k = "k" in table and table["k"].nunique() > 1
+    if ax is None:
+        _, ax = plt.subplots()
+    groups = table.groupby(keys, sort=False) if keys else [((), table)]
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        named = dict(zip(keys, key, strict=True))
+        curve = part.groupby("step")[metric].mean().dropna()
+        if window > 1:
+            curve = curve.rolling(window, min_periods=1).mean()
+        label = str(named.get("router", metric))
+        if several_k:
+            label = f"{label}, top-{named['k']}"
+        ax.plot(curve.index, curve.to_numpy(float), label=label, **line_kwargs)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric if window == 1 else f"{metric} (rolling mean of {window})")
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_router_comparison(
+    comparison: Any,
+    what: str = "loss",
+    *,
+    k: int | None = None,
+    step: int | None = None,
+    window: int = 1,
+    ax: Any = None,
+) -> Any:
+    """Draw one result of :func:`moestat.torch.experiment.compare_routers`.
+
+    Parameters
+    ----------
+    comparison : RouterComparison
+        The comparison's tables (pandas; no torch is needed to draw them).
+    what : str, default="loss"
+        ``"loss"``, ``"aux_loss"`` or the metric (curves over steps, by
+        :func:`~moestat.plotting.plot_training_curves`);
+        ``"saturation"`` or ``"change_rate"`` (one line per router);
+        ``"utilization"`` (a router x expert heatmap by
+        :func:`~moestat.plotting.plot_expert_utilization`).
+    k : int, optional
+        Experts per token of the diagnostics (default: the comparison's).
+    step : int, optional
+        Step of the utilization heatmap (default: the last).
+    window : int, default=1
+        Rolling mean over this many steps for the training curves.
+    ax : matplotlib Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    k = comparison.k if k is None else int(k)
+    if what in ("loss", "aux_loss", comparison.metric):
+        return plot_training_curves(comparison.history, what, window=window, ax=ax)
+    if what in ("saturation", "change_rate"):
+        table = getattr(comparison, what)
+        table = table[table["k"] == k]
+        if table.empty:
+            raise ValueError(
+                f"No {what} was recorded for k={k}; use k=1 or k={comparison.k}."
+            )
+        ax = plot_training_curves(table, what, ax=ax)
+        label = "router saturation" if what == "saturation" else "change rate"
+        ax.set_ylabel(f"{label} (%), top-{k}")
+        return ax
+    if what == "utilization":
+        table = comparison.utilization
+        step = int(table["step"].max()) if step is None else int(step)
+        table = table[table["step"] == step]
+        if table.empty:
+            raise ValueError(f"No utilization was recorded at step {step}.")
+        rows = {name: i for i, name in enumerate(comparison.routers)}
+        grid = table.groupby(["router", "expert"], sort=False)["utilization"]
+        grid = grid.mean().reset_index()
+        grid["layer"] = grid["router"].map(rows)
+        ax = plot_expert_utilization(grid, ax=ax)
+        ax.set_yticks(range(len(rows)), list(rows))
+        ax.set_ylabel("")
+        ax.set_title(f"expert utilization (top-{comparison.k}), step {step}")
+        return ax
+    raise ValueError(
+        f"Unknown plot {what!r}; use 'loss', 'aux_loss', {comparison.metric!r}, "
+        "'saturation', 'change_rate' or 'utilization'."
     )

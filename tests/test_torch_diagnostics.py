@@ -328,3 +328,24 @@ def test_plots_return_their_axes(trained_recorders):
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="no column 'saturation'"):
         plot_router_saturation(recorder.change_rate(2))
+
+
+def test_saturation_and_change_plots_take_a_label():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from moestat.plotting import plot_router_change_rate, plot_router_saturation
+
+    table = pd.DataFrame(
+        {
+            "step": [0, 1, 2],
+            "layer": [0, 0, 0],
+            "k": [1, 1, 1],
+            "saturation": [50.0, 80.0, 100.0],
+            "change_rate": [0.0, 30.0, 10.0],
+        }
+    )
+    for plot in (plot_router_saturation, plot_router_change_rate):
+        ax = plot(table, label="top-k router")
+        assert ax.get_lines()[0].get_label().startswith("top-k router")
+        plt.close(ax.figure)
