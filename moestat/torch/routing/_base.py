@@ -2,7 +2,8 @@
 
 Shapes follow routing.md section 0: ``B`` independent groups (nothing crosses
 groups), ``n`` tokens per group, ``m`` routed experts, ``K`` slots per token.
-Router logits and scores are always float32.
+Router logits and scores are always float32. The small helpers the routers
+share (logits, argument checks, masks, ranks, capacity drops) live here too.
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ __all__ = [
     "Routing",
     "Router",
     "as_groups",
+    "as_logits",
+    "is_int",
+    "check_positive_float",
+    "check_nonnegative_float",
+    "index_mask",
+    "descending_rank",
+    "experts_per_token_hist",
     "capacity_for",
     "rank_within_expert",
     "keep_within_capacity",
+    "drop_over_capacity",
     "dense_from_slots",
     "load_balance_loss",
     "router_z_loss",
@@ -88,6 +97,56 @@ def as_groups(x: Tensor) -> Tensor:
             f"x must have shape (n, d) or (B, n, d); got {tuple(x.shape)}."
         )
     return x
+
+
+def as_logits(logits: Tensor, n_experts: int) -> Tensor:
+    """View (n, m) logits as one group (1, n, m), in float32."""
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"logits must be a torch.Tensor; got {type(logits)!r}.")
+    if logits.dim() == 2:
+        logits = logits.unsqueeze(0)
+    if logits.dim() != 3 or logits.shape[-1] != n_experts:
+        raise ValueError(
+            f"logits must have shape (n, {n_experts}) or (B, n, {n_experts}); "
+            f"got {tuple(logits.shape)}."
+        )
+    return logits.float()
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an int and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_positive_float(name: str, value: Any) -> None:
+    """Raise a ValueError unless ``value`` is a positive finite number."""
+    if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite float; got {value!r}.")
+
+
+def check_nonnegative_float(name: str, value: Any) -> None:
+    """Raise a ValueError unless ``value`` is a number ``>= 0``."""
+    if not (isinstance(value, int | float) and value >= 0):
+        raise ValueError(f"{name} must be a float >= 0; got {value!r}.")
+
+
+def index_mask(idx: Tensor, like: Tensor) -> Tensor:
+    """Boolean mask of ``like``'s shape, True at the last-axis indices ``idx``."""
+    return torch.zeros_like(like, dtype=torch.bool).scatter(-1, idx, True)
+
+
+def descending_rank(scores: Tensor, dim: int) -> Tensor:
+    """0 for the largest entry along ``dim``, 1 for the next (ties: lower index)."""
+    order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
+    return torch.argsort(order, dim=dim)
+
+
+def experts_per_token_hist(per_token: Tensor, n_experts: int) -> Tensor:
+    """Tokens with 0, 1, ..., m experts (B, m + 1) from the counts (B, n)."""
+    hist = torch.zeros(
+        per_token.shape[0], n_experts + 1, dtype=torch.long, device=per_token.device
+    )
+    return hist.scatter_add(1, per_token, torch.ones_like(per_token))
 
 
 def capacity_for(
@@ -226,6 +285,39 @@ def keep_within_capacity(
     rank = rank_within_expert(claims, order, n_experts)
     keep = (rank < capacity).reshape(batch, k, n).transpose(1, 2)
     return keep & valid
+
+
+def drop_over_capacity(
+    idx: Tensor,
+    weight: Tensor,
+    capacity: int | None,
+    n_experts: int,
+    *,
+    priority: str,
+    scores: Tensor,
+    generator: torch.Generator | None,
+    renormalize: bool,
+) -> tuple[Tensor, Tensor]:
+    """Slots (B, n, K) after capacity: index -1 and weight 0 where dropped.
+
+    With ``renormalize`` the surviving weights of a token are divided by
+    their sum (DeepSpeed's top-2); a token with no survivor keeps zeros.
+    """
+    keep = keep_within_capacity(
+        idx,
+        capacity,
+        n_experts,
+        priority=priority,
+        scores=scores,
+        generator=generator,
+    )
+    kept_idx = torch.where(keep, idx, torch.full_like(idx, -1))
+    kept_w = torch.where(keep, weight, torch.zeros_like(weight))
+    if renormalize:
+        total = kept_w.sum(dim=-1, keepdim=True)
+        tiny = torch.finfo(kept_w.dtype).tiny
+        kept_w = torch.where(keep, kept_w / total.clamp(min=tiny), kept_w)
+    return kept_idx, kept_w
 
 
 def dense_from_slots(
@@ -381,6 +473,35 @@ class Router(nn.Module):
     def _finish(self, routing: Routing) -> Routing:
         routing.loss_weights = dict(self.loss_weights)
         return routing
+
+    def _slot_routing(
+        self,
+        logits: Tensor,
+        probs: Tensor,
+        topk_idx: Tensor,
+        topk_weight: Tensor,
+        capacity: int | None,
+        aux: dict[str, Tensor],
+        stats: dict[str, Tensor] | None = None,
+    ) -> Routing:
+        """The finished :class:`Routing` of per-slot choices (B, n, K).
+
+        ``dispatch`` and ``combine`` come from :func:`dense_from_slots`.
+        """
+        dispatch, combine = dense_from_slots(topk_idx, topk_weight, self.n_experts)
+        return self._finish(
+            Routing(
+                logits=logits,
+                probs=probs,
+                dispatch=dispatch,
+                combine=combine,
+                topk_idx=topk_idx,
+                topk_weight=topk_weight,
+                capacity=capacity,
+                aux=aux,
+                stats={} if stats is None else stats,
+            )
+        )
 
 
 def warn_constant_weight(router_name: str) -> None:

@@ -12,7 +12,16 @@ import math
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import Router, Routing
+from moestat.torch.routing._base import (
+    Router,
+    Routing,
+    as_logits,
+    check_positive_float,
+    descending_rank,
+    experts_per_token_hist,
+    index_mask,
+    is_int,
+)
 
 __all__ = [
     "DenseToSparseRouter",
@@ -28,37 +37,25 @@ EVAL_MODES = ("top1", "dense")
 DTS_MODES = ("threshold", "batch_k")
 
 
-def _as_logits(logits: Tensor, n_experts: int) -> Tensor:
-    """Float32 logits of shape (B, n, m) from (n, m) or (B, n, m)."""
-    if logits.dim() == 2:
-        logits = logits.unsqueeze(0)
-    if logits.dim() != 3 or logits.shape[-1] != n_experts:
-        raise ValueError(
-            f"logits must have shape (n, {n_experts}) or (B, n, {n_experts}); "
-            f"got {tuple(logits.shape)}."
-        )
-    return logits.float()
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_schedule(
     tau_max: float, tau_min: float, decay_steps: int, kind: str
 ) -> None:
-    for name, value in (("tau_max", tau_max), ("tau_min", tau_min)):
-        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a positive finite float; got {value!r}.")
+    check_positive_float("tau_max", tau_max)
+    check_positive_float("tau_min", tau_min)
     if tau_min > tau_max:
         raise ValueError(
             f"tau_min must not exceed tau_max; got tau_min={tau_min!r}, "
             f"tau_max={tau_max!r}."
         )
-    if not _is_int(decay_steps) or decay_steps < 1:
+    if not is_int(decay_steps) or decay_steps < 1:
         raise ValueError(f"decay_steps must be a positive int; got {decay_steps!r}.")
     if kind not in SCHEDULES:
         raise ValueError(f"kind must be one of {SCHEDULES}; got {kind!r}.")
+
+
+def _check_step(step: int) -> None:
+    if not is_int(step) or step < 0:
+        raise ValueError(f"step must be an int >= 0; got {step!r}.")
 
 
 def temperature_schedule(
@@ -108,8 +105,7 @@ def temperature_schedule(
     0.5
     """
     _check_schedule(tau_max, tau_min, decay_steps, kind)
-    if not _is_int(step) or step < 0:
-        raise ValueError(f"step must be an int >= 0; got {step!r}.")
+    _check_step(step)
     fraction = step / decay_steps
     if kind == "exponential":
         tau = tau_max * (tau_min / tau_max) ** fraction
@@ -248,7 +244,7 @@ class DenseToSparseRouter(Router):
         _check_schedule(tau_max, tau_min, decay_steps, schedule)
         if not (isinstance(threshold, int | float) and 0 < threshold < 1):
             raise ValueError(f"threshold must be a float in (0, 1); got {threshold!r}.")
-        if hard_after is not None and (not _is_int(hard_after) or hard_after < 0):
+        if hard_after is not None and (not is_int(hard_after) or hard_after < 0):
             raise ValueError(
                 f"hard_after must be an int >= 0 or None; got {hard_after!r}."
             )
@@ -258,7 +254,7 @@ class DenseToSparseRouter(Router):
             )
         if mode not in DTS_MODES:
             raise ValueError(f"mode must be one of {DTS_MODES}; got {mode!r}.")
-        if not _is_int(k_min) or not 1 <= k_min <= self.n_experts:
+        if not is_int(k_min) or not 1 <= k_min <= self.n_experts:
             raise ValueError(
                 f"k_min must be an int in [1, n_experts={self.n_experts}]; got "
                 f"{k_min!r}."
@@ -283,8 +279,7 @@ class DenseToSparseRouter(Router):
         step : int
             Step ``s >= 0``.
         """
-        if not _is_int(step) or step < 0:
-            raise ValueError(f"step must be an int >= 0; got {step!r}.")
+        _check_step(step)
         self.current_step = int(step)
 
     def advance(self, steps: int = 1) -> None:
@@ -315,9 +310,7 @@ class DenseToSparseRouter(Router):
         return -torch.log(-torch.log(u.clamp(min=torch.finfo(z.dtype).tiny)))
 
     def _train_mask(self, g: Tensor) -> Tensor:
-        argmax = torch.zeros_like(g, dtype=torch.bool).scatter(
-            -1, g.argmax(dim=-1, keepdim=True), True
-        )
+        argmax = index_mask(g.argmax(dim=-1, keepdim=True), g)
         if self.hard:
             return argmax
         above = g > self.threshold
@@ -326,8 +319,7 @@ class DenseToSparseRouter(Router):
         # one k per group: floor of the mean count above theta, at least k_min
         k = above.sum(dim=-1).float().mean(dim=1).floor().long()
         k = k.clamp(min=self.k_min, max=self.n_experts)
-        rank = g.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
-        return rank < k.view(-1, 1, 1)
+        return descending_rank(g, dim=-1) < k.view(-1, 1, 1)
 
     def route(self, logits: Tensor) -> Routing:
         """Route from logits (B, n, m) or (n, m).
@@ -344,7 +336,7 @@ class DenseToSparseRouter(Router):
             ``topk_idx`` and ``topk_weight`` are None (variable K);
             ``capacity`` is None (dropless).
         """
-        z = _as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts)
         probs = torch.softmax(z, dim=-1)
         if self.training:
             tau = self.temperature
@@ -356,9 +348,7 @@ class DenseToSparseRouter(Router):
             if self.eval_mode == "dense":
                 dispatch = torch.ones_like(z, dtype=torch.bool)
             else:
-                dispatch = torch.zeros_like(z, dtype=torch.bool).scatter(
-                    -1, z.argmax(dim=-1, keepdim=True), True
-                )
+                dispatch = index_mask(z.argmax(dim=-1, keepdim=True), z)
             weights = probs
         combine = torch.where(dispatch, weights, torch.zeros_like(weights))
 
@@ -370,13 +360,10 @@ class DenseToSparseRouter(Router):
 
         with torch.no_grad():
             per_token = dispatch.sum(dim=-1)
-            hist = torch.zeros(
-                z.shape[0], m + 1, dtype=torch.long, device=z.device
-            ).scatter_add(1, per_token, torch.ones_like(per_token))
             stats = {
                 "tokens_per_expert": dispatch.sum(dim=1),
                 "experts_per_token_mean": per_token.float().mean(dim=1),
-                "experts_per_token_hist": hist,
+                "experts_per_token_hist": experts_per_token_hist(per_token, m),
                 "dense_fraction": (per_token == m).float().mean(dim=1),
                 "temperature": z.new_tensor(tau),
             }
@@ -460,7 +447,7 @@ def spawn_experts(
         raise ValueError(
             f"base_weight must be a torch.Tensor; got {type(base_weight).__name__}."
         )
-    if not _is_int(n_experts) or n_experts < 1:
+    if not is_int(n_experts) or n_experts < 1:
         raise ValueError(f"n_experts must be a positive int; got {n_experts!r}.")
     if not (isinstance(mask_ratio, int | float) and 0 <= mask_ratio <= 1):
         raise ValueError(f"mask_ratio must be a float in [0, 1]; got {mask_ratio!r}.")

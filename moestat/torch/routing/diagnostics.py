@@ -52,6 +52,16 @@ def _numpy(values: Any) -> np.ndarray:
     return np.asarray(values)
 
 
+def _expert_ids(selection: np.ndarray, n_experts: int) -> np.ndarray:
+    """Integer expert ids as int64; an id of ``n_experts`` or more is an error."""
+    ids = selection.astype(np.int64)
+    if ids.size and ids.max() >= n_experts:
+        raise ValueError(
+            f"Expert id {ids.max()} is out of range for n_experts={n_experts}."
+        )
+    return ids
+
+
 def selected_experts(logits: Any, k: int) -> Any:
     """The ``k`` experts with the largest logits, best first; ties to the lower index.
 
@@ -112,11 +122,7 @@ def selection_mask(selection: Any, n_experts: int) -> NDArray[np.bool_]:
                 f"{selection.shape[-1]}."
             )
         return selection
-    ids = selection.astype(np.int64)
-    if ids.size and ids.max() >= n_experts:
-        raise ValueError(
-            f"Expert id {ids.max()} is out of range for n_experts={n_experts}."
-        )
+    ids = _expert_ids(selection, n_experts)
     mask = np.zeros((*ids.shape[:-1], n_experts + 1), dtype=bool)
     # empty slots (-1) land in an extra last column, dropped below
     np.put_along_axis(mask, np.where(ids < 0, n_experts, ids), True, axis=-1)
@@ -274,11 +280,7 @@ def expert_utilization(selection: Any, n_experts: int) -> NDArray[np.float64]:
 
 def _slot_counts(ids: np.ndarray, n_experts: int) -> np.ndarray:
     """Slots held by each expert, (..., N, K) ids -> (..., m), by one bincount."""
-    ids = ids.astype(np.int64)
-    if ids.size and ids.max() >= n_experts:
-        raise ValueError(
-            f"Expert id {ids.max()} is out of range for n_experts={n_experts}."
-        )
+    ids = _expert_ids(ids, n_experts)
     lead = ids.shape[:-2]
     n_lead = int(np.prod(lead))
     bins = n_experts + 1  # the last bin takes the empty slots (-1)
@@ -740,16 +742,17 @@ class RoutingRecorder:
         dtype = np.uint8 if self.n_experts <= 256 else np.int16
         return selected_experts(self.logits(), k).astype(dtype)
 
+    @staticmethod
     def _per_layer_table(
-        self, steps: Sequence[int], values: np.ndarray, name: str, k: int
+        steps: Sequence[int], shape: tuple[int, ...], columns: dict[str, Any]
     ) -> pd.DataFrame:
-        n_steps, n_layers = values.shape
+        """A table of (S, L) values: columns ``step``, ``layer``, then ``columns``."""
+        n_steps, n_layers = shape
         return pd.DataFrame(
             {
                 "step": np.repeat(np.asarray(steps), n_layers),
                 "layer": np.tile(np.arange(n_layers), n_steps),
-                "k": k,
-                name: values.ravel(),
+                **columns,
             }
         )
 
@@ -764,7 +767,8 @@ class RoutingRecorder:
         """
         k = self._k(k)
         values = router_saturation(self.selections(k), per_layer=True)
-        return self._per_layer_table(self.steps, values, "saturation", k)
+        columns = {"k": k, "saturation": values.ravel()}
+        return self._per_layer_table(self.steps, values.shape, columns)
 
     def change_rate(self, k: int | None = None, ordered: bool = False) -> pd.DataFrame:
         """Router change rate (%) from the previous recorded step, per layer.
@@ -778,7 +782,8 @@ class RoutingRecorder:
         k = self._k(k)
         self._require(2)
         values = router_change_rate(self.selections(k), ordered, per_layer=True)
-        return self._per_layer_table(self.steps[1:], values, "change_rate", k)
+        columns = {"k": k, "change_rate": values.ravel()}
+        return self._per_layer_table(self.steps[1:], values.shape, columns)
 
     def utilization(self, k: int | None = None) -> pd.DataFrame:
         """Expert utilization ``u_i`` per step and layer (the heatmap's data).
@@ -816,14 +821,8 @@ class RoutingRecorder:
         else:
             u = expert_utilization(self.selections(k), self.n_experts)
             stats = _utilization_stats(u)
-            n_steps, n_layers = u.shape[:2]
-            table = pd.DataFrame(
-                {
-                    "step": np.repeat(np.asarray(self.steps), n_layers),
-                    "layer": np.tile(np.arange(n_layers), n_steps),
-                    **{name: value.ravel() for name, value in stats.items()},
-                }
-            )
+            columns = {name: value.ravel() for name, value in stats.items()}
+            table = self._per_layer_table(self.steps, u.shape[:2], columns)
         columns = ["step", *[c for c in table.columns if c != "step"]]
         return table[columns]
 

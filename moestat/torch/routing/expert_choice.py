@@ -10,8 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import Router, Routing, router_z_loss
-from moestat.torch.routing.topk import _check_factor, _check_int, as_logits
+from moestat.torch.routing._base import (
+    Router,
+    Routing,
+    as_logits,
+    descending_rank,
+    experts_per_token_hist,
+    router_z_loss,
+)
+from moestat.torch.routing.topk import _check_factor, _check_int
 
 __all__ = ["ExpertChoiceRouter", "expert_choice_capacity"]
 
@@ -56,12 +63,6 @@ def expert_choice_capacity(
     return min(c, n_tokens)
 
 
-def _rank_desc(scores: Tensor, dim: int) -> Tensor:
-    """0 for the largest entry along ``dim``, 1 for the next (ties: lower index)."""
-    order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
-    return torch.argsort(order, dim=dim)
-
-
 def capped_expert_choice(scores: Tensor, capacity: int, max_per_token: int) -> Tensor:
     """Greedy expert choice with at most ``max_per_token`` experts per token.
 
@@ -100,9 +101,9 @@ def capped_expert_choice(scores: Tensor, capacity: int, max_per_token: int) -> T
         candidate = ~offered & (token_room > 0) & (expert_room > 0)
         if not bool(candidate.any()):
             break
-        rank = _rank_desc(torch.where(candidate, scores, neg_inf), dim=1)
+        rank = descending_rank(torch.where(candidate, scores, neg_inf), dim=1)
         offer = candidate & (rank < expert_room)
-        token_rank = _rank_desc(torch.where(offer, scores, neg_inf), dim=2)
+        token_rank = descending_rank(torch.where(offer, scores, neg_inf), dim=2)
         accepted |= offer & (token_rank < token_room)
         offered |= offer
     return accepted
@@ -241,7 +242,7 @@ class ExpertChoiceRouter(Router):
         )
         b = self.max_experts_per_token
         if b is None or b >= m:
-            rank = _rank_desc(s.detach(), dim=1)
+            rank = descending_rank(s.detach(), dim=1)
             dispatch = rank < capacity
         else:
             dispatch = capped_expert_choice(s, capacity, b)
@@ -263,10 +264,7 @@ def _stats(dispatch: Tensor, combine: Tensor) -> dict[str, Tensor]:
     with torch.no_grad():
         m = dispatch.shape[-1]
         per_token = dispatch.sum(dim=2)
-        hist = torch.zeros(
-            per_token.shape[0], m + 1, dtype=torch.long, device=per_token.device
-        )
-        hist.scatter_add_(1, per_token, torch.ones_like(per_token))
+        hist = experts_per_token_hist(per_token, m)
         n_dispatch = dispatch.sum(dim=(1, 2))
         return {
             "tokens_per_expert": dispatch.sum(dim=1),

@@ -68,6 +68,20 @@ def _uniform_(tensor: Tensor, bound: float, generator: torch.Generator | None) -
         tensor.uniform_(-bound, bound, generator=generator)
 
 
+def _seeded_generator(random_state: int | None) -> torch.Generator | None:
+    """A CPU generator seeded with ``random_state``; None for torch's global one."""
+    if random_state is None:
+        return None
+    return torch.Generator().manual_seed(int(random_state))
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Raise a ValueError naming the first size below 1."""
+    for name, value in sizes.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+
+
 class BatchedExperts(nn.Module):
     """``m`` experts whose weights are stacked along a leading expert axis.
 
@@ -303,13 +317,7 @@ class ExpertMLP(BatchedExperts):
             raise ValueError(
                 f"Unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}."
             )
-        for name, value in (
-            ("n_experts", n_experts),
-            ("d_model", d_model),
-            ("d_hidden", d_hidden),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        _check_sizes(n_experts=n_experts, d_model=d_model, d_hidden=d_hidden)
         self.n_experts = int(n_experts)
         self.d_in = self.d_out = self.d_model = int(d_model)
         self.width = self.d_hidden = int(d_hidden)
@@ -325,9 +333,7 @@ class ExpertMLP(BatchedExperts):
 
     def reset_parameters(self, random_state: int | None = None) -> None:
         """Uniform ``+-1/sqrt(fan_in)`` weights and biases, as ``nn.Linear``."""
-        generator = None
-        if random_state is not None:
-            generator = torch.Generator().manual_seed(int(random_state))
+        generator = _seeded_generator(random_state)
         bound1 = 1.0 / math.sqrt(self.d_model)
         bound2 = 1.0 / math.sqrt(self.d_hidden)
         for tensor, bound in (
@@ -427,13 +433,7 @@ class LinearExperts(BatchedExperts):
         random_state: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("n_experts", n_experts),
-            ("d_in", d_in),
-            ("d_out", d_out),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        _check_sizes(n_experts=n_experts, d_in=d_in, d_out=d_out)
         self.n_experts = int(n_experts)
         self.d_in = int(d_in)
         self.width = self.d_out = int(d_out)
@@ -450,9 +450,7 @@ class LinearExperts(BatchedExperts):
 
     def reset_parameters(self, random_state: int | None = None) -> None:
         """Uniform ``+-1/sqrt(d_in)`` weights and intercepts."""
-        generator = None
-        if random_state is not None:
-            generator = torch.Generator().manual_seed(int(random_state))
+        generator = _seeded_generator(random_state)
         bound = 1.0 / math.sqrt(self.d_in)
         _uniform_(self.weight, bound, generator)
         if self.bias is not None:

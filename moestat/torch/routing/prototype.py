@@ -8,27 +8,20 @@ Provenance tags in the docstrings: **[paper]** stated in the paper,
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from moestat.torch.routing._base import (
     Router,
     Routing,
-    dense_from_slots,
-    load_balance_loss,
-    router_z_loss,
+    as_logits,
     warn_constant_weight,
 )
 from moestat.torch.routing.topk import (
     LB_ON,
     _CapacityMixin,
-    _check_capacity_args,
     _check_choice,
     _check_int,
-    as_logits,
-    drop_over_capacity,
-    expert_counts,
-    resolve_capacity,
+    balance_and_z_losses,
     slot_stats,
     top_slots,
 )
@@ -152,18 +145,13 @@ class PrototypeRouter(_CapacityMixin, Router):
             raise ValueError(
                 f"k must be <= n_experts / n_prototypes = {per}; got {k!r}."
             )
-        _check_capacity_args(
+        self._set_capacity_args(
             capacity_factor, eval_capacity_factor, capacity, min_capacity, priority
         )
         _check_choice("lb_on", lb_on, LB_ON)
         self.n_prototypes = n_prototypes
         self.experts_per_prototype = per
         self.k = k
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
-        self.capacity = capacity
-        self.min_capacity = min_capacity
-        self.priority = priority
         self.lb_on = lb_on
         if per == 1:
             warn_constant_weight(type(self).__name__)
@@ -201,23 +189,11 @@ class PrototypeRouter(_CapacityMixin, Router):
         # each prototype is an independent routing problem over its experts
         local_f, weight_f = self._fold(local), self._fold(weight)
         p_f = self._fold(p)
-        capacity = resolve_capacity(
-            n,
-            per,
-            self.k,
-            self.current_capacity_factor(),
-            capacity=self.capacity,
-            min_capacity=self.min_capacity,
-            loads=expert_counts(local_f, per),
-        )
-        kept_f, kept_w_f = drop_over_capacity(
+        capacity, kept_f, kept_w_f = self._apply_capacity(
             local_f,
             weight_f,
-            capacity,
             per,
-            priority=self.priority,
             scores=p_f.detach().amax(dim=-1),
-            generator=self.generator(z.device) if self.priority == "random" else None,
             renormalize=False,
         )
         offset = (torch.arange(n_proto, device=z.device) * per).view(1, 1, n_proto, 1)
@@ -226,24 +202,14 @@ class PrototypeRouter(_CapacityMixin, Router):
         kept_idx = torch.where(kept_local >= 0, kept_local + offset, kept_local)
         kept_idx = kept_idx.reshape(batch, n, n_proto * self.k)
         kept_w = self._unfold(kept_w_f, batch).reshape(batch, n, n_proto * self.k)
-        dispatch, combine = dense_from_slots(kept_idx, kept_w, m)
 
-        slots = local_f[..., :1] if self.lb_on == "first" else local_f
-        assigned = F.one_hot(slots, per).sum(dim=-2)
-        aux: dict[str, Tensor] = {
-            "load_balance": load_balance_loss(p_f, assigned),
-            "z_loss": router_z_loss(zz),
-        }
-        return self._finish(
-            Routing(
-                logits=z,
-                probs=p.reshape(batch, n, m),
-                dispatch=dispatch,
-                combine=combine,
-                topk_idx=kept_idx,
-                topk_weight=kept_w,
-                capacity=capacity,
-                aux=aux,
-                stats=slot_stats(claimed, kept_idx, m),
-            )
+        aux = balance_and_z_losses(p_f, zz, local_f, per, self.lb_on)
+        return self._slot_routing(
+            z,
+            p.reshape(batch, n, m),
+            kept_idx,
+            kept_w,
+            capacity,
+            aux,
+            slot_stats(claimed, kept_idx, m),
         )

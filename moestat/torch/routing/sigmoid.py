@@ -7,8 +7,6 @@ softmax path is DeepSeekMoE / DeepSeek-V2's top-K of the softmax.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -16,9 +14,13 @@ from moestat.torch.routing._base import (
     PRIORITIES,
     Router,
     Routing,
+    as_logits,
     capacity_for,
-    dense_from_slots,
-    keep_within_capacity,
+    check_nonnegative_float,
+    check_positive_float,
+    drop_over_capacity,
+    index_mask,
+    is_int,
     load_balance_loss,
     warn_constant_weight,
 )
@@ -26,22 +28,6 @@ from moestat.torch.routing._base import (
 __all__ = ["NormalizedSigmoidRouter", "SCORES"]
 
 SCORES = ("sigmoid", "softmax")
-
-
-def _as_logits(logits: Tensor, n_experts: int) -> Tensor:
-    """Float32 logits of shape (B, n, m) from (n, m) or (B, n, m)."""
-    if logits.dim() == 2:
-        logits = logits.unsqueeze(0)
-    if logits.dim() != 3 or logits.shape[-1] != n_experts:
-        raise ValueError(
-            f"logits must have shape (n, {n_experts}) or (B, n, {n_experts}); "
-            f"got {tuple(logits.shape)}."
-        )
-    return logits.float()
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class NormalizedSigmoidRouter(Router):
@@ -193,18 +179,11 @@ class NormalizedSigmoidRouter(Router):
             random_state=random_state,
         )
         m = self.n_experts
-        if not _is_int(top_k) or not 1 <= top_k <= m:
+        if not is_int(top_k) or not 1 <= top_k <= m:
             raise ValueError(
                 f"top_k must be an int in [1, n_experts={m}]; got {top_k!r}."
             )
-        if not (
-            isinstance(route_scale, int | float)
-            and route_scale > 0
-            and math.isfinite(route_scale)
-        ):
-            raise ValueError(
-                f"route_scale must be a positive finite float; got {route_scale!r}."
-            )
+        check_positive_float("route_scale", route_scale)
         if n_groups is None:
             if topk_groups is not None:
                 raise ValueError(
@@ -212,12 +191,12 @@ class NormalizedSigmoidRouter(Router):
                     f"topk_groups={topk_groups!r}."
                 )
         else:
-            if not _is_int(n_groups) or n_groups < 1 or m % n_groups:
+            if not is_int(n_groups) or n_groups < 1 or m % n_groups:
                 raise ValueError(
                     f"n_groups must be a positive int dividing n_experts={m}; got "
                     f"{n_groups!r}."
                 )
-            if not _is_int(topk_groups) or not 1 <= topk_groups <= n_groups:
+            if not is_int(topk_groups) or not 1 <= topk_groups <= n_groups:
                 raise ValueError(
                     f"topk_groups must be an int in [1, n_groups={n_groups}]; got "
                     f"{topk_groups!r}."
@@ -229,17 +208,14 @@ class NormalizedSigmoidRouter(Router):
                     f"{topk_groups * (m // n_groups)}); raise topk_groups or "
                     "lower top_k."
                 )
-        if not (isinstance(bias_update_rate, int | float) and bias_update_rate >= 0):
-            raise ValueError(
-                f"bias_update_rate must be a float >= 0; got {bias_update_rate!r}."
-            )
+        check_nonnegative_float("bias_update_rate", bias_update_rate)
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}; got {priority!r}.")
-        if not _is_int(min_capacity) or min_capacity < 1:
+        if not is_int(min_capacity) or min_capacity < 1:
             raise ValueError(
                 f"min_capacity must be a positive int; got {min_capacity!r}."
             )
-        if not _is_int(n_shared_experts) or n_shared_experts < 0:
+        if not is_int(n_shared_experts) or n_shared_experts < 0:
             raise ValueError(
                 f"n_shared_experts must be an int >= 0; got {n_shared_experts!r}."
             )
@@ -285,10 +261,7 @@ class NormalizedSigmoidRouter(Router):
             else:
                 group_score = scores.detach().view_as(grouped).amax(dim=-1)
             best = group_score.topk(self.topk_groups, dim=-1).indices
-            kept = torch.zeros_like(group_score, dtype=torch.bool).scatter(
-                -1, best, True
-            )
-            kept = kept.repeat_interleave(size, dim=-1)
+            kept = index_mask(best, group_score).repeat_interleave(size, dim=-1)
             ranked = ranked.masked_fill(~kept, float("-inf"))
         return ranked.topk(self.top_k, dim=-1).indices
 
@@ -307,7 +280,7 @@ class NormalizedSigmoidRouter(Router):
             decreasing ``s + b``; a slot dropped by capacity has index -1 and
             weight 0.
         """
-        z = _as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts)
         s = self.scores(z)
         batch, n, m = z.shape
         idx = self._select(s)
@@ -324,17 +297,16 @@ class NormalizedSigmoidRouter(Router):
             min_capacity=self.min_capacity,
             capacity=self.capacity,
         )
-        keep = keep_within_capacity(
+        topk_idx, topk_weight = drop_over_capacity(
             idx,
+            weight,
             cap,
             m,
             priority=self.priority,
             scores=s.detach().gather(-1, idx[..., :1]).squeeze(-1),
             generator=self.generator(z.device) if self.priority == "random" else None,
+            renormalize=False,
         )
-        topk_idx = torch.where(keep, idx, torch.full_like(idx, -1))
-        topk_weight = torch.where(keep, weight, torch.zeros_like(weight))
-        dispatch, combine = dense_from_slots(topk_idx, topk_weight, m)
 
         selected = torch.zeros(batch, n, m, dtype=s.dtype, device=s.device).scatter(
             -1, idx, 1.0
@@ -346,32 +318,23 @@ class NormalizedSigmoidRouter(Router):
         if self.score == "softmax":
             aux["load_balance"] = load_balance_loss(s, selected)
 
+        routing = self._slot_routing(z, s, topk_idx, topk_weight, cap, aux)
         with torch.no_grad():
-            tokens = dispatch.sum(dim=1)
+            tokens = routing.dispatch.sum(dim=1)
             counts = tokens.float()
             mean = counts.mean(dim=-1).clamp(min=torch.finfo(counts.dtype).tiny)
             b = self.expert_bias
-            stats = {
+            routing.stats = {
                 "tokens_per_expert": tokens,
                 "selected_per_expert": selected.sum(dim=1).long(),
-                "dropped": (~keep).sum(dim=(1, 2)),
+                # every selected slot is valid, so a slot at -1 was dropped
+                "dropped": (topk_idx < 0).sum(dim=(1, 2)),
                 "max_violation": counts.amax(dim=-1) / mean - 1.0,
                 "expert_bias_norm": b.norm().clone(),
                 "expert_bias_min": b.min().clone(),
                 "expert_bias_max": b.max().clone(),
             }
-        routing = Routing(
-            logits=z,
-            probs=s,
-            dispatch=dispatch,
-            combine=combine,
-            topk_idx=topk_idx,
-            topk_weight=topk_weight,
-            capacity=cap,
-            aux=aux,
-            stats=stats,
-        )
-        return self._finish(routing)
+        return routing
 
     @torch.no_grad()
     def update_bias(self, routing: Routing, rate: float | None = None) -> Tensor:

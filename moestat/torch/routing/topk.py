@@ -22,10 +22,13 @@ from moestat.torch.routing._base import (
     Router,
     Routing,
     as_groups,
+    as_logits,
     capacity_for,
+    check_nonnegative_float,
     cv_squared,
-    dense_from_slots,
-    keep_within_capacity,
+    drop_over_capacity,
+    index_mask,
+    is_int,
     load_balance_loss,
     router_z_loss,
     warn_constant_weight,
@@ -44,7 +47,7 @@ LB_ON = ("first", "all_slots")
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
     return value
 
@@ -53,6 +56,14 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}; got {value!r}.")
     return value
+
+
+def _check_k(k: Any, n_experts: int) -> int:
+    """``k``, an int in [1, n_experts]: experts per token of a fixed-K router."""
+    _check_int("k", k, 1)
+    if k > n_experts:
+        raise ValueError(f"k must be <= n_experts={n_experts}; got {k!r}.")
+    return k
 
 
 def _check_factor(name: str, value: Any, *, negative_ok: bool) -> float | None:
@@ -82,20 +93,6 @@ def _check_capacity_args(
         _check_int("capacity", capacity, 1)
     _check_int("min_capacity", min_capacity, 0)
     _check_choice("priority", priority, PRIORITIES)
-
-
-def as_logits(logits: Tensor, n_experts: int) -> Tensor:
-    """View (n, m) logits as one group (1, n, m), in float32."""
-    if not isinstance(logits, Tensor):
-        raise ValueError(f"logits must be a torch.Tensor; got {type(logits)!r}.")
-    if logits.dim() == 2:
-        logits = logits.unsqueeze(0)
-    if logits.dim() != 3 or logits.shape[-1] != n_experts:
-        raise ValueError(
-            f"logits must have shape (n, {n_experts}) or (B, n, {n_experts}); "
-            f"got {tuple(logits.shape)}."
-        )
-    return logits.float()
 
 
 def top_slots(scores: Tensor, k: int) -> Tensor:
@@ -147,39 +144,6 @@ def resolve_capacity(
     return min(largest, cap)
 
 
-def drop_over_capacity(
-    idx: Tensor,
-    weight: Tensor,
-    capacity: int | None,
-    n_experts: int,
-    *,
-    priority: str,
-    scores: Tensor,
-    generator: torch.Generator | None,
-    renormalize: bool,
-) -> tuple[Tensor, Tensor]:
-    """Slots (B, n, K) after capacity: index -1 and weight 0 where dropped.
-
-    With ``renormalize`` the surviving weights of a token are divided by
-    their sum (DeepSpeed's top-2); a token with no survivor keeps zeros.
-    """
-    keep = keep_within_capacity(
-        idx,
-        capacity,
-        n_experts,
-        priority=priority,
-        scores=scores,
-        generator=generator,
-    )
-    kept_idx = torch.where(keep, idx, torch.full_like(idx, -1))
-    kept_w = torch.where(keep, weight, torch.zeros_like(weight))
-    if renormalize:
-        total = kept_w.sum(dim=-1, keepdim=True)
-        tiny = torch.finfo(kept_w.dtype).tiny
-        kept_w = torch.where(keep, kept_w / total.clamp(min=tiny), kept_w)
-    return kept_idx, kept_w
-
-
 def slot_stats(claimed: Tensor, kept: Tensor, n_experts: int) -> dict[str, Tensor]:
     """Capacity statistics of slot indices before (``claimed``) and after."""
     with torch.no_grad():
@@ -199,12 +163,54 @@ def slot_stats(claimed: Tensor, kept: Tensor, n_experts: int) -> dict[str, Tenso
         }
 
 
+def balance_and_z_losses(
+    probs: Tensor, logits: Tensor, idx: Tensor, n_experts: int, lb_on: str
+) -> dict[str, Tensor]:
+    """Switch's ``"load_balance"`` and ST-MoE's ``"z_loss"`` of slot choices.
+
+    ``f_i`` of the balance loss counts the first choices ``idx[..., 0]``
+    (``lb_on="first"``) or every slot of ``idx`` (B, n, K).
+    """
+    slots = idx[..., :1] if lb_on == "first" else idx
+    assigned = F.one_hot(slots, n_experts).sum(dim=-2)
+    return {
+        "load_balance": load_balance_loss(probs, assigned),
+        "z_loss": router_z_loss(logits),
+    }
+
+
 class _CapacityMixin:
-    """Train/eval capacity factor selection of routing.md section 1.1."""
+    """Capacity of the fixed-K routers: arguments, train/eval factor, drops.
+
+    routing.md section 1.1. The router keeps ``k``, the capacity arguments
+    and ``priority`` as attributes (:meth:`_set_capacity_args`).
+    """
 
     training: bool
+    k: int
     capacity_factor: float | None
     eval_capacity_factor: float | None
+    capacity: int | None
+    min_capacity: int
+    priority: str
+
+    def _set_capacity_args(
+        self,
+        capacity_factor: float | None,
+        eval_capacity_factor: float | None,
+        capacity: int | None,
+        min_capacity: int,
+        priority: str,
+    ) -> None:
+        """Check the capacity arguments and keep them as attributes."""
+        _check_capacity_args(
+            capacity_factor, eval_capacity_factor, capacity, min_capacity, priority
+        )
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.capacity = capacity
+        self.min_capacity = min_capacity
+        self.priority = priority
 
     def current_capacity_factor(self) -> float | None:
         """The capacity factor of the current mode (train or eval).
@@ -216,6 +222,48 @@ class _CapacityMixin:
         if self.capacity_factor is None or self.training:
             return self.capacity_factor
         return self.eval_capacity_factor
+
+    def _apply_capacity(
+        self,
+        idx: Tensor,
+        weight: Tensor,
+        n_experts: int,
+        *,
+        scores: Tensor,
+        renormalize: bool,
+    ) -> tuple[int | None, Tensor, Tensor]:
+        """Capacity ``C`` of the current mode and the slots (B, n, K) within it.
+
+        ``C`` comes from :func:`resolve_capacity` (the loads of ``idx`` serve a
+        negative factor); the slots from :func:`drop_over_capacity`, with the
+        router's generator for ``priority="random"``.
+
+        Returns
+        -------
+        capacity : int or None
+        kept_idx, kept_weight : Tensor of shape (B, n, K)
+        """
+        capacity = resolve_capacity(
+            idx.shape[1],
+            n_experts,
+            self.k,
+            self.current_capacity_factor(),
+            capacity=self.capacity,
+            min_capacity=self.min_capacity,
+            loads=expert_counts(idx, n_experts),
+        )
+        generator = self.generator(idx.device) if self.priority == "random" else None
+        kept_idx, kept_w = drop_over_capacity(
+            idx,
+            weight,
+            capacity,
+            n_experts,
+            priority=self.priority,
+            scores=scores,
+            generator=generator,
+            renormalize=renormalize,
+        )
+        return capacity, kept_idx, kept_w
 
 
 # --------------------------------------------------------------------------
@@ -350,9 +398,7 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
             loss_weights=loss_weights,
             random_state=random_state,
         )
-        _check_int("k", k, 1)
-        if k > n_experts:
-            raise ValueError(f"k must be <= n_experts={n_experts}; got {k!r}.")
+        _check_k(k, n_experts)
         if normalize is not None and not isinstance(normalize, bool):
             raise ValueError(
                 f"normalize must be True, False or None; got {normalize!r}."
@@ -362,7 +408,7 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
             _check_choice("eval_second_policy", eval_second_policy, SECOND_POLICIES)
         if not (isinstance(threshold, int | float) and 0 < threshold <= 1):
             raise ValueError(f"threshold must be in (0, 1]; got {threshold!r}.")
-        _check_capacity_args(
+        self._set_capacity_args(
             capacity_factor, eval_capacity_factor, capacity, min_capacity, priority
         )
         if not (isinstance(jitter, int | float) and 0 <= jitter < 1):
@@ -373,11 +419,6 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
         self.second_policy = second_policy
         self.threshold = float(threshold)
         self.eval_second_policy = eval_second_policy
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
-        self.capacity = capacity
-        self.min_capacity = min_capacity
-        self.priority = priority
         self.renormalize_after_drop = bool(renormalize_after_drop)
         self.jitter = float(jitter)
         self.lb_on = lb_on
@@ -520,7 +561,7 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
         Routing
         """
         z = as_logits(logits, self.n_experts)
-        _, n, m = z.shape
+        m = z.shape[-1]
         p = torch.softmax(z, dim=-1)
         policy = self.second_policy
         if not self.training and self.eval_second_policy is not None:
@@ -541,49 +582,17 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
             claimed = torch.cat([idx[..., :1], rest], dim=-1)
             weight = torch.where(claimed >= 0, weight, torch.zeros_like(weight))
 
-        loads = expert_counts(claimed, m)
-        capacity = resolve_capacity(
-            n,
-            m,
-            self.k,
-            self.current_capacity_factor(),
-            capacity=self.capacity,
-            min_capacity=self.min_capacity,
-            loads=loads,
-        )
-        kept_idx, kept_w = drop_over_capacity(
+        capacity, kept_idx, kept_w = self._apply_capacity(
             claimed,
             weight,
-            capacity,
             m,
-            priority=self.priority,
             scores=p.detach().amax(dim=-1),
-            generator=self.generator(z.device) if self.priority == "random" else None,
             renormalize=self.renormalize_after_drop,
         )
-        dispatch, combine = dense_from_slots(kept_idx, kept_w, m)
-
-        slots = idx[..., :1] if self.lb_on == "first" else idx
-        assigned = F.one_hot(slots, m).sum(dim=-2)
-        aux = {
-            "load_balance": load_balance_loss(p, assigned),
-            "z_loss": router_z_loss(z),
-        }
+        aux = balance_and_z_losses(p, z, idx, m, self.lb_on)
         stats = slot_stats(claimed, kept_idx, m)
         stats["slots_skipped"] = (claimed < 0).sum(dim=(1, 2))
-        return self._finish(
-            Routing(
-                logits=z,
-                probs=p,
-                dispatch=dispatch,
-                combine=combine,
-                topk_idx=kept_idx,
-                topk_weight=kept_w,
-                capacity=capacity,
-                aux=aux,
-                stats=stats,
-            )
-        )
+        return self._slot_routing(z, p, kept_idx, kept_w, capacity, aux, stats)
 
 
 # --------------------------------------------------------------------------
@@ -732,24 +741,14 @@ class NoisyTopKRouter(_CapacityMixin, Router):
             loss_weights=loss_weights,
             random_state=random_state,
         )
-        _check_int("k", k, 1)
-        if k > n_experts:
-            raise ValueError(f"k must be <= n_experts={n_experts}; got {k!r}.")
-        if not (isinstance(noise_epsilon, int | float) and noise_epsilon >= 0):
-            raise ValueError(
-                f"noise_epsilon must be a float >= 0; got {noise_epsilon!r}."
-            )
-        _check_capacity_args(
+        _check_k(k, n_experts)
+        check_nonnegative_float("noise_epsilon", noise_epsilon)
+        self._set_capacity_args(
             capacity_factor, eval_capacity_factor, capacity, min_capacity, priority
         )
         self.k = k
         self.noisy = bool(noisy)
         self.noise_epsilon = float(noise_epsilon)
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
-        self.capacity = capacity
-        self.min_capacity = min_capacity
-        self.priority = priority
         self.renormalize_after_drop = bool(renormalize_after_drop)
         self.w_noise = nn.Linear(d_model, n_experts, bias=False, dtype=torch.float32)
         if zero_init:
@@ -787,7 +786,7 @@ class NoisyTopKRouter(_CapacityMixin, Router):
         Routing
         """
         z = as_logits(logits, self.n_experts)
-        _, n, m = z.shape
+        m = z.shape[-1]
         std = None
         if noise_std is not None and self.training:
             std = noise_std.float()
@@ -808,7 +807,7 @@ class NoisyTopKRouter(_CapacityMixin, Router):
         idx = top_slots(h, self.k)
         weight = torch.softmax(h.gather(-1, idx), dim=-1)
         gates = torch.zeros_like(z).scatter(-1, idx, weight)
-        selected = torch.zeros_like(z, dtype=torch.bool).scatter(-1, idx, True)
+        selected = index_mask(idx, z)
 
         importance = gates.sum(dim=1)
         if std is not None and self.k < m:
@@ -817,36 +816,13 @@ class NoisyTopKRouter(_CapacityMixin, Router):
             load = selected.sum(dim=1).to(z.dtype)
         aux = {"importance": cv_squared(importance), "load": cv_squared(load)}
 
-        capacity = resolve_capacity(
-            n,
-            m,
-            self.k,
-            self.current_capacity_factor(),
-            capacity=self.capacity,
-            min_capacity=self.min_capacity,
-            loads=expert_counts(idx, m),
-        )
-        kept_idx, kept_w = drop_over_capacity(
+        capacity, kept_idx, kept_w = self._apply_capacity(
             idx,
             weight,
-            capacity,
             m,
-            priority=self.priority,
             scores=weight.detach()[..., 0],
-            generator=self.generator(z.device) if self.priority == "random" else None,
             renormalize=self.renormalize_after_drop,
         )
-        dispatch, combine = dense_from_slots(kept_idx, kept_w, m)
-        return self._finish(
-            Routing(
-                logits=z,
-                probs=torch.softmax(z, dim=-1),
-                dispatch=dispatch,
-                combine=combine,
-                topk_idx=kept_idx,
-                topk_weight=kept_w,
-                capacity=capacity,
-                aux=aux,
-                stats=slot_stats(idx, kept_idx, m),
-            )
-        )
+        probs = torch.softmax(z, dim=-1)
+        stats = slot_stats(idx, kept_idx, m)
+        return self._slot_routing(z, probs, kept_idx, kept_w, capacity, aux, stats)

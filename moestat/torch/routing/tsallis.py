@@ -12,21 +12,14 @@ import math
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import Router, Routing
+from moestat.torch.routing._base import (
+    Router,
+    Routing,
+    as_logits,
+    check_positive_float,
+)
 
 __all__ = ["tsallis_entropy", "TsallisHybridRouter"]
-
-
-def _as_logits(logits: Tensor, n_experts: int) -> Tensor:
-    """Float32 logits of shape (B, n, m) from (n, m) or (B, n, m)."""
-    if logits.dim() == 2:
-        logits = logits.unsqueeze(0)
-    if logits.dim() != 3 or logits.shape[-1] != n_experts:
-        raise ValueError(
-            f"logits must have shape (n, {n_experts}) or (B, n, {n_experts}); "
-            f"got {tuple(logits.shape)}."
-        )
-    return logits.float()
 
 
 def tsallis_entropy(
@@ -192,8 +185,7 @@ class TsallisHybridRouter(Router):
             loss_weights=loss_weights,
             random_state=random_state,
         )
-        if not (isinstance(q, int | float) and q > 0 and math.isfinite(q)):
-            raise ValueError(f"q must be a positive finite float; got {q!r}.")
+        check_positive_float("q", q)
         if not (
             isinstance(entropy_threshold, int | float) and 0 <= entropy_threshold <= 1
         ):
@@ -239,7 +231,7 @@ class TsallisHybridRouter(Router):
         Routing
             ``topk_idx`` and ``topk_weight`` are None (variable K).
         """
-        z = _as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts)
         probs = torch.softmax(z, dim=-1)
         entropy = tsallis_entropy(probs, self.q, normalized=True)
         dense = entropy > self.entropy_threshold
