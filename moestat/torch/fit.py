@@ -187,42 +187,80 @@ def em(
             max_iter=max_iter,
             chunk_size=chunk_size,
         )
-    gate, expert = model.gate, model.expert
     n = data.n_samples.double()
     log_g = model.log_weights(theta_gate, data)
     log_f = model.log_density(theta_expert, data)
     resp, ll = _e_step(log_g + log_f, data.weight)
-    history = [ll]
     batch = ll.shape[0]
-    active = torch.ones(batch, dtype=torch.bool, device=ll.device)
-    converged = torch.zeros_like(active)
-    decreased = torch.zeros_like(active)
+    history = [ll]
+    # full-size results; the loop works on the data sets still running only
+    # (finished ones are dropped from the batch, so they cost nothing more)
+    final_gate, final_expert = theta_gate.clone(), theta_expert.clone()
+    final_ll, final_weight = ll.clone(), resp.sum(dim=1)
+    converged = torch.zeros(batch, dtype=torch.bool, device=ll.device)
+    decreased = torch.zeros_like(converged)
     n_iter = torch.zeros(batch, dtype=torch.long, device=ll.device)
+    rows = torch.arange(batch, device=ll.device)
     for iteration in range(1, max_iter + 1):
-        theta_expert = _expert_m_step(model, data, theta_expert, resp, active, n)
+        running = torch.ones_like(rows, dtype=torch.bool)
+        theta_expert = _expert_m_step(model, data, theta_expert, resp, running, n)
         log_f = model.log_density(theta_expert, data)
-        theta_gate = _gate_m_step(model, data, theta_gate, resp, log_g, log_f, active)
-        log_g = gate.log_weights(theta_gate, data.gate)
+        theta_gate = _gate_m_step(model, data, theta_gate, resp, log_g, log_f, running)
+        log_g = model.log_weights(theta_gate, data)
         resp, ll_new = _e_step(log_g + log_f, data.weight)
-        ll = torch.where(active, ll_new, ll)
-        decreased |= active & _decreased(history[-1], ll, n)
-        done = active & _converged(history[-1], ll, n, tol)
-        n_iter = torch.where(active, iteration, n_iter)
-        history.append(torch.where(active, ll, torch.full_like(ll, float("nan"))))
-        converged |= done
-        active = active & ~done
-        if not bool(active.any()):
-            break
-    del expert
+        decreased[rows] |= _decreased(ll, ll_new, n)
+        done = _converged(ll, ll_new, n, tol)
+        ll = ll_new
+        n_iter[rows] = iteration
+        record = torch.full_like(final_ll, float("nan"))
+        record[rows] = ll
+        history.append(record)
+        finished = done | (iteration == max_iter)
+        if bool(finished.any()):
+            index = rows[finished]
+            final_gate[index], final_expert[index] = (
+                theta_gate[finished],
+                theta_expert[finished],
+            )
+            final_ll[index] = ll[finished]
+            final_weight[index] = resp[finished].sum(dim=1)
+            converged[rows[done]] = True
+            if bool(finished.all()):
+                break
+            keep = ~finished
+            rows = rows[keep]
+            data = _take(data, keep)
+            theta_gate, theta_expert = theta_gate[keep], theta_expert[keep]
+            resp, log_g, log_f, ll, n = (
+                resp[keep][:, : data.y.shape[1]],
+                log_g[keep][:, : data.y.shape[1]],
+                log_f[keep][:, : data.y.shape[1]],
+                ll[keep],
+                n[keep],
+            )
     return BatchedFit(
-        theta_gate=theta_gate.detach(),
-        theta_expert=theta_expert.detach(),
-        log_likelihood=ll.detach(),
+        theta_gate=final_gate.detach(),
+        theta_expert=final_expert.detach(),
+        log_likelihood=final_ll.detach(),
         trace=torch.stack(history).detach(),
         n_iter=n_iter,
         converged=converged,
         monotone=~decreased,
-        expert_weight=resp.sum(dim=1).detach(),
+        expert_weight=final_weight.detach(),
+    )
+
+
+def _take(data: BatchedData, keep: Tensor) -> BatchedData:
+    """The data sets ``keep`` selects, with padding no longer needed cut off."""
+    weight = data.weight[keep]
+    counted = (weight > 0).any(dim=0).nonzero()
+    length = int(counted.max()) + 1 if counted.numel() else 1
+    return BatchedData(
+        data.gate[keep][:, :length],
+        data.expert[keep][:, :length],
+        data.y[keep][:, :length],
+        weight[:, :length],
+        data.var_floor[keep],
     )
 
 
