@@ -59,86 +59,35 @@ __all__ = [
 ]
 
 
-def _hessian(objective: Callable[[Tensor], Tensor], theta: Tensor) -> tuple:
-    """Gradient (B, P) and Hessian (B, P, P) of a per-row objective (B,)."""
-    with torch.enable_grad():
-        point = theta.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(point).sum(), point, create_graph=True)
-        columns = []
-        for j in range(point.shape[1]):
-            unit = torch.zeros_like(point)
-            unit[:, j] = 1.0
-            (column,) = torch.autograd.grad(
-                grad, point, grad_outputs=unit, retain_graph=True, allow_unused=True
-            )
-            columns.append(torch.zeros_like(point) if column is None else column)
-    return grad.detach(), torch.stack(columns, dim=-1).detach()
-
-
-def _newton_direction(grad: Tensor, information: Tensor) -> Tensor:
-    """``F^+ g`` with ``F``'s eigenvalues replaced by their absolute values.
-
-    For a concave objective (softmax gate, GLM and multinomial experts) this
-    is Newton's step; elsewhere it is still an ascent direction.
-    """
-    sym = 0.5 * (information + information.transpose(-1, -2))
-    values, vectors = torch.linalg.eigh(sym)
-    top = values.abs().amax(dim=-1, keepdim=True)
-    floor = 1e-10 * top + torch.finfo(values.dtype).tiny
-    values = values.abs().clamp(min=floor)
-    coords = (vectors.transpose(-1, -2) @ grad.unsqueeze(-1)).squeeze(-1)
-    return (vectors @ (coords / values).unsqueeze(-1)).squeeze(-1)
-
-
 def _ascend(
-    accept: Callable[[Tensor], Tensor],
+    evaluate: Callable[[Tensor], Tensor],
+    score: Callable[[Tensor], Tensor],
     theta: Tensor,
+    values: Tensor,
     direction: Tensor,
     todo: Tensor,
-    current: Tensor,
     max_halvings: int,
     project: Callable[[Tensor], Tensor],
-) -> Tensor:
-    """Step halving: keep ``theta + t d`` where ``accept`` does not decrease."""
-    new = theta.clone()
+) -> tuple[Tensor, Tensor]:
+    """Step halving: keep ``theta + t d`` where ``score`` does not decrease.
+
+    ``evaluate`` maps parameters to the (B, n, m) array ``score`` reads
+    (``log g``); ``values`` is that array at ``theta``. Returns the new
+    parameters and the array at them, so the caller need not evaluate again.
+    """
+    current = score(values)
     step = torch.ones_like(current)
     for _ in range(max_halvings):
         if not bool(todo.any()):
             break
         candidate = project(theta + step.unsqueeze(-1) * direction)
-        value = accept(candidate)
-        ok = todo & (value >= current)
-        new = torch.where(ok.unsqueeze(-1), candidate, new)
+        candidate_values = evaluate(candidate)
+        ok = todo & (score(candidate_values) >= current)
+        theta = torch.where(ok.unsqueeze(-1), candidate, theta)
+        values = torch.where(ok[:, None, None], candidate_values, values)
         todo = todo & ~ok
         step = torch.where(todo, 0.5 * step, step)
-    return new
-
-
-def _newton_step(
-    direction_objective: Callable[[Tensor], Tensor],
-    accept: Callable[[Tensor], Tensor],
-    theta: Tensor,
-    active: Tensor,
-    n: Tensor,
-    max_halvings: int,
-    project: Callable[[Tensor], Tensor] = lambda t: t,
-    explicit: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
-) -> Tensor:
-    """One damped Newton (Fisher-scoring) step on each active row."""
-    if theta.shape[1] == 0:
-        return theta  # nothing free (a gate over one expert)
-    if explicit is not None:
-        # the numpy gates' Fisher scoring, solved as numpy solves it
-        grad, information = explicit(theta)
-        direction = _solve_spd(information, grad, ridge=1e-9)
-    else:
-        grad, hessian = _hessian(direction_objective, theta)
-        direction = _newton_direction(grad, -hessian)
-    gain = (grad * direction).sum(dim=-1)
-    todo = active & (gain > 1e-14 * n)
-    if not bool(todo.any()):
-        return theta
-    return _ascend(accept, theta, direction, todo, accept(theta), max_halvings, project)
+    return theta, values
 
 
 # -- EM ------------------------------------------------------------------------
@@ -202,11 +151,11 @@ def em(
     n_iter = torch.zeros(batch, dtype=torch.long, device=ll.device)
     rows = torch.arange(batch, device=ll.device)
     for iteration in range(1, max_iter + 1):
-        running = torch.ones_like(rows, dtype=torch.bool)
-        theta_expert = _expert_m_step(model, data, theta_expert, resp, running, n)
+        theta_expert = model.expert.m_step(
+            theta_expert, data.expert, data.y, resp, data.var_floor
+        )
         log_f = model.log_density(theta_expert, data)
-        theta_gate = _gate_m_step(model, data, theta_gate, resp, log_g, log_f, running)
-        log_g = model.log_weights(theta_gate, data)
+        theta_gate, log_g = _gate_m_step(model, data, theta_gate, resp, log_g, log_f)
         resp, ll_new = _e_step(log_g + log_f, data.weight)
         decreased[rows] |= _decreased(ll, ll_new, n)
         done = _converged(ll, ll_new, n, tol)
@@ -264,86 +213,86 @@ def _take(data: BatchedData, keep: Tensor) -> BatchedData:
     )
 
 
-def _expert_m_step(model, data, theta, resp, active, n):
-    expert = model.expert
-    if hasattr(expert, "m_step"):
-        new = expert.m_step(theta, data.expert, data.y, resp, data.var_floor)
-        return torch.where(active.unsqueeze(-1), new, theta)
-
-    def q(t):
-        return q_objective(resp, model.log_density(t, data))
-
-    for _ in range(expert.newton_steps):
-        theta = _newton_step(q, q, theta, active, n, expert.max_halvings)
-    return theta
-
-
-def _gate_m_step(model, data, theta, resp, log_g, log_f, active):
-    gate_step = _shared_gate_step if hasattr(model.gate, "routed") else _gate_step
-    return gate_step(
+def _gate_m_step(model, data, theta, resp, log_g, log_f):
+    """The gate's M-step: new parameters and ``log g`` at them."""
+    if hasattr(model.gate, "routed"):
+        return _shared_gate_step(
+            model.gate,
+            data.gate,
+            data.weight,
+            theta,
+            resp,
+            log_g,
+            log_f,
+            model.project_gate,
+        )
+    return _gate_step(
         model.gate,
         data.gate,
         data.weight,
         theta,
         resp,
+        log_g,
         log_f,
         None,
-        active,
         model.project_gate,
     )
 
 
-def _gate_step(gate, Z, weight, theta, resp, log_f, background, active, project):
-    """Fisher-scoring steps of an affine gate (GEM; ECME for top-K)."""
+def _gate_step(gate, Z, weight, theta, resp, log_g, log_f, background, project):
+    """Fisher-scoring steps of an affine gate (GEM; ECME for top-K).
+
+    The numpy gates' step: the direction solves their Fisher information,
+    and a step is halved until ``sum r log g`` (top-K: the observed
+    log-likelihood with the new experts, ``background`` the shared
+    experts' density) does not decrease.
+    """
+    if theta.shape[1] == 0:
+        return theta, log_g  # nothing free (a gate over one expert)
     n = weight.sum(dim=1)
 
-    def observed(t):
-        joint = gate.log_weights(t, Z) + log_f
-        if background is None:
-            return _e_step(joint, weight)[1]
-        per_sample = torch.logaddexp(torch.logsumexp(joint, dim=-1), background)
-        return (weight * per_sample).sum(dim=1)
+    def total(lg):
+        per_sample = torch.logsumexp(lg + log_f, dim=-1)
+        if background is not None:
+            per_sample = torch.logaddexp(per_sample, background)
+        return per_sample
 
     if gate.ecme:
-        # top-K: the direction from responsibilities at the new experts, the
-        # step judged by the observed log-likelihood (numpy's ECME step)
-        joint = gate.log_weights(theta, Z) + log_f
-        total = torch.logsumexp(joint, dim=-1)
-        if background is not None:
-            total = torch.logaddexp(total, background)
-        resp = torch.exp((joint - total.unsqueeze(-1)).clamp(min=-700.0))
+        # top-K: the direction from responsibilities at the new experts
+        joint = log_g + log_f
+        resp = torch.exp((joint - total(log_g).unsqueeze(-1)).clamp(min=-700.0))
         resp = resp * weight.unsqueeze(-1)
-        accept = observed
+
+        def score(lg):
+            per_sample = torch.where(weight > 0, weight * total(lg), 0.0)
+            return per_sample.sum(dim=1, dtype=torch.float64)
+
     else:
 
-        def accept(t):
-            return q_objective(resp, gate.log_weights(t, Z))
-
-    def direction_objective(t):
-        return q_objective(resp, gate.log_weights(t, Z))
-
-    explicit = None
-    if hasattr(gate, "fisher_weights"):
-
-        def explicit(t):
-            weights = gate.fisher_weights(t, Z, resp, gate.log_weights(t, Z))
-            return fisher_information(Z, *weights, gate.free_rows())
+        def score(lg):
+            return q_objective(resp, lg)
 
     for _ in range(gate.newton_steps):
-        theta = _newton_step(
-            direction_objective,
-            accept,
+        weights = gate.fisher_weights(theta, Z, resp, log_g)
+        grad, information = fisher_information(Z, *weights, gate.free_rows())
+        direction = _solve_spd(information, grad, ridge=1e-9)
+        todo = (grad * direction).sum(dim=-1) > 1e-14 * n
+        if not bool(todo.any()):
+            break
+        theta, log_g = _ascend(
+            lambda t: gate.log_weights(t, Z),
+            score,
             theta,
-            active,
-            n,
+            log_g,
+            direction,
+            todo,
             gate.max_halvings,
             project,
-            explicit,
         )
-    return theta
+    return theta, log_g
 
 
-def _shared_gate_step(gate, Z, weight, theta, resp, log_f, background, active, project):
+def _shared_gate_step(gate, Z, weight, theta, resp, log_g, log_f, project):
     """Shared experts: closed-form weights, then the routed gate's step.
 
     As the numpy gate: ``omega`` and a learned share are exact maximisers of
@@ -351,6 +300,7 @@ def _shared_gate_step(gate, Z, weight, theta, resp, log_f, background, active, p
     top-K, by the observed likelihood with the shared experts as background).
     """
     k, r = gate.k, gate.routed.n_params
+    routed_log_g = log_g[..., k:] - gate.log_shares(theta)[1][:, None, None]
     shared_mass = resp[..., :k].sum(dim=1)
     omega = shared_mass / shared_mass.sum(dim=-1, keepdim=True)
     omega = omega.clamp(min=1e-300)
@@ -362,22 +312,22 @@ def _shared_gate_step(gate, Z, weight, theta, resp, log_f, background, active, p
     share = share.clamp(1e-12, 1 - 1e-12)
     routed_log_f = log_f[..., k:] + torch.log1p(-share)[:, None, None]
     shared_terms = log_f[..., :k] + (share.log()[:, None] + omega.log()).unsqueeze(1)
-    routed = _gate_step(
+    routed, routed_log_g = _gate_step(
         gate.routed,
         Z,
         weight,
         theta[:, :r],
         resp[..., k:],
+        routed_log_g,
         routed_log_f,
         torch.logsumexp(shared_terms, dim=-1),
-        active,
         lambda t: project(torch.cat([t, theta[:, r:]], dim=1))[:, :r],
     )
     parts = [routed, (omega[:, 1:] / omega[:, :1]).log()]
     if gate.gate.learned:
         parts.append((share / (1 - share)).log().unsqueeze(-1))
-    new = torch.cat(parts, dim=1)
-    return torch.where(active.unsqueeze(-1), new, theta)
+    log_g = gate.assemble(routed_log_g, omega.log(), share.log(), torch.log1p(-share))
+    return torch.cat(parts, dim=1), log_g
 
 
 # -- MLE -----------------------------------------------------------------------

@@ -185,16 +185,27 @@ class TorchSharedExpertsGate:
             [torch.zeros_like(theta[:, :1]), theta[:, r : r + self.k - 1]], dim=1
         )
         log_omega = torch.log_softmax(logits, dim=1)
+        return self.assemble(routed, log_omega, *self.log_shares(theta))
+
+    def log_shares(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log lambda, log(1 - lambda))``, each (B,)."""
         if self.gate.learned:
             last = theta[:, -1]
-            log_share = torch.nn.functional.logsigmoid(last)
-            log_rest = torch.nn.functional.logsigmoid(-last)
-        else:
-            log_share = torch.full_like(theta[:, 0], math.log(0.5))
-            log_rest = log_share
+            return (
+                torch.nn.functional.logsigmoid(last),
+                torch.nn.functional.logsigmoid(-last),
+            )
+        half = torch.full_like(theta[:, 0], math.log(0.5))
+        return half, half
+
+    @staticmethod
+    def assemble(
+        routed_log_g: Tensor, log_omega: Tensor, log_share: Tensor, log_rest: Tensor
+    ) -> Tensor:
+        """``log g`` (B, n, m) from the routed gate's and the shared weights."""
         shared = (log_share[:, None] + log_omega).unsqueeze(1)
-        shared = shared.expand(-1, Z.shape[1], -1)
-        return torch.cat([shared, log_rest[:, None, None] + routed], dim=-1)
+        shared = shared.expand(-1, routed_log_g.shape[1], -1)
+        return torch.cat([shared, log_rest[:, None, None] + routed_log_g], dim=-1)
 
 
 class TorchGaussianExpert:
@@ -307,18 +318,20 @@ class TorchGLMExpert:
         """``y eta - b(eta)`` (minus ``log y!`` for Poisson), (B, n, m)."""
         eta = _scores(theta.reshape(-1, self.m, self.p), Phi)
         y = y.unsqueeze(-1)
+        out = y * eta - self._cumulant(eta)
         if self.expert.family == "poisson":
-            return y * eta - eta.exp() - torch.lgamma(y + 1.0)
-        return y * eta - torch.nn.functional.softplus(eta)
+            out = out - torch.lgamma(y + 1.0)
+        return out
 
-    def _objective(self, coef: Tensor, Phi: Tensor, y: Tensor, resp: Tensor):
-        """Each expert's ``sum_t r_ti [y eta - b(eta)]``, (B, m)."""
-        eta = _scores(coef, Phi)
+    def _cumulant(self, eta: Tensor) -> Tensor:
+        """``b(eta)``: ``exp(eta)`` (Poisson) or ``log(1 + exp(eta))``."""
         if self.expert.family == "poisson":
-            cumulant = eta.exp()
-        else:
-            cumulant = torch.nn.functional.softplus(eta)
-        totals = (resp * (y.unsqueeze(-1) * eta - cumulant)).sum(dim=1)
+            return eta.exp()
+        return torch.nn.functional.softplus(eta)
+
+    def _objective(self, eta: Tensor, y: Tensor, resp: Tensor) -> Tensor:
+        """Each expert's ``sum_t r_ti [y eta - b(eta)]``, (B, m)."""
+        totals = (resp * (y.unsqueeze(-1) * eta - self._cumulant(eta))).sum(dim=1)
         return torch.where(torch.isfinite(totals), totals, -math.inf)
 
     def m_step(
@@ -338,10 +351,11 @@ class TorchGLMExpert:
             hessian = torch.einsum("bnm,bnp,bnq->bmpq", resp * variance, Phi, Phi)
             direction = _solve_spd(hessian, grad, ridge=1e-9)
             coef = _halve_per_expert(
-                lambda c: self._objective(c, Phi, y, resp),
+                lambda c: self._objective(_scores(c, Phi), y, resp),
                 coef,
                 direction,
                 self.max_halvings,
+                self._objective(eta, y, resp),
             )
         return coef.reshape(theta.shape)
 
@@ -363,10 +377,17 @@ class TorchMultinomialExpert:
         self, theta: Tensor, Phi: Tensor, y: Tensor, var_floor: Tensor
     ) -> Tensor:
         """``log p_i(y_t | x_t)`` of shape (B, n, m)."""
+        return self._pick(self._log_probs(theta, Phi), y)
+
+    def _log_probs(self, theta: Tensor, Phi: Tensor) -> Tensor:
+        """``log p_i(c | x_t)`` of shape (B, n, m, K)."""
         coef = theta.reshape(-1, self.m * (self.k - 1), self.p)
         scores = _scores(coef, Phi).reshape(*Phi.shape[:2], self.m, self.k - 1)
         scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], dim=-1)
-        log_probs = torch.log_softmax(scores, dim=-1)
+        return torch.log_softmax(scores, dim=-1)
+
+    def _pick(self, log_probs: Tensor, y: Tensor) -> Tensor:
+        """Each expert's log probability of the observed class, (B, n, m)."""
         codes = y.long().clamp(0, self.k - 1)[..., None, None].expand(-1, -1, self.m, 1)
         return log_probs.gather(-1, codes).squeeze(-1)
 
@@ -381,15 +402,16 @@ class TorchMultinomialExpert:
         one_hot = torch.nn.functional.one_hot(codes, k).to(Phi.dtype)
         flat_phi = Phi.unsqueeze(1).expand(batch, m, n, p).reshape(batch * m, n, p)
 
+        def objective_at(log_probs):
+            return (resp * self._pick(log_probs, y)).sum(dim=1)
+
         def objective(c):
-            log_p = self.log_density(c.reshape(batch, -1), Phi, y, var_floor)
-            return (resp * log_p).sum(dim=1)
+            return objective_at(self._log_probs(c.reshape(batch, -1), Phi))
 
         for _ in range(self.newton_steps):
-            scores = _scores(coef.reshape(batch, m * (k - 1), p), Phi)
-            scores = scores.reshape(batch, n, m, k - 1)
-            scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], dim=-1)
-            probs = torch.softmax(scores, dim=-1).transpose(1, 2)  # (B, m, n, K)
+            log_probs = self._log_probs(coef.reshape(batch, -1), Phi)
+            current = objective_at(log_probs)
+            probs = log_probs.exp().transpose(1, 2)  # (B, m, n, K)
             weight = resp.transpose(1, 2).unsqueeze(-1)  # (B, m, n, 1)
             score_grad = weight * (one_hot.unsqueeze(1) - probs)
             grad, information = fisher_information(
@@ -405,19 +427,21 @@ class TorchMultinomialExpert:
             direction = torch.where(
                 (gain > 0)[..., None, None], direction, torch.zeros_like(direction)
             )
-            coef = _halve_per_expert(objective, coef, direction, self.max_halvings)
+            coef = _halve_per_expert(
+                objective, coef, direction, self.max_halvings, current
+            )
         return coef.reshape(theta.shape)
 
 
 def _halve_per_expert(
-    objective, coef: Tensor, direction: Tensor, max_halvings: int
+    objective, coef: Tensor, direction: Tensor, max_halvings: int, current: Tensor
 ) -> Tensor:
     """Per-expert step halving: keep ``coef + t d`` where ``objective`` (B, m) holds.
 
     Each expert of each data set keeps the first of ``1, 1/2, 1/4, ...``
-    whose objective is not below the current one, or its old value.
+    whose objective is not below ``current`` (its value at ``coef``), or
+    its old value.
     """
-    current = objective(coef)
     lead = direction.dim() - 2
     step = torch.ones_like(current)
     accepted = torch.zeros_like(current, dtype=torch.bool)
