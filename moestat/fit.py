@@ -44,6 +44,10 @@ __all__ = [
     "initial_params",
     "log_likelihood_and_gradient",
     "fit_restarts",
+    "restart_starts",
+    "best_restart",
+    "polish_fit",
+    "keep_polished",
 ]
 
 
@@ -480,6 +484,9 @@ ENGINES = {"em": em, "mle": mle}
 INIT_METHODS = ("auto", "kmeans", "random")
 # L-BFGS-B iterations of the polish: enough to finish a slow EM tail.
 POLISH_MAX_ITER = 200
+# polish_fit's own defaults (the cap above applies within fit_restarts)
+POLISH_TOL = 1e-12
+POLISH_ITER = 500
 
 
 def screened_start(
@@ -575,8 +582,60 @@ def fit_restarts(
     all_results : list of FitResult
         One per restart, in order.
     """
-    engine = ENGINES[solver]
-    results = []
+    starts = restart_starts(
+        model,
+        design,
+        X,
+        y,
+        n_experts=n_experts,
+        init=init,
+        n_init=n_init,
+        rng=rng,
+        var_floor=var_floor,
+        n_candidates=n_candidates,
+        screen_iter=screen_iter,
+    )
+    options = {"tol": tol, "max_iter": max_iter, "var_floor": var_floor}
+    if batch_engine is None:
+        engine = ENGINES[solver]
+        results = [
+            engine(model.with_params(start), design, y, **options) for start in starts
+        ]
+    else:
+        results = batch_engine(model, design, y, starts, solver=solver, **options)
+    best = best_restart(results)
+    if polish:
+        best = polish_fit(
+            best,
+            design,
+            y,
+            max_iter=min(max_iter, POLISH_MAX_ITER),
+            var_floor=var_floor,
+            batch_engine=batch_engine,
+        )
+    return best, results
+
+
+def restart_starts(
+    model: MixtureOfExperts,
+    design: Design,
+    X: NDArray[np.float64],
+    y: NDArray[np.float64],
+    *,
+    n_experts: int,
+    init: Any = "auto",
+    n_init: int = 1,
+    rng: np.random.Generator,
+    var_floor: float = 0.0,
+    n_candidates: int = 5,
+    screen_iter: int = 10,
+) -> list[MoEParams]:
+    """The starting parameters of the ``n_init`` restarts of :func:`fit_restarts`.
+
+    Drawn in order from ``rng``; arguments as for :func:`fit_restarts`.
+    Engines that fit all restarts together (the torch backend, the batched
+    sweeps) start from exactly these.
+    """
     starts = []
     for restart in range(n_init):
         method = init if isinstance(init, str) else "auto"
@@ -599,46 +658,25 @@ def fit_restarts(
                 n_candidates,
                 screen_iter,
             )
-        if batch_engine is not None:
-            starts.append(start)
-            continue
-        result = engine(
-            model.with_params(start),
-            design,
-            y,
-            tol=tol,
-            max_iter=max_iter,
-            var_floor=var_floor,
-        )
-        results.append(result)
-    if batch_engine is not None:
-        results = batch_engine(
-            model,
-            design,
-            y,
-            starts,
-            solver=solver,
-            tol=tol,
-            max_iter=max_iter,
-            var_floor=var_floor,
-        )
+        starts.append(start)
+    return starts
+
+
+def best_restart(results: list[FitResult]) -> FitResult:
+    """The restart with the largest finite log-likelihood.
+
+    Raises
+    ------
+    FloatingPointError
+        When every restart ended with a non-finite log-likelihood.
+    """
     finite = [r for r in results if np.isfinite(r.log_likelihood)]
     if not finite:
         raise FloatingPointError(
             "Every restart ended with a non-finite log-likelihood; check the "
             "scale of X and y or raise reg_var."
         )
-    best = max(finite, key=lambda r: r.log_likelihood)
-    if polish:
-        best = polish_fit(
-            best,
-            design,
-            y,
-            max_iter=min(max_iter, POLISH_MAX_ITER),
-            var_floor=var_floor,
-            batch_engine=batch_engine,
-        )
-    return best, results
+    return max(finite, key=lambda r: r.log_likelihood)
 
 
 def polish_fit(
@@ -646,8 +684,8 @@ def polish_fit(
     design: Design,
     y: NDArray[np.float64],
     *,
-    tol: float = 1e-12,
-    max_iter: int = 500,
+    tol: float = POLISH_TOL,
+    max_iter: int = POLISH_ITER,
     var_floor: float = 0.0,
     batch_engine: Any = None,
 ) -> FitResult:
@@ -677,6 +715,15 @@ def polish_fit(
             max_iter=max_iter,
             var_floor=var_floor,
         )
+    return keep_polished(result, polished)
+
+
+def keep_polished(result: FitResult, polished: FitResult) -> FitResult:
+    """The polished fit joined to the first engine's, unless it is worse.
+
+    The rule of :func:`polish_fit`, for engines that run the polish
+    themselves (the batched sweeps).
+    """
     if polished.log_likelihood < result.log_likelihood:
         return result
     return FitResult(

@@ -17,9 +17,11 @@ from moestat.fit import (
     em,
     fit_restarts,
     initial_params,
+    keep_polished,
     log_likelihood_and_gradient,
     mle,
     pack,
+    restart_starts,
     unpack,
 )
 from tests.helpers import (
@@ -204,6 +206,35 @@ def test_best_restart_is_the_best_of_all_restarts(rng):
     )
     assert best.log_likelihood == max(r.log_likelihood for r in results)
     assert len(results) == 6
+
+
+def test_restarts_run_from_the_starts_restart_starts_draws(seed):
+    rng = np.random.default_rng(seed)
+    X, y = simulate(two_expert_truth(), 500, 1, rng)
+    spec = two_expert_truth().with_params(None)
+    design = spec.design(X)
+    kwargs = dict(n_experts=2, n_init=3, init="auto")
+    starts = restart_starts(
+        spec, design, X, y, rng=np.random.default_rng(seed + 1), **kwargs
+    )
+    _, results = fit_restarts(
+        spec, design, X, y, rng=np.random.default_rng(seed + 1), **kwargs
+    )
+    for start, result in zip(starts, results, strict=True):
+        alone = em(spec.with_params(start), design, y)
+        assert alone.log_likelihood == result.log_likelihood
+
+
+def test_a_polish_that_lowers_the_likelihood_is_not_kept(rng):
+    X, y = simulate(two_expert_truth(), 500, 1, rng)
+    model = two_expert_truth()
+    design = model.design(X)
+    good = em(model, design, y, max_iter=50)
+    worse = em(model, design, y, max_iter=1)
+    assert keep_polished(good, worse) is good
+    joined = keep_polished(worse, good)
+    assert joined.log_likelihood == good.log_likelihood
+    assert joined.n_iter == worse.n_iter + good.n_iter
 
 
 def test_a_fit_with_the_same_seed_is_repeatable(rng):

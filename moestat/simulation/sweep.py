@@ -38,14 +38,19 @@ from tqdm.auto import tqdm
 
 from moestat._validation import as_generator
 from moestat.fit import (
+    POLISH_ITER,
     POLISH_MAX_ITER,
+    POLISH_TOL,
     FitResult,
+    best_restart,
     em,
     fit_restarts,
     initial_params,
+    keep_polished,
     mle,
     pack,
     polish_fit,
+    restart_starts,
     unpack,
 )
 from moestat.losses import (
@@ -548,42 +553,6 @@ def run_cell(
 
 
 # -- the torch engine: many cells of one fit in one batch ------------------------
-class _Deferred(Exception):
-    """An engine call stopped before it ran, so that it can join a batch."""
-
-    def __init__(self, starts: Sequence[MoEParams], options: dict[str, Any]) -> None:
-        super().__init__("engine call deferred to a batch")
-        self.starts = list(starts)
-        self.options = options
-
-
-def _defer(model, design, y, starts, **options):
-    raise _Deferred(starts, options)
-
-
-def _deferred_call(function: Any, *args: Any, **kwargs: Any) -> _Deferred:
-    """The engine call ``function`` makes (its starts and options), not run.
-
-    ``function`` is :func:`fit_restarts` or :func:`polish_fit`: everything
-    it does before its ``batch_engine`` call (drawing the starts) is done
-    exactly as the numpy engine does it.
-    """
-    try:
-        function(*args, batch_engine=_defer, **kwargs)
-    except _Deferred as call:
-        return call
-    raise RuntimeError(f"{function.__name__} did not call its batch engine.")
-
-
-def _replay(result: FitResult) -> Any:
-    """A batch engine that returns a fit already computed in a batch."""
-
-    def engine(*args: Any, **kwargs: Any) -> list[FitResult]:
-        return [result]
-
-    return engine
-
-
 @dataclass
 class _Prepared:
     """A cell's sample, design and starts, ready to join a batch."""
@@ -647,17 +616,20 @@ def _prepare_cell(
                     )
                 ]
             else:
-                call = _deferred_call(
-                    fit_restarts,
+                restart = _restart_options(scenario, spec, var_floor)
+                starts = restart_starts(
                     model,
                     design,
                     X,
                     y,
+                    n_experts=restart["n_experts"],
+                    init=restart["init"],
+                    n_init=restart["n_init"],
                     rng=fit_rng,
-                    **_restart_options(scenario, spec, var_floor),
+                    var_floor=var_floor,
                 )
-                starts, restarts = call.starts, True
-                options = {k: call.options[k] for k in ("solver", "tol", "max_iter")}
+                restarts = True
+                options = {k: restart[k] for k in ("solver", "tol", "max_iter")}
         seconds = time.perf_counter() - start
     ll_true = np.nan if population else float(scenario.truth.log_pdf(X, y).sum())
     return _Prepared(
@@ -715,17 +687,6 @@ def _fit_starts(
     return grouped
 
 
-def _best_restart(results: Sequence[FitResult]) -> FitResult:
-    """The restart with the largest finite log-likelihood (as fit_restarts)."""
-    finite = [r for r in results if np.isfinite(r.log_likelihood)]
-    if not finite:
-        raise FloatingPointError(
-            "Every restart ended with a non-finite log-likelihood; check the "
-            "scale of X and y or raise reg_var."
-        )
-    return max(finite, key=lambda r: r.log_likelihood)
-
-
 def _fit_prepared(
     scenario: Scenario,
     spec: FitSpec,
@@ -751,7 +712,7 @@ def _fit_prepared(
             weighted=population,
         )
         results = [
-            _best_restart(fits) if cell.restarts else fits[0]
+            best_restart(fits) if cell.restarts else fits[0]
             for cell, fits in zip(prepared, grouped, strict=True)
         ]
         if spec.polish and not population:
@@ -769,30 +730,24 @@ def _polish_batch(
     dtype: Any,
 ) -> list[FitResult]:
     """:func:`polish_fit` of every cell, its L-BFGS runs in one batch."""
-
-    def options(cell: _Prepared) -> dict[str, Any]:
-        # fit_restarts caps the polish of a restarted fit (moestat.fit)
-        capped = {"max_iter": min(scenario.max_iter, POLISH_MAX_ITER)}
-        return {"var_floor": cell.var_floor, **(capped if cell.restarts else {})}
-
-    calls = [
-        _deferred_call(polish_fit, result, cell.design, cell.y, **options(cell))
-        for cell, result in zip(prepared, results, strict=True)
-    ]
+    # fit_restarts caps the polish of a restarted fit (moestat.fit)
+    capped = min(scenario.max_iter, POLISH_MAX_ITER)
     polished = _fit_starts(
         spec.model,
         prepared,
-        [call.starts for call in calls],
-        calls[0].options,
+        [[result.model.params] for result in results],
+        {
+            "solver": "mle",
+            "tol": POLISH_TOL,
+            "max_iter": capped if prepared[0].restarts else POLISH_ITER,
+        },
         device,
         dtype,
         weighted=False,
     )
     return [
-        polish_fit(
-            result, cell.design, cell.y, batch_engine=_replay(fits[0]), **options(cell)
-        )
-        for cell, result, fits in zip(prepared, results, polished, strict=True)
+        keep_polished(result, fits[0])
+        for result, fits in zip(results, polished, strict=True)
     ]
 
 
