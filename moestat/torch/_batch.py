@@ -144,17 +144,8 @@ class BatchedModel:
         return _e_step(joint, data.weight)[1]
 
     def project_gate(self, theta: Tensor) -> Tensor:
-        """Clip the gate's bounded coefficients into their box."""
-        bound = self.gate.bound
-        if bound is None:
-            return theta
-        clipped = theta.clamp(-bound, bound)
-        mask = getattr(self.gate, "bounds_mask", None)
-        if mask is None:
-            return clipped
-        out = theta.clone()
-        out[:, mask()] = clipped[:, mask()]
-        return out
+        """The gate parameters moved into the gate's parameter space."""
+        return self.gate.project(theta)
 
 
 @dataclass(frozen=True)

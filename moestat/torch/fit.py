@@ -8,14 +8,13 @@ changing while the others go on, and keeps its own iteration count and
 convergence flag. Data sets of different sizes are padded with rows of
 weight zero.
 
-EM: the E-step is a log-sum-exp over ``log g + log f``; Gaussian experts
-take their closed-form weighted least squares; the gate, and experts without
-a closed form, take Newton steps on ``Q = sum r log(.)`` with step halving,
-accepted only if ``Q`` does not decrease (generalised EM; for a top-K gate
-the observed log-likelihood decides, an ECME step as in numpy). Newton
-directions use the closed-form Fisher information of the softmax gate and
-autograd Hessians (made positive definite by taking absolute eigenvalues)
-elsewhere.
+EM: the E-step is a log-sum-exp over ``log g + log f``; then the pieces'
+own M-steps (:mod:`moestat.torch.pieces`), the numpy pieces' steps in
+torch: closed-form weighted least squares for Gaussian experts, damped
+IRLS or Fisher steps per expert for GLM and multinomial experts, and one
+Fisher-scoring gate step halved until ``Q = sum r log g`` does not decrease
+(generalised EM; for a top-K gate the observed log-likelihood decides, an
+ECME step as in numpy). Data sets that have converged leave the batch.
 
 MLE: L-BFGS with per-data-set curvature pairs and Armijo backtracking, on
 the mean negative log-likelihood in the numpy engine's scaled packed
@@ -45,7 +44,6 @@ from moestat.torch._batch import (
 )
 from moestat.torch._device import resolve_device
 from moestat.torch.fused import em_softmax_gaussian
-from moestat.torch.pieces import _solve_spd, fisher_information, q_objective
 
 __all__ = [
     "BatchedData",
@@ -57,37 +55,6 @@ __all__ = [
     "fit_batched",
     "batch_engine",
 ]
-
-
-def _ascend(
-    evaluate: Callable[[Tensor], Tensor],
-    score: Callable[[Tensor], Tensor],
-    theta: Tensor,
-    values: Tensor,
-    direction: Tensor,
-    todo: Tensor,
-    max_halvings: int,
-    project: Callable[[Tensor], Tensor],
-) -> tuple[Tensor, Tensor]:
-    """Step halving: keep ``theta + t d`` where ``score`` does not decrease.
-
-    ``evaluate`` maps parameters to the (B, n, m) array ``score`` reads
-    (``log g``); ``values`` is that array at ``theta``. Returns the new
-    parameters and the array at them, so the caller need not evaluate again.
-    """
-    current = score(values)
-    step = torch.ones_like(current)
-    for _ in range(max_halvings):
-        if not bool(todo.any()):
-            break
-        candidate = project(theta + step.unsqueeze(-1) * direction)
-        candidate_values = evaluate(candidate)
-        ok = todo & (score(candidate_values) >= current)
-        theta = torch.where(ok.unsqueeze(-1), candidate, theta)
-        values = torch.where(ok[:, None, None], candidate_values, values)
-        todo = todo & ~ok
-        step = torch.where(todo, 0.5 * step, step)
-    return theta, values
 
 
 # -- EM ------------------------------------------------------------------------
@@ -155,7 +122,9 @@ def em(
             theta_expert, data.expert, data.y, resp, data.var_floor
         )
         log_f = model.log_density(theta_expert, data)
-        theta_gate, log_g = _gate_m_step(model, data, theta_gate, resp, log_g, log_f)
+        theta_gate, log_g = model.gate.m_step(
+            theta_gate, data.gate, data.weight, resp, log_g, log_f
+        )
         resp, ll_new = _e_step(log_g + log_f, data.weight)
         decreased[rows] |= _decreased(ll, ll_new, n)
         done = _converged(ll, ll_new, n, tol)
@@ -211,123 +180,6 @@ def _take(data: BatchedData, keep: Tensor) -> BatchedData:
         weight[:, :length],
         data.var_floor[keep],
     )
-
-
-def _gate_m_step(model, data, theta, resp, log_g, log_f):
-    """The gate's M-step: new parameters and ``log g`` at them."""
-    if hasattr(model.gate, "routed"):
-        return _shared_gate_step(
-            model.gate,
-            data.gate,
-            data.weight,
-            theta,
-            resp,
-            log_g,
-            log_f,
-            model.project_gate,
-        )
-    return _gate_step(
-        model.gate,
-        data.gate,
-        data.weight,
-        theta,
-        resp,
-        log_g,
-        log_f,
-        None,
-        model.project_gate,
-    )
-
-
-def _gate_step(gate, Z, weight, theta, resp, log_g, log_f, background, project):
-    """Fisher-scoring steps of an affine gate (GEM; ECME for top-K).
-
-    The numpy gates' step: the direction solves their Fisher information,
-    and a step is halved until ``sum r log g`` (top-K: the observed
-    log-likelihood with the new experts, ``background`` the shared
-    experts' density) does not decrease.
-    """
-    if theta.shape[1] == 0:
-        return theta, log_g  # nothing free (a gate over one expert)
-    n = weight.sum(dim=1)
-
-    def total(lg):
-        per_sample = torch.logsumexp(lg + log_f, dim=-1)
-        if background is not None:
-            per_sample = torch.logaddexp(per_sample, background)
-        return per_sample
-
-    if gate.ecme:
-        # top-K: the direction from responsibilities at the new experts
-        joint = log_g + log_f
-        resp = torch.exp((joint - total(log_g).unsqueeze(-1)).clamp(min=-700.0))
-        resp = resp * weight.unsqueeze(-1)
-
-        def score(lg):
-            per_sample = torch.where(weight > 0, weight * total(lg), 0.0)
-            return per_sample.sum(dim=1, dtype=torch.float64)
-
-    else:
-
-        def score(lg):
-            return q_objective(resp, lg)
-
-    for _ in range(gate.newton_steps):
-        weights = gate.fisher_weights(theta, Z, resp, log_g)
-        grad, information = fisher_information(Z, *weights, gate.free_rows())
-        direction = _solve_spd(information, grad, ridge=1e-9)
-        todo = (grad * direction).sum(dim=-1) > 1e-14 * n
-        if not bool(todo.any()):
-            break
-        theta, log_g = _ascend(
-            lambda t: gate.log_weights(t, Z),
-            score,
-            theta,
-            log_g,
-            direction,
-            todo,
-            gate.max_halvings,
-            project,
-        )
-    return theta, log_g
-
-
-def _shared_gate_step(gate, Z, weight, theta, resp, log_g, log_f, project):
-    """Shared experts: closed-form weights, then the routed gate's step.
-
-    As the numpy gate: ``omega`` and a learned share are exact maximisers of
-    ``Q``; the routed gate steps on the routed responsibilities (judged, for
-    top-K, by the observed likelihood with the shared experts as background).
-    """
-    k, r = gate.k, gate.routed.n_params
-    routed_log_g = log_g[..., k:] - gate.log_shares(theta)[1][:, None, None]
-    shared_mass = resp[..., :k].sum(dim=1)
-    omega = shared_mass / shared_mass.sum(dim=-1, keepdim=True)
-    omega = omega.clamp(min=1e-300)
-    omega = omega / omega.sum(dim=-1, keepdim=True)
-    if gate.gate.learned:
-        share = shared_mass.sum(dim=-1) / weight.sum(dim=1)
-    else:
-        share = torch.full_like(shared_mass[:, 0], 0.5)
-    share = share.clamp(1e-12, 1 - 1e-12)
-    routed_log_f = log_f[..., k:] + torch.log1p(-share)[:, None, None]
-    shared_terms = log_f[..., :k] + (share.log()[:, None] + omega.log()).unsqueeze(1)
-    routed, routed_log_g = _gate_step(
-        gate.routed,
-        Z,
-        weight,
-        theta[:, :r],
-        resp[..., k:],
-        routed_log_g,
-        routed_log_f,
-        torch.logsumexp(shared_terms, dim=-1),
-        lambda t: project(torch.cat([t, theta[:, r:]], dim=1))[:, :r],
-    )
-    parts = [routed, (omega[:, 1:] / omega[:, :1]).log()]
-    if gate.gate.learned:
-        parts.append((share / (1 - share)).log().unsqueeze(-1))
-    log_g = gate.assemble(routed_log_g, omega.log(), share.log(), torch.log1p(-share))
-    return torch.cat(parts, dim=1), log_g
 
 
 # -- MLE -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ parameters (B, P), designs (B, n, p), responses (B, n), log densities
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,16 +47,119 @@ def q_objective(resp: Tensor, log_values: Tensor) -> Tensor:
     return terms.sum(dim=(1, 2))
 
 
-class TorchSoftmaxGate:
+def _ascend(
+    evaluate: Callable[[Tensor], Tensor],
+    score: Callable[[Tensor], Tensor],
+    theta: Tensor,
+    values: Tensor,
+    direction: Tensor,
+    todo: Tensor,
+    max_halvings: int,
+    project: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Step halving: keep ``theta + t d`` where ``score`` does not decrease.
+
+    ``evaluate`` maps parameters to the (B, n, m) array ``score`` reads
+    (``log g``); ``values`` is that array at ``theta``. Returns the new
+    parameters and the array at them, so the caller need not evaluate again.
+    """
+    current = score(values)
+    step = torch.ones_like(current)
+    for _ in range(max_halvings):
+        if not bool(todo.any()):
+            break
+        candidate = project(theta + step.unsqueeze(-1) * direction)
+        candidate_values = evaluate(candidate)
+        ok = todo & (score(candidate_values) >= current)
+        theta = torch.where(ok.unsqueeze(-1), candidate, theta)
+        values = torch.where(ok[:, None, None], candidate_values, values)
+        todo = todo & ~ok
+        step = torch.where(todo, 0.5 * step, step)
+    return theta, values
+
+
+class _AffineGateStep:
+    """The M-step of the affine torch gates (softmax and normalized sigmoid).
+
+    Subclasses give ``fisher_weights``, ``free_rows``, ``log_weights``,
+    ``project``, ``ecme``, ``newton_steps`` and ``max_halvings``.
+    """
+
+    def m_step(
+        self,
+        theta: Tensor,
+        Z: Tensor,
+        weight: Tensor,
+        resp: Tensor,
+        log_g: Tensor,
+        log_f: Tensor,
+        background: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Fisher-scoring steps (GEM; ECME for top-K): parameters and ``log g``.
+
+        The numpy gates' step: the direction solves their Fisher
+        information, and a step is halved until ``sum r log g`` (top-K: the
+        observed log-likelihood with the new experts, ``background`` the
+        density of shared experts outside this gate) does not decrease.
+        """
+        if theta.shape[1] == 0:
+            return theta, log_g  # nothing free (a gate over one expert)
+        n = weight.sum(dim=1)
+
+        def total(lg):
+            per_sample = torch.logsumexp(lg + log_f, dim=-1)
+            if background is not None:
+                per_sample = torch.logaddexp(per_sample, background)
+            return per_sample
+
+        if self.ecme:
+            # top-K: the direction from responsibilities at the new experts
+            joint = log_g + log_f
+            resp = torch.exp((joint - total(log_g).unsqueeze(-1)).clamp(min=-700.0))
+            resp = resp * weight.unsqueeze(-1)
+
+            def score(lg):
+                per_sample = torch.where(weight > 0, weight * total(lg), 0.0)
+                return per_sample.sum(dim=1, dtype=torch.float64)
+
+        else:
+
+            def score(lg):
+                return q_objective(resp, lg)
+
+        for _ in range(self.newton_steps):
+            weights = self.fisher_weights(theta, Z, resp, log_g)
+            grad, information = fisher_information(Z, *weights, self.free_rows())
+            direction = _solve_spd(information, grad, ridge=1e-9)
+            todo = (grad * direction).sum(dim=-1) > 1e-14 * n
+            if not bool(todo.any()):
+                break
+            theta, log_g = _ascend(
+                lambda t: self.log_weights(t, Z),
+                score,
+                theta,
+                log_g,
+                direction,
+                todo,
+                self.max_halvings,
+                self.project,
+            )
+        return theta, log_g
+
+
+class TorchSoftmaxGate(_AffineGateStep):
     """Softmax gate (plain or modified: the design carries the transform)."""
 
     def __init__(self, gate: SoftmaxGate, n_experts: int, n_design: int) -> None:
         self.gate, self.m, self.p = gate, n_experts, n_design
         self.n_params = (n_experts - 1) * n_design
-        self.bound = None
         self.max_halvings = gate.max_halvings
         self.newton_steps = gate.newton_steps
         self.ecme = False
+
+    def project(self, theta: Tensor) -> Tensor:
+        """Parameters inside the parameter space (unbounded: unchanged)."""
+        return theta
 
     def coef(self, theta: Tensor) -> Tensor:
         """Full (B, m, p) coefficients, the reference row zero."""
@@ -84,7 +188,7 @@ class TorchSoftmaxGate:
         return slice(1, self.m)
 
 
-class TorchNormalizedSigmoidGate:
+class TorchNormalizedSigmoidGate(_AffineGateStep):
     """Normalized sigmoid gate, dense or top-K, inside a box ``|beta| <= bound``."""
 
     def __init__(
@@ -99,6 +203,12 @@ class TorchNormalizedSigmoidGate:
             gate.max_halvings if self.top_k is None else min(gate.max_halvings, 2)
         )
         self.newton_steps = gate.newton_steps
+
+    def project(self, theta: Tensor) -> Tensor:
+        """Clip the coefficients into the box ``[-bound, bound]`` (if any)."""
+        if self.bound is None:
+            return theta
+        return theta.clamp(-self.bound, self.bound)
 
     def coef(self, theta: Tensor) -> Tensor:
         """Coefficients (B, m, p)."""
@@ -168,14 +278,14 @@ class TorchSharedExpertsGate:
         self.k = gate.n_shared
         self.routed = torch_gate(gate.routed, n_experts - self.k, n_design)
         self.n_params = self.routed.n_params + self.k - 1 + int(gate.learned)
-        self.bound = self.routed.bound
         self.ecme = self.routed.ecme
         self.max_halvings = self.routed.max_halvings
         self.newton_steps = self.routed.newton_steps
 
-    def bounds_mask(self) -> slice:
-        """Packed entries the routed gate's box applies to."""
-        return slice(0, self.routed.n_params)
+    def project(self, theta: Tensor) -> Tensor:
+        """The routed gate's box on its entries; the shared weights are free."""
+        r = self.routed.n_params
+        return torch.cat([self.routed.project(theta[:, :r]), theta[:, r:]], dim=1)
 
     def log_weights(self, theta: Tensor, Z: Tensor) -> Tensor:
         """``log(lambda omega_i)`` for shared, ``log((1 - lambda) g_j)`` routed."""
@@ -186,6 +296,53 @@ class TorchSharedExpertsGate:
         )
         log_omega = torch.log_softmax(logits, dim=1)
         return self.assemble(routed, log_omega, *self.log_shares(theta))
+
+    def m_step(
+        self,
+        theta: Tensor,
+        Z: Tensor,
+        weight: Tensor,
+        resp: Tensor,
+        log_g: Tensor,
+        log_f: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Closed-form shared weights, then the routed gate's step.
+
+        As the numpy gate: ``omega`` and a learned share are exact maximisers
+        of ``Q``; the routed gate steps on the routed responsibilities
+        (judged, for top-K, by the observed likelihood with the shared
+        experts as background).
+        """
+        k, r = self.k, self.routed.n_params
+        routed_log_g = log_g[..., k:] - self.log_shares(theta)[1][:, None, None]
+        shared_mass = resp[..., :k].sum(dim=1)
+        omega = shared_mass / shared_mass.sum(dim=-1, keepdim=True)
+        omega = omega.clamp(min=1e-300)
+        omega = omega / omega.sum(dim=-1, keepdim=True)
+        if self.gate.learned:
+            share = shared_mass.sum(dim=-1) / weight.sum(dim=1)
+        else:
+            share = torch.full_like(shared_mass[:, 0], 0.5)
+        share = share.clamp(1e-12, 1 - 1e-12)
+        log_rest = torch.log1p(-share)
+        routed_log_f = log_f[..., k:] + log_rest[:, None, None]
+        shared_terms = log_f[..., :k] + (share.log()[:, None] + omega.log()).unsqueeze(
+            1
+        )
+        routed, routed_log_g = self.routed.m_step(
+            theta[:, :r],
+            Z,
+            weight,
+            resp[..., k:],
+            routed_log_g,
+            routed_log_f,
+            torch.logsumexp(shared_terms, dim=-1),
+        )
+        parts = [routed, (omega[:, 1:] / omega[:, :1]).log()]
+        if self.gate.learned:
+            parts.append((share / (1 - share)).log().unsqueeze(-1))
+        log_g = self.assemble(routed_log_g, omega.log(), share.log(), log_rest)
+        return torch.cat(parts, dim=1), log_g
 
     def log_shares(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``(log lambda, log(1 - lambda))``, each (B,)."""
@@ -217,7 +374,6 @@ class TorchGaussianExpert:
             0 if expert.known_variance else (1 if expert.shared_variance else n_experts)
         )
         self.n_params = n_experts * n_design + self.n_var
-        self.bound = None
         self.max_halvings = 12
 
     def unpack(self, theta: Tensor, var_floor: Tensor) -> tuple[Tensor, Tensor]:
@@ -308,7 +464,6 @@ class TorchGLMExpert:
     def __init__(self, expert: GLMExpert, n_experts: int, n_design: int) -> None:
         self.expert, self.m, self.p = expert, n_experts, n_design
         self.n_params = n_experts * n_design
-        self.bound = None
         self.max_halvings = expert.max_halvings
         self.newton_steps = expert.newton_steps
 
@@ -369,7 +524,6 @@ class TorchMultinomialExpert:
         self.expert, self.m, self.p = expert, n_experts, n_design
         self.k = expert.n_classes
         self.n_params = n_experts * (self.k - 1) * n_design
-        self.bound = None
         self.max_halvings = expert.max_halvings
         self.newton_steps = expert.newton_steps
 
