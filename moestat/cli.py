@@ -33,10 +33,12 @@ import pandas as pd
 
 __all__ = ["main", "build_parser", "DEFAULT_STUDY"]
 
-# The default study: the softmax-gated Gaussian MoE of Nguyen, Nguyen & Ho
-# (NeurIPS 2023), fitted with the true number of experts and with one more.
-# The density converges at the parametric rate either way (KL slope -1);
-# the parameters of the over-specified cell do not (slopes -1/8 and -1/4).
+#: Sweeps of ``moestat demo``: ``(scenario id, fit labels)`` pairs.
+#:
+#: The softmax-gated Gaussian MoE of Nguyen, Nguyen & Ho (NeurIPS 2023),
+#: fitted with the true number of experts and with one more. The density
+#: converges at the parametric rate either way (KL slope -1); the
+#: parameters of the over-specified cell do not (slopes -1/8 and -1/4).
 DEFAULT_STUDY = (
     ("SG-E", ("m=2",)),
     ("SG-O", ("m=3",)),
@@ -63,7 +65,14 @@ def _str_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``moestat`` command."""
+    """The argument parser of the ``moestat`` command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        One subcommand per command of this module; the parsed namespace's
+        ``run`` attribute is the function that executes it.
+    """
     parser = argparse.ArgumentParser(
         prog="moestat",
         description="Mixture-of-experts estimation and convergence-rate studies.",
@@ -362,7 +371,21 @@ def _over_cell(results: pd.DataFrame) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``moestat`` command line with ``argv`` (default ``sys.argv``)."""
+    """Run the ``moestat`` command line with ``argv`` (default ``sys.argv``).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name, e.g. ``["rates", "results"]``;
+        by default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 when the command fails with a
+        ``ValueError``, ``FileNotFoundError`` or ``ImportError`` (its
+        message is printed to standard error).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -502,7 +502,7 @@ _FITTED_ATTRIBUTES_DOC = """
         Names of the gate's and the experts' design columns.
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Feature names, when X had string column names.
 """
 
@@ -763,9 +763,9 @@ class MultinomialLogisticMoE(ClassifierMixin, _BaseMixtureOfExperts):  # noqa: D
     expert_coef_ : ndarray of shape (n_experts, n_classes - 1, n_basis)
         Each expert's coefficients of classes ``classes_[1:]`` (the first
         class is the reference).
-    model_, params_, gate_coef_, log_likelihood_, log_likelihood_trace_, \\
-n_iter_, converged_, restart_log_likelihoods_, restart_converged_, \\
-n_parameters_, gate_feature_names_, expert_feature_names_, n_features_in_, \\
+    model_, params_, gate_coef_, log_likelihood_, log_likelihood_trace_, \
+n_iter_, converged_, restart_log_likelihoods_, restart_converged_, \
+n_parameters_, gate_feature_names_, expert_feature_names_, n_features_in_, \
 feature_names_in_
         As for :class:`GaussianMoE`.
 

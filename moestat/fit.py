@@ -7,7 +7,7 @@ nothing about Gaussians or softmax.
 Stopping rule (shared by EM and MLE)
 ------------------------------------
 With ``l_t`` the mean per-sample log-likelihood after iteration ``t``, a
-fit has converged when
+fit has converged when::
 
     |l_t - l_{t-1}| <= tol * max(|l_{t-1}|, |l_t|, 1),
 
@@ -64,6 +64,10 @@ class ConvergenceMonitor:
     decrease_tol : float, default=1e-10
         A decrease larger than ``decrease_tol * max(|l|, 1)`` (per sample) is
         flagged: exact EM never decreases the likelihood.
+    history : list of float, optional
+        Total log-likelihoods reported so far (empty at the start).
+    decreased : bool, default=False
+        Set once a decrease beyond ``decrease_tol`` has been reported.
     """
 
     tol: float
@@ -73,7 +77,19 @@ class ConvergenceMonitor:
     decreased: bool = False
 
     def report(self, log_likelihood: float) -> bool:
-        """Record a total log-likelihood; return True when converged."""
+        """Record a total log-likelihood and apply the stopping rule.
+
+        Parameters
+        ----------
+        log_likelihood : float
+            Total log-likelihood after the latest iteration.
+
+        Returns
+        -------
+        bool
+            True when the change from the previous value meets the stopping
+            rule (never for the first value).
+        """
         self.history.append(float(log_likelihood))
         if len(self.history) < 2:
             return False
@@ -88,7 +104,7 @@ class ConvergenceMonitor:
 class FitResult:
     """Outcome of one fit from one start.
 
-    Attributes
+    Parameters
     ----------
     model : MixtureOfExperts
         The model with the fitted parameters.
@@ -471,8 +487,33 @@ def initial_params(
 ) -> MoEParams:
     """Starting parameters: a partition of the data, then one M-step.
 
-    The experts get their weighted least-squares fit on the partition and
-    the gate is fitted to the partition's soft labels.
+    The experts get the expert family's M-step on the partition's soft
+    labels (:func:`initial_responsibilities`) and the gate is fitted to the
+    same labels from a zero start.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The model specification (its gate and expert family).
+    design : Design
+        The designs built by ``model.design(X)``.
+    X : ndarray of shape (n, d)
+        Covariates.
+    y : ndarray of shape (n,)
+        Responses.
+    n_experts : int
+        Number of experts.
+    method : {"kmeans", "random"}
+        The partition (see :func:`initial_responsibilities`).
+    rng : numpy Generator
+        Source of randomness of the partition.
+    var_floor : float, default=0.0
+        Lower bound on expert variances.
+
+    Returns
+    -------
+    MoEParams
+        The starting parameters.
     """
     resp = initial_responsibilities(X, y, n_experts, method, rng)
     expert = model.expert.m_step(design.expert, y, resp, var_floor)
@@ -632,9 +673,36 @@ def restart_starts(
 ) -> list[MoEParams]:
     """The starting parameters of the ``n_init`` restarts of :func:`fit_restarts`.
 
-    Drawn in order from ``rng``; arguments as for :func:`fit_restarts`.
-    Engines that fit all restarts together (the torch backend, the batched
-    sweeps) start from exactly these.
+    Drawn in order from ``rng``. Engines that fit all restarts together
+    (the torch backend, the batched sweeps) start from exactly these.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The model specification.
+    design : Design
+        The designs built by ``model.design(X)``.
+    X : ndarray of shape (n, d)
+        Covariates.
+    y : ndarray of shape (n,)
+        Responses.
+    n_experts : int
+        Number of experts.
+    init : {"auto", "kmeans", "random"} or MoEParams, default="auto"
+        As for :func:`fit_restarts`.
+    n_init : int, default=1
+        Number of starts.
+    rng : numpy Generator
+        The one stream every start draws from, in turn.
+    var_floor : float, default=0.0
+        Lower bound on expert variances.
+    n_candidates, screen_iter : int
+        Screening of random starts (:func:`screened_start`).
+
+    Returns
+    -------
+    list of MoEParams
+        One start per restart, in order.
     """
     starts = []
     for restart in range(n_init):
@@ -664,6 +732,16 @@ def restart_starts(
 
 def best_restart(results: list[FitResult]) -> FitResult:
     """The restart with the largest finite log-likelihood.
+
+    Parameters
+    ----------
+    results : list of FitResult
+        One per restart.
+
+    Returns
+    -------
+    FitResult
+        The first of the results with the largest log-likelihood.
 
     Raises
     ------
@@ -699,6 +777,28 @@ def polish_fit(
     stays the first engine's verdict unless the polish itself converged.
     ``batch_engine`` (see :func:`fit_restarts`) runs the polish instead of
     :func:`mle`.
+
+    Parameters
+    ----------
+    result : FitResult
+        The fit to finish.
+    design : Design
+        Its designs on the data.
+    y : ndarray of shape (n,)
+        Responses.
+    tol : float, default=1e-12
+        Stopping tolerance of the polish (module docstring).
+    max_iter : int, default=500
+        Maximum number of L-BFGS-B iterations.
+    var_floor : float, default=0.0
+        Lower bound on expert variances.
+    batch_engine : callable, optional
+        The engine that runs the polish (with ``solver="mle"``).
+
+    Returns
+    -------
+    FitResult
+        The joined fit (:func:`keep_polished`).
     """
     if batch_engine is None:
         polished = mle(
@@ -723,6 +823,21 @@ def keep_polished(result: FitResult, polished: FitResult) -> FitResult:
 
     The rule of :func:`polish_fit`, for engines that run the polish
     themselves (the batched sweeps).
+
+    Parameters
+    ----------
+    result : FitResult
+        The first engine's fit.
+    polished : FitResult
+        The polish started from ``result.model``.
+
+    Returns
+    -------
+    FitResult
+        ``result`` itself if the polish lowered the log-likelihood;
+        otherwise the polished model with the traces joined, the
+        iterations added, ``converged`` true if either engine converged and
+        ``monotone`` from the first engine.
     """
     if polished.log_likelihood < result.log_likelihood:
         return result

@@ -44,7 +44,21 @@ __all__ = [
 
 
 def parameter_names(model: MixtureOfExperts, design_names: tuple[list, list]) -> list:
-    """Names of the packed parameters: the gate's, then the experts'."""
+    """Names of the packed parameters: the gate's, then the experts'.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        A model with parameter values.
+    design_names : (list of str, list of str)
+        Names of the gate's and the experts' design columns.
+
+    Returns
+    -------
+    list of str
+        One readable name per packed parameter, such as ``gate2[const]`` or
+        ``expert1[x0]``, in the order of the packed vector.
+    """
     m = model.params.n_experts
     gate_names, expert_names = design_names
     return model.gate.parameter_names(m, gate_names) + model.expert.parameter_names(
@@ -145,13 +159,17 @@ def covariance_from_information(
 class MoEInferenceResults:
     """Estimates with their uncertainty, in the manner of statsmodels' results.
 
-    Attributes
+    Parameters
     ----------
     params : pandas.Series
         Estimates on the natural scale, indexed by readable names such as
         ``expert1[x0]``, ``gate2[const]``, ``expert1[variance]``.
     bse : pandas.Series
         Standard errors (NaN where the information is singular).
+    covariance : pandas.DataFrame
+        Covariance of the estimates on the natural scale (delta method),
+        rows and columns named like ``params``; NaN in the rows and columns
+        of parameters on a singular direction.
     llf : float
         Log-likelihood.
     nobs : int
@@ -207,6 +225,7 @@ class MoEInferenceResults:
         Returns
         -------
         pandas.DataFrame
+            One row per parameter, indexed like ``params``.
         """
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must lie in (0, 1); got {alpha!r}.")
@@ -216,11 +235,30 @@ class MoEInferenceResults:
         )
 
     def cov_params(self) -> pd.DataFrame:
-        """Covariance of the estimates, named by parameter."""
+        """Covariance of the estimates, named by parameter.
+
+        Returns
+        -------
+        pandas.DataFrame of shape (n_params, n_params)
+            The ``covariance`` field.
+        """
         return self.covariance
 
     def to_frame(self, alpha: float = 0.05) -> pd.DataFrame:
-        """The summary's numbers as one table, one row per parameter."""
+        """The summary's numbers as one table, one row per parameter.
+
+        Parameters
+        ----------
+        alpha : float, default=0.05
+            One minus the coverage of the intervals.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``coef``, ``std err``, ``z``, ``P>|z|`` and the interval
+            bounds, named by their levels (``[0.025`` and ``0.975]`` for the
+            default ``alpha``).
+        """
         ci = self.conf_int(alpha)
         return pd.DataFrame(
             {

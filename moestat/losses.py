@@ -63,7 +63,9 @@ __all__ = [
     "CELL_METRICS",
 ]
 
+#: Names of the losses :func:`density_losses` computes.
 DENSITY_LOSSES = ("kl", "hellinger", "tv", "mass_defect")
+#: Voronoi losses of the catalogue, the ``kind`` of :func:`voronoi_loss`.
 VORONOI_KINDS = (
     "auto",
     "softmax_gaussian",
@@ -73,7 +75,11 @@ VORONOI_KINDS = (
     "ds_sigmoid_dense",
     "multinomial",
 )
+#: Anchorings of the softmax gate's translation, the ``anchor`` of
+#: :func:`voronoi_loss`.
 ANCHORS = ("none", "paper", "optimal")
+#: Distances that assign fitted atoms to Voronoi cells
+#: (:func:`voronoi_cells`).
 CELL_METRICS = ("euclid", "block_l1")
 
 _FAMILIES = ("gaussian", "poisson", "bernoulli", "categorical")

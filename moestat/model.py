@@ -133,7 +133,18 @@ class MixtureOfExperts:
         return self._require_params().n_experts
 
     def design(self, X: ArrayLike) -> Design:
-        """Build the gate's and the experts' design matrices from ``X``."""
+        """Build the gate's and the experts' design matrices from ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+
+        Returns
+        -------
+        Design
+            The gate's design and the experts' basis, one row per sample.
+        """
         X = np.asarray(X, dtype=float)
         return Design(self.gate.design(X), self.expert.design(X))
 
@@ -146,6 +157,11 @@ class MixtureOfExperts:
             Number of covariates ``d``.
         n_experts : int, optional
             Defaults to the number of experts in ``params``.
+
+        Returns
+        -------
+        int
+            The gate's degrees of freedom plus the experts'.
         """
         m = self.n_experts if n_experts is None else n_experts
         design = self.design(np.zeros((1, n_features)))
@@ -154,7 +170,18 @@ class MixtureOfExperts:
         ) + expert_degrees_of_freedom(self.expert, m, design.expert.shape[1])
 
     def with_params(self, params: MoEParams) -> MixtureOfExperts:
-        """Return the same model with other parameter values."""
+        """Return the same model with other parameter values.
+
+        Parameters
+        ----------
+        params : MoEParams
+            The new parameter values.
+
+        Returns
+        -------
+        MixtureOfExperts
+            A copy with the same gate and expert family.
+        """
         return replace(self, params=params)
 
     def _require_params(self) -> MoEParams:
@@ -167,17 +194,51 @@ class MixtureOfExperts:
 
     # -- the conditional density ------------------------------------------
     def gate_weights(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Gate weights ``g_i(x)`` of shape (n, m): the prior of each expert."""
+        """Gate weights ``g_i(x)``: the prior of each expert.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+            Each row sums to one.
+        """
         params = self._require_params()
         return np.exp(self.gate.log_weights(params.gate, self.design(X).gate))
 
     def expert_means(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Each expert's conditional mean, shape (n, m)."""
+        """Each expert's conditional mean.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+            ``E_i[y | x]`` for each expert ``i`` (the expected class code
+            for multinomial logistic experts).
+        """
         params = self._require_params()
         return self.expert.mean(params.expert, self.design(X).expert)
 
     def predict(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Conditional mean ``E[y | x] = sum_i g_i(x) E_i[y | x]``."""
+        """Conditional mean ``E[y | x] = sum_i g_i(x) E_i[y | x]``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The mixture's conditional mean at each row of ``X``.
+        """
         params = self._require_params()
         design = self.design(X)
         weights = np.exp(self.gate.log_weights(params.gate, design.gate))
@@ -185,9 +246,24 @@ class MixtureOfExperts:
         return np.sum(weights * means, axis=1)
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Class probabilities ``sum_i g_i(x) p_i(c | x)``, shape (n, K).
+        """Class probabilities ``sum_i g_i(x) p_i(c | x)``.
 
         For expert families over classes (multinomial logistic experts).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Each row sums to one.
+
+        Raises
+        ------
+        ValueError
+            If the expert family has no classes.
         """
         params = self._require_params()
         if not hasattr(self.expert, "class_probabilities"):
@@ -201,14 +277,41 @@ class MixtureOfExperts:
         return np.einsum("ti,tic->tc", weights, probs)
 
     def log_pdf(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
-        """``log p(y_t | x_t)`` for each sample, shape (n,)."""
+        """Log conditional density ``log p(y_t | x_t)`` of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+        y : array-like of shape (n_samples,)
+            Responses (class codes for multinomial logistic experts).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``log sum_i g_i(x_t) f(y_t | x_t; theta_i)``.
+        """
         design = self.design(X)
         y = np.asarray(y, dtype=float)
         values = log_joint(self.gate, self.expert, self._require_params(), design, y)
         return logsumexp_rows(values)
 
     def responsibilities(self, X: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
-        """Posterior probability of each expert given (x, y), shape (n, m)."""
+        """Posterior probability of each expert given ``(x, y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Covariates.
+        y : array-like of shape (n_samples,)
+            Responses.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+            The responsibilities ``r_ti``, proportional to
+            ``g_i(x_t) f(y_t | x_t; theta_i)``; each row sums to one.
+        """
         design = self.design(X)
         y = np.asarray(y, dtype=float)
         values = log_joint(self.gate, self.expert, self._require_params(), design, y)
@@ -249,6 +352,16 @@ class MixtureOfExperts:
 
         Every per-expert quantity moves together; the gate re-anchors its
         reference expert where its identifiability rule requires it.
+
+        Parameters
+        ----------
+        perm : array-like of shape (n_experts,)
+            Expert ``i`` of the result is expert ``perm[i]`` of this model.
+
+        Returns
+        -------
+        MixtureOfExperts
+            The same density with relabelled experts.
         """
         params = self._require_params()
         return self.with_params(
@@ -274,6 +387,8 @@ class MixtureOfExperts:
         Returns
         -------
         ndarray of shape (n_experts,)
+            ``perm`` such that expert ``perm[i]`` of this model matches
+            expert ``i`` of ``reference``.
         """
         if reference.n_experts != self.n_experts:
             raise ValueError(
@@ -289,5 +404,16 @@ class MixtureOfExperts:
         return cols[np.argsort(rows)]
 
     def align_to(self, reference: MixtureOfExperts) -> MixtureOfExperts:
-        """Return the model with its experts in the reference's order."""
+        """Return the model with its experts in the reference's order.
+
+        Parameters
+        ----------
+        reference : MixtureOfExperts
+            A model with the same number of experts.
+
+        Returns
+        -------
+        MixtureOfExperts
+            ``self.permute(self.match_experts(reference))``.
+        """
         return self.permute(self.match_experts(reference))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ["moestat", "tests", "examples", "benchmarks"]
+PATHS = ["moestat", "tests", "examples", "benchmarks", "docs"]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:

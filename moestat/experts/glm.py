@@ -19,6 +19,7 @@ from moestat.experts._base import CoefficientExpert
 
 __all__ = ["GLMExpert", "GLMExpertParams", "GLM_FAMILIES"]
 
+#: Response families of :class:`GLMExpert`.
 GLM_FAMILIES = ("poisson", "bernoulli")
 
 

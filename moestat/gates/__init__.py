@@ -60,11 +60,13 @@ __all__ = [
 ]
 
 
+#: Gate classes by name, as accepted by :func:`resolve_gate`.
 GATE_NAMES: dict[str, type] = {
     "softmax": SoftmaxGate,
     "modified_softmax": ModifiedSoftmaxGate,
     "normalized_sigmoid": NormalizedSigmoidGate,
 }
+#: Gate classes whose instances :func:`resolve_gate` accepts as they are.
 GATE_TYPES = (SoftmaxGate, NormalizedSigmoidGate, SharedExpertsGate)
 
 
@@ -77,6 +79,12 @@ def resolve_gate(gate: object) -> Any:
         ``"softmax"``, ``"modified_softmax"`` (the ``tanh`` transform),
         ``"normalized_sigmoid"``, or an instance such as
         ``NormalizedSigmoidGate(top_k=2)``.
+
+    Returns
+    -------
+    gate object
+        A new gate with default settings for a name; the instance itself
+        otherwise.
 
     Raises
     ------
@@ -100,7 +108,23 @@ def resolve_gate(gate: object) -> Any:
 def with_shared_experts(
     gate: Any, n_shared_experts: int, shared_weight: str = "fixed_half"
 ) -> Any:
-    """The gate with ``n_shared_experts`` shared experts added (0: unchanged)."""
+    """The gate with ``n_shared_experts`` shared experts added (0: unchanged).
+
+    Parameters
+    ----------
+    gate : gate object
+        The gate over the routed experts.
+    n_shared_experts : int
+        Number of always-active shared experts.
+    shared_weight : {"fixed_half", "learned"}, default="fixed_half"
+        Total weight of the shared block: ``1/2`` or estimated.
+
+    Returns
+    -------
+    gate object
+        ``gate`` itself when ``n_shared_experts`` is 0, otherwise a
+        :class:`SharedExpertsGate` around it.
+    """
     if n_shared_experts == 0:
         return gate
     return SharedExpertsGate(gate, n_shared_experts, shared_weight)

@@ -35,12 +35,37 @@ class GateParams:
 
 
 def affine_design(X: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Prepend a column of ones to ``X``: the design ``[1, x]`` of a gate."""
+    """Prepend a column of ones to ``X``: the design ``[1, x]`` of a gate.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        The gate's input.
+
+    Returns
+    -------
+    ndarray of shape (n, d + 1)
+        ``[1, X]``.
+    """
     return np.hstack([np.ones((X.shape[0], 1)), X])
 
 
 def gate_objective(resp: NDArray[np.float64], log_g: NDArray[np.float64]) -> float:
-    """``sum_t sum_i r_ti log g_i(x_t)``, with ``0 * log 0 = 0``."""
+    """The gate's EM objective ``Q = sum_t sum_i r_ti log g_i(x_t)``.
+
+    Parameters
+    ----------
+    resp : ndarray of shape (n, m)
+        Responsibilities ``r`` (soft labels).
+    log_g : ndarray of shape (n, m)
+        Log gate weights ``log g_i(x_t)``.
+
+    Returns
+    -------
+    float
+        ``Q``, with ``0 * log 0 = 0`` (zero weights are floored at
+        ``log g = -1e300``).
+    """
     return float(np.einsum("ij,ij->", resp, np.maximum(log_g, _LOG_ZERO)))
 
 
@@ -51,8 +76,20 @@ def observed_objective(
 ) -> float:
     """``sum_t log(sum_i g_i f_i + b_t)``: the log-likelihood as a gate sees it.
 
-    ``log_background`` holds ``log b_t``, the density of components outside
-    this gate (shared experts), or None.
+    Parameters
+    ----------
+    log_g : ndarray of shape (n, m)
+        Log gate weights ``log g_i(x_t)``.
+    log_f : ndarray of shape (n, m)
+        The experts' log densities ``log f_i(y_t | x_t)``.
+    log_background : ndarray of shape (n,), optional
+        ``log b_t``, the density of components outside this gate (shared
+        experts); None for none.
+
+    Returns
+    -------
+    float
+        The observed log-likelihood.
     """
     values = logsumexp_rows(log_g + log_f)
     if log_background is not None:

@@ -32,6 +32,10 @@ class SoftmaxGate(_AffineGate):
     max_halvings : int, default=12
         Step halvings before a step is given up (the last tries 1/4096 of
         the Fisher step).
+    bound : float or None, default=None
+        Box ``[-bound, bound]`` on every gate coefficient: M-step candidates
+        are clipped into it and direct maximisation is bounded by it. None
+        for no box.
 
     Notes
     -----
@@ -87,6 +91,7 @@ class SoftmaxGate(_AffineGate):
             )
 
 
+#: Named gate-input transforms ``M`` of :class:`ModifiedSoftmaxGate`.
 TRANSFORMS: dict[str, Callable[[NDArray[np.float64]], NDArray[np.float64]]] = {
     "identity": lambda X: X,
     "tanh": np.tanh,
@@ -110,6 +115,8 @@ class ModifiedSoftmaxGate(SoftmaxGate):
         finite (n, d') array. ``"identity"`` gives the plain softmax gate
         exactly.
     newton_steps, max_halvings : int
+        As for :class:`SoftmaxGate`.
+    bound : float or None, default=None
         As for :class:`SoftmaxGate`.
 
     Notes

@@ -43,6 +43,8 @@ __all__ = [
     "RATE_FORMS",
 ]
 
+#: Values of ``form`` of :func:`estimate_rate`: the summary over
+#: replications and the regressor.
 RATE_FORMS = ("mean", "median", "log_n_over_n")
 # The loss columns a sweep records: the density losses, the Voronoi loss,
 # the KL to the truth of a misspecified fit, and the per-parameter errors.
@@ -56,6 +58,16 @@ def loss_columns(results: pd.DataFrame) -> list[str]:
     ``kl``, ``hellinger``, ``tv``, ``voronoi``, ``kl_truth`` and the
     per-parameter errors ``err_*``, where any value is present. Other
     columns can still be given to :func:`estimate_rate` by name.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        One row per cell (:func:`moestat.simulation.load_results`).
+
+    Returns
+    -------
+    list of str
+        Names of the loss columns with at least one non-missing value.
     """
     return [
         name
@@ -319,6 +331,27 @@ def summarize_losses(
 
     Also the number of replications and of optimisation failures
     (theory.md §8.2).
+
+    Parameters
+    ----------
+    results : DataFrame or path-like
+        One row per cell (:func:`moestat.simulation.load_results`), or the
+        sweep directory.
+    loss : str
+        The loss column.
+    by : sequence of str, default=("scenario", "fit")
+        Columns that define a group (those absent from ``results`` are
+        skipped).
+    x : str, default="n"
+        The column summarised over.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group and ``x`` value: the group columns, ``x``,
+        ``mean``, ``median``, ``sd``, ``q025``, ``q975`` and ``reps`` (the
+        non-missing losses), and ``failures`` (the sum of ``opt_failure``)
+        where ``results`` records it.
     """
     frame = _as_frame(results)
     keys = [column for column in by if column in frame.columns] + [x]
@@ -337,7 +370,22 @@ def summarize_losses(
 
 
 def format_rates(rates: pd.DataFrame, digits: int = 3) -> str:
-    """The rate table as plain text for the console (statsmodels SimpleTable)."""
+    """The rate table as plain text for the console (statsmodels SimpleTable).
+
+    Parameters
+    ----------
+    rates : pandas.DataFrame
+        A table of :func:`estimate_rate`.
+    digits : int, default=3
+        Decimals of the numbers (NaN is shown blank).
+
+    Returns
+    -------
+    str
+        The columns ``scenario``, ``fit``, ``loss``, ``slope``, ``ci_low``,
+        ``ci_high``, ``theory`` and ``verdict`` that ``rates`` has, under the
+        title "Estimated convergence rates".
+    """
     columns = [
         c
         for c in (
@@ -367,6 +415,19 @@ def best_of_restarts(results: pd.DataFrame, loss: str = "kl") -> pd.DataFrame:
 
     For approximation studies, whose replications are restarts of one
     population fit.
+
+    Parameters
+    ----------
+    results : DataFrame or path-like
+        One row per cell (:func:`moestat.simulation.load_results`), or the
+        sweep directory.
+    loss : str, default="kl"
+        The loss column to minimise.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row of ``results`` per (scenario, fit, n).
     """
     frame = _as_frame(results)
     best = frame.loc[frame.groupby(["scenario", "fit", "n"])[loss].idxmin()]
@@ -383,6 +444,21 @@ def approximation_rates(
     ``theory`` column is ``-2(k+1)``. The best of the restarts is used for
     each (m, k); the interval is statsmodels' OLS interval (there are no
     replications to resample).
+
+    Parameters
+    ----------
+    results : DataFrame or path-like
+        Cells of an approximation sweep (with ``n_experts`` and ``degree``
+        columns), or the sweep directory.
+    loss : str, default="kl"
+        The loss column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per degree k with losses at three or more distinct m:
+        ``degree``, ``loss``, ``slope``, ``ci_low``, ``ci_high`` (95% OLS
+        interval), ``theory``, ``m_min`` and ``m_max``.
     """
     best = best_of_restarts(results, loss)
     rows = []

@@ -58,7 +58,20 @@ __all__ = [
 
 
 def log_grid(low: float, high: float, num: int) -> tuple[int, ...]:
-    """``num`` log-spaced integer sample sizes from ``low`` to ``high``."""
+    """``num`` log-spaced integer sample sizes from ``low`` to ``high``.
+
+    Parameters
+    ----------
+    low, high : float
+        The first and last sample sizes.
+    num : int
+        Number of sample sizes.
+
+    Returns
+    -------
+    tuple of int
+        ``np.geomspace(low, high, num)`` rounded to the nearest integers.
+    """
     return tuple(int(round(v)) for v in np.geomspace(low, high, num))
 
 
@@ -816,6 +829,7 @@ def _mj3() -> Scenario:
     )
 
 
+#: The registered scenarios under their ids (theory.md §8.3).
 SCENARIOS: dict[str, Scenario] = {
     scenario.id: scenario
     for scenario in (
@@ -841,6 +855,16 @@ SCENARIOS: dict[str, Scenario] = {
 def get_scenario(scenario: str | Scenario) -> Scenario:
     """Return a scenario by id (case-insensitive) or the scenario itself.
 
+    Parameters
+    ----------
+    scenario : str or Scenario
+        An id of :data:`SCENARIOS` (``"SG-E"``, ``"sg-e"``) or a scenario.
+
+    Returns
+    -------
+    Scenario
+        The registered scenario, or ``scenario`` itself if it is one.
+
     Raises
     ------
     ValueError
@@ -858,5 +882,12 @@ def get_scenario(scenario: str | Scenario) -> Scenario:
 
 
 def list_scenarios() -> list[tuple[str, str]]:
-    """``(id, one-line description)`` of every registered scenario."""
+    """``(id, one-line description)`` of every registered scenario.
+
+    Returns
+    -------
+    list of (str, str)
+        The id and title of each scenario of :data:`SCENARIOS`, in
+        registration order.
+    """
     return [(sid, scenario.title) for sid, scenario in SCENARIOS.items()]

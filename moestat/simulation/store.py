@@ -33,6 +33,7 @@ __all__ = [
     "CELLS_FILE",
 ]
 
+#: Name of the JSON-lines file of a store, inside its directory.
 CELLS_FILE = "cells.jsonl"
 
 

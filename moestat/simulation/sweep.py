@@ -80,8 +80,11 @@ __all__ = [
 
 # joblib backends of the numpy engine; "numpy" is the numpy engine on loky.
 _JOBLIB_BACKENDS = ("loky", "threading", "sequential", "dask")
+#: Engines of :func:`simulate`: ``"numpy"``, ``"torch"`` and the joblib
+#: backends of the numpy engine.
 BACKENDS = ("numpy", "torch", *_JOBLIB_BACKENDS)
-# Padded rows (cells x restarts x largest sample) of one torch batch.
+#: Default limit on the padded rows (cells x restarts x largest sample) of
+#: one torch batch (:func:`plan_batches`).
 TORCH_BATCH_ROWS = 2**22
 # Response nodes of the pseudo-sample of an approximation cell.
 _POPULATION_Y_NODES = 40
@@ -140,6 +143,22 @@ def cell_seed(root_seed: int, scenario: str, n: int, replicate: int) -> int:
     ``SeedSequence([root_seed, crc32(scenario), n, replicate])`` reduced to
     one 32-bit integer, recorded with each cell so that any cell can be
     re-run alone.
+
+    Parameters
+    ----------
+    root_seed : int
+        The sweep's seed.
+    scenario : str
+        Scenario id.
+    n : int
+        Sample size.
+    replicate : int
+        Replicate number (0-based).
+
+    Returns
+    -------
+    int
+        The seed, in ``[0, 2**32)``.
     """
     sequence = np.random.SeedSequence([root_seed, _stable_hash(scenario), n, replicate])
     return int(sequence.generate_state(1)[0])
@@ -152,7 +171,33 @@ def plan_cells(
     seed: int = 0,
     fits: Sequence[str] | None = None,
 ) -> list[Cell]:
-    """Every cell of a sweep, in a fixed order (n, then replicate, then fit)."""
+    """Every cell of a sweep, in a fixed order (n, then replicate, then fit).
+
+    Parameters
+    ----------
+    scenario : Scenario
+        The scenario.
+    n_grid : sequence of int
+        Sample sizes; ignored by approximation scenarios, whose cells all
+        have ``n = 0`` (no sample).
+    n_reps : int
+        Replications per sample size (restarts for approximation
+        scenarios).
+    seed : int, default=0
+        The sweep's root seed.
+    fits : sequence of str, optional
+        Labels of the fits; default all of the scenario's.
+
+    Returns
+    -------
+    list of Cell
+        ``len(n_grid) * n_reps * len(fits)`` cells.
+
+    Raises
+    ------
+    ValueError
+        For a fit label the scenario does not have.
+    """
     labels = [spec.label for spec in scenario.fits] if fits is None else list(fits)
     for label in labels:
         scenario.fit(label)  # raises for an unknown label
@@ -223,6 +268,28 @@ def oracle_start(
     optimisation failure out of rate experiments. [P] The Gaussian noise is
     added to the packed free parameters (variances on the log scale, the
     softmax reference row fixed), so the start is always valid.
+
+    Parameters
+    ----------
+    truth : MixtureOfExperts
+        The true model.
+    spec : MixtureOfExperts
+        The fitted specification (``len(assignment)`` experts).
+    assignment : sequence of int
+        True expert of each fitted expert (see :func:`oracle_params`).
+    X : ndarray of shape (n, d)
+        The sample's covariates; ``n = len(X)`` sets the noise level.
+    scale : float
+        ``c`` of the noise's standard deviation ``c n^-0.083``.
+    rng : numpy Generator
+        Source of the noise.
+    var_floor : float, default=0.0
+        Variance floor of the packed parametrisation.
+
+    Returns
+    -------
+    MoEParams
+        The perturbed parameters.
     """
     params = oracle_params(truth, spec, assignment)
     model = spec.with_params(params)
@@ -242,11 +309,27 @@ def pseudo_sample(
     Covariate Gauss–Legendre nodes times response quadrature nodes under
     the true conditional density; the weights average one.
 
+    Parameters
+    ----------
+    truth : MixtureOfExperts or object
+        The true conditional density (see
+        :func:`~moestat.losses.response_quadrature`).
+    covariates : UniformCovariates
+        The law of X; its ``quadrature(x_nodes)`` gives the covariate nodes.
+    x_nodes : int, default=400
+        Covariate nodes per coordinate.
+    y_nodes : int, default=40
+        Response nodes per component (Gaussian-type experts).
+
     Returns
     -------
-    X : ndarray of shape (x_nodes * q, d)
-    y : ndarray of shape (x_nodes * q,)
-    weight : ndarray of shape (x_nodes * q,)
+    X : ndarray of shape (n_x * q, d)
+        Each of the ``n_x`` covariate nodes repeated ``q`` times, ``q`` the
+        number of response nodes per covariate node.
+    y : ndarray of shape (n_x * q,)
+        The response nodes.
+    weight : ndarray of shape (n_x * q,)
+        Products of covariate and response weights, scaled to average one.
     """
     Xq, wq = covariates.quadrature(x_nodes)
     Y, W = response_quadrature(truth, Xq, y_nodes)
@@ -276,6 +359,30 @@ def population_fit(
     It starts from :func:`oracle_params` with ``N(0, perturbation^2)`` added
     to the packed parameters: copies of one true expert must be pulled
     apart, since EM keeps exact copies together (a saddle point).
+
+    Parameters
+    ----------
+    truth : MixtureOfExperts
+        The true model.
+    spec : MixtureOfExperts
+        The fitted specification (``len(assignment)`` experts).
+    assignment : sequence of int
+        True expert of each fitted expert at the start (see
+        :func:`oracle_params`).
+    covariates : UniformCovariates
+        The law of X.
+    x_nodes : int, default=400
+        Covariate nodes per coordinate of the pseudo-sample.
+    y_nodes : int, default=24
+        Response nodes per component of the pseudo-sample.
+    perturbation : float, default=0.1
+        Standard deviation of the noise added to the start.
+    random_state : None, int or numpy Generator, default=0
+        Source of the noise.
+    tol : float, default=1e-10
+        Stopping tolerance of EM.
+    max_iter : int, default=10000
+        Maximum number of EM iterations.
 
     Returns
     -------

@@ -27,11 +27,14 @@ __all__ = ["BatchedData", "BatchedModel", "BatchedFit", "stack_data"]
 class BatchedData:
     """B data sets, padded to a common size.
 
-    Attributes
+    Parameters
     ----------
     gate : Tensor of shape (B, n, p_gate)
+        The gate designs.
     expert : Tensor of shape (B, n, p_expert)
+        The experts' bases.
     y : Tensor of shape (B, n)
+        Responses.
     weight : Tensor of shape (B, n)
         Sample weights; 0 on padding rows.
     var_floor : Tensor of shape (B,)
@@ -152,16 +155,20 @@ class BatchedModel:
 class BatchedFit:
     """The outcome of a batched fit, one entry per data set.
 
-    Attributes
+    Parameters
     ----------
     theta_gate, theta_expert : Tensor of shape (B, P)
         Packed parameters (the numpy pieces' layout).
     log_likelihood : Tensor of shape (B,)
+        Weighted log-likelihood at the returned parameters.
     trace : Tensor of shape (T + 1, B)
         Log-likelihood after each iteration (NaN once a data set stopped).
     n_iter : Tensor of shape (B,)
+        Iterations taken.
     converged, monotone : Tensor of shape (B,), bool
+        As for :class:`moestat.fit.FitResult`.
     expert_weight : Tensor of shape (B, m)
+        Total responsibility of each expert at the end.
     """
 
     theta_gate: Tensor

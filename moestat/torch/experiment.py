@@ -203,13 +203,13 @@ def default_routers(
 class RouterComparison:
     """Results of :func:`compare_routers`: tidy tables, one ``router`` column.
 
-    Attributes
+    Parameters
     ----------
     history : pandas.DataFrame
         One row per router and step (``step`` = updates done, 1..steps):
         ``loss`` (the task loss of the step's training batch, before the
         update), ``aux_loss`` (the router's weighted auxiliary losses) and
-        the validation metric (column named :attr:`metric`) on the probe
+        the validation metric (column named by ``metric``) on the probe
         set after the update.
     final : pandas.DataFrame
         One row per router (the index): the metric at the end, ``loss``,

@@ -100,7 +100,7 @@ class SweepStatistics:
     at the coefficients ``a_i`` the sweep ran at; the gate's are over its
     free rows ``1..m-1``, flattened row by row as its packed parameters.
 
-    Attributes
+    Parameters
     ----------
     log_likelihood : Tensor of shape (B,)
         ``sum_t w_t log p(y_t | x_t)``.

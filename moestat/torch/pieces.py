@@ -256,7 +256,25 @@ def fisher_information(
     """Gradient (B, k p) and information (B, k p, k p) of a softmax-like block.
 
     The information is ``sum_t (diag(d_t) - v_t v_t^T) kron z_t z_t^T`` over
-    the free rows, as numpy's :func:`moestat._math.fisher_direction`.
+    the free rows, as numpy's ``moestat._math.fisher_direction``.
+
+    Parameters
+    ----------
+    Z : Tensor of shape (B, n, p)
+        Gate designs.
+    score_grad : Tensor of shape (B, n, m)
+        Per-sample score gradient in the gate scores.
+    diag, vec : Tensor of shape (B, n, m)
+        The Fisher weights ``d_t`` and ``v_t``.
+    rows : slice
+        The ``k`` free rows among the ``m``.
+
+    Returns
+    -------
+    gradient : Tensor of shape (B, k p)
+        ``sum_t score_grad_t kron z_t`` over the free rows, row by row.
+    information : Tensor of shape (B, k p, k p)
+        The information in the same layout.
     """
     score_grad, diag, vec = score_grad[..., rows], diag[..., rows], vec[..., rows]
     batch, _, p = Z.shape
@@ -638,12 +656,31 @@ _EXPERTS: list[tuple[type, type]] = [
     (GLMExpert, TorchGLMExpert),
     (MultinomialLogisticExpert, TorchMultinomialExpert),
 ]
+#: Names of the numpy gate classes the torch backend has (subclasses
+#: included, such as ``ModifiedSoftmaxGate``).
 SUPPORTED_GATES = tuple(numpy_type.__name__ for numpy_type, _ in _GATES)
+#: Names of the numpy expert families the torch backend has.
 SUPPORTED_EXPERTS = tuple(numpy_type.__name__ for numpy_type, _ in _EXPERTS)
 
 
 def torch_gate(gate: Any, n_experts: int, n_design: int) -> Any:
     """The torch piece of a numpy gate.
+
+    Parameters
+    ----------
+    gate : gate object
+        A numpy gate whose class is, or derives from, one of
+        :data:`SUPPORTED_GATES`.
+    n_experts : int
+        Number of experts ``m``.
+    n_design : int
+        Columns of the gate design.
+
+    Returns
+    -------
+    object
+        The gate's log weights, M-step and projection on batches of packed
+        parameters of shape (B, P), in the numpy gate's layout.
 
     Raises
     ------
@@ -661,6 +698,22 @@ def torch_gate(gate: Any, n_experts: int, n_design: int) -> Any:
 
 def torch_expert(expert: Any, n_experts: int, n_design: int) -> Any:
     """The torch piece of a numpy expert family.
+
+    Parameters
+    ----------
+    expert : expert family
+        A numpy expert family of one of the classes of
+        :data:`SUPPORTED_EXPERTS` (exactly; subclasses are refused).
+    n_experts : int
+        Number of experts ``m``.
+    n_design : int
+        Columns of the experts' basis.
+
+    Returns
+    -------
+    object
+        The family's log densities and M-step on batches of packed
+        parameters of shape (B, P), in the numpy family's layout.
 
     Raises
     ------

@@ -1,4 +1,4 @@
-"""Sparse routers of large mixture-of-experts models, as ``torch.nn.Module``s.
+"""Sparse routers of large mixture-of-experts models, as PyTorch modules.
 
 Every router maps tokens ``x`` of shape (B, n, d) to a :class:`Routing`
 (dispatch and combine tensors, auxiliary losses, statistics). A

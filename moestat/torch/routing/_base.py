@@ -45,7 +45,7 @@ PRIORITIES = ("position", "score", "random")
 class Routing:
     """What a router decided for a batch of token groups.
 
-    Attributes
+    Parameters
     ----------
     logits : Tensor of shape (B, n, m), float32
         Router logits ``z`` (for the z-loss and the diagnostics).
@@ -366,7 +366,18 @@ def load_balance_loss(probs: Tensor, assigned: Tensor) -> Tensor:
 
 
 def router_z_loss(logits: Tensor) -> Tensor:
-    """ST-MoE router z-loss ``mean_t (logsumexp_i z_ti)^2``."""
+    """ST-MoE router z-loss ``mean_t (logsumexp_i z_ti)^2``.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (..., m)
+        Router logits ``z``; the mean runs over every leading axis.
+
+    Returns
+    -------
+    Tensor
+        A scalar.
+    """
     return torch.logsumexp(logits, dim=-1).square().mean()
 
 

@@ -32,8 +32,11 @@ __all__ = [
     "DTS_MODES",
 ]
 
+#: Shapes of the temperature decay (:func:`temperature_schedule`).
 SCHEDULES = ("exponential", "linear")
+#: Evaluation routings of :class:`DenseToSparseRouter` (``eval_mode``).
 EVAL_MODES = ("top1", "dense")
+#: Expert selection rules of :class:`DenseToSparseRouter` (``mode``).
 DTS_MODES = ("threshold", "batch_k")
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "choose_impl",
 ]
 
+#: Hidden activations of :class:`ExpertMLP` (``activation``), by name.
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -50,7 +51,9 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,
     "identity": lambda h: h,
 }
+#: Compute paths of :class:`MoELayer` (``impl``).
 IMPLS = ("auto", "all", "sorted", "einsum")
+#: Methods of :meth:`BatchedExperts.forward_grouped` (``method``).
 GROUPED_METHODS = ("auto", "grouped_mm", "padded", "loop")
 
 # impl="auto" picks "all" below these sizes (see choose_impl)
@@ -89,6 +92,12 @@ class BatchedExperts(nn.Module):
     :meth:`forward_all`, :meth:`forward_batched`, :meth:`forward_expert` and
     ``_forward_offsets`` (the experts on expert-sorted rows through
     ``torch._grouped_mm``); :meth:`forward_grouped` is shared.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Passed to ``torch.nn.Module``; the base class has no constructor of
+        its own (the subclasses' constructors set the attributes below).
 
     Attributes
     ----------
@@ -712,6 +721,19 @@ def choose_impl(experts: Any, n_tokens: int) -> str:
     experts) or ``n_tokens * m * width <= 2**21`` (a few tokens); otherwise
     ``"sorted"``. ``width`` is the experts' hidden width (``d_out`` for
     linear experts).
+
+    Parameters
+    ----------
+    experts : BatchedExperts
+        The routed experts; ``experts.width`` (``d_out`` if absent) and
+        ``experts.n_experts`` set the cost.
+    n_tokens : int
+        Tokens in all groups together.
+
+    Returns
+    -------
+    {"all", "sorted"}
+        The compute path.
 
     Examples
     --------

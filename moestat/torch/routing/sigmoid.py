@@ -27,6 +27,7 @@ from moestat.torch.routing._base import (
 
 __all__ = ["NormalizedSigmoidRouter", "SCORES"]
 
+#: Affinity functions of :class:`NormalizedSigmoidRouter` (``score``).
 SCORES = ("sigmoid", "softmax")
 
 

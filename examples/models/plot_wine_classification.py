@@ -9,22 +9,12 @@ probabilities drawn over the plane.
 """
 
 # %%
-import argparse
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.datasets import load_wine
 
 from moestat import MultinomialLogisticMoE
-
-parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-parser.add_argument("--out", default="results", help="folder for the plot")
-args, _ = parser.parse_known_args()
 
 wine = load_wine()
 columns = ["alcohol", "flavanoids"]
@@ -70,7 +60,5 @@ ax.set_xlabel("alcohol (standardised)")
 ax.set_ylabel("flavanoids (standardised)")
 ax.set_title(f"BIC chooses n_experts = {best.n_experts}")
 ax.legend(loc="lower right", fontsize="small")
-out = Path(args.out)
-out.mkdir(parents=True, exist_ok=True)
-fig.savefig(out / "wine_classes.png", dpi=120)
-plt.close(fig)
+
+plt.show()

@@ -10,12 +10,6 @@ by BIC and draw the chosen fit.
 """
 
 # %%
-import argparse
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -23,10 +17,6 @@ import statsmodels.api as sm
 
 from moestat import GaussianMoE
 from moestat.plotting import plot_fit, plot_gate
-
-parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-parser.add_argument("--out", default="results", help="folder for the plot")
-args, _ = parser.parse_known_args()
 
 engel = sm.datasets.engel.load_pandas().data
 X = engel[["income"]] / 1000.0  # thousands of Belgian francs
@@ -65,7 +55,5 @@ ax_fit.set_ylabel("food expenditure (thousands)")
 plot_gate(best, X.to_numpy(), ax=ax_gate)
 ax_gate.set_xlabel("income (thousands)")
 fig.tight_layout()
-out = Path(args.out)
-out.mkdir(parents=True, exist_ok=True)
-fig.savefig(out / "engel_fit.png", dpi=120)
-plt.close(fig)
+
+plt.show()
