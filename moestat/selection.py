@@ -18,8 +18,8 @@ from joblib import Parallel, delayed
 from numpy.typing import ArrayLike
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
-from tqdm.auto import tqdm
 
+from moestat._progress import progress_bar
 from moestat._validation import Options, validate_params
 from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
 
@@ -130,7 +130,9 @@ def select_model(
     jobs = (delayed(_fit_one)(estimator, X_fit, y_fit, X_test, y_test, p) for p in grid)
     runner = Parallel(n_jobs=n_jobs, return_as="generator")
     rows = list(
-        tqdm(runner(jobs), total=len(grid), disable=not progress, desc="select_model")
+        progress_bar(
+            runner(jobs), total=len(grid), disable=not progress, desc="select_model"
+        )
     )
     table = pd.DataFrame(rows).sort_values(criterion, kind="stable")
     table = table.reset_index(drop=True)

@@ -14,12 +14,6 @@ utilization.
 """
 
 # %%
-import argparse
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -32,11 +26,6 @@ from moestat.plotting import (
 )
 from moestat.torch.experiment import compare_routers
 
-parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-parser.add_argument("--out", default="results", help="folder for the plots")
-args, _ = parser.parse_known_args()
-out = Path(args.out)
-out.mkdir(parents=True, exist_ok=True)
 pd.set_option("display.width", 200)
 
 # The matrices here are tiny: on the CPU one thread is the fastest (and
@@ -105,7 +94,6 @@ columns = [
 ]
 print(f"truth's mse on the probe set: {result.truth_metric:.4f}")
 print(result.final[columns].round(3).to_string())
-result.final.to_csv(out / "router_comparison.csv")
 
 # %%
 # Training curves
@@ -127,8 +115,6 @@ for ax in (ax_loss, ax_val):
 ax_val.get_legend().remove()
 ax_val.set_ylabel("validation mse")
 fig.tight_layout()
-fig.savefig(out / "router_training_curves.png", dpi=110)
-plt.close(fig)
 
 # %%
 # Router saturation and change rate
@@ -148,8 +134,6 @@ plot_router_comparison(result, "saturation", ax=ax_sat)
 plot_router_comparison(result, "change_rate", ax=ax_chg)
 ax_chg.get_legend().remove()
 fig.tight_layout()
-fig.savefig(out / "router_saturation.png", dpi=110)
-plt.close(fig)
 
 # %%
 # For one router, the top-1 and top-2 choices side by side, with the
@@ -166,8 +150,6 @@ plot_router_change_rate(
 )
 ax_sat.set_title(name)
 fig.tight_layout()
-fig.savefig(out / "router_saturation_topk.png", dpi=110)
-plt.close(fig)
 
 # %%
 # Expert utilization
@@ -183,8 +165,6 @@ plt.close(fig)
 fig, ax = plt.subplots(figsize=(7, 4))
 plot_router_comparison(result, "utilization", ax=ax)
 fig.tight_layout()
-fig.savefig(out / "router_utilization.png", dpi=110)
-plt.close(fig)
 
 # %%
 # The per-step routing statistics of the training batches are in
@@ -192,3 +172,5 @@ plt.close(fig)
 # dense-to-sparse router, from dense at the start to about one at the end.
 dts = result.routing_stats[result.routing_stats["router"] == "dense-to-sparse"]
 print(dts.set_index("step")["experts_per_token"].iloc[[0, 99, 199, 299]].round(2))
+
+plt.show()

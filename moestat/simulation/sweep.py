@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed, parallel_config
 from numpy.typing import NDArray
-from tqdm.auto import tqdm
 
+from moestat._progress import progress_bar
 from moestat._validation import as_generator
 from moestat.fit import (
     POLISH_ITER,
@@ -1173,7 +1173,7 @@ default="numpy"
         for spec in scenario.fits
         if spec.reference is not None and any(c.fit == spec.label for c in cells)
     }
-    bar = tqdm(
+    bar = progress_bar(
         total=len(cells),
         desc=f"{scenario.id}",
         unit="cell",

@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from moestat._progress import progress_bar
 from moestat.torch._device import resolve_device
 from moestat.torch.routing import (
     DenseToSparseRouter,
@@ -653,7 +653,9 @@ def compare_routers(
 
     parts: dict[str, list[pd.DataFrame]] = {}
     finals = []
-    bar = tqdm(total=len(specs) * steps, disable=not progress, desc="compare_routers")
+    bar = progress_bar(
+        total=len(specs) * steps, disable=not progress, desc="compare_routers"
+    )
     try:
         for name, spec in specs.items():
             bar.set_postfix_str(name)
