@@ -377,6 +377,16 @@ def test_population_em_recovers_a_truth_inside_the_model():
     assert kl_divergence(scenario.truth, fitted, X, w) < 1e-8
 
 
+def test_population_em_refuses_a_truth_outside_the_model_by_name():
+    from moestat.simulation import population_fit
+
+    mj = get_scenario("MJ-2")
+    with pytest.raises(TypeError, match="must be a MixtureOfExperts"):
+        population_fit(
+            mj.truth, mj.fits[0].model, (0,), mj.covariates, x_nodes=10, y_nodes=4
+        )
+
+
 def test_an_approximation_cell_fits_the_population_once_per_restart():
     scenario = replace(get_scenario("MJ-2"), x_nodes=60, max_iter=200)
     cells = plan_cells(scenario, scenario.n_grid, 2, fits=["m=2,k=1"])

@@ -234,6 +234,13 @@ def oracle_params(
     -------
     MoEParams
     """
+    if not isinstance(truth, MixtureOfExperts):
+        raise TypeError(
+            "the near-truth start lays out the truth's own experts, so the truth "
+            f"must be a MixtureOfExperts, not {type(truth).__name__}; a truth "
+            "outside the model (such as MJ-2's regression function) is fitted "
+            "from random starts by simulate() with its scenario"
+        )
     index = np.asarray(assignment, dtype=np.intp)
     true_params = truth._require_params()
     k_true, m = truth.n_experts, len(index)
