@@ -96,7 +96,7 @@ sphinx_gallery_conf = {
     "subsection_order": [
         f"../examples/{name}" for name in ("models", "rates", "routing")
     ],
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery_order.ReadingOrder",
     "abort_on_example_error": True,
     "remove_config_comments": True,
     "download_all_examples": False,
