@@ -303,10 +303,29 @@ def plot_rates(
             )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _label_sample_sizes(ax, summary[x].to_numpy(float))
     ax.set_xlabel(x)
     ax.set_ylabel(f"{loss} ({centre} over replications)")
     ax.legend(fontsize="small")
     return ax
+
+
+def _label_sample_sizes(ax: Any, sizes: np.ndarray, max_ticks: int = 10) -> None:
+    """Label a short grid of n at its own sizes on a log axis.
+
+    Over less than two decades matplotlib labels the minor ticks of a log
+    axis, whose labels then overlap; a grid of a few sizes reads better
+    labelled where its points are.
+    """
+    from matplotlib.ticker import NullFormatter
+
+    sizes = np.unique(sizes[np.isfinite(sizes) & (sizes > 0)])
+    if sizes.size == 0 or sizes.size > max_ticks:
+        return
+    if np.log10(sizes.max() / sizes.min()) >= 2.0:
+        return
+    ax.set_xticks(sizes, [f"{size:,.0f}" for size in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_expert_utilization(

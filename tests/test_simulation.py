@@ -319,6 +319,23 @@ def test_estimate_rate_refuses_bad_arguments():
         estimate_rate(frame[frame["n"] < 500], "kl")
 
 
+def test_a_short_grid_of_n_is_labelled_at_its_own_sizes():
+    import matplotlib.pyplot as plt
+
+    from moestat.plotting import plot_rates
+
+    frame = _synthetic(-1.0)
+    short = frame[frame["n"] <= frame["n"].min() * 50]
+    sizes = np.unique(short["n"])
+    assert 2 <= sizes.size <= 10
+    fig, ax = plt.subplots()
+    plot_rates(short, "kl", ax=ax, n_boot=20)
+    np.testing.assert_allclose(ax.get_xticks(), sizes)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{n:,.0f}" for n in sizes]
+    assert all(label.get_text() == "" for label in ax.xaxis.get_minorticklabels())
+    plt.close(fig)
+
+
 def test_loss_columns_are_the_recorded_losses():
     from moestat.simulation import loss_columns
 

@@ -154,9 +154,6 @@ plot_rates(results, "tv", n_boot=500, ax=axes[0])
 plot_rates(results, "voronoi", n_boot=500, ax=axes[1])
 axes[0].set_title("Total variation")
 axes[1].set_title(r"Voronoi losses $\mathcal{D}_2$ (DS-2) and $\mathcal{D}_3$ (DS-3)")
-for ax in axes:
-    ax.set_xticks(N_GRID, [f"{n:,}" for n in N_GRID])
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
 fig.tight_layout()
 
 # %%

@@ -140,10 +140,6 @@ plot_rates(results, "kl", n_boot=500, ax=axes[0])
 plot_rates(results, "tv", n_boot=500, ax=axes[1])
 axes[0].set_title("Kullback–Leibler divergence")
 axes[1].set_title("Total variation")
-sizes = sorted(results["n"].unique())
-for ax in axes:
-    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
 fig.tight_layout()
 
 # %%
@@ -178,8 +174,6 @@ print(format_rates(median_rates))
 fig, ax = plt.subplots(figsize=(6.5, 4.5))
 plot_rates(results, "voronoi", form="median", n_boot=500, ax=ax)
 ax.set_title(r"Voronoi loss $\mathcal{D}_{ML}$ (medians)")
-ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
-ax.xaxis.set_minor_formatter(plt.NullFormatter())
 fig.tight_layout()
 
 # %%
