@@ -349,3 +349,38 @@ def test_saturation_and_change_plots_take_a_label():
         ax = plot(table, label="top-k router")
         assert ax.get_lines()[0].get_label().startswith("top-k router")
         plt.close(ax.figure)
+
+
+def test_the_recorder_sees_the_choices_the_balancing_bias_makes():
+    from moestat.torch.routing import NormalizedSigmoidRouter
+
+    router = NormalizedSigmoidRouter(4, 8, top_k=2, random_state=0)
+    router.expert_bias[3] = 10.0  # every token now takes expert 3
+    probe = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    chosen = router.eval()(probe).topk_idx.reshape(-1, 2)
+    assert (chosen == 3).any(dim=-1).all()
+
+    ids = RoutingRecorder(probe, store="selections", k=2)
+    assert ids.record(0, [router])
+    recorded = ids.selections(2)[0, 0]
+    assert (recorded == 3).any(axis=-1).all()
+    np.testing.assert_array_equal(
+        np.sort(recorded, axis=-1), np.sort(chosen.numpy(), axis=-1)
+    )
+
+    scores = RoutingRecorder(probe, k=2)
+    assert scores.record(0, [router])
+    assert not scores.scores_are_logits
+    assert scores.utilization_summary()["load_balance"].isna().all()
+
+
+def test_prototype_selection_scores_rank_each_prototypes_winners_first():
+    from moestat.torch.routing import PrototypeRouter
+
+    router = PrototypeRouter(4, 8, n_prototypes=2, k=1, random_state=0).eval()
+    routing = router(torch.randn(1, 30, 4, generator=torch.Generator().manual_seed(1)))
+    top = router.selection_scores(routing).topk(2, dim=-1).indices
+    dispatched = routing.dispatch[0].nonzero()  # (token, expert) pairs
+    for token in range(30):
+        experts = dispatched[dispatched[:, 0] == token, 1]
+        assert set(experts.tolist()) <= set(top[0, token].tolist())

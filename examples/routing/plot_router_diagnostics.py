@@ -111,24 +111,18 @@ class TwoLayerMoE(nn.Module):
 # the logits themselves (``store="logits"``; any k can be derived later).
 # The sigmoid router picks the top-k of :math:`\sigma(z_i) + b_i`, where the
 # balancing bias :math:`b` moves between steps, so the raw logits would
-# miss every choice the bias changes: we record :math:`\sigma(z) + b` and,
-# since these scores are not softmax logits, keep only the top-k ids
+# miss every choice the bias changes. Each router says what it ranks:
+# :meth:`~moestat.torch.routing.Router.selection_scores` gives the logits
+# for the softmax router and :math:`\sigma(z) + b` for the sigmoid router,
+# whose scores are not softmax logits, so there we keep only the top-k ids
 # (``store="selections"``).
 #
 # The probe inputs of the second layer are hidden states, which change as
 # the embedding and the first layer train. So instead of
 # :meth:`~moestat.torch.routing.RoutingRecorder.record` (which routes a
-# fixed tensor), we run the whole model on the probe set in evaluation mode
-# and hand each layer's scores to
+# fixed tensor through each router), we run the whole model on the probe
+# set in evaluation mode and hand each layer's selection scores to
 # :meth:`~moestat.torch.routing.RoutingRecorder.record_logits`.
-
-
-def selection_scores(layer, routing):
-    """Scores whose top-k is the layer's choice of experts."""
-    router = layer.router
-    if isinstance(router, NormalizedSigmoidRouter):
-        return routing.probs + router.expert_bias
-    return routing.logits
 
 
 RUNS = {
@@ -180,11 +174,14 @@ def train(make_router, n_shared, store, seed=0):
             pred, routings = model(x_probe)
         model.train()
         if recorder.should_record(step):
+            routers = [layer.router for layer in model.layers]
             scores = [
-                selection_scores(layer, routing)
-                for layer, routing in zip(model.layers, routings, strict=True)
+                router.selection_scores(routing)
+                for router, routing in zip(routers, routings, strict=True)
             ]
-            recorder.record_logits(step, scores)
+            recorder.record_logits(
+                step, scores, are_logits=routers[0].selection_scores_are_logits
+            )
         return float(((pred - y_probe) ** 2).mean())
 
     probe(0)

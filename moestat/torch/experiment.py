@@ -436,21 +436,6 @@ def _build_net(
     return _Net(embed, MoELayer(router, experts, shared), head)
 
 
-def _selection_scores(router: Any, routing: Routing) -> tuple[Tensor, bool]:
-    """Scores whose top-k is the router's token-side choice, and whether logits."""
-    if isinstance(router, NormalizedSigmoidRouter):
-        # the bias steers the choice (s + b), never the weights
-        return routing.probs + router.expert_bias, False
-    if isinstance(router, PrototypeRouter):
-        per = router.experts_per_prototype
-        probs = routing.probs.reshape(*routing.probs.shape[:-1], -1, per)
-        rank = probs.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
-        # the prototypes' winners first, ordered by their own score
-        scores = probs + (rank < router.k).to(probs.dtype)
-        return scores.reshape(routing.probs.shape), False
-    return routing.logits, True
-
-
 def _batch_stats(routing: Routing) -> dict[str, float]:
     with torch.no_grad():
         per_token = routing.dispatch.sum(dim=-1)
@@ -759,18 +744,19 @@ def _train_one(
     n_train = data["x_train"].shape[0]
     k = shape["k"]
     recorder = RoutingRecorder(data["x_probe"], store="logits", k=k)
-    scores_are_logits = True
     history, stats = [], []
 
     def evaluate(step: int) -> float:
-        nonlocal scores_are_logits
         net.eval()
         with torch.no_grad():
             out, routing = net(data["x_probe"])
         net.train()
         if step in record_steps:
-            scores, scores_are_logits = _selection_scores(router, routing)
-            recorder.record_logits(step, [scores])
+            recorder.record_logits(
+                step,
+                [router.selection_scores(routing)],
+                are_logits=router.selection_scores_are_logits,
+            )
         return _metric(task, out, data["y_probe"])
 
     start = time.perf_counter()
@@ -803,8 +789,6 @@ def _train_one(
     saturation = pd.concat([recorder.saturation(kk) for kk in ks], ignore_index=True)
     change = pd.concat([recorder.change_rate(kk) for kk in ks], ignore_index=True)
     summary = recorder.utilization_summary(k)
-    if not scores_are_logits:
-        summary["load_balance"] = np.nan
     tables = {
         "history": history,
         "saturation": saturation,

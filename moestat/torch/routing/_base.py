@@ -419,6 +419,9 @@ class Router(nn.Module):
     """
 
     default_loss_weights: dict[str, float] = {}
+    #: Whether :meth:`selection_scores` are logits, to which softmax-based
+    #: summaries (the load-balance statistic) apply.
+    selection_scores_are_logits: bool = True
 
     def __init__(
         self,
@@ -480,6 +483,24 @@ class Router(nn.Module):
     def route(self, logits: Tensor) -> Routing:
         """Route from given logits (B, n, m) or (n, m)."""
         raise NotImplementedError
+
+    def selection_scores(self, routing: Routing) -> Tensor:
+        """Scores whose top-k are the experts each token chooses (B, n, m).
+
+        What the routing diagnostics record: for a router that picks the
+        top-k of its logits, the logits themselves. Routers that choose by
+        something else (a balancing bias, prototypes) override it.
+
+        Parameters
+        ----------
+        routing : Routing
+            A routing this router made.
+
+        Returns
+        -------
+        Tensor of shape (B, n, m)
+        """
+        return routing.logits
 
     def _finish(self, routing: Routing) -> Routing:
         routing.loss_weights = dict(self.loss_weights)

@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import entr, softmax
 from torch import Tensor
 
-from moestat.torch.routing._base import Routing
+from moestat.torch.routing._base import Router, Routing
 
 __all__ = [
     "selected_experts",
@@ -520,8 +520,13 @@ def _router_of(layer: Any) -> Any:
     return getattr(layer, "router", layer)
 
 
-def _probe_logits(router: Any, probe: Tensor) -> Tensor:
-    """Router logits of ``probe`` in eval mode (no jitter), without gradient."""
+def _probe_scores(router: Any, probe: Tensor) -> tuple[Tensor, bool]:
+    """Selection scores of ``probe`` in eval mode (no jitter), no gradient.
+
+    A :class:`Router` routes the probe and gives its
+    :meth:`~Router.selection_scores` (whether they are logits too); any
+    other module gives its logits.
+    """
     params = list(router.parameters()) if hasattr(router, "parameters") else []
     if params:
         probe = probe.to(params[0].device)
@@ -530,10 +535,13 @@ def _probe_logits(router: Any, probe: Tensor) -> Tensor:
         router.eval()
     try:
         with torch.no_grad():
+            if isinstance(router, Router):
+                scores = router.selection_scores(router(probe))
+                return scores, router.selection_scores_are_logits
             if hasattr(router, "logits"):
-                return router.logits(probe)
+                return router.logits(probe), True
             out = router(probe)
-            return out.logits if isinstance(out, Routing) else out
+            return (out.logits if isinstance(out, Routing) else out), True
     finally:
         if was_training:
             router.train()
@@ -544,7 +552,9 @@ class RoutingRecorder:
 
     At every ``record_every``-th step :meth:`record` routes the same probe
     inputs through every MoE layer's router (in eval mode, without
-    gradient) and keeps the logits (float16) or the top-``k`` expert ids
+    gradient) and keeps its selection scores (float16; the logits, or what
+    the router ranks instead, such as the sigmoid router's ``s + b``) or
+    the top-``k`` expert ids
     (uint8, int16 when ``m > 256``). Results come back as numpy arrays and
     tidy pandas tables.
 
@@ -569,6 +579,9 @@ class RoutingRecorder:
         Recorded checkpoint steps.
     records : list of ndarray of shape (L, N_p, m) or (L, N_p, k)
         One per step: float16 logits or integer ids.
+    scores_are_logits : bool
+        Whether every record was softmax logits (a router whose choice
+        is not the top-k of its logits records its own selection scores).
 
     Examples
     --------
@@ -603,6 +616,7 @@ class RoutingRecorder:
         self.steps: list[int] = []
         self.records: list[np.ndarray] = []
         self.n_experts: int | None = None
+        self.scores_are_logits = True
         self._stats: list[tuple[int, int, str, float]] = []
 
     # -- recording ---------------------------------------------------------
@@ -640,14 +654,18 @@ class RoutingRecorder:
         """
         if not self.should_record(step):
             return False
-        logits = []
+        scores, are_logits = [], True
         for index, layer in enumerate(layers):
             probe = self._probe_for(index, len(layers))
-            logits.append(_probe_logits(_router_of(layer), probe))
-        self.record_logits(step, logits)
+            layer_scores, layer_logits = _probe_scores(_router_of(layer), probe)
+            scores.append(layer_scores)
+            are_logits = are_logits and layer_logits
+        self.record_logits(step, scores, are_logits=are_logits)
         return True
 
-    def record_logits(self, step: int, logits: Sequence[Any]) -> None:
+    def record_logits(
+        self, step: int, logits: Sequence[Any], *, are_logits: bool = True
+    ) -> None:
         """Store given per-layer probe logits for ``step`` (always recorded).
 
         Parameters
@@ -655,7 +673,12 @@ class RoutingRecorder:
         step : int
             Training step; steps must increase.
         logits : sequence of Tensor or array-like of shape (..., m)
-            One per layer, the same probe inputs at every step.
+            One per layer, the same probe inputs at every step: scores whose
+            top-k are the chosen experts (a router's
+            :meth:`~moestat.torch.routing.Router.selection_scores`).
+        are_logits : bool, default=True
+            Whether the scores are softmax logits; if not, the
+            softmax-based ``load_balance`` summary is NaN.
         """
         if self.steps and step <= self.steps[-1]:
             raise ValueError(f"Steps must increase; got {step} after {self.steps[-1]}.")
@@ -668,6 +691,7 @@ class RoutingRecorder:
                 f"steps had {self.records[0].shape[:2]}."
             )
         self.n_experts = m
+        self.scores_are_logits = self.scores_are_logits and bool(are_logits)
         if self.store == "logits":
             self.records.append(stacked.astype(np.float16))
         else:
@@ -808,8 +832,9 @@ class RoutingRecorder:
     def utilization_summary(self, k: int | None = None) -> pd.DataFrame:
         """Balance summaries per step and layer (see :func:`utilization_summary`).
 
-        ``load_balance`` needs the logits; it is left out with
-        ``store="selections"``.
+        ``load_balance`` needs softmax logits: it is left out with
+        ``store="selections"`` and NaN when the recorded scores are not
+        logits (``are_logits=False``).
         """
         k = self._k(k)
         if self.store == "logits":
@@ -818,6 +843,8 @@ class RoutingRecorder:
                 for step, z in zip(self.steps, self.records, strict=True)
             ]
             table = pd.concat(parts, ignore_index=True)
+            if not self.scores_are_logits:
+                table["load_balance"] = np.nan
         else:
             u = expert_utilization(self.selections(k), self.n_experts)
             stats = _utilization_stats(u)

@@ -108,6 +108,7 @@ class PrototypeRouter(_CapacityMixin, Router):
     """
 
     default_loss_weights = {"load_balance": 1e-2, "z_loss": 0.0}
+    selection_scores_are_logits = False
 
     def __init__(
         self,
@@ -165,6 +166,27 @@ class PrototypeRouter(_CapacityMixin, Router):
         """(B Z, n, ...) -> (B, n, Z, ...)."""
         t = t.reshape(batch, self.n_prototypes, *t.shape[1:])
         return t.transpose(1, 2)
+
+    def selection_scores(self, routing: Routing) -> Tensor:
+        """Scores whose top-k are each prototype's winners.
+
+        Every prototype's top ``k`` experts get one added to their
+        probability, so they rank first, in the order of their own score.
+
+        Parameters
+        ----------
+        routing : Routing
+            A routing this router made.
+
+        Returns
+        -------
+        Tensor of shape (B, n, m)
+        """
+        per = self.experts_per_prototype
+        probs = routing.probs.reshape(*routing.probs.shape[:-1], -1, per)
+        rank = probs.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+        scores = probs + (rank < self.k).to(probs.dtype)
+        return scores.reshape(routing.probs.shape)
 
     def route(self, logits: Tensor) -> Routing:
         """Route from logits (B, n, m) or (n, m).

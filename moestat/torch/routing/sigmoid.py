@@ -243,6 +243,22 @@ class NormalizedSigmoidRouter(Router):
         self.n_shared_experts = int(n_shared_experts)
         self.register_buffer("expert_bias", torch.zeros(m, dtype=torch.float32))
 
+    selection_scores_are_logits = False
+
+    def selection_scores(self, routing: Routing) -> Tensor:
+        """``s + b``: the balancing bias steers the choice, never the weights.
+
+        Parameters
+        ----------
+        routing : Routing
+            A routing this router made (``routing.probs`` are the scores).
+
+        Returns
+        -------
+        Tensor of shape (B, n, m)
+        """
+        return routing.probs + self.expert_bias.to(routing.probs.device)
+
     def scores(self, logits: Tensor) -> Tensor:
         """``sigmoid(z)`` or ``softmax(z)`` in float32."""
         z = logits.float()
