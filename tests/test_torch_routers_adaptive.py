@@ -466,6 +466,14 @@ def test_group_limited_routing(seed):
     assert torch.allclose(routing.combine.sum(-1), torch.ones(2, 40))
 
 
+def test_sigmoid_router_reports_the_dropped_share_as_the_top_k_routers_do(seed):
+    router = NormalizedSigmoidRouter(D, 4, top_k=2, capacity=3)
+    z = torch.tensor([[4.0, 3.0, 0.0, 0.0]]).repeat(1, 6, 1)
+    routing = router.route(z + 0.01 * logits_from(seed, shape=(1, 6, 4)))
+    # 6 of the 12 selected slots overflow the two favoured experts
+    assert routing.stats["dropped_fraction"].tolist() == [0.5]
+
+
 def test_sigmoid_capacity_and_stats(seed):
     router = NormalizedSigmoidRouter(D, 4, top_k=2, capacity=3)
     z = torch.tensor([[4.0, 3.0, 0.0, 0.0]]).repeat(1, 6, 1)

@@ -442,9 +442,6 @@ def _batch_stats(routing: Routing) -> dict[str, float]:
         stats = routing.stats
         if "dropped_fraction" in stats:
             dropped = float(stats["dropped_fraction"].float().mean())
-        elif "dropped" in stats and routing.topk_idx is not None:
-            slots = max(routing.topk_idx.numel(), 1)
-            dropped = float(stats["dropped"].sum()) / slots
         else:
             dropped = 0.0
         counts = routing.dispatch.sum(dim=1)

@@ -120,7 +120,9 @@ class NormalizedSigmoidRouter(Router):
 
     Both count the selections before any capacity drop. Statistics (no
     gradient): ``tokens_per_expert`` (B, m) after capacity,
-    ``selected_per_expert`` (B, m) before it, ``dropped`` (B,),
+    ``selected_per_expert`` (B, m) before it, ``dropped`` (B,) the slots
+    dropped at capacity and ``dropped_fraction`` (B,) their share of the
+    selected slots (the top-k routers' statistic),
     ``max_violation`` (B,) ``= max_i c_i / mean(c) - 1`` from
     ``tokens_per_expert`` **[proposal: name from arXiv 2408.15664]**, and the
     bias's ``expert_bias_norm``, ``expert_bias_min``, ``expert_bias_max``.
@@ -346,6 +348,8 @@ class NormalizedSigmoidRouter(Router):
                 "selected_per_expert": selected.sum(dim=1).long(),
                 # every selected slot is valid, so a slot at -1 was dropped
                 "dropped": (topk_idx < 0).sum(dim=(1, 2)),
+                # the top-k routers' name: dropped share of the selected slots
+                "dropped_fraction": (topk_idx < 0).float().mean(dim=(1, 2)),
                 "max_violation": counts.amax(dim=-1) / mean - 1.0,
                 "expert_bias_norm": b.norm().clone(),
                 "expert_bias_min": b.min().clone(),
