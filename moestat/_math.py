@@ -95,6 +95,10 @@ def experts_major(a: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.asfortranarray(a)
 
 
+#: Bytes of the Khatri-Rao rows built at once by :func:`khatri_rao_information`.
+CHUNK_BYTES = 32 * 2**20
+
+
 def fisher_direction(
     Z: NDArray[np.float64],
     features: NDArray[np.float64],
@@ -102,15 +106,30 @@ def fisher_direction(
     diag: NDArray[np.float64],
     vec: NDArray[np.float64],
     rows: NDArray[np.intp],
-) -> NDArray[np.float64]:
+    penalty_diagonal: NDArray[np.float64] | None = None,
+    penalty_gradient: NDArray[np.float64] | None = None,
+) -> tuple[NDArray[np.float64], float]:
     """Fisher-scoring direction for the free rows of a softmax-like block.
 
     Serves every multinomial-logit-like objective: a gate's rows (experts)
-    or a multinomial expert's rows (classes). The information is
-    ``sum_t (diag(d_t) - v_t v_t^T) kron x~_t x~_t^T``
-    restricted to the free rows, with ``d = diag`` and ``v = vec`` per sample;
-    its blocks come from one product of the pair weights with the per-sample
-    products ``features`` of the design columns.
+    or a multinomial expert's rows (classes).
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, p)
+        Design of the block.
+    features : ndarray of shape (n, p(p+1)/2)
+        ``pair_products(Z)``.
+    score_grad : ndarray of shape (n, m)
+        Per-sample gradient of the objective with respect to each row's score.
+    diag, vec : ndarray of shape (n, m)
+        Per-sample Fisher weights ``d_t`` and ``v_t``
+        (see :func:`fisher_information`).
+    rows : ndarray of int, shape (k,)
+        The free rows, in increasing order.
+    penalty_diagonal, penalty_gradient : ndarray of shape (k p,), optional
+        A ridge penalty's curvature (added to the information's diagonal)
+        and gradient (added to ``grad``), flat over the free rows.
 
     Returns
     -------
@@ -119,10 +138,79 @@ def fisher_direction(
     predicted_gain : float
         ``grad . direction``, the first-order gain of a full step.
     """
-    n, p = Z.shape
+    p = Z.shape[1]
     m = score_grad.shape[1]
-    k = len(rows)
     grad = (score_grad[:, rows].T @ Z).ravel()
+    information = fisher_information(Z, features, diag, vec, rows)
+    if penalty_diagonal is not None:
+        information[np.diag_indices_from(information)] += penalty_diagonal
+        grad = grad + penalty_gradient
+    step = solve_spd(information, grad, ridge=1e-9)
+    direction = np.zeros((m, p))
+    direction[rows] = step.reshape(len(rows), p)
+    return direction, float(grad @ step)
+
+
+def fisher_information(
+    Z: NDArray[np.float64],
+    features: NDArray[np.float64],
+    diag: NDArray[np.float64],
+    vec: NDArray[np.float64],
+    rows: NDArray[np.intp],
+) -> NDArray[np.float64]:
+    """Information ``sum_t (diag(d_t) - v_t v_t^T) kron z_t z_t^T`` on ``rows``.
+
+    ``d_t = diag[t, rows]`` and ``v_t = vec[t, rows]``; entry
+    ``(a p + i, b p + j)`` couples row ``a``'s coefficient ``i`` with row
+    ``b``'s coefficient ``j``.
+
+    With ``k`` free rows and ``p`` columns, the ``k(k+1)/2`` pair weights per
+    sample of :func:`pairwise_information` take no more memory than the
+    ``k p`` Khatri-Rao entries when ``k < 2 p``; there they are used, and
+    they are also the faster form. Otherwise :func:`khatri_rao_information`
+    keeps memory O(n k p) (see ``benchmarks/bench_fisher.py``).
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, p)
+    features : ndarray of shape (n, p(p+1)/2)
+        ``pair_products(Z)``.
+    diag, vec : ndarray of shape (n, m)
+    rows : ndarray of int, shape (k,)
+
+    Returns
+    -------
+    ndarray of shape (k p, k p)
+    """
+    if pairwise_is_smaller(len(rows), Z.shape[1]):
+        return pairwise_information(Z, features, diag, vec, rows)
+    return khatri_rao_information(Z, features, diag, vec, rows)
+
+
+def pairwise_is_smaller(k: int, p: int) -> bool:
+    """Whether ``k(k+1)/2`` pair weights take no more room than ``k p`` entries.
+
+    True exactly when ``k < 2 p``: :func:`fisher_information` then takes
+    the pairwise form, which is also the faster one there.
+    """
+    return k < 2 * p
+
+
+def pairwise_information(
+    Z: NDArray[np.float64],
+    features: NDArray[np.float64],
+    diag: NDArray[np.float64],
+    vec: NDArray[np.float64],
+    rows: NDArray[np.intp],
+) -> NDArray[np.float64]:
+    """:func:`fisher_information` from the weights of every pair of rows.
+
+    Block ``(a, b)`` is ``Z^T diag(delta_ab d_a - v_a v_b) Z``; all
+    ``k(k+1)/2`` blocks come from one product of the (k(k+1)/2, n) pair
+    weights with ``features``.
+    """
+    n, p = Z.shape
+    k = len(rows)
     pairs = [(a, b) for a in range(k) for b in range(a, k)]
     weights = np.empty((len(pairs), n))
     for w, (a, b) in zip(weights, pairs, strict=True):
@@ -134,7 +222,80 @@ def fisher_direction(
     for block, (a, b) in zip(blocks, pairs, strict=True):
         information[a * p : (a + 1) * p, b * p : (b + 1) * p] = block
         information[b * p : (b + 1) * p, a * p : (a + 1) * p] = block
-    step = solve_spd(information, grad, ridge=1e-9)
-    direction = np.zeros((m, p))
-    direction[rows] = step.reshape(k, p)
-    return direction, float(grad @ step)
+    return information
+
+
+def khatri_rao_information(
+    Z: NDArray[np.float64],
+    features: NDArray[np.float64],
+    diag: NDArray[np.float64],
+    vec: NDArray[np.float64],
+    rows: NDArray[np.intp],
+    chunk_bytes: int = CHUNK_BYTES,
+) -> NDArray[np.float64]:
+    """:func:`fisher_information` as ``blockdiag_a(Z^T diag(d_a) Z) - U^T U``.
+
+    ``U`` is the (n, k p) row-wise Kronecker product of ``vec[:, rows]`` and
+    ``Z`` (``U[t] = kron(v_t, z_t)``). It is built a chunk of samples at a
+    time into one reused buffer of at most ``chunk_bytes``, and ``U^T U`` is
+    accumulated by a symmetric rank-k BLAS update per chunk.
+    """
+    n, p = Z.shape
+    k = len(rows)
+    chunk = chunk_rows(k * p, chunk_bytes)
+    buffer = np.empty((min(n, chunk), k * p))
+    blocks = np.zeros((k, features.shape[1]))
+    gram = np.zeros((k * p, k * p))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        part = slice(start, stop)
+        blocks += diag[part, rows].T @ features[part]
+        kron = row_kron(vec[part, rows], Z[part], out=buffer[: stop - start])
+        gram += kron.T @ kron
+    information = -gram
+    free = np.arange(k)
+    information.reshape(k, p, k, p)[free, :, free, :] += unpack_symmetric(blocks, p)
+    return information
+
+
+def chunk_rows(width: int, max_bytes: int) -> int:
+    """Rows of a (rows, width) float64 array that fit in ``max_bytes`` (at least 1)."""
+    return max(1, max_bytes // (8 * width))
+
+
+def row_kron(
+    A: NDArray[np.float64],
+    B: NDArray[np.float64],
+    out: NDArray[np.float64] | None = None,
+) -> NDArray[np.float64]:
+    """Row-wise Kronecker (Khatri-Rao) product: row ``t`` is ``kron(A[t], B[t])``.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n, k)
+    B : ndarray of shape (n, p)
+    out : ndarray of shape (n, k p), optional
+        C-contiguous array to write into.
+
+    Returns
+    -------
+    ndarray of shape (n, k p)
+
+    Examples
+    --------
+    >>> row_kron(np.array([[1.0, 2.0]]), np.array([[1.0, 10.0]]))
+    array([[ 1., 10.,  2., 20.]])
+    """
+    n, k = A.shape
+    p = B.shape[1]
+    if out is None:
+        out = np.empty((n, k * p))
+    cube = out.reshape(n, k, p)
+    # one vectorised product per column of the narrower factor
+    if p <= k:
+        for j in range(p):
+            np.multiply(A, B[:, j : j + 1], out=cube[:, :, j])
+    else:
+        for a in range(k):
+            np.multiply(A[:, a : a + 1], B, out=cube[:, a, :])
+    return out

@@ -9,6 +9,7 @@ Gaussian or GLM experts) and ``MultinomialLogisticMoE`` (classification).
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,11 @@ from moestat._validation import (
     as_generator,
     validate_params,
 )
-from moestat.exceptions import ConvergenceWarning
+from moestat.boundary import boundary_message, diverging_parameters
+from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
 from moestat.experts import GaussianExpert, GLMExpert, MultinomialLogisticExpert
 from moestat.experts.glm import GLM_FAMILIES
-from moestat.fit import INIT_METHODS, fit_restarts, warn_on_degeneracy
+from moestat.fit import INIT_METHODS, fit_restarts, penalty, warn_on_degeneracy
 from moestat.gates import GATE_NAMES, GATE_TYPES, resolve_gate, with_shared_experts
 from moestat.inference import MoEInferenceResults, infer
 from moestat.model import MixtureOfExperts, MoEParams
@@ -53,6 +55,7 @@ _COMMON_CONSTRAINTS: dict[str, tuple] = {
     "tol": (Interval("real", 0, None),),
     "max_iter": (Interval("int", 1, None),),
     "reg_var": (Interval("real", 0, None),),
+    "alpha": (Interval("real", 0, None),),
     "shared_variance": (InstanceOf(bool, "a bool"),),
     "polish": (InstanceOf(bool, "a bool"),),
     "backend": (Options(("numpy", "torch")),),
@@ -76,23 +79,31 @@ class _BaseMixtureOfExperts(BaseEstimator):
         raise NotImplementedError
 
     def _validate_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
-        """Check (X, y) at fit time; return y as the float codes the model uses."""
-        return validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        """Check (X, y) at fit time; return y as the float codes the model uses.
+
+        ``y`` goes through :meth:`_encode_y`, as at scoring, so fit and
+        ``score_samples`` refuse the same responses.
+        """
+        X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        return X, self._encode_y(y)
 
     def _check_target(self, y: NDArray[np.float64]) -> None:
-        """Refuse responses the expert family cannot model."""
-        self._expert_family().check_response(y)
+        """Refuse a constant response (the support is checked by _encode_y)."""
         if np.ptp(y) == 0:
             raise ValueError(
-                f"y is constant (every value is {y[0]!r}): a mixture of experts "
-                "cannot be fitted to data with no spread."
+                f"y is constant (every value is {float(y[0])!r}): a mixture of "
+                "experts cannot be fitted to data with no spread."
             )
 
     def _model_spec(self) -> MixtureOfExperts:
-        gate = with_shared_experts(
-            resolve_gate(self.gate), self.n_shared_experts, self.shared_weight
-        )
-        return MixtureOfExperts(gate, self._expert_family())
+        gate = resolve_gate(self.gate)
+        if self.alpha:
+            gate = replace(gate, alpha=self.alpha)
+        gate = with_shared_experts(gate, self.n_shared_experts, self.shared_weight)
+        expert = self._expert_family()
+        if self.alpha and hasattr(expert, "alpha"):
+            expert = replace(expert, alpha=self.alpha)
+        return MixtureOfExperts(gate, expert)
 
     @property
     def _n_total_experts(self) -> int:
@@ -148,11 +159,22 @@ class _BaseMixtureOfExperts(BaseEstimator):
         self._store(best, results, design, var_floor)
         # kept for inference(): the information is evaluated on these data
         self._fit_design, self._fit_y = design, y
-        if not best.converged:
+        if best.boundary:
+            findings = diverging_parameters(
+                best.model,
+                design,
+                (self.gate_feature_names_, self.expert_feature_names_),
+            )
             warnings.warn(
-                f"{type(self).__name__} did not converge in max_iter="
-                f"{self.max_iter} iterations (best of {self.n_init} restarts). "
-                "Increase max_iter, raise tol, or try more restarts (n_init).",
+                f"{type(self).__name__}: " + boundary_message(findings),
+                DegenerateFitWarning,
+                stacklevel=2,
+            )
+        elif not best.converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge (best of {self.n_init} "
+                f"restarts): {best.stop_reason or 'the stopping rule did not fire'}"
+                ". Increase max_iter, raise tol, or try more restarts (n_init).",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -163,6 +185,11 @@ class _BaseMixtureOfExperts(BaseEstimator):
         """The torch backend's batched engine, or None for numpy."""
         if self.backend == "numpy":
             return None
+        if self.alpha:
+            raise ValueError(
+                f"{type(self).__name__}(alpha={self.alpha!r}) is fitted by the numpy "
+                "backend only: use backend='numpy', or alpha=0 with backend='torch'."
+            )
         try:
             from moestat.torch.fit import batch_engine
         except ImportError as error:
@@ -194,9 +221,14 @@ class _BaseMixtureOfExperts(BaseEstimator):
 
     def _store(self, best, results, design, var_floor) -> None:
         self._set_model(best.model)
-        self.log_likelihood_ = best.log_likelihood
+        # the penalised fit maximises log L - penalty; report both
+        self.penalized_log_likelihood_ = best.log_likelihood
+        self.log_likelihood_ = best.log_likelihood + penalty(
+            best.model, best.model.params, design
+        )
         self.log_likelihood_trace_ = best.trace
         self.n_iter_ = best.n_iter
+        self.n_iter_polish_ = best.n_iter_polish
         self.converged_ = best.converged
         self.restart_log_likelihoods_ = np.array([r.log_likelihood for r in results])
         self.restart_converged_ = np.array([r.converged for r in results])
@@ -257,10 +289,15 @@ class _BaseMixtureOfExperts(BaseEstimator):
         return X, y
 
     def _encode_y(self, y: NDArray) -> NDArray[np.float64]:
-        """Map a response given after fit to the model's float codes."""
+        """Map a response to the model's float codes (booleans read as 0/1).
+
+        The expert family's ``check_response`` refuses values outside its
+        support, with the one rule used at fit and at scoring.
+        """
         y = y.astype(np.float64) if y.dtype.kind in "biuf" else y
         if y.dtype.kind != "f" or not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN, infinity or non-numbers.")
+        self._expert_family().check_response(y)
         return y
 
     def predict_gate(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -348,6 +385,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 converged=self.converged_,
                 n_iter=self.n_iter_,
                 info=self._summary_info(),
+                alpha=self.alpha,
             )
 
     def summary(self, alpha: float = 0.05):
@@ -484,14 +522,24 @@ _FITTED_ATTRIBUTES_DOC = """
         The weight ``lambda`` of the shared block (only with shared experts).
     log_likelihood_ : float
         Total log-likelihood of the training data at the fitted parameters.
+    penalized_log_likelihood_ : float
+        ``log_likelihood_`` minus the ridge penalty: the objective that was
+        maximised (equal to ``log_likelihood_`` when ``alpha=0``).
     log_likelihood_trace_ : ndarray
         Log-likelihood after each iteration of the best restart.
     n_iter_ : int
-        Iterations of the best restart.
+        EM (or, with ``solver="mle"``, L-BFGS-B) iterations of the best
+        restart; at most ``max_iter``.
+    n_iter_polish_ : int
+        L-BFGS-B iterations of the polish (0 without it); at most
+        ``max_iter``.
     converged_ : bool
-        Whether the best restart met the stopping rule.
+        True only when the stopping rule fired in every engine that ran on
+        the best restart (EM and the polish); a cap reached anywhere gives
+        False and a ``ConvergenceWarning`` naming it.
     restart_log_likelihoods_ : ndarray of shape (n_init,)
-        Final log-likelihood of every restart.
+        Final log-likelihood of every restart, before the split-and-merge
+        moves and the polish (``log_likelihood_`` may exceed them all).
     restart_converged_ : ndarray of shape (n_init,)
         Converged flag of every restart.
     n_parameters_ : int
@@ -523,20 +571,30 @@ object, default="softmax"
     solver : {"em", "mle"}, default="em"
         ``"em"``: the EM algorithm; ``"mle"``: direct maximisation of the
         log-likelihood by L-BFGS-B with analytic gradients.
-    n_init : int, default=10
-        Number of restarts; the one with the highest likelihood is kept.
+    n_init : int, default=3
+        Number of restarts; the best regular one is kept and, with
+        ``init="auto"``, improved by split-and-merge moves (three restarts
+        with the moves reach the maximum more often, and sooner, than ten
+        without them; see the user guide's "Starting values").
     init : {"auto", "kmeans", "random"} or MoEParams, default="auto"
         How restarts start. ``"kmeans"``: a k-means partition of the
         standardised (x, y); ``"random"``: the best of 5 random partitions
         (each sample to the nearest of m random data points) after 10 EM
         iterations; ``"auto"``: k-means for the first restart, ``"random"``
-        for the others. Starting parameters (a ``MoEParams``, e.g. another
-        fit's ``params_``) are used for the first restart.
+        for the others, then split-and-merge moves on the best restart
+        (merge the two experts with the most alike responsibilities, split
+        the expert that fits its samples worst, keep the move only if the
+        likelihood rises; :func:`moestat.starts.split_merge`). Starting
+        parameters (a ``MoEParams``, e.g. another fit's ``params_``) are
+        used for the first restart.
     tol : float, default=1e-6
-        Stopping tolerance on the change of the mean log-likelihood,
-        ``|l_t - l_{t-1}| <= tol * max(|l_{t-1}|, |l_t|, 1)``.
+        Stopping tolerance: a fit stops when the gain still to come, as
+        Aitken's acceleration predicts it from the last three
+        log-likelihoods, is at most ``tol`` per sample (``tol * n`` in
+        total) and the increments shrink; see :mod:`moestat.fit`. The
+        polish runs to round-off (``tol=1e-12``).
     max_iter : int, default=1000
-        Maximum iterations per restart.
+        Maximum iterations per restart, for EM and for the polish each.
     reg_var : float, default=1e-6
         Variance floor, relative to ``Var(y)``: every expert variance is
         kept at or above ``reg_var * Var(y)`` (the Gaussian likelihood is
@@ -548,6 +606,15 @@ object, default="softmax"
         EM-then-MLE hybrid): EM converges linearly and its stopping rule can
         leave the last digits of the maximum unreached. The polish is kept
         only if it does not lower the likelihood.
+    alpha : float, default=0.0
+        Ridge penalty on the standardised slopes of the gate (and of GLM and
+        multinomial experts; intercepts and Gaussian experts are free): the
+        fit maximises ``log L - (alpha / 2) sum (sd_j beta_ij)^2``, with
+        ``sd_j`` the spread of design column ``j``, so the penalty does not
+        depend on units. It keeps the estimate finite where the data
+        separate (the likelihood then has no maximum); ``inference()``
+        then says its standard errors are from the penalised information.
+        numpy backend only.
     backend : {"numpy", "torch"}, default="numpy"
         ``"torch"`` fits every restart at once, batched, with the engines of
         :mod:`moestat.torch.fit` (float64; PyTorch needed). Starts, stopping
@@ -597,13 +664,14 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         n_shared_experts: int = 0,
         shared_weight: str = "fixed_half",
         solver: str = "em",
-        n_init: int = 10,
+        n_init: int = 3,
         init: Any = "auto",
         tol: float = 1e-6,
         max_iter: int = 1000,
         reg_var: float = 1e-6,
         shared_variance: bool = False,
         polish: bool = True,
+        alpha: float = 0.0,
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
@@ -620,6 +688,7 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         self.reg_var = reg_var
         self.shared_variance = shared_variance
         self.polish = polish
+        self.alpha = alpha
         self.backend = backend
         self.device = device
         self.random_state = random_state
@@ -689,13 +758,14 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         n_shared_experts: int = 0,
         shared_weight: str = "fixed_half",
         solver: str = "em",
-        n_init: int = 10,
+        n_init: int = 3,
         init: Any = "auto",
         tol: float = 1e-6,
         max_iter: int = 1000,
         reg_var: float = 1e-6,
         shared_variance: bool = False,
         polish: bool = True,
+        alpha: float = 0.0,
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
@@ -714,6 +784,7 @@ class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ belo
         self.reg_var = reg_var
         self.shared_variance = shared_variance
         self.polish = polish
+        self.alpha = alpha
         self.backend = backend
         self.device = device
         self.random_state = random_state
@@ -763,8 +834,10 @@ class MultinomialLogisticMoE(ClassifierMixin, _BaseMixtureOfExperts):  # noqa: D
     expert_coef_ : ndarray of shape (n_experts, n_classes - 1, n_basis)
         Each expert's coefficients of classes ``classes_[1:]`` (the first
         class is the reference).
-    model_, params_, gate_coef_, log_likelihood_, log_likelihood_trace_, \
-n_iter_, converged_, restart_log_likelihoods_, restart_converged_, \
+    model_, params_, gate_coef_, log_likelihood_, penalized_log_likelihood_, \
+log_likelihood_trace_, \
+n_iter_, n_iter_polish_, converged_, restart_log_likelihoods_, \
+restart_converged_, \
 n_parameters_, gate_feature_names_, expert_feature_names_, n_features_in_, \
 feature_names_in_
         As for :class:`GaussianMoE`.
@@ -773,15 +846,18 @@ feature_names_in_
     -----
     With ``n_experts=1`` the fit is statsmodels' ``MNLogit``. Classes that
     are (nearly) separable inside an expert have their maximum at infinity:
-    the coefficients then grow as EM runs, every probability stays finite,
-    and the stopping rule ends the fit.
+    the coefficients grow as EM runs while every probability stays finite;
+    the fit stops there with ``converged_=False`` and a
+    ``DegenerateFitWarning`` naming the coefficients (see
+    :mod:`moestat.boundary`), and ``alpha > 0`` gives a finite estimate.
 
     Examples
     --------
     >>> from sklearn.datasets import load_iris
     >>> from moestat import MultinomialLogisticMoE
     >>> X, y = load_iris(return_X_y=True)
-    >>> clf = MultinomialLogisticMoE(2, n_init=2, random_state=0).fit(X[:, 2:], y)
+    >>> clf = MultinomialLogisticMoE(2, n_init=2, alpha=1.0, random_state=0)
+    >>> clf = clf.fit(X[:, 2:], y)  # iris separates: alpha keeps it finite
     >>> clf.predict_proba(X[:2, 2:]).shape
     (2, 3)
     """
@@ -802,11 +878,12 @@ feature_names_in_
         n_shared_experts: int = 0,
         shared_weight: str = "fixed_half",
         solver: str = "em",
-        n_init: int = 10,
+        n_init: int = 3,
         init: Any = "auto",
         tol: float = 1e-6,
         max_iter: int = 1000,
         polish: bool = True,
+        alpha: float = 0.0,
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
@@ -822,6 +899,7 @@ feature_names_in_
         self.tol = tol
         self.max_iter = max_iter
         self.polish = polish
+        self.alpha = alpha
         self.backend = backend
         self.device = device
         self.random_state = random_state
@@ -840,7 +918,7 @@ feature_names_in_
         if len(self.classes_) < 2:
             raise ValueError(
                 "MultinomialLogisticMoE needs at least 2 classes in y; got 1 class "
-                f"({self.classes_[0]!r})."
+                f"({self.classes_.tolist()[0]!r})."
             )
 
     def _encode_y(self, y: NDArray) -> NDArray[np.float64]:
@@ -848,9 +926,10 @@ feature_names_in_
         codes = np.clip(codes, 0, len(self.classes_) - 1)
         unknown = self.classes_[codes] != y
         if np.any(unknown):
+            unseen = np.unique(y[unknown])[:5].tolist()
             raise ValueError(
-                f"y contains labels not seen in fit: {np.unique(y[unknown])[:5]!r}; "
-                f"the classes are {self.classes_!r}."
+                f"y contains labels not seen in fit: {unseen}; the classes are "
+                f"{self.classes_.tolist()}."
             )
         return codes.astype(np.float64)
 

@@ -8,11 +8,14 @@ __all__ = ["ConvergenceWarning", "DegenerateFitWarning", "SingularInformationWar
 
 
 class DegenerateFitWarning(UserWarning):
-    """A fitted expert collapsed.
+    """The fit reached a degenerate point of the parameter space.
 
     Raised when an expert has too little responsibility for its parameters,
-    or its variance reached the floor that guards the Gaussian likelihood
-    against degeneracy.
+    when its variance reached the floor that guards the Gaussian likelihood
+    against degeneracy, or when coefficients diverge because the likelihood
+    has no interior maximum (a gate or an expert separates the data; see
+    :mod:`moestat.boundary`, and ``alpha`` for a ridge penalty that keeps
+    them finite). :func:`moestat.select_model` passes such fits over.
     """
 
 

@@ -4,16 +4,24 @@ Both engines are generic over the pieces: they call only the gate's and the
 expert family's hooks (log density, M-step, gradient, pack/unpack) and know
 nothing about Gaussians or softmax.
 
-Stopping rule (shared by EM and MLE)
-------------------------------------
-With ``l_t`` the mean per-sample log-likelihood after iteration ``t``, a
-fit has converged when::
+Stopping rule (shared by EM, MLE and the torch engines)
+-------------------------------------------------------
+With ``L_t`` the total log-likelihood after iteration ``t`` and ``n`` the
+number of samples, Aitken's acceleration (Böhning et al. 1994; McNicholas
+et al. 2010) estimates the limit of a linearly converging sequence from
+its last three values: with increments ``d1 = L_{t-1} - L_{t-2}`` and
+``d2 = L_t - L_{t-1}`` and rate ``a = d2 / d1``, the gain still to come is
+about ``d2 / (1 - a)``. A fit has converged when::
 
-    |l_t - l_{t-1}| <= tol * max(|l_{t-1}|, |l_t|, 1),
+    0 <= d2 < d1   and   d2 / (1 - a) <= tol * n,
 
-a relative change for large ``|l|`` and an absolute one near zero. This is
-the rule of scipy's L-BFGS-B ``ftol``, so EM and MLE stop alike. Reaching
-``max_iter`` is not convergence.
+that is, when the increments shrink geometrically and the gain they
+predict, per sample, is at most ``tol`` -- or when ``L_t`` no longer moves
+beyond round-off (an exact fixed point). The rule is on log-likelihood
+*differences*, so it does not depend on the units of ``x`` or ``y``; and on
+a plateau, where the increments are small but do not shrink (``a`` near or
+above one), the predicted gain is large and the fit goes on. Reaching
+``max_iter`` is never convergence.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 
+from moestat.boundary import boundary_message, diverging_parameters, walking_the_ridge
 from moestat.exceptions import DegenerateFitWarning
 from moestat.model import (
     Design,
@@ -46,9 +55,54 @@ __all__ = [
     "fit_restarts",
     "restart_starts",
     "best_restart",
+    "is_degenerate",
+    "aitken_converged",
+    "penalty",
     "polish_fit",
     "keep_polished",
 ]
+
+
+#: Relative size of round-off in a total log-likelihood: a change below
+#: ``ROUNDOFF * (|L| + n)`` is no change (an exact fixed point).
+ROUNDOFF = 1e-12
+
+
+def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
+    """The stopping rule on three consecutive total log-likelihoods.
+
+    Written with arithmetic and comparisons only, so it applies elementwise
+    to floats, numpy arrays and torch tensors alike (the torch engines use
+    it on a batch).
+
+    Parameters
+    ----------
+    l0, l1, l2 : float, ndarray or Tensor
+        ``L_{t-2}``, ``L_{t-1}`` and ``L_t``; ``l0 = -inf`` when there is no
+        earlier value (only an exact fixed point then counts).
+    n : float, ndarray or Tensor
+        Number of samples (the sum of the weights for weighted fits).
+    tol : float
+        Largest predicted gain per sample (module docstring).
+
+    Returns
+    -------
+    bool or boolean array
+        Whether the rule fired.
+
+    Examples
+    --------
+    >>> aitken_converged(-100.0, -99.0, -98.5, 10, 1e-6)  # gain ~0.5 to come
+    False
+    >>> aitken_converged(-98.001, -98.0, -98.0 + 1e-8, 10, 1e-6)
+    True
+    """
+    d1, d2 = l1 - l0, l2 - l1
+    fixed_point = abs(d2) <= ROUNDOFF * (abs(l2) + n)
+    geometric = (d2 >= 0) & (d2 < d1) & (d1 < float("inf"))
+    # d2 / (1 - d2/d1) <= eps  <=>  d2 * d1 <= eps * (d1 - d2)  when d1 > d2
+    small_gain = d2 * d1 <= tol * n * (d1 - d2)
+    return fixed_point | (geometric & small_gain)
 
 
 @dataclass
@@ -60,7 +114,7 @@ class ConvergenceMonitor:
     tol : float
         Tolerance of the stopping rule (module docstring).
     n_samples : int
-        Used to turn totals into per-sample means.
+        Number of samples: the rule's threshold is ``tol * n_samples``.
     decrease_tol : float, default=1e-10
         A decrease larger than ``decrease_tol * max(|l|, 1)`` (per sample) is
         flagged: exact EM never decreases the likelihood.
@@ -87,17 +141,23 @@ class ConvergenceMonitor:
         Returns
         -------
         bool
-            True when the change from the previous value meets the stopping
-            rule (never for the first value).
+            True when the rule (:func:`aitken_converged`) fires on the last
+            three values (on the last two, only at an exact fixed point;
+            never for the first value).
         """
         self.history.append(float(log_likelihood))
         if len(self.history) < 2:
             return False
         prev, curr = (v / self.n_samples for v in self.history[-2:])
-        scale = max(abs(prev), abs(curr), 1.0)
-        if curr < prev - self.decrease_tol * scale:
+        if curr < prev - self.decrease_tol * max(abs(prev), abs(curr), 1.0):
             self.decreased = True
-        return abs(curr - prev) <= self.tol * scale
+        l0 = self.history[-3] if len(self.history) > 2 else -np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            return bool(
+                aitken_converged(
+                    l0, self.history[-2], self.history[-1], self.n_samples, self.tol
+                )
+            )
 
 
 @dataclass(frozen=True)
@@ -115,11 +175,21 @@ class FitResult:
     n_iter : int
         Iterations taken.
     converged : bool
-        Whether the stopping rule was met before ``max_iter``.
+        Whether the stopping rule fired (in every engine that ran) before
+        any cap was reached.
     monotone : bool
         False if the likelihood decreased beyond round-off (EM only).
     expert_weight : ndarray of shape (n_experts,)
         Total responsibility of each expert at the end (its effective size).
+    n_iter_polish : int, default=0
+        L-BFGS iterations of the polish (:func:`polish_fit`), counted apart
+        from ``n_iter``.
+    stop_reason : str, default=""
+        Why the fit stopped without converging (a cap reached, a failed line
+        search, a boundary); empty when the stopping rule fired.
+    boundary : tuple of str, default=()
+        Parameters found walking off to infinity, each with its cause
+        (:mod:`moestat.boundary`); a fit with any is degenerate.
     """
 
     model: MixtureOfExperts
@@ -129,11 +199,24 @@ class FitResult:
     converged: bool
     monotone: bool
     expert_weight: NDArray[np.float64]
+    n_iter_polish: int = 0
+    stop_reason: str = ""
+    boundary: tuple[str, ...] = ()
 
 
 def _evaluate(model, params, design, y):
     values = log_joint(model.gate, model.expert, params, design, y)
     return responsibilities_from_log_joint(values)
+
+
+@dataclass(frozen=True)
+class _EMState:
+    """One point of an EM run: parameters and what the E-step made of them."""
+
+    params: MoEParams
+    log_g: NDArray[np.float64]
+    resp: NDArray[np.float64]
+    log_likelihood: float
 
 
 def em(
@@ -145,6 +228,8 @@ def em(
     max_iter: int = 1000,
     var_floor: float = 0.0,
     sample_weight: NDArray[np.float64] | None = None,
+    accelerate: bool = True,
+    stop_on_ridge: bool = True,
 ) -> FitResult:
     """Fit by the EM algorithm from ``model.params``.
 
@@ -159,7 +244,8 @@ def em(
     tol : float, default=1e-6
         Stopping tolerance (module docstring).
     max_iter : int, default=1000
-        Maximum number of EM iterations.
+        Maximum number of E-steps (EM iterations; with ``accelerate`` the
+        extrapolated points count too).
     var_floor : float, default=0.0
         Lower bound on expert variances.
     sample_weight : ndarray of shape (n,), optional
@@ -170,6 +256,19 @@ def em(
         judges its candidates on the unweighted likelihood, so use weights
         with dense gates. Scale them to average about one: the pieces'
         guards (an expert with no responsibility) are relative to ``n``.
+    accelerate : bool, default=True
+        SQUAREM (Varadhan and Roland 2008) with its monotone safeguard:
+        every two EM steps, an extrapolated point along the squared
+        iteration is tried and kept only if its likelihood is not below the
+        second step's. The likelihood stays non-decreasing; slow EM (a
+        nearly singular information, a plateau) needs several times fewer
+        iterations. False gives plain EM.
+    stop_on_ridge : bool, default=True
+        Stop once the coefficients walk out a ridge to infinity
+        (:func:`moestat.boundary.walking_the_ridge`, checked every few
+        iterations). False walks on to the stopping rule or ``max_iter``
+        (as the batched torch engine does); the boundary is reported
+        either way.
 
     Returns
     -------
@@ -186,43 +285,227 @@ def em(
     observed log-likelihood with the new experts held fixed (an ECME step,
     Liu and Rubin 1994; the gate receives the new experts' log densities
     and chooses). The log-likelihood is therefore non-decreasing for every
-    gate; the monitor flags any decrease beyond round-off.
+    gate; the monitor flags any decrease beyond round-off. With
+    ``accelerate`` the stopping rule is applied to the likelihood at the
+    start of each SQUAREM cycle (three E-steps), whose increments shrink
+    geometrically as plain EM's do.
     """
     gate, expert = model.gate, model.expert
-    params = model.params
     weight = _check_sample_weight(sample_weight, design.n_samples)
     n = design.n_samples if weight is None else float(weight.sum())
     monitor = ConvergenceMonitor(tol, n)
     gate_features = gate.sufficient_features(design.gate)
     expert_features = expert.sufficient_features(design.expert, y)
-    log_g = gate.log_weights(params.gate, design.gate)
-    values = log_g + expert.log_density(params.expert, design.expert, y)
-    resp, log_lik = _weigh(*responsibilities_from_log_joint(values), weight)
-    monitor.report(log_lik.sum())
-    converged = False
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007
+
+    penalised = _is_penalised(model)
+
+    def e_step(params, log_g=None, log_f=None):
+        if log_g is None:
+            log_g = gate.log_weights(params.gate, design.gate)
+        if log_f is None:
+            log_f = expert.log_density(params.expert, design.expert, y)
+        resp, log_lik = _weigh(*responsibilities_from_log_joint(log_g + log_f), weight)
+        objective = float(log_lik.sum())
+        if penalised:
+            objective -= penalty(model, params, design)
+        return _EMState(params, log_g, resp, objective)
+
+    def on_ridge(previous, current):
+        if penalised or not stop_on_ridge:
+            return False
+        return walking_the_ridge(model, previous, current, design)
+
+    def em_step(state):
         expert_params = expert.m_step(
-            design.expert, y, resp, var_floor, params.expert, expert_features
+            design.expert,
+            y,
+            state.resp,
+            var_floor,
+            state.params.expert,
+            expert_features,
         )
         log_f = expert.log_density(expert_params, design.expert, y)
         gate_params, log_g = gate.m_step(
-            params.gate, design.gate, resp, log_g, gate_features, log_f
+            state.params.gate,
+            design.gate,
+            state.resp,
+            state.log_g,
+            gate_features,
+            log_f,
         )
-        params = MoEParams(gate_params, expert_params)
-        resp, log_lik = _weigh(*responsibilities_from_log_joint(log_g + log_f), weight)
-        if monitor.report(log_lik.sum()):
-            converged = True
-            break
+        return e_step(MoEParams(gate_params, expert_params), log_g, log_f)
+
+    state = e_step(model.params)
+    monitor.report(state.log_likelihood)
+    run = _squarem if accelerate else _plain_em
+    state, n_iter, converged = run(
+        state, em_step, e_step, monitor, model, design, var_floor, max_iter, on_ridge
+    )
+    fitted = model.with_params(state.params)
+    boundary = _boundary(fitted, design)
+    if boundary and not converged:
+        stop_reason = "the coefficients diverge (no interior maximum)"
+    else:
+        stop_reason = "" if converged else f"EM reached max_iter={max_iter}"
     return FitResult(
-        model=model.with_params(params),
-        log_likelihood=monitor.history[-1],
+        model=fitted,
+        log_likelihood=state.log_likelihood,
         trace=np.asarray(monitor.history),
         n_iter=n_iter,
-        converged=converged,
+        converged=converged and not boundary,
         monotone=not monitor.decreased,
-        expert_weight=resp.sum(axis=0),
+        expert_weight=state.resp.sum(axis=0),
+        stop_reason=stop_reason,
+        boundary=boundary,
     )
+
+
+def _is_penalised(model: MixtureOfExperts) -> bool:
+    return bool(
+        getattr(model.gate, "alpha", 0.0) or getattr(model.expert, "alpha", 0.0)
+    )
+
+
+def _boundary(model: MixtureOfExperts, design: Design) -> tuple[str, ...]:
+    """One message per coefficient found walking to infinity (none: ``()``)."""
+    findings = diverging_parameters(model, design)
+    return (boundary_message(findings),) if findings else ()
+
+
+#: EM iterations between two checks for coefficients walking out a ridge.
+RIDGE_CHECK_EVERY = 5
+
+
+def _plain_em(
+    state, em_step, e_step, monitor, model, design, var_floor, max_iter, on_ridge
+):
+    """Plain EM steps until the rule fires, a ridge, or ``max_iter``.
+
+    The ridge (coefficients walking out to infinity) is checked every
+    :data:`RIDGE_CHECK_EVERY` iterations.
+    """
+    for n_iter in range(1, max_iter + 1):
+        previous, state = state, em_step(state)
+        if monitor.report(state.log_likelihood):
+            return state, n_iter, True
+        if n_iter % RIDGE_CHECK_EVERY == 0 and on_ridge(previous.params, state.params):
+            return state, n_iter, False
+    return state, max_iter, False
+
+
+def _squarem(
+    state, em_step, e_step, monitor, model, design, var_floor, max_iter, on_ridge
+):
+    """SQUAREM cycles (scheme S3) with the monotone safeguard.
+
+    Each cycle takes two EM steps ``theta_1 = F(theta_0)``,
+    ``theta_2 = F(theta_1)``, then tries ``theta_0 - 2 a r + a^2 v`` with
+    ``r = theta_1 - theta_0``, ``v = theta_2 - 2 theta_1 + theta_0`` and
+    ``a = -|r| / |v|`` (at most -1, where the point is ``theta_2``) in the
+    packed parameters, clipped into their bounds; the point is kept only
+    if its likelihood is finite and not below ``theta_2``'s.
+
+    The stopping rule judges EM's own rate, which a jump disturbs for a
+    few steps: it is applied to the plain EM steps taken since the last
+    jump, with the largest of their last ratios as the rate
+    (:func:`_settled`). Once the three-point rule fires, jumps pause until
+    that check has enough plain steps to confirm or refute it. A fit whose
+    coefficients walk out a ridge (``on_ridge``) stops there.
+    """
+    shapes = _shapes(model, design)
+    lower, upper = _pack_bounds(model, *shapes)
+    n, tol = monitor.n_samples, monitor.tol
+    plain = [state.log_likelihood]
+    n_iter = 0
+    while n_iter < max_iter:
+        first = em_step(state)
+        n_iter += 1
+        monitor.report(first.log_likelihood)
+        plain.append(first.log_likelihood)
+        if n_iter >= max_iter:
+            return first, n_iter, _settled(plain, n, tol)
+        second = em_step(first)
+        n_iter += 1
+        monitor.report(second.log_likelihood)
+        plain.append(second.log_likelihood)
+        if _settled(plain, n, tol):
+            return second, n_iter, True
+        if on_ridge(first.params, second.params):
+            return second, n_iter, False
+        theta0, theta1, theta2 = (
+            pack(model.with_params(s.params), var_floor) for s in (state, first, second)
+        )
+        state = second
+        if aitken_converged(*plain[-3:], n, tol) or n_iter >= max_iter:
+            continue  # confirm with more plain steps before any jump
+        r, v = theta1 - theta0, theta2 - 2.0 * theta1 + theta0
+        r_norm, v_norm = np.linalg.norm(r), np.linalg.norm(v)
+        if v_norm == 0 or r_norm == 0:
+            continue
+        alpha = min(-r_norm / v_norm, -1.0)
+        if alpha == -1.0:
+            continue
+        jump = np.clip(theta0 - 2 * alpha * r + alpha**2 * v, lower, upper)
+        candidate = _evaluate_packed(e_step, model, jump, shapes, var_floor)
+        n_iter += 1
+        if candidate is not None and candidate.log_likelihood >= second.log_likelihood:
+            state = candidate
+            monitor.report(state.log_likelihood)
+            plain = [state.log_likelihood]
+    return state, n_iter, False
+
+
+def _settled(history: list[float], n: float, tol: float, window: int = 4) -> bool:
+    """The stopping rule on a run of plain EM steps, with a cautious rate.
+
+    An exact fixed point counts at once; otherwise the last ``window``
+    increments must be non-negative and shrinking, and the gain they
+    predict with the largest of their ratios as the rate,
+    ``d / (1 - a)``, at most ``tol * n``.
+    """
+    if len(history) >= 2 and abs(history[-1] - history[-2]) <= ROUNDOFF * (
+        abs(history[-1]) + n
+    ):
+        return True
+    if len(history) < window + 1:
+        return False
+    steps = np.diff(history[-(window + 1) :])
+    if np.any(steps[:-1] <= 0) or steps[-1] < 0:
+        return False
+    rate = float(np.max(steps[1:] / steps[:-1]))
+    return rate < 1.0 and steps[-1] <= tol * n * (1.0 - rate)
+
+
+def _evaluate_packed(e_step, model, theta, shapes, var_floor):
+    """The E-step at packed parameters, or None where it is not finite."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        candidate = e_step(unpack(model, theta, shapes, var_floor))
+    if not np.isfinite(candidate.log_likelihood):
+        return None
+    return candidate
+
+
+#: Relative size of a log-likelihood change that a line search can still
+#: resolve: below it, a failed line search is the maximum to round-off.
+LINE_SEARCH_RESOLUTION = 1e-8
+
+
+def _resolvable(log_likelihood: float, n: float, tol: float) -> float:
+    """The smallest gain a failed line search can be said to have missed."""
+    return max(tol * n, LINE_SEARCH_RESOLUTION * (abs(log_likelihood) + n))
+
+
+def _pack_bounds(model, m, p_gate, p_expert):
+    """Lower and upper bounds of the packed parameters of :func:`pack`."""
+    lower, upper = (
+        np.concatenate(pair)
+        for pair in zip(
+            model.gate.pack_bounds(m, p_gate),
+            model.expert.pack_bounds(m, p_expert),
+            strict=True,
+        )
+    )
+    return lower, upper
 
 
 def _check_sample_weight(
@@ -324,7 +607,10 @@ def log_likelihood_and_gradient(
     Returns
     -------
     log_likelihood : float
+        The log-likelihood minus the pieces' ridge penalties
+        (:func:`penalty`; zero unless a piece has ``alpha > 0``).
     gradient : ndarray of shape (n_free_parameters,)
+        Its gradient (the pieces' gradients include their penalties).
     """
     params = model.params
     log_g = model.gate.log_weights(params.gate, design.gate)
@@ -336,7 +622,31 @@ def log_likelihood_and_gradient(
             model.expert.gradient(params.expert, design.expert, y, resp, var_floor),
         ]
     )
-    return float(log_lik.sum()), grad
+    return float(log_lik.sum()) - penalty(model, params, design), grad
+
+
+def penalty(model: MixtureOfExperts, params: MoEParams, design: Design) -> float:
+    """The ridge penalties of the gate and of the experts at ``params``.
+
+    ``(alpha / 2) sum (sd_j beta_ij)^2`` over each piece's slopes
+    (:mod:`moestat.boundary`); zero for pieces without ``alpha``.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        Supplies the gate and the expert family.
+    params : MoEParams
+        The parameters.
+    design : Design
+        The designs (their column spreads scale the slopes).
+
+    Returns
+    -------
+    float
+    """
+    return model.gate.penalty(params.gate, design.gate) + model.expert.penalty(
+        params.expert, design.expert
+    )
 
 
 def mle(
@@ -370,15 +680,7 @@ def mle(
     # measured in units of that column's spread, which is what standardising
     # the covariates would do (L-BFGS, unlike Newton, is not affine invariant).
     scale = parameter_scales(model, design)
-    m, p_gate, p_expert = shapes
-    lower, upper = (
-        np.concatenate(pair)
-        for pair in zip(
-            model.gate.pack_bounds(m, p_gate),
-            model.expert.pack_bounds(m, p_expert),
-            strict=True,
-        )
-    )
+    lower, upper = _pack_bounds(model, *shapes)
     phi0 = np.clip(pack(model, var_floor), lower, upper) / scale
 
     def objective(phi):
@@ -392,10 +694,15 @@ def mle(
 
     monitor = ConvergenceMonitor(tol, n)
     monitor.report(-objective(phi0)[0] * n)
+    stopped = []
 
     def record(intermediate_result):
-        monitor.report(-intermediate_result.fun * n)
+        if monitor.report(-intermediate_result.fun * n):
+            stopped.append(True)
+            raise StopIteration
 
+    # scipy's own ftol is off: the shared rule, applied in the callback,
+    # decides (a StopIteration ends the run there).
     result = minimize(
         objective,
         phi0,
@@ -403,26 +710,52 @@ def mle(
         method="L-BFGS-B",
         callback=record,
         bounds=list(zip(lower / scale, upper / scale, strict=True)),
-        options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-12, "maxcor": 20},
+        options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
     )
     fitted = model.with_params(unpack(model, result.x * scale, shapes, var_floor))
     resp, log_lik = _evaluate(fitted, fitted.params, design, y)
-    # L-BFGS-B may end in a failed line search at the optimum (status 2);
-    # the shared rule on the recorded history decides then.
-    settled = len(monitor.history) > 1 and (
-        abs(monitor.history[-1] - monitor.history[-2]) / n
-        <= tol * max(abs(monitor.history[-1]) / n, 1.0)
-    )
-    converged = result.status == 0 or (result.status == 2 and settled)
+    converged, stop_reason = _lbfgs_verdict(result, bool(stopped), monitor, max_iter)
+    boundary = _boundary(fitted, design) if not _is_penalised(model) else ()
+    if boundary and not converged:
+        stop_reason = "the coefficients diverge (no interior maximum)"
     return FitResult(
         model=fitted,
-        log_likelihood=float(log_lik.sum()),
+        log_likelihood=float(log_lik.sum()) - penalty(fitted, fitted.params, design),
         trace=np.asarray(monitor.history),
-        n_iter=int(result.nit),
-        converged=bool(converged),
+        n_iter=min(int(result.nit), max_iter),
+        converged=converged and not boundary,
         monotone=True,
         expert_weight=resp.sum(axis=0),
+        stop_reason=stop_reason,
+        boundary=boundary,
     )
+
+
+def _lbfgs_verdict(
+    result: Any, stopped: bool, monitor: ConvergenceMonitor, max_iter: int
+) -> tuple[bool, str]:
+    """Whether an L-BFGS-B run converged, and why not if it did not.
+
+    Converged: the shared rule fired (``stopped``), or L-BFGS-B ended with
+    no change at all (status 0 with ``ftol=0``: an exact fixed point), or
+    its line search failed once the last increment was already below the
+    rule's threshold or below :data:`LINE_SEARCH_RESOLUTION` relative (no
+    more gain is resolvable in floating point).
+    """
+    if stopped:
+        return True, ""
+    if result.status == 1 or result.nit >= max_iter:
+        return False, f"L-BFGS-B reached max_iter={max_iter}"
+    if result.status == 0:
+        return True, ""
+    history = monitor.history
+    # a line search that fails before any step: no gain is resolvable here
+    last_gain = history[-1] - history[-2] if len(history) > 1 else 0.0
+    if result.status == 2 and abs(last_gain) <= _resolvable(
+        history[-1], monitor.n_samples, monitor.tol
+    ):
+        return True, ""
+    return False, f"L-BFGS-B stopped: {result.message}"
 
 
 # -- initialisation ---------------------------------------------------------
@@ -523,8 +856,6 @@ def initial_params(
 
 ENGINES = {"em": em, "mle": mle}
 INIT_METHODS = ("auto", "kmeans", "random")
-# L-BFGS-B iterations of the polish: enough to finish a slow EM tail.
-POLISH_MAX_ITER = 200
 # polish_fit's own defaults (the cap above applies within fit_restarts)
 POLISH_TOL = 1e-12
 POLISH_ITER = 500
@@ -564,6 +895,35 @@ def screened_start(
     return best if best is not None else start
 
 
+# Split-and-merge moves tried per round by init="auto"; EM iterations that
+# screen each move.
+SPLIT_MERGE_MOVES = 3
+SPLIT_MERGE_SCREEN_ITER = 10
+
+
+def _runner(model, design, y, solver, options, batch_engine, speed=None):
+    """``run(starts, max_iter)`` of :func:`moestat.starts.split_merge`.
+
+    ``max_iter=None`` runs the fit's engine with its own options; a number
+    runs exactly that many EM iterations. With a batch engine all starts
+    are fitted together.
+    """
+
+    def run(starts, max_iter):
+        if max_iter is None:
+            name, opts = solver, options
+        else:
+            name, opts = "em", {**options, "tol": 0.0, "max_iter": max_iter}
+        if batch_engine is not None:
+            return batch_engine(model, design, y, list(starts), solver=name, **opts)
+        engine = ENGINES[name]
+        if name == "em":
+            opts = {**opts, **(speed or {})}
+        return [engine(model.with_params(start), design, y, **opts) for start in starts]
+
+    return run
+
+
 def fit_restarts(
     model: MixtureOfExperts,
     design: Design,
@@ -582,6 +942,9 @@ def fit_restarts(
     screen_iter: int = 10,
     polish: bool = False,
     batch_engine: Any = None,
+    n_moves: int | None = None,
+    accelerate: bool = True,
+    stop_on_ridge: bool = True,
 ) -> tuple[FitResult, list[FitResult]]:
     """Fit from ``n_init`` starts and keep the best log-likelihood.
 
@@ -598,8 +961,10 @@ def fit_restarts(
         standardised (x, y); ``"random"``: from the best of
         ``n_candidates`` random partitions after ``screen_iter`` EM
         iterations (:func:`screened_start`); ``"auto"``: the first restart
-        from k-means, the others as ``"random"``. Given parameters start the
-        first restart; the others then follow ``"auto"``.
+        from k-means, the others as ``"random"``, and the best restart is
+        then improved by split-and-merge moves
+        (:func:`moestat.starts.split_merge`). Given parameters start the
+        first restart; the others then follow ``"auto"`` (without moves).
     n_init : int
         Number of restarts run to convergence.
     rng : numpy Generator
@@ -615,13 +980,23 @@ def fit_restarts(
         var_floor=)`` returning one FitResult per start: all restarts are
         fitted together (the torch backend). The starts are drawn first, in
         the same order, so both paths begin from the same parameters. With
-        ``polish`` the engine is called again with ``solver="mle"``.
+        ``polish`` the engine is called again with ``solver="mle"``; the
+        split-and-merge moves run on it too.
+    n_moves : int, optional
+        Split-and-merge moves tried per round on the best restart (0: none).
+        Default 3 for ``init="auto"``, 0 otherwise.
+
+    accelerate, stop_on_ridge : bool, default=True
+        Passed to the numpy EM runs (:func:`em`); the batched torch engine
+        takes plain EM steps and walks ridges on, so a sweep that compares
+        backends passes False for both.
 
     Returns
     -------
     best : FitResult
+        The best restart, after the moves and the polish.
     all_results : list of FitResult
-        One per restart, in order.
+        One per restart, in order (before the moves).
     """
     starts = restart_starts(
         model,
@@ -637,20 +1012,41 @@ def fit_restarts(
         screen_iter=screen_iter,
     )
     options = {"tol": tol, "max_iter": max_iter, "var_floor": var_floor}
+    speed = (
+        {"accelerate": accelerate, "stop_on_ridge": stop_on_ridge}
+        if solver == "em"
+        else {}
+    )
     if batch_engine is None:
         engine = ENGINES[solver]
         results = [
-            engine(model.with_params(start), design, y, **options) for start in starts
+            engine(model.with_params(start), design, y, **options, **speed)
+            for start in starts
         ]
     else:
         results = batch_engine(model, design, y, starts, solver=solver, **options)
-    best = best_restart(results)
+    best = best_restart(results, var_floor)
+    if n_moves is None:
+        n_moves = SPLIT_MERGE_MOVES if isinstance(init, str) and init == "auto" else 0
+    if n_moves > 0:
+        from moestat.starts import split_merge
+
+        best = split_merge(
+            best,
+            design,
+            y,
+            run=_runner(model, design, y, solver, options, batch_engine, speed),
+            n_moves=n_moves,
+            short_iter=SPLIT_MERGE_SCREEN_ITER,
+            var_floor=var_floor,
+        )
     if polish:
         best = polish_fit(
             best,
             design,
             y,
-            max_iter=min(max_iter, POLISH_MAX_ITER),
+            tol=POLISH_TOL,
+            max_iter=max_iter,
             var_floor=var_floor,
             batch_engine=batch_engine,
         )
@@ -730,18 +1126,26 @@ def restart_starts(
     return starts
 
 
-def best_restart(results: list[FitResult]) -> FitResult:
-    """The restart with the largest finite log-likelihood.
+def best_restart(results: list[FitResult], var_floor: float | None = None) -> FitResult:
+    """The restart with the largest finite log-likelihood, regular ones first.
+
+    A degenerate restart -- coefficients walking to infinity
+    (``FitResult.boundary``) or, given ``var_floor``, an expert variance at
+    the floor -- never wins over a regular one, whatever its likelihood
+    (a degenerate likelihood can be made as large as one likes).
 
     Parameters
     ----------
     results : list of FitResult
         One per restart.
+    var_floor : float, optional
+        The variance floor of the fit; None leaves variances unexamined.
 
     Returns
     -------
     FitResult
-        The first of the results with the largest log-likelihood.
+        The first of the regular results with the largest log-likelihood,
+        or of all results when every one is degenerate.
 
     Raises
     ------
@@ -754,7 +1158,32 @@ def best_restart(results: list[FitResult]) -> FitResult:
             "Every restart ended with a non-finite log-likelihood; check the "
             "scale of X and y or raise reg_var."
         )
-    return max(finite, key=lambda r: r.log_likelihood)
+    regular = [r for r in finite if not is_degenerate(r, var_floor)]
+    return max(regular or finite, key=lambda r: r.log_likelihood)
+
+
+def is_degenerate(result: FitResult, var_floor: float | None = None) -> bool:
+    """Whether a fit sits on a boundary of the parameter space.
+
+    Parameters
+    ----------
+    result : FitResult
+        A fit.
+    var_floor : float, optional
+        The variance floor; with it, an expert variance at the floor counts.
+
+    Returns
+    -------
+    bool
+        True for diverging coefficients (``result.boundary``) or a
+        variance at ``var_floor``.
+    """
+    if result.boundary:
+        return True
+    if var_floor is None or var_floor <= 0:
+        return False
+    expert, params = result.model.expert, result.model.params.expert
+    return len(expert.at_variance_floor(params, var_floor)) > 0
 
 
 def polish_fit(
@@ -770,11 +1199,11 @@ def polish_fit(
     """Finish a fit with L-BFGS-B on the log-likelihood (the EM-then-MLE hybrid).
 
     EM converges linearly, and slowly where the information is nearly
-    singular, so a relative stopping rule can stop it short of the maximum.
-    Quasi-Newton steps from its end reach the maximum itself. The polished
-    fit is kept only if its likelihood is not lower; its iterations are
-    added to the count and its history to the trace, and ``converged``
-    stays the first engine's verdict unless the polish itself converged.
+    singular; quasi-Newton steps from its end reach the maximum itself.
+    The polished fit is kept only if its likelihood is not lower; its
+    iterations are counted in ``n_iter_polish`` and its history is added
+    to the trace, and ``converged`` is true only if both the first engine
+    and the polish met the stopping rule.
     ``batch_engine`` (see :func:`fit_restarts`) runs the polish instead of
     :func:`mle`.
 
@@ -835,20 +1264,33 @@ def keep_polished(result: FitResult, polished: FitResult) -> FitResult:
     -------
     FitResult
         ``result`` itself if the polish lowered the log-likelihood;
-        otherwise the polished model with the traces joined, the
-        iterations added, ``converged`` true if either engine converged and
-        ``monotone`` from the first engine.
+        otherwise the polished model with the traces joined, the polish's
+        iterations in ``n_iter_polish`` (``n_iter`` stays the first
+        engine's), ``converged`` the first engine's verdict unless the
+        polish reached its cap (a cap reached in either is not
+        convergence; a polish whose line search fails at a kink leaves the
+        verdict standing) and ``monotone`` from the first engine.
     """
     if polished.log_likelihood < result.log_likelihood:
         return result
+    # A polish whose line search fails (a kink of a top-K likelihood, say)
+    # leaves the first engine's verdict standing; a polish cut off by its
+    # cap does not.
+    capped = "max_iter" in polished.stop_reason
+    reasons = [result.stop_reason] if result.stop_reason else []
+    if capped:
+        reasons.append("the polish's " + polished.stop_reason)
     return FitResult(
         model=polished.model,
         log_likelihood=polished.log_likelihood,
         trace=np.concatenate([result.trace, polished.trace[1:]]),
-        n_iter=result.n_iter + polished.n_iter,
-        converged=result.converged or polished.converged,
+        n_iter=result.n_iter,
+        converged=result.converged and (polished.converged or not capped),
         monotone=result.monotone,
         expert_weight=polished.expert_weight,
+        n_iter_polish=result.n_iter_polish + polished.n_iter,
+        stop_reason="; ".join(reasons),
+        boundary=polished.boundary,
     )
 
 

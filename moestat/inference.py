@@ -7,17 +7,30 @@ engine uses (the softmax reference row dropped, variances as
 analytic gradient (Fisher's identity). Standard errors are reported on the
 natural scale (variances, not their logarithms) by the delta method.
 
+The computation does not depend on units. The information is analysed and
+inverted in scaled coordinates, each parameter measured in units of
+``1 / sqrt(I_jj)`` (Jacobi equilibration: the scaled information has a unit
+diagonal whatever the units of the covariates and of ``y``), and the
+covariance is transformed back; the finite-difference steps are kept below
+a fixed fraction of the same units. A change of units of a covariate or of
+``y`` therefore rescales each standard error by the factor that rescales its
+parameter and leaves every z statistic as it was.
+
 The covariance is the inverse information only where the information is
-finite and positive definite. Directions in which it is singular (an empty
-expert, an over-specified number of experts, a gate that separates) get NaN
-standard errors, for the parameters that load on them only, and a
-:class:`~moestat.exceptions.SingularInformationWarning`.
+finite and positive definite in scaled coordinates. Directions in which it
+is singular get NaN standard errors, for the parameters that load on them
+only, and a :class:`~moestat.exceptions.SingularInformationWarning` that
+names the cause where it can be told: an empty expert, two experts that
+duplicate each other, a gate that separates, or an estimate that is not a
+maximum.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -30,9 +43,15 @@ from moestat.fit import (
     log_likelihood_and_gradient,
     pack,
     parameter_scales,
+    penalty,
     unpack,
 )
-from moestat.model import Design, MixtureOfExperts
+from moestat.model import (
+    Design,
+    MixtureOfExperts,
+    log_joint,
+    responsibilities_from_log_joint,
+)
 
 __all__ = [
     "observed_information",
@@ -41,6 +60,21 @@ __all__ = [
     "MoEInferenceResults",
     "infer",
 ]
+
+# An expert whose total responsibility is below one observation per packed
+# parameter is empty.
+_EMPTY_PER_PARAMETER = 1.0
+# Experts whose packed parameters all lie within this many conditional
+# standard errors ``1 / sqrt(I_jj)`` of each other duplicate each other.
+_DUPLICATE_DISTANCE = 3.0
+# A gate whose log-odds between two experts change by more than this over
+# one standard deviation of a covariate separates them.
+_SEPARATING_SLOPE = 20.0
+# A scaled eigenvalue below minus this is negative curvature, not noise.
+_NEGATIVE_CURVATURE = 1e-6
+# Rounds of shortening a finite-difference step that is too long.
+_SHORTENINGS = 10
+_NAME = re.compile(r"^(gate|expert)(\d+)\[(.*)\]$")
 
 
 def parameter_names(model: MixtureOfExperts, design_names: tuple[list, list]) -> list:
@@ -66,18 +100,54 @@ def parameter_names(model: MixtureOfExperts, design_names: tuple[list, list]) ->
     )
 
 
+# -- the observed information ---------------------------------------------------
+
+
+def _difference_columns(evaluate, theta, steps, columns, at_theta):
+    """Central differences of the gradient along the given coordinates.
+
+    Also returns, per coordinate, the drop of the log-likelihood from
+    ``theta`` to the two points, ``l(theta) - (l(theta + h) + l(theta - h)) / 2``,
+    about ``I_jj h^2 / 2``: a unit-free measure of the step's length.
+    """
+    out = np.empty((theta.size, len(columns)))
+    drops = np.empty(len(columns))
+    for i, j in enumerate(columns):
+        shift = np.zeros_like(theta)
+        shift[j] = steps[j]
+        up, up_gradient = evaluate(theta + shift)
+        down, down_gradient = evaluate(theta - shift)
+        out[:, i] = (up_gradient - down_gradient) / (2 * steps[j])
+        drops[i] = at_theta - 0.5 * (up + down)
+    return out, drops
+
+
+def _shorter_steps(steps, drops, scaled_step):
+    """Steps of ``scaled_step / 10`` conditional standard errors, from the drops."""
+    length = np.sqrt(2 * np.maximum(drops, 0.0))
+    factor = np.where(np.isfinite(length), 0.1 * scaled_step / length, 1e-3)
+    return steps * factor
+
+
 def observed_information(
     model: MixtureOfExperts,
     design: Design,
     y: NDArray[np.float64],
     var_floor: float = 0.0,
     relative_step: float = 1e-5,
+    *,
+    scaled_step: float | None = 1e-2,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Negative Hessian of the log-likelihood in the packed parameters.
 
-    Central differences of the analytic gradient, step
-    ``relative_step * max(|theta_j|, s_j)`` with ``s_j`` the parameter's
-    typical scale; the result is symmetrised.
+    Central differences of the analytic gradient, first with the step
+    ``relative_step * max(|theta_j|, s_j)``, ``s_j`` the parameter's typical
+    scale (from its design column). A step's length in conditional standard
+    errors ``1 / sqrt(I_jj)`` is read off the drop of the log-likelihood
+    along it, which does not depend on units; a step longer than
+    ``scaled_step`` of them (as when ``y`` is measured in small units) is
+    shortened to a tenth of that and the column differenced again. The
+    result is symmetrised.
 
     Parameters
     ----------
@@ -90,7 +160,10 @@ def observed_information(
     var_floor : float, default=0.0
         The variance floor of the parametrisation.
     relative_step : float, default=1e-5
-        Relative finite-difference step.
+        Relative finite-difference step of the first pass.
+    scaled_step : float or None, default=1e-2
+        Longest step kept, in conditional standard errors; None keeps the
+        first pass's steps whatever their length.
 
     Returns
     -------
@@ -103,16 +176,51 @@ def observed_information(
     theta = pack(model, var_floor)
     steps = relative_step * np.maximum(np.abs(theta), parameter_scales(model, design))
 
-    def gradient(point):
+    def evaluate(point):
         candidate = model.with_params(unpack(model, point, shapes, var_floor))
-        return log_likelihood_and_gradient(candidate, design, y, var_floor)[1]
+        return log_likelihood_and_gradient(candidate, design, y, var_floor)
 
-    hessian = np.empty((theta.size, theta.size))
-    for j, h in enumerate(steps):
-        shift = np.zeros_like(theta)
-        shift[j] = h
-        hessian[:, j] = (gradient(theta + shift) - gradient(theta - shift)) / (2 * h)
+    at_theta = evaluate(theta)[0]
+    columns = np.arange(theta.size)
+    hessian, drops = _difference_columns(evaluate, theta, steps, columns, at_theta)
+    for _ in range(_SHORTENINGS if scaled_step is not None else 0):
+        redo = np.flatnonzero(~(np.sqrt(2 * np.maximum(drops, 0.0)) <= scaled_step))
+        if not redo.size:
+            break
+        steps[redo] = _shorter_steps(steps[redo], drops[redo], scaled_step)
+        hessian[:, redo], drops[redo] = _difference_columns(
+            evaluate, theta, steps, redo, at_theta
+        )
     return theta, -0.5 * (hessian + hessian.T)
+
+
+# -- its inverse, in scaled coordinates --------------------------------------
+def _scaled(information):
+    """Jacobi equilibration ``D I D``, ``D = diag(1 / sqrt(I_jj))``.
+
+    Coordinates with a non-positive diagonal get ``D_jj = 0``.
+    """
+    diagonal = np.diag(information)
+    scale = np.zeros_like(diagonal)
+    positive = diagonal > 0
+    scale[positive] = 1.0 / np.sqrt(diagonal[positive])
+    return information * scale[:, None] * scale[None, :], scale
+
+
+def _singular_directions(scaled, usable, rtol):
+    """Scaled eigenvalues, and the coordinates loading on the singular ones."""
+    k = scaled.shape[0]
+    affected = ~usable
+    index = np.flatnonzero(usable)
+    if not index.size:
+        return np.array([]), affected
+    values, vectors = np.linalg.eigh(scaled[np.ix_(index, index)])
+    bad = values <= rtol * max(values.max(), 0.0)
+    if bad.any():
+        loads = np.zeros(k, dtype=bool)
+        loads[index] = (vectors[:, bad] ** 2).sum(axis=1) > 1e-6
+        affected = affected | loads
+    return values, affected
 
 
 def covariance_from_information(
@@ -120,39 +228,180 @@ def covariance_from_information(
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """Invert the information where it is positive definite.
 
+    The information is first scaled to a unit diagonal (each parameter
+    measured in units of ``1 / sqrt(I_jj)``); singular directions are found
+    and the inverse is taken in these coordinates and transformed back. The
+    result is equivariant under any rescaling of the parameters: with
+    ``I' = U^-1 I U^-1`` for a positive diagonal ``U`` the covariance is
+    ``U C U`` and the same parameters are affected.
+
     Parameters
     ----------
     information : ndarray of shape (k, k)
     rtol : float, default=1e-10
-        Eigenvalues below ``rtol`` times the largest count as zero.
+        Eigenvalues of the scaled information below ``rtol`` times the
+        largest count as zero.
 
     Returns
     -------
     covariance : ndarray of shape (k, k)
         NaN in the rows and columns of the affected parameters.
     affected : ndarray of shape (k,)
-        Parameters loading on a singular (or negative) direction.
+        Parameters with no positive information of their own or loading on a
+        singular (or negative) direction of the scaled information.
     """
     k = information.shape[0]
     if not np.all(np.isfinite(information)):
         return np.full((k, k), np.nan), np.ones(k, dtype=bool)
-    eigenvalues, vectors = np.linalg.eigh(information)
-    bad = eigenvalues <= rtol * max(eigenvalues.max(), 0.0)
-    affected = (
-        (vectors[:, bad] ** 2).sum(axis=1) > 1e-6
-        if bad.any()
-        else np.zeros(k, dtype=bool)
-    )
+    scaled, scale = _scaled(information)
+    _, affected = _singular_directions(scaled, scale > 0, rtol)
     covariance = np.full((k, k), np.nan)
     keep = ~affected
     if keep.any():
-        block = information[np.ix_(keep, keep)]
-        values, vecs = np.linalg.eigh(block)
+        values, vectors = np.linalg.eigh(scaled[np.ix_(keep, keep)])
         if values.min() > rtol * max(values.max(), 0.0):
-            covariance[np.ix_(keep, keep)] = (vecs / values) @ vecs.T
+            inverse = (vectors / values) @ vectors.T
+            covariance[np.ix_(keep, keep)] = (
+                inverse * scale[keep, None] * scale[None, keep]
+            )
         else:
             affected[:] = True
     return covariance, affected
+
+
+# -- naming the cause of a singular direction ------------------------------------
+def _owners(names):
+    """``(kind, expert number, label)`` of each name (kind None if neither)."""
+    owners = []
+    for name in names:
+        match = _NAME.match(name)
+        owners.append((match[1], int(match[2]), match[3]) if match else (None, 0, name))
+    return owners
+
+
+def _touches(owners, affected, experts):
+    """Whether an affected parameter belongs to one of ``experts`` or its gate."""
+    return any(
+        affected[j] and number in experts for j, (_, number, _) in enumerate(owners)
+    )
+
+
+def _empty_experts(totals, owners, affected):
+    """Experts with less responsibility than parameters, on a singular direction."""
+    empty = []
+    for number, total in enumerate(totals, start=1):
+        size = sum(kind == "expert" and k == number for kind, k, _ in owners)
+        threshold = max(1.0, _EMPTY_PER_PARAMETER * size)
+        if total < threshold and _touches(owners, affected, {number}):
+            empty.append(number)
+    return empty
+
+
+def _expert_coordinates(owners, kind="expert"):
+    """``{expert number: {label: packed index}}`` for one kind of parameter."""
+    table: dict[int, dict[str, int]] = {}
+    for j, (owner, number, label) in enumerate(owners):
+        if owner == kind:
+            table.setdefault(number, {})[label] = j
+    return table
+
+
+def _duplicate_pairs(theta, curvature, owners, affected, skip):
+    """Pairs of experts within a few conditional standard errors of each other."""
+    experts = _expert_coordinates(owners)
+    pairs = []
+    for a, b in combinations(sorted(set(experts) - set(skip)), 2):
+        labels = sorted(experts[a].keys() & experts[b].keys())
+        first = np.array([experts[a][label] for label in labels], dtype=int)
+        second = np.array([experts[b][label] for label in labels], dtype=int)
+        unit = np.sqrt(np.maximum(curvature[first], curvature[second]))
+        distance = np.abs(theta[first] - theta[second]) * unit
+        if (
+            labels
+            and np.all(unit > 0)
+            and np.all(distance < _DUPLICATE_DISTANCE)
+            and _touches(owners, affected, {a, b})
+        ):
+            pairs.append((a, b))
+    return pairs
+
+
+def _gate_slopes(theta, spreads, owners, skip):
+    """Gate log-odds changes per standard deviation of a covariate, by name.
+
+    Rows against the reference and against each other; constant columns
+    (spread 0) and the rows of ``skip`` are left out.
+    """
+    rows = _expert_coordinates(owners, kind="gate")
+    rows = {k: v for k, v in rows.items() if k not in skip}
+    slopes = {}
+    for number, row in rows.items():
+        for label, j in row.items():
+            slopes[f"gate{number}[{label}]"] = abs(theta[j]) * spreads[j]
+    for a, b in combinations(sorted(rows), 2):
+        for label in sorted(rows[a].keys() & rows[b].keys()):
+            i, j = rows[a][label], rows[b][label]
+            slopes[f"gate{b}[{label}] - gate{a}[{label}]"] = (
+                abs(theta[j] - theta[i]) * spreads[j]
+            )
+    return slopes
+
+
+def _separation_cause(model, design, theta, owners, affected, skip):
+    """The sharpest gate slope, when it is sharp and the gate is affected."""
+    gate = np.array([kind == "gate" for kind, _, _ in owners], dtype=bool)
+    if not (affected & gate).any():
+        return []
+    spreads = model.gate.pack_scales(design.gate.std(axis=0), model.params.n_experts)
+    slopes = _gate_slopes(theta, spreads, owners, skip)
+    name, slope = max(slopes.items(), key=lambda item: item[1], default=("", 0.0))
+    if slope <= _SEPARATING_SLOPE:
+        return []
+    return [
+        f"the gate separates ({name} changes the log-odds by {slope:.3g} per "
+        "standard deviation of its covariate)"
+    ]
+
+
+def _generic_cause(information, affected, names):
+    """A flat coordinate, negative curvature, or a near-singular direction."""
+    scaled, scale = _scaled(information)
+    flat = [n for n, s, a in zip(names, scale, affected, strict=True) if a and s == 0]
+    if flat:
+        return f"the log-likelihood does not curve in {flat[:8]}"
+    values, _ = _singular_directions(scaled, scale > 0, 0.0)
+    smallest = values.min() if values.size else 0.0
+    if smallest < -_NEGATIVE_CURVATURE:
+        return (
+            f"the scaled information has a negative eigenvalue ({smallest:.3g}): "
+            "the estimate is not a maximum of the likelihood"
+        )
+    return (
+        "a near-singular direction of the scaled information (smallest "
+        f"eigenvalue {smallest:.3g}); more experts than the data support can "
+        "cause it"
+    )
+
+
+def _singularity_causes(model, design, y, theta, information, affected, names):
+    """Readable causes of the singular directions, most specific first."""
+    if not np.all(np.isfinite(information)):
+        return ["the log-likelihood's gradient is not finite near the estimate"]
+    owners = _owners(names)
+    resp, _ = responsibilities_from_log_joint(
+        log_joint(model.gate, model.expert, model.params, design, y)
+    )
+    totals = resp.sum(axis=0)
+    empty = _empty_experts(totals, owners, affected)
+    causes = [
+        f"empty expert {k} (total responsibility {totals[k - 1]:.3g} of "
+        f"{len(y)} observations)"
+        for k in empty
+    ]
+    pairs = _duplicate_pairs(theta, np.diag(information), owners, affected, empty)
+    causes += [f"experts {a} and {b} duplicate each other" for a, b in pairs]
+    causes += _separation_cause(model, design, theta, owners, affected, empty)
+    return causes or [_generic_cause(information, affected, names)]
 
 
 @dataclass
@@ -182,6 +431,11 @@ class MoEInferenceResults:
         Iterations of the fit.
     info : dict
         Model description shown at the top of the summary.
+    alpha : float, default=0.0
+        Strength of the penalty of a penalised fit (0: maximum likelihood).
+        When positive the summary shows it and notes that the standard
+        errors come from the penalised information. Not to be confused with
+        the ``alpha`` argument of the interval methods (one minus coverage).
     """
 
     params: pd.Series
@@ -193,6 +447,7 @@ class MoEInferenceResults:
     converged: bool
     n_iter: int
     info: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 0.0
 
     @property
     def tvalues(self) -> pd.Series:
@@ -297,6 +552,8 @@ class MoEInferenceResults:
             ("Converged", self.converged),
             ("Iterations", self.n_iter),
         ]
+        if self.alpha > 0:
+            facts.append(("Penalty (alpha)", f"{self.alpha:g}"))
         half = (len(facts) + 1) // 2
         left, right = facts[:half], facts[half:] + [("", "")] * (2 * half - len(facts))
         rows = [
@@ -318,6 +575,13 @@ class MoEInferenceResults:
             ]
             summary.tables.append(
                 SimpleTable(data, headers=list(part.columns), stubs=stubs, title=block)
+            )
+        if self.alpha > 0:
+            summary.add_extra_txt(
+                [
+                    "Standard errors are from the penalised information "
+                    f"(alpha = {self.alpha:g})."
+                ]
             )
         return summary
 
@@ -346,6 +610,7 @@ def infer(
     converged: bool,
     n_iter: int,
     info: dict[str, Any] | None = None,
+    alpha: float = 0.0,
 ) -> MoEInferenceResults:
     """Observed information, covariance and the results object for a fit.
 
@@ -367,20 +632,34 @@ def infer(
         From the fit.
     info : dict, optional
         Model facts for the summary header.
+    alpha : float, default=0.0
+        Penalty strength of the fit, carried to the results and shown in
+        the summary when positive.
 
     Returns
     -------
     MoEInferenceResults
+
+    Warns
+    -----
+    SingularInformationWarning
+        When the information is singular in scaled coordinates; the message
+        lists the parameters with NaN standard errors and the cause where it
+        can be told (an empty expert, duplicated experts, a separating gate,
+        an estimate that is not a maximum).
     """
     theta, information = observed_information(model, design, y, var_floor)
     covariance, affected = covariance_from_information(information)
+    names = parameter_names(model, design_names)
     if affected.any():
-        names = np.array(parameter_names(model, design_names))[affected]
+        listed = np.array(names)[affected].tolist()
+        causes = _singularity_causes(
+            model, design, y, theta, information, affected, names
+        )
         warnings.warn(
             "The observed information is singular in the direction of "
-            f"{names.tolist()[:8]}{' ...' if len(names) > 8 else ''}: their "
-            "standard errors are NaN (an empty or duplicated expert, more experts "
-            "than the data support, or a separated gate).",
+            f"{listed[:8]}{' ...' if len(listed) > 8 else ''}: their standard "
+            f"errors are NaN. Cause: {'; '.join(causes)}.",
             SingularInformationWarning,
             stacklevel=3,
         )
@@ -390,9 +669,12 @@ def infer(
     expert_values, expert_jacobian = model.expert.natural(theta[k_gate:], m, var_floor)
     values[k_gate:], jacobian[k_gate:] = expert_values, expert_jacobian
     covariance = covariance * jacobian[:, None] * jacobian[None, :]
-    index = pd.Index(parameter_names(model, design_names), name="parameter")
+    index = pd.Index(names, name="parameter")
     bse = np.sqrt(np.where(np.diag(covariance) >= 0, np.diag(covariance), np.nan))
-    ll = log_likelihood_and_gradient(model, design, y, var_floor)[0]
+    # the log-likelihood itself, not the penalised objective
+    ll = log_likelihood_and_gradient(model, design, y, var_floor)[0] + penalty(
+        model, model.params, design
+    )
     return MoEInferenceResults(
         params=pd.Series(values, index=index, name="coef"),
         bse=pd.Series(bse, index=index, name="std err"),
@@ -403,4 +685,5 @@ def infer(
         converged=converged,
         n_iter=n_iter,
         info=dict(info or {}),
+        alpha=float(alpha),
     )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import linear_sum_assignment
+from scipy.special import logsumexp
 
 from moestat._math import logsumexp_rows
 from moestat._validation import as_generator
@@ -79,6 +80,21 @@ def log_joint(
     return gate.log_weights(params.gate, design.gate) + expert.log_density(
         params.expert, design.expert, y
     )
+
+
+def _mean_from_logs(
+    log_weights: NDArray[np.float64], log_means: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """``sum_i g_i mu_i`` from ``log g_i`` and ``log mu_i``, shape (n,).
+
+    Summed in log space, so that an expert whose mean overflows where its
+    weight underflows adds nothing (never ``0 * inf``); an expert of zero
+    weight is left out whatever its mean. The result is ``+inf`` only where
+    its logarithm exceeds the float range (about 709.78).
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        terms = np.where(np.isneginf(log_weights), -np.inf, log_weights + log_means)
+        return np.exp(logsumexp(terms, axis=1))
 
 
 def responsibilities_from_log_joint(
@@ -238,12 +254,23 @@ class MixtureOfExperts:
         -------
         ndarray of shape (n_samples,)
             The mixture's conditional mean at each row of ``X``.
+
+        Notes
+        -----
+        Experts with a ``log_mean`` (Poisson and Bernoulli) are mixed in log
+        space, ``exp(logsumexp_i(log g_i + log mu_i))``: far from the data an
+        expert the gate switches off cannot turn the mean into NaN through
+        ``0 * inf``. A Poisson mean is ``+inf`` only where it exceeds the
+        largest float (about 1.8e308).
         """
         params = self._require_params()
         design = self.design(X)
-        weights = np.exp(self.gate.log_weights(params.gate, design.gate))
+        log_weights = self.gate.log_weights(params.gate, design.gate)
+        if hasattr(self.expert, "log_mean"):
+            log_means = self.expert.log_mean(params.expert, design.expert)
+            return _mean_from_logs(log_weights, log_means)
         means = self.expert.mean(params.expert, design.expert)
-        return np.sum(weights * means, axis=1)
+        return np.sum(np.exp(log_weights) * means, axis=1)
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
         """Class probabilities ``sum_i g_i(x) p_i(c | x)``.

@@ -201,7 +201,8 @@ def plot_selection(table: Any, *, criterion: str | None = None, ax: Any = None):
         part = part.sort_values("n_experts")
         label = criterion if key is None else f"degree {key}"
         ax.plot(part["n_experts"], part[criterion], "o-", label=label)
-    best = table.loc[table[criterion].idxmin()]
+    # the row select_model chose (degenerate fits are passed over)
+    best = table.loc[table.attrs.get("best", table[criterion].idxmin())]
     ax.plot(best["n_experts"], best[criterion], "k*", ms=14, label="best")
     ax.set_xlabel("number of experts m")
     ax.set_ylabel(criterion)

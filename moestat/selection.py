@@ -2,7 +2,10 @@
 
 ``select_model`` fits an estimator over a grid of ``n_experts`` (and
 ``degree``), in parallel with joblib, scores every fit by BIC, AIC or the
-held-out log-likelihood, and refits the best on all the data.
+held-out log-likelihood, and refits the best on all the data. A fit that
+reported a degeneracy (a collapsed expert, diverging coefficients) is
+passed over: its likelihood is that of a degenerate point, not of a model
+the data support.
 """
 
 from __future__ import annotations
@@ -28,11 +31,39 @@ __all__ = ["select_model"]
 CRITERIA = ("bic", "aic", "heldout")
 
 
+def _first_sentence(message: str) -> str:
+    """The text up to the first full stop that ends a sentence."""
+    head, stop, _ = message.partition(". ")
+    return head + "." if stop else message
+
+
+def _degeneracy_reasons(caught: list[warnings.WarningMessage]) -> str:
+    """The distinct degeneracies among caught warnings, first sentences joined.
+
+    Parameters
+    ----------
+    caught : list of warnings.WarningMessage
+        Warnings recorded while fitting.
+
+    Returns
+    -------
+    str
+        Empty when no :class:`DegenerateFitWarning` was raised.
+    """
+    reasons = [
+        _first_sentence(str(w.message))
+        for w in caught
+        if issubclass(w.category, DegenerateFitWarning)
+    ]
+    return "; ".join(dict.fromkeys(reasons))
+
+
 def _fit_one(estimator, X, y, X_test, y_test, params):
     est = clone(estimator).set_params(**params)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         est.fit(X, y)
+    reasons = _degeneracy_reasons(caught)
     row = {
         **params,
         "log_likelihood": est.log_likelihood_,
@@ -40,11 +71,30 @@ def _fit_one(estimator, X, y, X_test, y_test, params):
         "aic": est.aic(X, y),
         "bic": est.bic(X, y),
         "converged": est.converged_,
-        "degenerate": any(issubclass(w.category, DegenerateFitWarning) for w in caught),
+        "degenerate": bool(reasons),
+        "passed_over": f"degenerate: {reasons}" if reasons else "",
     }
     if X_test is not None:
         row["heldout"] = -float(np.mean(est.score_samples(X_test, y_test)))
     return row
+
+
+def _chosen_row(table: pd.DataFrame, criterion: str) -> int:
+    """Index of the best row not passed over; the best row if all are.
+
+    Warns with :class:`DegenerateFitWarning` when every fit was degenerate.
+    """
+    eligible = table.index[table["passed_over"] == ""]
+    if len(eligible):
+        return int(eligible[0])
+    warnings.warn(
+        f"Every fit of the grid reported a degeneracy; keeping the best by "
+        f"{criterion} (n_experts={table.loc[0, 'n_experts']}) anyway. Its "
+        f"estimates are not reliable: {table.loc[0, 'passed_over']}",
+        DegenerateFitWarning,
+        stacklevel=3,
+    )
+    return 0
 
 
 def select_model(
@@ -90,10 +140,15 @@ def select_model(
     table : pandas.DataFrame
         One row per fit: the grid values, ``log_likelihood``,
         ``n_parameters``, ``aic``, ``bic`` (``heldout``), ``converged``,
-        ``degenerate`` (a collapsed expert was reported), sorted by the
-        criterion; ``table.attrs["criterion"]`` names it.
+        ``degenerate`` (the fit raised :class:`DegenerateFitWarning`: a
+        collapsed expert or diverging coefficients) and ``passed_over``
+        (why the row cannot be chosen, ``""`` if it can), sorted by the
+        criterion; ``table.attrs["criterion"]`` names it and
+        ``table.attrs["best"]`` is the index of the chosen row.
     best : estimator
-        The best grid point refitted on all of ``X, y``.
+        The best grid point not passed over, refitted on all of ``X, y``.
+        If every fit was degenerate the best by the criterion is kept and
+        a :class:`DegenerateFitWarning` says so.
 
     Examples
     --------
@@ -137,7 +192,9 @@ def select_model(
     table = pd.DataFrame(rows).sort_values(criterion, kind="stable")
     table = table.reset_index(drop=True)
     table.attrs["criterion"] = criterion
-    best_params = {k: table.loc[0, k] for k in grid[0]}
+    chosen = _chosen_row(table, criterion)
+    table.attrs["best"] = chosen
+    best_params = {k: table.loc[chosen, k] for k in grid[0]}
     best_params = {k: int(v) for k, v in best_params.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

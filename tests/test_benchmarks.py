@@ -42,3 +42,11 @@ OWN_ARGS["bench_torch_em.py"] = (
     ["--small", "--device", "cpu", "--iters", "2", "--repeats", "1"],
     "torch",
 )
+OWN_ARGS["bench_starts.py"] = (
+    [
+        *("--cases", "bench_em_2000", "faithful"),
+        *("--strategies", "auto", "kmeans"),
+        *("--seeds", "1", "--n-ref-init", "2"),
+    ],
+    None,
+)

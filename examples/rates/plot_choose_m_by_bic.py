@@ -107,7 +107,8 @@ print(summary.to_string())
 # takes over; the minimum moves to the right as ``n`` grows, by several
 # experts for ``k = 0`` and by about one for ``k = 1``, as the exponents
 # ``1/3`` and ``1/5`` say. Near its minimum the curve of ``k = 0`` is
-# flat (at ``n = 300`` five to nine experts lie within three units), so the
+# flat (at ``n = 300`` seven and eight experts lie within one unit, six and
+# nine within seven; at ``n = 1000`` ten and eleven within three), so the
 # selected ``m`` of one sample is noisy; its growth is not. Across ``k``
 # (the table above), linear experts
 # reach the smaller BIC, with fewer experts, at every ``n``: three linear

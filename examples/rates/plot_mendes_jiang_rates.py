@@ -104,8 +104,11 @@ fig.tight_layout()
 # ``m = 1, 2, 3, 4, 6, 8, 12`` and ``k = 1`` with ``m`` up to 8 (the
 # registered scenario goes to ``m = 16`` and ``k = 2``), four restarts per
 # fit, 100 covariate nodes instead of 400, and stop EM at 1,000 iterations
-# (the largest fits reach that cap, see ``converged``: their KL is an upper
-# bound on that of the best approximation).
+# (the largest fits reach that cap: their KL is an upper bound on that of
+# the best approximation). ``converged`` is False for them, and also for
+# fits stopped earlier by the rule whose gate slopes walk out to infinity
+# (a gate sharpening into a step, so that the best approximation is a
+# limit, not an interior maximum).
 mj2 = SCENARIOS["MJ-2"]
 M_GRID = {0: (1, 2, 3, 4, 6, 8, 12), 1: (1, 2, 3, 4, 6, 8)}  # k: m
 reduced = replace(

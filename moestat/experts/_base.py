@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from moestat._math import pair_products
+from moestat.boundary import ridge_penalty, ridge_weights
 from moestat.experts._basis import polynomial_design, polynomial_names
 from moestat.experts._normal import unbounded
 
@@ -31,7 +32,8 @@ class CoefficientExpert:
     """Mixin for expert families parametrised by one ``coef`` array.
 
     Subclasses set ``params_type`` (a container with a ``coef`` field) and
-    ``coef_shape(n_experts, n_design)``, and have a ``degree`` field.
+    ``coef_shape(n_experts, n_design)``, and have ``degree`` and ``alpha``
+    fields.
     """
 
     params_type: Any
@@ -66,6 +68,29 @@ class CoefficientExpert:
     def at_variance_floor(self, params: Any, var_floor: float) -> NDArray[np.intp]:
         """No variance parameter: no expert sits at a floor."""
         return np.array([], dtype=np.intp)
+
+    def penalty(self, params: Any, Phi: NDArray[np.float64]) -> float:
+        """Ridge penalty ``(alpha / 2) sum (sd_j c_j)^2`` of the slopes.
+
+        Over every coefficient of a non-constant basis column ``j`` (every
+        expert, every class), ``sd_j`` the column's spread; the family's
+        ``alpha`` field sets the weight.
+
+        Parameters
+        ----------
+        params : parameters of the family (with ``coef``)
+        Phi : ndarray of shape (n, p)
+            Expert design; ``sd_j`` is the spread of its column ``j`` (0 for
+            the intercept).
+
+        Returns
+        -------
+        float
+            0.0 when ``alpha == 0``.
+        """
+        if not self.alpha:
+            return 0.0
+        return ridge_penalty(params.coef, ridge_weights(Phi, self.alpha))
 
     # -- parametrisation ---------------------------------------------------
     def pack(self, params: Any, var_floor: float = 0.0) -> NDArray[np.float64]:

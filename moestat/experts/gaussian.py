@@ -268,6 +268,22 @@ class GaussianExpert:
             grad_u = np.array([grad_u.sum()])
         return np.concatenate([grad_coef.ravel(), grad_u])
 
+    def penalty(self, params: GaussianExpertParams, Phi: NDArray[np.float64]) -> float:
+        """No ridge penalty: least squares has an interior maximum.
+
+        Parameters
+        ----------
+        params : GaussianExpertParams
+        Phi : ndarray of shape (n, p)
+            Expert design.
+
+        Returns
+        -------
+        float
+            Always 0.0.
+        """
+        return 0.0
+
     # -- parametrisation ---------------------------------------------------
     def pack(
         self, params: GaussianExpertParams, var_floor: float

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from scipy.special import expit, gammaln
 
 from moestat._math import solve_spd, unpack_symmetric
+from moestat.boundary import check_alpha, ridge_weights
 from moestat.experts._base import CoefficientExpert
 
 __all__ = ["GLMExpert", "GLMExpertParams", "GLM_FAMILIES"]
@@ -59,6 +60,14 @@ def _variance(family: str, mu: NDArray[np.float64]) -> NDArray[np.float64]:
     return mu if family == "poisson" else mu * (1.0 - mu)
 
 
+def _plain_values(values: NDArray[np.float64], limit: int = 5) -> str:
+    """The distinct values, smallest first, as plain numbers: ``-3.0, -0.5``."""
+    distinct = np.unique(values).tolist()
+    shown = ", ".join(repr(float(v)) for v in distinct[:limit])
+    more = len(distinct) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 @dataclass(frozen=True)
 class GLMExpert(CoefficientExpert):
     """Poisson or Bernoulli experts with a polynomial linear predictor.
@@ -74,6 +83,12 @@ class GLMExpert(CoefficientExpert):
         EM); initial fits take up to 25.
     max_halvings : int, default=12
         Step halvings before a Newton step is given up.
+    alpha : float, default=0.0
+        Ridge penalty ``(alpha / 2) sum_ij (sd_j c_ij)^2`` on the slopes,
+        ``sd_j`` the spread of basis column ``j`` (unit-free; intercepts are
+        not penalised). Fits maximise the log-likelihood minus it;
+        ``alpha > 0`` keeps the coefficients finite under separation (see
+        :mod:`moestat.boundary`).
 
     Notes
     -----
@@ -89,8 +104,9 @@ class GLMExpert(CoefficientExpert):
     statsmodels' GLM do), with ``log f`` using ``log Gamma(y + 1)``.
     Bernoulli responses in ``[0, 1]`` likewise give the quasi-binomial fit
     for proportions. Under (quasi-)separation an expert's coefficients grow
-    without bound as EM runs; every quantity stays finite and the stopping
-    rule ends the fit (the likelihood then changes ever less).
+    without bound as EM runs, every quantity finite, until the engines find
+    them walking out (:mod:`moestat.boundary`) and stop with a
+    ``DegenerateFitWarning``; ``alpha > 0`` keeps them finite.
     """
 
     name: ClassVar[str] = "glm"
@@ -99,8 +115,10 @@ class GLMExpert(CoefficientExpert):
     degree: int = 1
     newton_steps: int = field(default=1, kw_only=True)
     max_halvings: int = field(default=12, kw_only=True)
+    alpha: float = field(default=0.0, kw_only=True)
 
     def __post_init__(self) -> None:
+        check_alpha(self.alpha)
         if self.family not in GLM_FAMILIES:
             raise ValueError(
                 f"Unknown GLM family {self.family!r}; choose one of {GLM_FAMILIES}."
@@ -108,16 +126,34 @@ class GLMExpert(CoefficientExpert):
 
     # -- design and counts -------------------------------------------------
     def check_response(self, y: NDArray[np.float64]) -> None:
-        """Raise ``ValueError`` for responses outside the family's support."""
-        if self.family == "poisson" and np.any(y < 0):
+        """Raise ``ValueError`` for responses outside the family's support.
+
+        Poisson needs ``y >= 0`` (non-integers give the quasi-Poisson fit),
+        Bernoulli ``0 <= y <= 1`` (proportions give the quasi-binomial fit).
+        The estimators apply this one rule at fit and when scoring new data.
+
+        Parameters
+        ----------
+        y : ndarray of shape (n_samples,)
+            Responses.
+
+        Raises
+        ------
+        ValueError
+            Naming the family and the values outside its support.
+        """
+        if self.family == "poisson":
+            outside = ~(y >= 0)
+            rule = "counts y >= 0 (non-integers give the quasi-Poisson fit)"
+            hint = ""
+        else:
+            outside = ~((y >= 0) & (y <= 1))
+            rule = "y in [0, 1] (0/1 labels or proportions)"
+            hint = " For other labels use MultinomialLogisticMoE."
+        if np.any(outside):
             raise ValueError(
-                f"family='poisson' needs counts y >= 0; got min(y) = {y.min()!r}."
-            )
-        if self.family == "bernoulli" and (np.any(y < 0) or np.any(y > 1)):
-            raise ValueError(
-                "family='bernoulli' needs y in [0, 1] (0/1 labels or "
-                f"proportions); got values in [{y.min()!r}, {y.max()!r}]. For "
-                "other labels use MultinomialLogisticMoE."
+                f"family={self.family!r} needs {rule}; got "
+                f"{_plain_values(y[outside])}.{hint}"
             )
 
     def coef_shape(self, n_experts: int, n_design: int) -> tuple[int, ...]:
@@ -137,6 +173,17 @@ class GLMExpert(CoefficientExpert):
         """Conditional mean of each expert, shape (n, n_experts)."""
         with np.errstate(over="ignore"):
             return _mean(self.family, self.linear_predictor(params, Phi))
+
+    def log_mean(
+        self, params: GLMExpertParams, Phi: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Logarithm of :meth:`mean`, without overflow, shape (n, n_experts).
+
+        ``eta`` for Poisson experts, ``-log(1 + exp(-eta))`` for Bernoulli
+        ones: a mixture's mean is summed from these in log space.
+        """
+        eta = self.linear_predictor(params, Phi)
+        return eta if self.family == "poisson" else -np.logaddexp(0.0, -eta)
 
     def log_density(
         self,
@@ -167,12 +214,14 @@ class GLMExpert(CoefficientExpert):
 
     # -- fitting -----------------------------------------------------------
     def _objective(self, coef, Phi, y, resp, eta=None):
-        """Each expert's ``sum_t r_ti [y eta - b(eta)]``, shape (m,)."""
+        """Each expert's ``sum_t r_ti [y eta - b(eta)]`` minus its penalty, (m,)."""
         if eta is None:
             eta = (coef @ Phi.T).T
         with np.errstate(over="ignore", invalid="ignore"):
             values = resp * (y[:, None] * eta - _cumulant(self.family, eta))
             totals = values.sum(axis=0)
+        if self.alpha:
+            totals -= 0.5 * (ridge_weights(Phi, self.alpha) * coef**2).sum(axis=1)
         return np.where(np.isfinite(totals), totals, -np.inf)
 
     def _newton(self, coef, Phi, y, resp, features):
@@ -183,6 +232,10 @@ class GLMExpert(CoefficientExpert):
         grad = (resp * (y[:, None] - mu)).T @ Phi
         weights = resp * _variance(self.family, mu)
         hessian = unpack_symmetric(weights.T @ features, p)
+        if self.alpha:
+            ridge = ridge_weights(Phi, self.alpha)
+            grad -= coef * ridge
+            hessian[:, np.arange(p), np.arange(p)] += ridge
         direction = solve_spd(hessian, grad, ridge=1e-9)
         current = self._objective(coef, Phi, y, resp, eta)
         step = np.ones(coef.shape[0])
@@ -260,9 +313,12 @@ class GLMExpert(CoefficientExpert):
         resp: NDArray[np.float64],
         var_floor: float = 0.0,
     ) -> NDArray[np.float64]:
-        """Gradient of ``sum r log f`` in the packed coefficients."""
+        """Gradient of ``sum r log f`` minus :meth:`penalty`, packed."""
         mu = self.mean(params, Phi)
-        return ((resp * (y[:, None] - mu)).T @ Phi).ravel()
+        grad = (resp * (y[:, None] - mu)).T @ Phi
+        if self.alpha:
+            grad -= params.coef * ridge_weights(Phi, self.alpha)
+        return grad.ravel()
 
     # -- parametrisation ---------------------------------------------------
     def parameter_names(

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moestat._math import fisher_direction
+from moestat.boundary import check_alpha, ridge_penalty, ridge_weights
 from moestat.experts._base import CoefficientExpert
 
 __all__ = ["MultinomialLogisticExpert", "MultinomialExpertParams"]
@@ -53,6 +54,12 @@ class MultinomialLogisticExpert(CoefficientExpert):
         Newton steps per M-step (generalised EM); initial fits take up to 25.
     max_halvings : int, default=12
         Step halvings before a Newton step is given up.
+    alpha : float, default=0.0
+        Ridge penalty ``(alpha / 2) sum_icj (sd_j a_icj)^2`` on the free
+        class slopes, ``sd_j`` the spread of basis column ``j`` (unit-free;
+        intercepts are not penalised). Fits maximise the log-likelihood
+        minus it; ``alpha > 0`` keeps the coefficients finite when an
+        expert's classes are separated (see :mod:`moestat.boundary`).
 
     Notes
     -----
@@ -62,8 +69,9 @@ class MultinomialLogisticExpert(CoefficientExpert):
     ``-sum_t r_ti (diag(p_t) - p_t p_t^T)_{1:K-1} kron phi_t phi_t^T``
     (theory.md; the responsibilities weigh the one-hot labels, never replace
     them). A tiny ridge in the solve keeps the step finite under separation,
-    where the maximum is at infinity: the coefficients then grow as EM runs
-    and the stopping rule ends the fit, every quantity finite.
+    where the maximum is at infinity: the coefficients then grow as EM runs,
+    every quantity finite, until the engines find them walking out
+    (:mod:`moestat.boundary`); ``alpha > 0`` keeps them finite.
     """
 
     name: ClassVar[str] = "multinomial"
@@ -72,8 +80,10 @@ class MultinomialLogisticExpert(CoefficientExpert):
     degree: int = 1
     newton_steps: int = field(default=1, kw_only=True)
     max_halvings: int = field(default=12, kw_only=True)
+    alpha: float = field(default=0.0, kw_only=True)
 
     def __post_init__(self) -> None:
+        check_alpha(self.alpha)
         if not isinstance(self.n_classes, int | np.integer) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an int >= 2; got {self.n_classes!r}.")
 
@@ -162,7 +172,10 @@ class MultinomialLogisticExpert(CoefficientExpert):
     def _objective(self, coef, Phi, codes, weights, log_probs=None):
         if log_probs is None:
             log_probs = self._class_major_log_probabilities(coef, Phi)
-        return float(weights @ log_probs[codes, np.arange(len(codes))])
+        value = float(weights @ log_probs[codes, np.arange(len(codes))])
+        if self.alpha:
+            value -= ridge_penalty(coef, ridge_weights(Phi, self.alpha))
+        return value
 
     def _newton_one(self, coef, Phi, codes, one_hot, weights, features):
         """One damped Newton step for one expert's (K-1, p) coefficients."""
@@ -173,7 +186,16 @@ class MultinomialLogisticExpert(CoefficientExpert):
         diag = weights[:, None] * probs
         vec = np.sqrt(weights)[:, None] * probs
         rows = np.arange(1, self.n_classes)
-        direction, gain = fisher_direction(Phi, features, score_grad, diag, vec, rows)
+        ridge = {}
+        if self.alpha:
+            penalty = ridge_weights(Phi, self.alpha)
+            ridge = {
+                "penalty_diagonal": np.tile(penalty, len(rows)),
+                "penalty_gradient": -(coef * penalty).ravel(),
+            }
+        direction, gain = fisher_direction(
+            Phi, features, score_grad, diag, vec, rows, **ridge
+        )
         if not gain > 0:
             return coef
         step = 1.0
@@ -239,11 +261,13 @@ class MultinomialLogisticExpert(CoefficientExpert):
         resp: NDArray[np.float64],
         var_floor: float = 0.0,
     ) -> NDArray[np.float64]:
-        """Gradient of ``sum r log f`` in the packed coefficients."""
+        """Gradient of ``sum r log f`` minus :meth:`penalty`, packed."""
         probs = self.class_probabilities(params, Phi)
         one_hot = np.eye(self.n_classes)[y.astype(np.intp)]
         residual = resp[:, :, None] * (one_hot[:, None, :] - probs)
         grad = np.einsum("tic,ta->ica", residual[:, :, 1:], Phi)
+        if self.alpha:
+            grad -= params.coef * ridge_weights(Phi, self.alpha)
         return grad.ravel()
 
     # -- parametrisation ---------------------------------------------------

@@ -353,6 +353,22 @@ class ReLUExpert:
         grad_coef = np.column_stack([grad_inner, grad_outer])
         return np.concatenate([grad_coef.ravel(), grad_u])
 
+    def penalty(self, params: ReLUExpertParams, Phi: NDArray[np.float64]) -> float:
+        """No ridge penalty: the experts are fitted unpenalised.
+
+        Parameters
+        ----------
+        params : ReLUExpertParams
+        Phi : ndarray of shape (n, p)
+            Expert design.
+
+        Returns
+        -------
+        float
+            Always 0.0.
+        """
+        return 0.0
+
     # -- parametrisation ---------------------------------------------------
     def pack(self, params: ReLUExpertParams, var_floor: float) -> NDArray[np.float64]:
         """Coefficients, then the variances as ``log(nu - nu_min)``."""

@@ -276,6 +276,23 @@ class StackedExperts:
             ]
         )
 
+    def penalty(self, params: StackedExpertParams, Phi: NDArray[np.float64]) -> float:
+        """The shared block's ridge penalty plus the routed block's.
+
+        Parameters
+        ----------
+        params : StackedExpertParams
+        Phi : ndarray of shape (n, p)
+            Expert design.
+
+        Returns
+        -------
+        float
+        """
+        return self.shared.penalty(params.shared, Phi) + self.routed.penalty(
+            params.routed, Phi
+        )
+
     # -- parametrisation ---------------------------------------------------
     def pack(
         self, params: StackedExpertParams, var_floor: float

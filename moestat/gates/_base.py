@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from moestat._math import fisher_direction, logsumexp_rows, pair_products
+from moestat.boundary import check_alpha, ridge_penalty, ridge_weights
 
 __all__ = ["GateParams", "affine_design", "gate_objective", "observed_objective"]
 
@@ -102,12 +103,18 @@ class _AffineGate:
     """Machinery shared by the gates whose scores are affine in their input.
 
     Subclasses say which rows are free, how scores become ``log g``, and the
-    score gradient and Fisher weights of the soft-label objective.
+    score gradient and Fisher weights of the soft-label objective. With
+    ``alpha > 0`` every fitting step maximises the objective minus
+    :meth:`penalty` (see :mod:`moestat.boundary`).
     """
 
     newton_steps: int = field(default=1, kw_only=True)
     max_halvings: int = field(default=12, kw_only=True)
     bound: float | None = field(default=None, kw_only=True)
+    alpha: float = field(default=0.0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        check_alpha(self.alpha)
 
     # -- design and counts -------------------------------------------------
     def gate_input(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -230,10 +237,10 @@ class _AffineGate:
         params = GateParams(np.zeros((resp.shape[1], Z.shape[1])))
         log_g = self.log_weights(params, Z)
         features = self.sufficient_features(Z)
-        objective = gate_objective(resp, log_g)
+        objective = gate_objective(resp, log_g) - self.penalty(params, Z)
         for _ in range(max_steps):
             params, log_g = self._step(params, Z, resp, log_g, features)
-            new_objective = gate_objective(resp, log_g)
+            new_objective = gate_objective(resp, log_g) - self.penalty(params, Z)
             gain, objective = new_objective - objective, new_objective
             if gain <= tol * (abs(objective) + Z.shape[0]):
                 break
@@ -268,7 +275,8 @@ class _AffineGate:
             The experts' log densities at their new parameters. Dense gates
             ignore them and take a GEM step (``sum r log g`` must not
             decrease); a top-K gate takes an ECME step on the observed
-            log-likelihood with these experts.
+            log-likelihood with these experts. Either objective has
+            :meth:`penalty` subtracted when ``alpha > 0``.
         log_background : ndarray of shape (n,), optional
             Log density of components outside this gate (shared experts),
             used with ``log_f``.
@@ -311,19 +319,55 @@ class _AffineGate:
 
         score_grad, diag, vec = self._score_gradient_and_fisher(params, Z, resp, log_g)
         rows = self.free_rows(params.coef.shape[0])
-        direction, gain = fisher_direction(Z, features, score_grad, diag, vec, rows)
+        ridge = self._ridge_terms(params, Z, rows)
+        direction, gain = fisher_direction(
+            Z, features, score_grad, diag, vec, rows, **ridge
+        )
         if not gain > 1e-14 * Z.shape[0]:
             # No ascent predicted (a flat objective, e.g. at the optimum).
             return params, log_g
-        current = objective(log_g)
+        current = objective(log_g) - self.penalty(params, Z)
         step = 1.0
         for _ in range(self._halvings()):
             candidate = GateParams(self._project(params.coef + step * direction))
             log_g_new = self.log_weights(candidate, Z)
-            if objective(log_g_new) >= current:
+            if objective(log_g_new) - self.penalty(candidate, Z) >= current:
                 return candidate, log_g_new
             step *= 0.5
         return params, log_g
+
+    def _ridge_terms(self, params, Z, rows):
+        """The penalty's curvature and gradient for :func:`fisher_direction`."""
+        if not self.alpha:
+            return {}
+        weights = ridge_weights(Z, self.alpha)
+        return {
+            "penalty_diagonal": np.tile(weights, len(rows)),
+            "penalty_gradient": -(params.coef[rows] * weights).ravel(),
+        }
+
+    def penalty(self, params: GateParams, Z: NDArray[np.float64]) -> float:
+        """Ridge penalty ``(alpha / 2) sum_ij (sd_j beta_ij)^2`` of the slopes.
+
+        Over the free rows ``i`` and the design columns ``j``, ``sd_j`` the
+        column's standard deviation (0 for the intercept), so the penalty
+        does not depend on the covariates' units.
+
+        Parameters
+        ----------
+        params : GateParams
+        Z : ndarray of shape (n, p)
+            Gate design.
+
+        Returns
+        -------
+        float
+            0.0 when ``alpha == 0``.
+        """
+        if not self.alpha:
+            return 0.0
+        rows = self.free_rows(params.coef.shape[0])
+        return ridge_penalty(params.coef[rows], ridge_weights(Z, self.alpha))
 
     def gradient(
         self,
@@ -332,9 +376,11 @@ class _AffineGate:
         resp: NDArray[np.float64],
         log_weights: NDArray[np.float64],
     ) -> NDArray[np.float64]:
-        """Gradient of ``sum r log g`` in the packed free parameters."""
+        """Gradient of ``sum r log g`` minus :meth:`penalty`, packed free rows."""
         score_grad, _, _ = self._score_gradient_and_fisher(params, Z, resp, log_weights)
         full = score_grad.T @ Z
+        if self.alpha:
+            full -= params.coef * ridge_weights(Z, self.alpha)
         return full[self.free_rows(params.coef.shape[0])].ravel()
 
     def _halvings(self) -> int:

@@ -102,6 +102,11 @@ class SharedExpertsGate:
         """Whether the split between the blocks is estimated."""
         return self.shared_weight == "learned"
 
+    @property
+    def alpha(self) -> float:
+        """The routed gate's ridge strength (the shared weights are free)."""
+        return float(getattr(self.routed, "alpha", 0.0))
+
     # -- design and counts -------------------------------------------------
     def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         """The routed gate's design."""
@@ -279,6 +284,21 @@ class SharedExpertsGate:
             total_shared = shared_resp.sum()
             parts.append([total_shared - resp.shape[0] * params.shared_share])
         return np.concatenate(parts)
+
+    def penalty(self, params: SharedGateParams, Z: NDArray[np.float64]) -> float:
+        """The routed gate's ridge penalty (see ``_AffineGate.penalty``).
+
+        Parameters
+        ----------
+        params : SharedGateParams
+        Z : ndarray of shape (n, p)
+            Gate design.
+
+        Returns
+        -------
+        float
+        """
+        return self.routed.penalty(params.routed, Z)
 
     # -- parametrisation ---------------------------------------------------
     def pack(self, params: SharedGateParams) -> NDArray[np.float64]:

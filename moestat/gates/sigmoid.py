@@ -35,6 +35,9 @@ class NormalizedSigmoidGate(_AffineGate):
         ``StandardScaler``) so that the box is wide, or raise it.
     newton_steps, max_halvings : int
         As for :class:`SoftmaxGate`.
+    alpha : float, default=0.0
+        Ridge penalty on the slopes of every row, as for
+        :class:`SoftmaxGate`.
 
     Notes
     -----
@@ -88,6 +91,7 @@ class NormalizedSigmoidGate(_AffineGate):
     bound: float | None = field(default=20.0, kw_only=True)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.top_k is not None and (
             isinstance(self.top_k, bool)
             or not isinstance(self.top_k, int | np.integer)

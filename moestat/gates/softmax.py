@@ -36,6 +36,12 @@ class SoftmaxGate(_AffineGate):
         Box ``[-bound, bound]`` on every gate coefficient: M-step candidates
         are clipped into it and direct maximisation is bounded by it. None
         for no box.
+    alpha : float, default=0.0
+        Ridge penalty ``(alpha / 2) sum_ij (sd_j beta_ij)^2`` on the free
+        slopes, ``sd_j`` the spread of the gate's input ``j`` (unit-free;
+        intercepts are not penalised). Fits maximise the log-likelihood
+        minus it; ``alpha > 0`` keeps the gate finite when it could split
+        the data cleanly between experts (see :mod:`moestat.boundary`).
 
     Notes
     -----
@@ -118,6 +124,8 @@ class ModifiedSoftmaxGate(SoftmaxGate):
         As for :class:`SoftmaxGate`.
     bound : float or None, default=None
         As for :class:`SoftmaxGate`.
+    alpha : float, default=0.0
+        As for :class:`SoftmaxGate` (spreads of ``M(x)``).
 
     Notes
     -----
@@ -137,6 +145,7 @@ class ModifiedSoftmaxGate(SoftmaxGate):
     transform: str | Callable[[NDArray[np.float64]], NDArray[np.float64]] = "tanh"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.transform, str):
             if self.transform not in TRANSFORMS:
                 raise ValueError(

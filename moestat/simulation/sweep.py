@@ -28,6 +28,7 @@ import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ from moestat._progress import progress_bar
 from moestat._validation import as_generator
 from moestat.fit import (
     POLISH_ITER,
-    POLISH_MAX_ITER,
     POLISH_TOL,
     FitResult,
     best_restart,
@@ -407,7 +407,14 @@ def population_fit(
     )
     model = spec.with_params(start)
     result = em(
-        model, model.design(X), y, tol=tol, max_iter=max_iter, sample_weight=weight
+        model,
+        model.design(X),
+        y,
+        tol=tol,
+        max_iter=max_iter,
+        sample_weight=weight,
+        accelerate=False,
+        stop_on_ridge=False,
     )
     return result.model
 
@@ -453,6 +460,8 @@ def _population_cell(scenario: Scenario, spec: FitSpec, rng: np.random.Generator
         tol=scenario.tol,
         max_iter=scenario.max_iter,
         sample_weight=weight,
+        accelerate=False,
+        stop_on_ridge=False,
     )
 
 
@@ -469,6 +478,13 @@ def _restart_options(
         "max_iter": scenario.max_iter,
         "var_floor": var_floor,
         "polish": spec.polish,
+        # plain EM that walks ridges on, as the batched torch engine does:
+        # both backends give the same cells (a boundary is still reported)
+        "accelerate": False,
+        "stop_on_ridge": False,
+        # restarts only: a split-and-merge move is chosen among near-ties,
+        # which the two backends' round-off can order differently
+        "n_moves": 0,
     }
 
 
@@ -494,7 +510,9 @@ def _fit_cell(
             rng=rng,
             var_floor=var_floor,
         )
-        engine = {"em": em, "mle": mle}[spec.solver]
+        engine = {"em": partial(em, accelerate=False, stop_on_ridge=False), "mle": mle}[
+            spec.solver
+        ]
         result = engine(
             model.with_params(start),
             design,
@@ -844,8 +862,8 @@ def _polish_batch(
     dtype: Any,
 ) -> list[FitResult]:
     """:func:`polish_fit` of every cell, its L-BFGS runs in one batch."""
-    # fit_restarts caps the polish of a restarted fit (moestat.fit)
-    capped = min(scenario.max_iter, POLISH_MAX_ITER)
+    # fit_restarts polishes a restarted fit with the fit's own max_iter
+    capped = scenario.max_iter
     polished = _fit_starts(
         spec.model,
         prepared,

@@ -16,6 +16,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from moestat.fit import aitken_converged
 from moestat.model import Design, MixtureOfExperts
 from moestat.torch._device import resolve_device, resolve_dtype
 from moestat.torch.pieces import torch_expert, torch_gate
@@ -194,10 +195,15 @@ def _e_step(joint: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     return resp, total.sum(dim=1, dtype=torch.float64)
 
 
-def _converged(prev: Tensor, curr: Tensor, n: Tensor, tol: float) -> Tensor:
-    prev, curr = prev / n, curr / n
-    scale = torch.maximum(torch.maximum(prev.abs(), curr.abs()), torch.ones_like(n))
-    return (curr - prev).abs() <= tol * scale
+def _converged(
+    before: Tensor, prev: Tensor, curr: Tensor, n: Tensor, tol: float
+) -> Tensor:
+    """The stopping rule of :func:`moestat.fit.aitken_converged`, batched.
+
+    ``before``, ``prev`` and ``curr`` are the last three total
+    log-likelihoods of each data set (``before`` is ``-inf`` at the start).
+    """
+    return aitken_converged(before, prev, curr, n, tol)
 
 
 def _decreased(prev: Tensor, curr: Tensor, n: Tensor) -> Tensor:

@@ -1,11 +1,13 @@
 """Batched EM and direct MLE: B independent data sets fitted in one call.
 
 The engines mirror :func:`moestat.fit.em` and :func:`moestat.fit.mle` and
-share their stopping rule: with ``l_t`` the mean per-sample log-likelihood
-of data set ``b`` after iteration ``t``, that data set has converged when
-``|l_t - l_{t-1}| <= tol * max(|l_{t-1}|, |l_t|, 1)``; it then stops
-changing while the others go on, and keeps its own iteration count and
-convergence flag. Data sets of different sizes are padded with rows of
+share their stopping rule (:func:`moestat.fit.aitken_converged`: the gain
+still to come that Aitken's acceleration predicts from the last three
+log-likelihoods of data set ``b`` is at most ``tol`` per sample); a data set
+that has converged stops changing while the others go on, and keeps its
+own iteration count and convergence flag. The batched EM takes plain EM
+steps (no SQUAREM acceleration: compare it with ``em(...,
+accelerate=False)``). Data sets of different sizes are padded with rows of
 weight zero.
 
 EM: the E-step is a log-sum-exp over ``log g + log f``; then the pieces'
@@ -31,7 +33,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from moestat.fit import FitResult, parameter_scales
+from moestat.fit import LINE_SEARCH_RESOLUTION, FitResult, _boundary, parameter_scales
 from moestat.model import Design, MixtureOfExperts, MoEParams
 from moestat.torch._batch import (
     BatchedData,
@@ -117,6 +119,7 @@ def em(
     decreased = torch.zeros_like(converged)
     n_iter = torch.zeros(batch, dtype=torch.long, device=ll.device)
     rows = torch.arange(batch, device=ll.device)
+    ll_before = torch.full_like(ll, float("-inf"))
     for iteration in range(1, max_iter + 1):
         theta_expert = model.expert.m_step(
             theta_expert, data.expert, data.y, resp, data.var_floor
@@ -127,8 +130,8 @@ def em(
         )
         resp, ll_new = _e_step(log_g + log_f, data.weight)
         decreased[rows] |= _decreased(ll, ll_new, n)
-        done = _converged(ll, ll_new, n, tol)
-        ll = ll_new
+        done = _converged(ll_before, ll, ll_new, n, tol)
+        ll_before, ll = ll, ll_new
         n_iter[rows] = iteration
         record = torch.full_like(final_ll, float("nan"))
         record[rows] = ll
@@ -149,11 +152,12 @@ def em(
             rows = rows[keep]
             data = _take(data, keep)
             theta_gate, theta_expert = theta_gate[keep], theta_expert[keep]
-            resp, log_g, log_f, ll, n = (
+            resp, log_g, log_f, ll, ll_before, n = (
                 resp[keep][:, : data.y.shape[1]],
                 log_g[keep][:, : data.y.shape[1]],
                 log_f[keep][:, : data.y.shape[1]],
                 ll[keep],
+                ll_before[keep],
                 n[keep],
             )
     return BatchedFit(
@@ -286,6 +290,7 @@ def _lbfgs(loss_and_grad, x, n, *, tol, max_iter, memory, max_backtracks=30):
     last_small = torch.zeros_like(active)
     n_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
     history = [-f * n]
+    f_before = torch.full_like(f, float("inf"))
     rows = torch.arange(batch, device=x.device)
     for iteration in range(1, max_iter + 1):
         d = _two_loop(g, S, Y, rho, newest.clamp(min=0), count)
@@ -325,12 +330,16 @@ def _lbfgs(loss_and_grad, x, n, *, tol, max_iter, memory, max_backtracks=30):
         rho[rows[store], slot[store]] = 1.0 / sy[store]
         newest = torch.where(store, newest + 1, newest)
         count = torch.where(store, (count + 1).clamp(max=memory), count)
-        settled = ~todo & _converged(-f * n, -f_new * n, n, tol)
+        settled = ~todo & _converged(-f_before * n, -f * n, -f_new * n, n, tol)
         done = active & (settled | stalled)
         # a failed line search right after a step within tolerance is the
         # optimum to round-off (numpy's rule for L-BFGS-B's status 2)
         converged |= active & (settled | (stalled & last_small))
-        last_small = torch.where(todo, last_small, settled)
+        resolvable = torch.maximum(
+            tol * n, LINE_SEARCH_RESOLUTION * (f_new.abs() * n + n)
+        )
+        last_small = torch.where(todo, last_small, (f - f_new).abs() * n <= resolvable)
+        f_before = torch.where(active & ~todo, f, f_before)
         x = torch.where(active.unsqueeze(-1), x_new, x)
         f = torch.where(active, f_new, f)
         g = torch.where(active.unsqueeze(-1), g_new, g)
@@ -459,7 +468,7 @@ def fit_batched(
             tol=tol,
             max_iter=max_iter,
         )
-    return to_fit_results(model, fit, (m, p_gate, p_expert), floors)
+    return to_fit_results(model, fit, (m, p_gate, p_expert), floors, designs)
 
 
 def to_fit_results(
@@ -467,8 +476,14 @@ def to_fit_results(
     fit: BatchedFit,
     shapes: tuple[int, int, int],
     var_floor: NDArray[np.float64],
+    designs: Sequence[Design] | None = None,
 ) -> list[FitResult]:
-    """One numpy :class:`~moestat.fit.FitResult` per row of a batched fit."""
+    """One numpy :class:`~moestat.fit.FitResult` per row of a batched fit.
+
+    With the data sets' ``designs``, a fit whose coefficients walk to
+    infinity gets its ``boundary`` and ``converged=False``, as numpy's
+    engines report it (the batched engines do not stop on the ridge early).
+    """
     m, p_gate, p_expert = shapes
 
     def host(t):
@@ -496,15 +511,25 @@ def to_fit_results(
             model.expert.unpack(experts[b], m, p_expert, float(var_floor[b])),
         )
         column = trace[:, b]
+        fitted = model.with_params(params)
+        boundary = () if designs is None else _boundary(fitted, designs[b])
         results.append(
             FitResult(
-                model=model.with_params(params),
+                model=fitted,
                 log_likelihood=float(ll[b]),
                 trace=column[np.isfinite(column)],
                 n_iter=int(n_iter[b]),
-                converged=bool(converged[b]),
+                converged=bool(converged[b]) and not boundary,
                 monotone=bool(monotone[b]),
                 expert_weight=weight[b],
+                stop_reason=(
+                    "the coefficients diverge (no interior maximum)"
+                    if boundary
+                    else ""
+                    if converged[b]
+                    else f"EM or L-BFGS reached max_iter={int(n_iter[b])}"
+                ),
+                boundary=boundary,
             )
         )
     return results

@@ -591,6 +591,7 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
     batch = ll.shape[0]
     trace = torch.full((max_iter + 1, batch), math.nan, dtype=dtype)
     trace[0] = ll
+    ll_before = torch.full_like(ll, float("-inf"))
     rows = torch.arange(batch)
     n_iter = torch.zeros(batch, dtype=torch.long)
     active = torch.ones(batch, dtype=torch.bool)
@@ -622,7 +623,8 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
         accept = active & ~retry & ~fall_back
         # accepted: the candidate becomes the current point
         decreased |= accept & fell
-        done = accept & _converged(ll, new_ll, n, tol)
+        done = accept & _converged(ll_before, ll, new_ll, n, tol)
+        ll_before = torch.where(accept, ll, ll_before)
         theta_gate = torch.where(accept[:, None], cand_gate, theta_gate)
         theta_expert = torch.where(accept[:, None], cand_expert, theta_expert)
         ll = torch.where(accept, new_ll, ll)

@@ -1,0 +1,283 @@
+"""Split-and-merge moves: leaving the local maxima that restarts settle in.
+
+EM from a partition of the data often ends with several experts sharing one
+true component while a single broad expert covers two others. No small step
+leaves such a fit, and more random restarts rarely avoid it. The moves of
+Ueda, Nakano, Ghahramani and Hinton (2000) repair it directly: merge the two
+experts whose responsibilities are most alike, split an expert that fits its
+data badly, run a few EM iterations from the new configuration, and keep it
+only if the likelihood rises.
+
+A move is made on the responsibilities, and the start is rebuilt from them by
+the pieces' own hooks (the expert family's M-step and the gate's
+``init_params``), so the moves work for every gate and expert family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from moestat.model import (
+    Design,
+    MixtureOfExperts,
+    MoEParams,
+    log_joint,
+    responsibilities_from_log_joint,
+)
+
+__all__ = [
+    "params_from_responsibilities",
+    "split_merge_candidates",
+    "split_merge_responsibilities",
+    "split_merge_starts",
+    "split_merge",
+]
+
+Move = tuple[int, int, int]
+# ``run(starts, max_iter)`` fits each start and returns one FitResult per start.
+Runner = Callable[[Sequence[MoEParams], int], list]
+
+
+def params_from_responsibilities(
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    resp: NDArray[np.float64],
+    var_floor: float = 0.0,
+) -> MoEParams:
+    """Parameters fitted to soft labels: one M-step of each piece.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The model specification (its gate and expert family).
+    design : Design
+        The designs built by ``model.design(X)``.
+    y : ndarray of shape (n,)
+        Responses.
+    resp : ndarray of shape (n, n_experts)
+        Non-negative soft labels, rows summing to one.
+    var_floor : float, default=0.0
+        Lower bound on expert variances.
+
+    Returns
+    -------
+    MoEParams
+        The experts from the family's M-step, the gate from ``init_params``.
+    """
+    expert = model.expert.m_step(design.expert, y, resp, var_floor)
+    gate = model.gate.init_params(design.gate, resp)
+    return MoEParams(gate, expert)
+
+
+def split_merge_candidates(
+    resp: NDArray[np.float64],
+    log_f: NDArray[np.float64],
+    groups: NDArray[np.intp] | None = None,
+) -> list[Move]:
+    """Moves ``(i, k, j)`` ranked from the most to the least promising.
+
+    A move merges expert ``k`` into expert ``i`` and splits expert ``j``
+    into ``j`` and the freed ``k`` (``j == i`` splits the merged expert
+    again). Merges are ranked by the cosine similarity of the two experts'
+    responsibilities (Ueda et al.'s merge criterion: experts that claim the
+    same samples), splits by the responsibility-weighted mean log density
+    of the expert on its samples, lowest first (the expert whose samples
+    it fits worst).
+
+    Parameters
+    ----------
+    resp : ndarray of shape (n, m)
+        Responsibilities of a fit.
+    log_f : ndarray of shape (n, m)
+        Each expert's log density at each sample.
+    groups : ndarray of shape (m,), optional
+        Group of each expert (the gate's ``expert_groups``); a move never
+        involves experts of different groups.
+
+    Returns
+    -------
+    list of tuple of int
+        Every move ``(i, k, j)``, ``i < k``, ``j != k``, in order.
+    """
+    m = resp.shape[1]
+    groups = np.zeros(m, dtype=np.intp) if groups is None else np.asarray(groups)
+    mass = resp.sum(axis=0)
+    norm = np.sqrt((resp**2).sum(axis=0))
+    similarity = (resp.T @ resp) / np.maximum(np.outer(norm, norm), 1e-300)
+    local_fit = (resp * log_f).sum(axis=0) / np.maximum(mass, 1e-300)
+    split_order = np.argsort(local_fit, kind="stable")
+    pairs = sorted(
+        (
+            (-similarity[i, k], i, k)
+            for i in range(m)
+            for k in range(i + 1, m)
+            if groups[i] == groups[k]
+        ),
+    )
+    return [
+        (i, k, int(j))
+        for _, i, k in pairs
+        for j in split_order
+        if j != k and groups[j] == groups[i]
+    ]
+
+
+def split_merge_responsibilities(
+    resp: NDArray[np.float64],
+    upper: NDArray[np.bool_],
+    move: Move,
+    eps: float = 0.02,
+) -> NDArray[np.float64]:
+    """Responsibilities after one move.
+
+    Expert ``k``'s responsibilities join expert ``i``'s; then expert ``j``'s
+    are divided between ``j`` (the samples where ``upper[:, j]``) and
+    ``k`` (the others). A share ``eps`` of every row is spread in
+    proportion to the experts' masses, so that no expert starts empty.
+
+    Parameters
+    ----------
+    resp : ndarray of shape (n, m)
+        Responsibilities before the move.
+    upper : ndarray of bool, shape (n, m)
+        The side of each sample for each expert; for the moves of
+        :func:`split_merge`, whether the response exceeds the expert's mean
+        (the sign of its residual).
+    move : tuple of int
+        ``(i, k, j)`` as in :func:`split_merge_candidates`.
+    eps : float, default=0.02
+        Smoothing share.
+
+    Returns
+    -------
+    ndarray of shape (n, m)
+        Rows summing to one.
+    """
+    i, k, j = move
+    new = resp.copy()
+    new[:, i] += new[:, k]
+    share = new[:, j].copy()
+    side = upper[:, j]
+    new[:, j] = np.where(side, share, 0.0)
+    new[:, k] = np.where(side, 0.0, share)
+    prior = resp.sum(axis=0) / resp.sum()
+    new = (1.0 - eps) * new + eps * prior[None, :]
+    return new / new.sum(axis=1, keepdims=True)
+
+
+def split_merge_starts(
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    *,
+    n_moves: int = 5,
+    var_floor: float = 0.0,
+) -> list[MoEParams]:
+    """Starts after the ``n_moves`` most promising moves from ``model.params``.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        A fitted model.
+    design : Design
+        The designs built by ``model.design(X)``.
+    y : ndarray of shape (n,)
+        Responses.
+    n_moves : int, default=5
+        Number of moves (fewer when the model has fewer experts).
+    var_floor : float, default=0.0
+        Lower bound on expert variances.
+
+    Returns
+    -------
+    list of MoEParams
+        One start per move, in the order of :func:`split_merge_candidates`;
+        empty for a single expert.
+    """
+    params = model.params
+    m = params.n_experts
+    log_f = model.expert.log_density(params.expert, design.expert, y)
+    values = log_joint(model.gate, model.expert, params, design, y)
+    resp, _ = responsibilities_from_log_joint(values)
+    moves = split_merge_candidates(resp, log_f, model.gate.expert_groups(m))
+    upper = y[:, None] > model.expert.mean(params.expert, design.expert)
+    return [
+        params_from_responsibilities(
+            model,
+            design,
+            y,
+            split_merge_responsibilities(resp, upper, move),
+            var_floor,
+        )
+        for move in moves[:n_moves]
+    ]
+
+
+def split_merge(
+    result: Any,
+    design: Design,
+    y: NDArray[np.float64],
+    *,
+    run: Runner,
+    n_moves: int = 5,
+    short_iter: int = 20,
+    max_rounds: int = 10,
+    var_floor: float = 0.0,
+) -> Any:
+    """Improve a converged fit by split-and-merge moves.
+
+    Each round builds the starts of :func:`split_merge_starts`, runs
+    ``short_iter`` iterations from each and continues the best to
+    convergence; the round's fit replaces the current one when its
+    log-likelihood is higher by more than round-off. Rounds stop when
+    none does, or after ``max_rounds``.
+
+    Parameters
+    ----------
+    result : FitResult
+        A fit (its ``model`` and ``log_likelihood`` are read).
+    design : Design
+        Its designs.
+    y : ndarray of shape (n,)
+        Responses.
+    run : callable
+        ``run(starts, max_iter)``: one FitResult per start, from
+        ``max_iter`` iterations at most (``None``: the engine's own limit
+        and stopping rule; otherwise exactly ``max_iter`` iterations).
+    n_moves : int, default=5
+        Moves tried per round.
+    short_iter : int, default=20
+        Iterations that screen each move.
+    max_rounds : int, default=10
+        Maximum number of accepted moves.
+    var_floor : float, default=0.0
+        Lower bound on expert variances.
+
+    Returns
+    -------
+    FitResult
+        ``result`` itself when no move raised the likelihood; otherwise
+        the fit continued from the last accepted move.
+    """
+    current = result
+    for _ in range(max_rounds):
+        starts = split_merge_starts(
+            current.model, design, y, n_moves=n_moves, var_floor=var_floor
+        )
+        if not starts:
+            break
+        short = [r for r in run(starts, short_iter) if np.isfinite(r.log_likelihood)]
+        if not short:
+            break
+        best_short = max(short, key=lambda r: r.log_likelihood)
+        (candidate,) = run([best_short.model.params], None)
+        gain = candidate.log_likelihood - current.log_likelihood
+        if not gain > 1e-9 * max(abs(current.log_likelihood), 1.0):
+            break
+        current = candidate
+    return current

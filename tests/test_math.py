@@ -1,0 +1,161 @@
+"""The Fisher information and scoring direction of softmax-like blocks.
+
+``fisher_information`` is ``sum_t (diag(d_t) - v_t v_t^T) kron z_t z_t^T``
+restricted to the free rows, whichever of its two constructions runs; the
+Khatri-Rao construction keeps memory O(n k p).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from moestat._math import (
+    fisher_direction,
+    fisher_information,
+    khatri_rao_information,
+    pair_products,
+    pairwise_information,
+    row_kron,
+    solve_spd,
+)
+
+# (experts m, design columns p, free rows): softmax blocks fix row 0; blocks
+# with every row free have v_t shrunk so that the information is definite.
+CASES = [
+    (2, 3, np.arange(1, 2)),
+    (4, 1, np.arange(1, 4)),
+    (4, 3, np.arange(4)),
+    (5, 2, np.arange(1, 5)),
+    (7, 3, np.arange(1, 7)),
+    (9, 4, np.arange(9)),
+    (12, 3, np.arange(1, 12)),
+    (6, 8, np.arange(1, 6)),
+]
+
+
+def softmax_block(n, m, p, rows=None, seed=0):
+    """Design ``[1, x]``, its pair products, and softmax gradient and weights.
+
+    With every row free, ``v_t`` is shrunk by 0.8 (``diag(g) - g g^T`` is
+    singular on all the rows).
+    """
+    rng = np.random.default_rng(seed)
+    Z = np.column_stack([np.ones(n), rng.normal(size=(n, p - 1))])
+    scores = Z @ rng.normal(size=(p, m))
+    g = np.exp(scores - scores.max(axis=1, keepdims=True))
+    g /= g.sum(axis=1, keepdims=True)
+    resp = rng.dirichlet(np.ones(m), size=n) * rng.uniform(0.5, 1.0, size=(n, 1))
+    rho = resp.sum(axis=1)
+    score_grad = resp - rho[:, None] * g
+    shrink = 0.8 if rows is not None and len(rows) == m else 1.0
+    vec = shrink * np.sqrt(rho)[:, None] * g
+    return Z, pair_products(Z), score_grad, rho[:, None] * g, vec
+
+
+def reference_information(Z, diag, vec, rows):
+    """The information summed sample by sample and block by block."""
+    n, p = Z.shape
+    k = len(rows)
+    information = np.zeros((k * p, k * p))
+    for t in range(n):
+        outer = np.outer(Z[t], Z[t])
+        for a, ra in enumerate(rows):
+            for b, rb in enumerate(rows):
+                weight = (diag[t, ra] if a == b else 0.0) - vec[t, ra] * vec[t, rb]
+                information[a * p : (a + 1) * p, b * p : (b + 1) * p] += weight * outer
+    return information
+
+
+def relative_difference(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize(("m", "p", "rows"), CASES)
+@pytest.mark.parametrize(
+    "build", [fisher_information, pairwise_information, khatri_rao_information]
+)
+def test_information_is_the_sum_over_samples(build, m, p, rows):
+    Z, features, _, diag, vec = softmax_block(40, m, p, rows)
+    reference = reference_information(Z, diag, vec, rows)
+    assert relative_difference(build(Z, features, diag, vec, rows), reference) < 1e-13
+
+
+@pytest.mark.parametrize("chunk_samples", [1, 7, 40, 1000])
+def test_khatri_rao_information_does_not_depend_on_the_chunks(chunk_samples):
+    m, p, rows = 6, 3, np.arange(1, 6)
+    Z, features, _, diag, vec = softmax_block(40, m, p)
+    chunk_bytes = 8 * len(rows) * p * chunk_samples
+    chunked = khatri_rao_information(Z, features, diag, vec, rows, chunk_bytes)
+    reference = reference_information(Z, diag, vec, rows)
+    assert relative_difference(chunked, reference) < 1e-13
+
+
+@pytest.mark.parametrize(("m", "p", "rows"), CASES)
+def test_both_constructions_agree_on_large_samples(m, p, rows):
+    Z, features, _, diag, vec = softmax_block(5000, m, p, rows)
+    pairwise = pairwise_information(Z, features, diag, vec, rows)
+    khatri_rao = khatri_rao_information(Z, features, diag, vec, rows)
+    assert relative_difference(khatri_rao, pairwise) < 1e-12
+
+
+@pytest.mark.parametrize(("m", "p", "rows"), CASES)
+def test_direction_solves_the_scoring_equations(m, p, rows):
+    Z, features, score_grad, diag, vec = softmax_block(5000, m, p, rows)
+    direction, gain = fisher_direction(Z, features, score_grad, diag, vec, rows)
+    grad = (score_grad[:, rows].T @ Z).ravel()
+    pairwise = pairwise_information(Z, features, diag, vec, rows)
+    expected = solve_spd(pairwise, grad, ridge=1e-9)
+    fixed = np.setdiff1d(np.arange(m), rows)
+    assert direction.shape == (m, p)
+    assert np.all(direction[fixed] == 0)
+    assert relative_difference(direction[rows].ravel(), expected) < 1e-12
+    assert gain == pytest.approx(grad @ expected, rel=1e-12)
+
+
+def test_gain_is_the_slope_of_the_softmax_log_likelihood_along_the_direction():
+    m, p, rows = 20, 3, np.arange(1, 20)
+    Z, features, score_grad, diag, _ = softmax_block(3000, m, p, seed=3)
+    rng = np.random.default_rng(4)
+    resp = score_grad + diag  # the weights that gave score_grad
+    coef = np.vstack([np.zeros(p), rng.normal(size=(m - 1, p))])
+
+    def log_likelihood(coef):
+        scores = Z @ coef.T
+        log_g = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+        return float((resp * log_g).sum())
+
+    scores = Z @ coef.T
+    g = np.exp(scores - scores.max(axis=1, keepdims=True))
+    g /= g.sum(axis=1, keepdims=True)
+    rho = resp.sum(axis=1)
+    weights = (resp - rho[:, None] * g, rho[:, None] * g, np.sqrt(rho)[:, None] * g)
+    direction, gain = fisher_direction(Z, features, *weights, rows)
+    assert gain > 0
+    eps = 1e-6
+    slope = (log_likelihood(coef + eps * direction) - log_likelihood(coef)) / eps
+    assert slope == pytest.approx(gain, rel=1e-4)
+
+
+def test_direction_for_100_experts_allocates_far_less_than_the_pair_weights():
+    # the (k(k+1)/2, n) pair weights alone would take 808 MB here
+    n, m, p = 20_000, 100, 3
+    Z, features, score_grad, diag, vec = softmax_block(n, m, p)
+    rows = np.arange(1, m)
+    tracemalloc.start()
+    try:
+        fisher_direction(Z, features, score_grad, diag, vec, rows)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20
+
+
+@pytest.mark.parametrize(("k", "p"), [(1, 1), (3, 2), (2, 5), (4, 4)])
+def test_row_kron_is_the_kronecker_product_of_each_row(k, p):
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(6, k)), rng.normal(size=(6, p))
+    expected = np.array([np.kron(a, b) for a, b in zip(A, B, strict=True)])
+    np.testing.assert_array_equal(row_kron(A, B), expected)
