@@ -231,7 +231,7 @@ def test_bic_picks_the_true_number_of_experts():
             GaussianMoE(n_init=3, max_iter=300, random_state=seed),
             X,
             y,
-            n_experts=range(1, 6),
+            n_experts=range(1, 5),
             progress=False,
         )
         picked.append(best.n_experts)
