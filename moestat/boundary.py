@@ -244,8 +244,11 @@ def _expert_contrasts(
 
 
 def _contrasts(model: Any, params: Any, design: Any) -> list[_Contrast]:
-    gate_sd = column_spreads(design.gate)
-    expert_sd = column_spreads(design.expert)
+    # a Design computes its columns' spreads once (EM checks every few steps)
+    gate_sd = getattr(design, "gate_spreads", None)
+    expert_sd = getattr(design, "expert_spreads", None)
+    if gate_sd is None or expert_sd is None:
+        gate_sd, expert_sd = column_spreads(design.gate), column_spreads(design.expert)
     return _gate_contrasts(model.gate, params.gate, gate_sd) + _expert_contrasts(
         model.expert, params.expert, expert_sd
     )

@@ -174,7 +174,12 @@ class _BaseMixtureOfExperts(BaseEstimator):
             warnings.warn(
                 f"{type(self).__name__} did not converge (best of {self.n_init} "
                 f"restarts): {best.stop_reason or 'the stopping rule did not fire'}"
-                ". Increase max_iter, raise tol, or try more restarts (n_init).",
+                + (
+                    ". Increase max_iter, raise tol, or try more restarts (n_init)."
+                    if best.capped
+                    else ". The likelihood is flat or not smooth there: try "
+                    "solver='em' or more restarts (n_init)."
+                ),
                 ConvergenceWarning,
                 stacklevel=2,
             )

@@ -63,6 +63,9 @@ __all__ = [
 ]
 
 
+#: ``FitResult.stop_reason`` of a fit whose coefficients walk to infinity.
+DIVERGE = "the coefficients diverge (no interior maximum)"
+
 #: Relative size of round-off in a total log-likelihood: a change below
 #: ``ROUNDOFF * (|L| + n)`` is no change (an exact fixed point).
 ROUNDOFF = 1e-12
@@ -190,6 +193,8 @@ class FitResult:
     boundary : tuple of str, default=()
         Parameters found walking off to infinity, each with its cause
         (:mod:`moestat.boundary`); a fit with any is degenerate.
+    capped : bool, default=False
+        Whether the engine stopped at its ``max_iter``.
     """
 
     model: MixtureOfExperts
@@ -202,6 +207,7 @@ class FitResult:
     n_iter_polish: int = 0
     stop_reason: str = ""
     boundary: tuple[str, ...] = ()
+    capped: bool = False
 
 
 def _evaluate(model, params, design, y):
@@ -343,8 +349,8 @@ def em(
     )
     fitted = model.with_params(state.params)
     boundary = _boundary(fitted, design)
-    if boundary and not converged:
-        stop_reason = "the coefficients diverge (no interior maximum)"
+    if boundary:
+        stop_reason = DIVERGE
     else:
         stop_reason = "" if converged else f"EM reached max_iter={max_iter}"
     return FitResult(
@@ -357,6 +363,7 @@ def em(
         expert_weight=state.resp.sum(axis=0),
         stop_reason=stop_reason,
         boundary=boundary,
+        capped=not converged and n_iter >= max_iter,
     )
 
 
@@ -569,14 +576,13 @@ def parameter_scales(model: MixtureOfExperts, design: Design) -> NDArray[np.floa
     """
     m = model.params.n_experts
 
-    def column_scales(A):
-        sd = A.std(axis=0)
-        return 1.0 / np.where(sd > 1e-12 * max(np.abs(A).max(), 1.0), sd, 1.0)
+    def column_scales(sd):
+        return 1.0 / np.where(sd > 0, sd, 1.0)
 
     return np.concatenate(
         [
-            model.gate.pack_scales(column_scales(design.gate), m),
-            model.expert.pack_scales(column_scales(design.expert), m),
+            model.gate.pack_scales(column_scales(design.gate_spreads), m),
+            model.expert.pack_scales(column_scales(design.expert_spreads), m),
         ]
     )
 
@@ -716,8 +722,8 @@ def mle(
     resp, log_lik = _evaluate(fitted, fitted.params, design, y)
     converged, stop_reason = _lbfgs_verdict(result, bool(stopped), monitor, max_iter)
     boundary = _boundary(fitted, design) if not _is_penalised(model) else ()
-    if boundary and not converged:
-        stop_reason = "the coefficients diverge (no interior maximum)"
+    if boundary:
+        stop_reason = DIVERGE
     return FitResult(
         model=fitted,
         log_likelihood=float(log_lik.sum()) - penalty(fitted, fitted.params, design),
@@ -728,6 +734,7 @@ def mle(
         expert_weight=resp.sum(axis=0),
         stop_reason=stop_reason,
         boundary=boundary,
+        capped=not converged and (result.status == 1 or result.nit >= max_iter),
     )
 
 
@@ -1276,7 +1283,7 @@ def keep_polished(result: FitResult, polished: FitResult) -> FitResult:
     # A polish whose line search fails (a kink of a top-K likelihood, say)
     # leaves the first engine's verdict standing; a polish cut off by its
     # cap does not.
-    capped = "max_iter" in polished.stop_reason
+    capped = polished.capped
     reasons = [result.stop_reason] if result.stop_reason else []
     if capped:
         reasons.append("the polish's " + polished.stop_reason)
@@ -1291,6 +1298,7 @@ def keep_polished(result: FitResult, polished: FitResult) -> FitResult:
         n_iter_polish=result.n_iter_polish + polished.n_iter,
         stop_reason="; ".join(reasons),
         boundary=polished.boundary,
+        capped=result.capped or capped,
     )
 
 

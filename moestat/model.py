@@ -11,6 +11,7 @@ so the truth and the estimate share one code path.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from scipy.special import logsumexp
 
 from moestat._math import logsumexp_rows
 from moestat._validation import as_generator
+from moestat.boundary import column_spreads
 from moestat.experts import GaussianExpertParams
 from moestat.experts._base import expert_degrees_of_freedom
 from moestat.gates import GateParams, SharedGateParams
@@ -70,6 +72,20 @@ class Design:
     def n_samples(self) -> int:
         """Number of rows."""
         return self.gate.shape[0]
+
+    @cached_property
+    def gate_spreads(self) -> NDArray[np.float64]:
+        """Standard deviation of each gate design column (0 if constant).
+
+        Computed once per design: the parameter scales, the boundary checks
+        inside EM's loop and the ridge penalty all read it.
+        """
+        return column_spreads(self.gate)
+
+    @cached_property
+    def expert_spreads(self) -> NDArray[np.float64]:
+        """Standard deviation of each expert design column (0 if constant)."""
+        return column_spreads(self.expert)
 
 
 # -- pure functions on designs (the fitting engines' hot path) ---------------

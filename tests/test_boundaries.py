@@ -572,3 +572,37 @@ def test_the_torch_backend_refuses_a_penalty_by_name():
     X, y = mcycle()
     with pytest.raises(ValueError, match="alpha=1.0.*numpy backend only"):
         GaussianMoE(2, alpha=1.0, backend="torch").fit(X, y)
+
+
+def test_direct_mle_maximises_the_penalised_likelihood_as_em_does():
+    X, y = standardised_wine()
+    fits = {}
+    for solver in ("em", "mle"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DegenerateFitWarning)
+            fits[solver] = MultinomialLogisticMoE(
+                2, n_init=1, init="kmeans", alpha=1.0, solver=solver, random_state=0
+            ).fit(X[:, :4], y)
+    em_fit, mle_fit = fits["em"], fits["mle"]
+    assert mle_fit.converged_ and em_fit.converged_
+    assert mle_fit.penalized_log_likelihood_ < mle_fit.log_likelihood_
+    # one k-means start: both climb the same penalised objective to its top
+    assert mle_fit.penalized_log_likelihood_ == pytest.approx(
+        em_fit.penalized_log_likelihood_, abs=1e-3
+    )
+
+
+def test_the_batched_engine_reports_a_boundary_as_numpy_does():
+    pytest.importorskip("torch")
+    from moestat.torch.fit import fit_batched
+
+    X, y, truth = make_moe_regression(400, n_experts=2, random_state=3)
+    spec = MixtureOfExperts(truth.gate, truth.expert)
+    design = spec.design(X)
+    walked = GateParams(truth.params.gate.coef * [[0.0, 0.0], [1.0, 400.0]])
+    start = MoEParams(walked, truth.params.expert)
+    (batched,) = fit_batched(spec, [design], [y], [start], max_iter=3)
+    numpy = em(spec.with_params(start), design, y, max_iter=3, accelerate=False)
+    assert batched.boundary and numpy.boundary
+    assert not batched.converged and not numpy.converged
+    assert batched.stop_reason == numpy.stop_reason

@@ -33,7 +33,13 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from moestat.fit import LINE_SEARCH_RESOLUTION, FitResult, _boundary, parameter_scales
+from moestat.fit import (
+    DIVERGE,
+    LINE_SEARCH_RESOLUTION,
+    FitResult,
+    _boundary,
+    parameter_scales,
+)
 from moestat.model import Design, MixtureOfExperts, MoEParams
 from moestat.torch._batch import (
     BatchedData,
@@ -468,7 +474,9 @@ def fit_batched(
             tol=tol,
             max_iter=max_iter,
         )
-    return to_fit_results(model, fit, (m, p_gate, p_expert), floors, designs)
+    return to_fit_results(
+        model, fit, (m, p_gate, p_expert), floors, designs, max_iter=max_iter
+    )
 
 
 def to_fit_results(
@@ -477,6 +485,7 @@ def to_fit_results(
     shapes: tuple[int, int, int],
     var_floor: NDArray[np.float64],
     designs: Sequence[Design] | None = None,
+    max_iter: int | None = None,
 ) -> list[FitResult]:
     """One numpy :class:`~moestat.fit.FitResult` per row of a batched fit.
 
@@ -522,17 +531,31 @@ def to_fit_results(
                 converged=bool(converged[b]) and not boundary,
                 monotone=bool(monotone[b]),
                 expert_weight=weight[b],
-                stop_reason=(
-                    "the coefficients diverge (no interior maximum)"
-                    if boundary
-                    else ""
-                    if converged[b]
-                    else f"EM or L-BFGS reached max_iter={int(n_iter[b])}"
+                stop_reason=_stop_reason(
+                    bool(converged[b]), boundary, int(n_iter[b]), max_iter
+                ),
+                capped=(
+                    not converged[b]
+                    and max_iter is not None
+                    and int(n_iter[b]) >= max_iter
                 ),
                 boundary=boundary,
             )
         )
     return results
+
+
+def _stop_reason(
+    converged: bool, boundary: tuple, n_iter: int, max_iter: int | None
+) -> str:
+    """Why a batched fit stopped without converging, as numpy's engines say."""
+    if boundary:
+        return DIVERGE
+    if converged:
+        return ""
+    if max_iter is not None and n_iter >= max_iter:
+        return f"the batched engine reached max_iter={max_iter}"
+    return "the batched L-BFGS line search failed with gain still resolvable"
 
 
 def batch_engine(device: Any = None, dtype: Any = None) -> Callable[..., list]:
