@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,31 @@ def validate_params(
         choices = " or ".join(str(c) for c in allowed)
         raise ValueError(
             f"The {name!r} parameter of {owner} must be {choices}; "
-            f"got {value!r} instead."
+            f"got {plain(value)!r} instead."
         )
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python numbers and lists.
+
+    Messages show ``1.0`` and ``[1, 2]``, not ``np.float64(1.0)`` and
+    ``[np.int64(1), np.int64(2)]``.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    object
+        ``value.tolist()`` for numpy scalars and arrays, the same applied
+        to the items of lists and tuples; anything else unchanged.
+    """
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return type(value)(plain(item) for item in value)
+    return value
 
 
 def as_generator(
@@ -167,3 +191,106 @@ def as_generator(
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(0, 2**31 - 1))
     return np.random.default_rng(random_state)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN
+    except TypeError:  # pandas.NA
+        return True
+
+
+def check_response_entries(y: Any, owner: str, *, numeric: bool) -> None:
+    """Refuse missing entries and, for a regression, text in an object ``y``.
+
+    Numeric arrays are left to scikit-learn's checks; this names the
+    problem of an object array (a column read from a file, a list with
+    ``None``) before a numeric conversion turns it into a misleading one.
+
+    Parameters
+    ----------
+    y : array-like or None
+        The response as given to ``fit`` (None is left to the estimator).
+    owner : str
+        Name of the estimator, used in the message.
+    numeric : bool
+        Whether the response must be numbers (a regression).
+
+    Raises
+    ------
+    ValueError
+        Naming the missing entries (how many, the first row) or the text.
+    """
+    if y is None:
+        return
+    values = np.asarray(y, dtype=object) if not hasattr(y, "dtype") else np.asarray(y)
+    if values.dtype != object:
+        return
+    flat = values.ravel()
+    missing = np.flatnonzero([_is_missing(value) for value in flat])
+    if missing.size:
+        raise ValueError(
+            f"y has {missing.size} missing value(s) (None or NaN), the first at "
+            f"row {int(missing[0])}; drop or impute those rows before fitting "
+            f"{owner}."
+        )
+    if numeric:
+        text = next((value for value in flat if isinstance(value, str)), None)
+        if text is not None:
+            raise ValueError(
+                f"{owner} needs a numeric response y; y holds text such as "
+                f"{text!r}. For class labels use MultinomialLogisticMoE."
+            )
+
+
+#: Magnitudes beyond which squares and products of the data leave double
+#: precision (1e150 squared is 1e300; 1e-150 squared is 1e-300).
+SCALE_LIMIT = 1e150
+
+
+def check_scale(values: NDArray, name: str) -> None:
+    """Refuse data whose squares overflow or whose spread underflows.
+
+    Variances, Gram matrices and Gaussian densities square the data; at
+    magnitudes beyond :data:`SCALE_LIMIT` (or spreads below its inverse)
+    the fit would end in overflow or in a zero variance. A rescaled copy
+    of the data is fitted exactly the same way.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n,) or (n, d)
+        Finite data: the response or the covariates.
+    name : str
+        ``"y"`` or ``"X"``, used in the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the column, its magnitude and the power of ten to divide or
+        multiply it by.
+    """
+    columns = np.asarray(values, dtype=float).reshape(len(values), -1)
+    if columns.size == 0:
+        return
+    size = np.max(np.abs(columns), axis=0)
+    spread = np.ptp(columns, axis=0)
+    for j in range(columns.shape[1]):
+        label = (
+            name if columns.shape[1] == 1 and name == "y" else f"column {j} of {name}"
+        )
+        if size[j] > SCALE_LIMIT:
+            power = int(np.floor(np.log10(size[j])))
+            raise ValueError(
+                f"{label} has values up to {size[j]:.3g}, whose squares overflow "
+                f"double precision; check the scale of {name}: divide it by "
+                f"1e{power} before fitting."
+            )
+        if 0 < spread[j] < 1 / SCALE_LIMIT:
+            power = -int(np.floor(np.log10(spread[j])))
+            raise ValueError(
+                f"{label} spreads over only {spread[j]:.3g}, whose square "
+                f"underflows double precision; check the scale of {name}: "
+                f"multiply it by 1e{power} before fitting."
+            )

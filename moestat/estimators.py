@@ -25,6 +25,8 @@ from moestat._validation import (
     Options,
     Satisfies,
     as_generator,
+    check_response_entries,
+    check_scale,
     validate_params,
 )
 from moestat.boundary import boundary_message, diverging_parameters
@@ -84,7 +86,10 @@ class _BaseMixtureOfExperts(BaseEstimator):
         ``y`` goes through :meth:`_encode_y`, as at scoring, so fit and
         ``score_samples`` refuse the same responses.
         """
+        check_response_entries(y, type(self).__name__, numeric=True)
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        check_scale(X, "X")
+        check_scale(y, "y")
         return X, self._encode_y(y)
 
     def _check_target(self, y: NDArray[np.float64]) -> None:
@@ -913,7 +918,9 @@ feature_names_in_
         return MultinomialLogisticExpert(len(self.classes_), degree=self.degree)
 
     def _validate_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
+        check_response_entries(y, type(self).__name__, numeric=False)
         X, y = validate_data(self, X, y, dtype=np.float64)
+        check_scale(X, "X")
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         return X, codes.astype(np.float64)

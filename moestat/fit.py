@@ -1319,9 +1319,9 @@ def warn_on_degeneracy(result: FitResult, var_floor: float, min_weight: float) -
     )
     if len(at_floor):
         warnings.warn(
-            f"The variance of expert(s) {list(at_floor)} reached the floor "
-            f"{var_floor:.3g} (reg_var * Var(y)): an expert is collapsing onto a "
-            "few points. Try fewer experts or a larger reg_var.",
+            f"The variance of expert(s) {np.asarray(at_floor).tolist()} reached "
+            f"the floor {var_floor:.3g} (reg_var * Var(y)): an expert is "
+            "collapsing onto a few points. Try fewer experts or a larger reg_var.",
             DegenerateFitWarning,
             stacklevel=3,
         )

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from moestat.model import MixtureOfExperts
+from moestat.simulation.rates import N_BOOT
 
 __all__ = [
     "plot_fit",
@@ -222,7 +223,8 @@ def plot_rates(
     x: str = "n",
     form: str = "mean",
     theory: bool = True,
-    n_boot: int = 500,
+    n_boot: int = N_BOOT,
+    random_state: Any = 0,
     ax: Any = None,
     **line_kwargs: Any,
 ):
@@ -233,6 +235,14 @@ def plot_rates(
     replication quantiles, the fitted line ``c n^s`` (labelled with ``s`` and
     its bootstrap interval, :func:`moestat.simulation.estimate_rate`) and,
     dashed, a line of the theoretical slope through the middle of the fit.
+
+    The interval in the legend is the one :func:`estimate_rate` gives for
+    the same results, ``form``, ``n_boot`` and ``random_state`` (each row
+    has its own bootstrap stream), so it matches the printed rate table and
+    its CSV. A group whose loss is zero up to round-off (``"round-off"`` in
+    the table) has no rate: its points are drawn without a fitted or a
+    theory line, and the legend says "constant at round-off". Losses that
+    are exactly 0 cannot be shown on the log axis and are left out.
 
     Parameters
     ----------
@@ -249,8 +259,11 @@ def plot_rates(
         As in :func:`moestat.simulation.estimate_rate`.
     theory : bool, default=True
         Draw the theoretical slope where one is known.
-    n_boot : int, default=500
-        Bootstrap draws of the slope's interval in the legend.
+    n_boot : int, default=N_BOOT (2000)
+        Bootstrap draws of the slope's interval in the legend; the default
+        of :func:`moestat.simulation.estimate_rate` too.
+    random_state : None, int or Generator, default=0
+        Seed of the bootstrap, as in :func:`moestat.simulation.estimate_rate`.
     ax : matplotlib Axes, optional
         Where to draw; a new figure if None.
     **line_kwargs
@@ -264,7 +277,15 @@ def plot_rates(
     from moestat.simulation import estimate_rate, summarize_losses
 
     summary = summarize_losses(results, loss, by=by, x=x)
-    rates = estimate_rate(results, loss, by=by, x=x, form=form, n_boot=n_boot)
+    rates = estimate_rate(
+        results,
+        loss,
+        by=by,
+        x=x,
+        form=form,
+        n_boot=n_boot,
+        random_state=random_state,
+    )
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5))
     by = [column for column in by if column in summary.columns]
@@ -275,13 +296,25 @@ def plot_rates(
         match = rates
         for column, value in zip(by, key, strict=True):
             match = match[match[column] == value]
+        row = None if match.empty else match.iloc[0]
+        round_off = row is not None and row["verdict"] == "round-off"
         xs = group[x].to_numpy(float)
-        color = ax.plot(xs, group[centre], "o", ms=4)[0].get_color()
-        low = np.maximum(group["q025"].to_numpy(float), np.finfo(float).tiny)
-        ax.fill_between(xs, low, group["q975"], color=color, alpha=0.15, lw=0)
-        if match.empty:
+        summaries = group[centre].to_numpy(float)
+        low = group["q025"].to_numpy(float)
+        high = group["q975"].to_numpy(float)
+        # A log axis shows positive values only: zeros are left out (a band
+        # floored at the smallest float would stretch the axis to 1e-308).
+        shown = summaries > 0
+        label = None
+        if round_off:
+            label = f"{_group_label(key, by)}: constant at round-off"
+            if not shown.any():
+                label += " (exactly 0, not drawn)"
+        points = ax.plot(xs[shown], summaries[shown], "o", ms=4, label=label)[0]
+        color = points.get_color()
+        ax.fill_between(xs, low, high, where=low > 0, color=color, alpha=0.15, lw=0)
+        if row is None or round_off:
             continue
-        row = match.iloc[0]
         grid = np.geomspace(xs.min(), xs.max(), 50)
         t = np.log(grid / np.log(grid)) if form == "log_n_over_n" else np.log(grid)
         fitted = np.exp(row["intercept"] + row["slope"] * t)

@@ -32,7 +32,7 @@ from moestat.simulation import (
     simulate,
     summarize_losses,
 )
-from moestat.simulation.store import CELLS_FILE
+from moestat.simulation.store import CELLS_FILE, cell_identity
 
 SMALL_GRID = [150, 300, 600]
 VOLATILE = ["fit_time"]  # the only column allowed to differ between runs
@@ -48,27 +48,42 @@ def _cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- the store ---------------------------------------------------------------
+def _record(n: int, **values) -> dict:
+    """A minimal valid record of the SG-E cell at ``n``, replicate 0."""
+    return {**cell_identity("SG-E", "m=2", n, 0), **values}
+
+
 def test_store_appends_each_record_once_and_reads_it_back(tmp_path):
     store = ResultStore(tmp_path)
-    assert store.append({"key": "a", "kl": 0.5})
-    assert not store.append({"key": "a", "kl": 0.7})
-    assert store.append({"key": "b", "kl": np.float64(np.nan)})
+    a, b = _record(100, kl=0.5), _record(200, kl=np.float64(np.nan))
+    assert store.append(a)
+    assert not store.append({**a, "kl": 0.7})
+    assert store.append(b)
     records = ResultStore(tmp_path).records()
-    assert [r["key"] for r in records] == ["a", "b"]
+    assert [r["key"] for r in records] == [a["key"], b["key"]]
     assert records[0]["kl"] == 0.5 and records[1]["kl"] is None
+
+
+def test_a_new_store_starts_with_its_format_line(tmp_path):
+    ResultStore(tmp_path / "new").append(_record(100, kl=0.5))
+    lines = (tmp_path / "new" / CELLS_FILE).read_text().splitlines()
+    assert json.loads(lines[0]) == {"format": "moestat-cells", "version": 1}
+    assert [json.loads(line)["key"] for line in lines[1:]] == [_record(100)["key"]]
 
 
 def test_a_half_written_last_line_is_ignored_and_then_overwritten(tmp_path):
     store = ResultStore(tmp_path)
-    store.append({"key": "a", "kl": 0.5})
+    a, b = _record(100, kl=0.5), _record(200, kl=0.25)
+    store.append(a)
     with open(tmp_path / CELLS_FILE, "a") as handle:
-        handle.write('{"key": "b", "kl": 0.2')  # killed mid-write
-    assert [r["key"] for r in read_records(tmp_path / CELLS_FILE)] == ["a"]
+        handle.write(json.dumps(b)[:30])  # killed mid-write
+    assert [r["key"] for r in read_records(tmp_path / CELLS_FILE)] == [a["key"]]
     reopened = ResultStore(tmp_path)
-    assert reopened.keys() == {"a"}
-    reopened.append({"key": "b", "kl": 0.25})
+    assert reopened.keys() == {a["key"]}
+    assert not (tmp_path / CELLS_FILE).read_text().endswith("\n")  # read, not cut
+    reopened.append(b)
     lines = (tmp_path / CELLS_FILE).read_text().splitlines()
-    assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
+    assert [json.loads(line).get("key") for line in lines] == [None, a["key"], b["key"]]
 
 
 def test_load_results_names_the_missing_directory(tmp_path):
@@ -160,7 +175,7 @@ def test_a_restarted_sweep_runs_only_the_missing_cells(tmp_path):
     kept = both.set_index("key").loc[first["key"], "fit_time"].to_numpy()
     np.testing.assert_array_equal(kept, first["fit_time"].to_numpy())
     lines = (tmp_path / CELLS_FILE).read_text().splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 1 + 6  # the format line and each cell once
 
 
 def _simulate_command(out: Path, n_grid: str, reps: int) -> list[str]:
@@ -213,7 +228,7 @@ def test_a_sweep_killed_with_sigkill_and_restarted_has_exactly_the_cells_of_an_u
         _simulate_command(killed, grid, reps), check=True, env=env, capture_output=True
     )
     lines = cells_file.read_text().splitlines()
-    assert len(lines) == 18  # nothing stored twice
+    assert len(lines) == 1 + 18  # the format line, and nothing stored twice
     pd.testing.assert_frame_equal(
         _cells(load_results(killed)), _cells(load_results(complete))
     )

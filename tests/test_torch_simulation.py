@@ -14,6 +14,7 @@ from moestat.cli import main  # noqa: E402
 from moestat.simulation import (  # noqa: E402
     Cell,
     ResultStore,
+    cell_identity,
     get_scenario,
     load_results,
     plan_batches,
@@ -150,13 +151,15 @@ def test_batches_hold_one_fit_and_samples_within_a_factor_two():
 
 # -- resuming --------------------------------------------------------------------
 def test_a_batch_of_records_is_stored_at_once_and_each_key_once(tmp_path):
+    a, b, c = (cell_identity("SG-E", "m=2", n, 0) for n in (100, 200, 300))
     store = ResultStore(tmp_path)
-    assert store.extend([{"key": "a", "kl": 0.5}, {"key": "b"}, {"key": "a"}]) == 2
-    assert store.extend([{"key": "b"}, {"key": "c", "kl": np.nan}]) == 1
+    with store.writing():
+        assert store.extend([{**a, "kl": 0.5}, b, a]) == 2
+        assert store.extend([b, {**c, "kl": np.nan}]) == 1
+        assert store.extend([]) == 0
     records = ResultStore(tmp_path).records()
-    assert [r["key"] for r in records] == ["a", "b", "c"]
+    assert [r["key"] for r in records] == [a["key"], b["key"], c["key"]]
     assert records[0]["kl"] == 0.5 and records[2]["kl"] is None
-    assert store.extend([]) == 0
 
 
 def test_an_interrupted_torch_sweep_resumes_without_storing_a_cell_twice(
@@ -180,7 +183,7 @@ def test_an_interrupted_torch_sweep_resumes_without_storing_a_cell_twice(
     assert len(load_results(killed)) == 4  # the two finished batches
     monkeypatch.setattr(sweep_module, "_fit_prepared", fit_prepared)
     resumed = _sweep(killed, "torch", **common)
-    lines = (killed / CELLS_FILE).read_text().splitlines()
+    lines = (killed / CELLS_FILE).read_text().splitlines()[1:]  # after the format
     assert len(lines) == 6 == len({json.loads(line)["key"] for line in lines})
     volatile = ["fit_time"]
     pd.testing.assert_frame_equal(
@@ -188,7 +191,7 @@ def test_an_interrupted_torch_sweep_resumes_without_storing_a_cell_twice(
     )
     # a numpy sweep over the same directory finds nothing left to run
     _sweep(killed, "numpy", **{k: v for k, v in common.items() if k != "batch_cells"})
-    assert len((killed / CELLS_FILE).read_text().splitlines()) == 6
+    assert len((killed / CELLS_FILE).read_text().splitlines()) == 1 + 6
 
 
 # -- what the torch engine refuses -------------------------------------------------

@@ -12,11 +12,13 @@ from moestat import (
     GaussianMoE,
     ModifiedSoftmaxGate,
     MoEParams,
+    MultinomialLogisticMoE,
     NormalizedSigmoidGate,
     PolynomialMoE,
     SharedExpertsGate,
     SoftmaxGate,
 )
+from moestat._validation import plain
 from moestat.datasets import make_moe_regression
 from moestat.exceptions import DegenerateFitWarning
 
@@ -239,3 +241,43 @@ def test_results_are_finite_for_badly_scaled_data(rng):
 def test_make_moe_regression_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_moe_regression(**kwargs)
+
+
+# -- messages a user reads --------------------------------------------------------
+def test_a_parameter_error_shows_numbers_not_numpy_reprs():
+    with pytest.raises(ValueError) as error:
+        GaussianMoE(n_experts=np.float64(1.5)).fit(np.ones((10, 1)), np.arange(10.0))
+    assert "got 1.5 instead" in str(error.value) and "np." not in str(error.value)
+    assert plain([np.int64(1), (np.float64(2.0),)]) == [1, (2.0,)]
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [GaussianMoE(2), MultinomialLogisticMoE(2), PolynomialMoE(2, family="poisson")],
+    ids=["gaussian", "multinomial", "poisson"],
+)
+def test_a_response_with_none_is_reported_as_missing_values(estimator):
+    X = np.linspace(-1, 1, 40)[:, None]
+    y = np.array([1, 2] * 19 + [None, 1], dtype=object)
+    with pytest.raises(ValueError, match=r"y has 1 missing value.*row 38"):
+        estimator.fit(X, y)
+
+
+def test_a_text_response_of_a_regression_points_to_the_classifier():
+    X = np.linspace(-1, 1, 40)[:, None]
+    y = np.array(["a", "b"] * 20, dtype=object)
+    with pytest.raises(ValueError, match="numeric response.*MultinomialLogisticMoE"):
+        GaussianMoE(2).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "scale, advice", [(1e200, "divide it by 1e200"), (1e-200, "multiply it by 1e")]
+)
+def test_data_beyond_double_precision_are_refused_with_the_rescaling(scale, advice):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 1))
+    y = X[:, 0] + rng.normal(size=60)
+    with pytest.raises(ValueError, match=advice):
+        GaussianMoE(2).fit(X, y * scale)
+    with pytest.raises(ValueError, match="column 0 of X"):
+        GaussianMoE(2).fit(X * scale, y)

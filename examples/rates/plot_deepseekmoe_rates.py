@@ -153,7 +153,7 @@ print(results.groupby("scenario")["converged"].mean().to_string())
 # with a replicate-bootstrap 95% interval; ``verdict`` compares the slope
 # with the theory (``close``: the interval misses it by less than 0.1).
 LOSSES = ["kl", "hellinger", "tv", "voronoi"]
-rates = estimate_rate(results, LOSSES, n_boot=1000, random_state=0)
+rates = estimate_rate(results, LOSSES, random_state=0)
 print(format_rates(rates))
 
 # %%
@@ -165,7 +165,7 @@ print(format_rates(rates))
 # losses read a little steeper than theory; the slope in :math:`\log n`
 # above is the one to compare with :math:`-1/2`.
 paper_form = estimate_rate(
-    results, ["tv", "voronoi"], form="log_n_over_n", n_boot=1000, random_state=0
+    results, ["tv", "voronoi"], form="log_n_over_n", random_state=0
 )
 print(format_rates(paper_form))
 
@@ -190,8 +190,8 @@ print(format_rates(paper_form))
 # laboratory's full grids, measured before the stopping rule changed, give
 # -0.53 (DS-2, pass) and -0.64 (DS-3) on :math:`n \geq 5{,}000`.
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-plot_rates(results, "tv", n_boot=500, ax=axes[0])
-plot_rates(results, "voronoi", n_boot=500, ax=axes[1])
+plot_rates(results, "tv", ax=axes[0])
+plot_rates(results, "voronoi", ax=axes[1])
 axes[0].set_title("Total variation")
 axes[1].set_title(r"Voronoi losses $\mathcal{D}_2$ (DS-2) and $\mathcal{D}_3$ (DS-3)")
 fig.tight_layout()

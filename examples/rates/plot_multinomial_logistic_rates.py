@@ -133,7 +133,7 @@ print(summary.to_string())
 # Slopes of the mean over replications against :math:`\log n`, with
 # replicate-bootstrap 95% intervals and the theory's verdict.
 LOSSES = ["kl", "hellinger", "tv", "voronoi"]
-rates = estimate_rate(results, LOSSES, n_boot=1000, random_state=0)
+rates = estimate_rate(results, LOSSES, random_state=0)
 print(format_rates(rates))
 
 # %%
@@ -156,8 +156,8 @@ print(format_rates(rates))
 # :math:`n \geq 5{,}000`. The bands span the 2.5% and 97.5% quantiles over
 # replications.
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-plot_rates(results, "kl", n_boot=500, ax=axes[0])
-plot_rates(results, "tv", n_boot=500, ax=axes[1])
+plot_rates(results, "kl", ax=axes[0])
+plot_rates(results, "tv", ax=axes[1])
 axes[0].set_title("Kullback–Leibler divergence")
 axes[1].set_title("Total variation")
 fig.tight_layout()
@@ -189,13 +189,11 @@ fig.tight_layout()
 # :math:`10^5`, 20 replications, measured before the stopping rule changed)
 # gives -0.85 [-1.22, -0.53] for the exact fit's mean
 # :math:`\mathcal{D}_{ML}`.
-median_rates = estimate_rate(
-    results, "voronoi", form="median", n_boot=1000, random_state=0
-)
+median_rates = estimate_rate(results, "voronoi", form="median", random_state=0)
 print(format_rates(median_rates))
 
 fig, ax = plt.subplots(figsize=(6.5, 4.5))
-plot_rates(results, "voronoi", form="median", n_boot=500, ax=ax)
+plot_rates(results, "voronoi", form="median", ax=ax)
 ax.set_title(r"Voronoi loss $\mathcal{D}_{ML}$ (medians)")
 fig.tight_layout()
 

@@ -131,7 +131,7 @@ print(summary.to_string())
 # the theoretical slope lies inside it (``pass``), misses it by less than
 # 0.1 (``close``) or neither (``fail``).
 LOSSES = ["kl", "hellinger", "tv", "voronoi"]
-rates = estimate_rate(results, LOSSES, n_boot=1000, random_state=0)
+rates = estimate_rate(results, LOSSES, random_state=0)
 print(format_rates(rates))
 
 # %%
@@ -146,8 +146,8 @@ print(format_rates(rates))
 # The dashed lines have the theoretical slopes, drawn through the middle of
 # each fit; the bands span the 2.5% and 97.5% quantiles over replications.
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-plot_rates(results, "kl", n_boot=500, ax=axes[0])
-plot_rates(results, "hellinger", n_boot=500, ax=axes[1])
+plot_rates(results, "kl", ax=axes[0])
+plot_rates(results, "hellinger", ax=axes[1])
 axes[0].set_title("Kullback–Leibler divergence")
 axes[1].set_title("Hellinger distance")
 fig.tight_layout()
@@ -163,7 +163,7 @@ fig.tight_layout()
 # (``anchor="optimal"``, our proposal [P], not the paper's convention of a
 # last row fixed at zero).
 fig, ax = plt.subplots(figsize=(6.5, 4.5))
-plot_rates(results, "voronoi", n_boot=500, ax=ax)
+plot_rates(results, "voronoi", ax=ax)
 ax.set_title(r"Voronoi losses $\mathcal{D}_1$ (m = 2) and $\mathcal{D}_2$ (m = 3)")
 fig.tight_layout()
 
@@ -187,7 +187,7 @@ fig.tight_layout()
 # maximum, where the cell's errors hardly shrink between :math:`n = 10^3`
 # and :math:`3 \cdot 10^4`).
 blocks = ["err_gate_slope[0]", "err_intercept[0]", "err_slope[0]", "err_var[0]"]
-print(format_rates(estimate_rate(results, blocks, n_boot=1000, random_state=0)))
+print(format_rates(estimate_rate(results, blocks, random_state=0)))
 
 titles = [
     r"gate slope $\beta_1$",
@@ -197,7 +197,7 @@ titles = [
 ]
 fig, axes = plt.subplots(2, 2, figsize=(11, 8))
 for ax, block, title in zip(axes.ravel(), blocks, titles, strict=True):
-    plot_rates(results, block, n_boot=500, ax=ax)
+    plot_rates(results, block, ax=ax)
     ax.set_title(f"{title} of true expert 1")
 fig.tight_layout()
 

@@ -5,7 +5,8 @@
 - :func:`simulate`: a sweep over (fit, n, replicate) cells, in parallel
   (joblib, or Dask for a cluster) or batched on a GPU (``backend="torch"``),
   every finished cell stored durably; running it again resumes.
-- :func:`load_results`: the cells as a pandas DataFrame.
+- :func:`load_results`: the cells as a pandas DataFrame; :func:`scan_store`
+  says which lines of a store were skipped, and why.
 - :func:`estimate_rate`: log-log slopes with bootstrap confidence intervals
   beside the rates theory predicts.
 
@@ -22,6 +23,7 @@ Examples
 """
 
 from moestat.simulation.rates import (
+    N_BOOT,
     RATE_FORMS,
     approximation_rates,
     best_of_restarts,
@@ -43,9 +45,12 @@ from moestat.simulation.scenarios import (
 )
 from moestat.simulation.store import (
     ResultStore,
+    StoreScan,
+    cell_identity,
     export_results,
     load_results,
     read_records,
+    scan_store,
 )
 from moestat.simulation.sweep import (
     BACKENDS,
@@ -87,6 +92,9 @@ __all__ = [
     "load_results",
     "export_results",
     "read_records",
+    "scan_store",
+    "StoreScan",
+    "cell_identity",
     "estimate_rate",
     "summarize_losses",
     "format_rates",
@@ -95,4 +103,5 @@ __all__ = [
     "approximation_rates",
     "tradeoff_summary",
     "RATE_FORMS",
+    "N_BOOT",
 ]

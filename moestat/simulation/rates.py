@@ -12,13 +12,28 @@ by OLS (theory.md §8.2):
 
 The confidence interval is a replicate bootstrap: within each n the
 replications are resampled with replacement, the per-n summaries and the
-slope recomputed, ``n_boot`` times; the percentile interval is reported.
-statsmodels' OLS interval (which treats the per-n summaries as the data) is
-given beside it.
+slope recomputed, ``n_boot`` times (:data:`N_BOOT` by default, everywhere an
+interval is shown: :func:`estimate_rate`, :func:`moestat.plotting.plot_rates`
+and the command line); the percentile interval is reported. statsmodels' OLS
+interval (which treats the per-n summaries as the data) is given beside it.
+
+Each (group, loss) draws its bootstrap from its own random stream, derived
+from the seed and a stable hash of the group's labels and the loss name, so
+a row's interval does not depend on which other groups or losses are
+computed with it: the printed table, the CSV and the plot legend agree for
+the same results and seed.
+
+A row's ``verdict`` compares the slope with the theory: ``"pass"`` needs the
+theory inside an interval no wider than ``max_width`` (a wider one is
+``"inconclusive"``); a loss that is zero up to round-off everywhere (such as
+the error of a parameter the parametrisation fixes) has no rate and is
+reported as ``"round-off"``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,11 +43,11 @@ import pandas as pd
 import statsmodels.api as sm
 from statsmodels.iolib.table import SimpleTable
 
-from moestat._validation import as_generator
 from moestat.simulation.scenarios import SCENARIOS
 from moestat.simulation.store import load_results
 
 __all__ = [
+    "N_BOOT",
     "estimate_rate",
     "summarize_losses",
     "format_rates",
@@ -46,6 +61,11 @@ __all__ = [
 #: Values of ``form`` of :func:`estimate_rate`: the summary over
 #: replications and the regressor.
 RATE_FORMS = ("mean", "median", "log_n_over_n")
+#: Bootstrap draws of a slope's interval: the default of
+#: :func:`estimate_rate` and :func:`moestat.plotting.plot_rates` (and of the
+#: command line), so that every place a rate is shown gives the same
+#: interval. The bootstrap is vectorised: 2000 draws cost milliseconds.
+N_BOOT = 2000
 # The loss columns a sweep records: the density losses, the Voronoi loss,
 # the KL to the truth of a misspecified fit, and the per-parameter errors.
 LOSSES = ("kl", "hellinger", "tv", "voronoi", "kl_truth")
@@ -93,18 +113,24 @@ def _theory(scenario: str, fit: str, loss: str) -> tuple[float, bool]:
     return np.nan, False
 
 
-def _group_summaries(
-    frame: pd.DataFrame, x: str, loss: str, form: str
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """X values and, for each, the positive finite losses of its replicates."""
+def _group_losses(frame: pd.DataFrame, x: str, loss: str) -> tuple[np.ndarray, list]:
+    """X values with a finite loss and, for each, its replicates' finite losses."""
     xs, samples = [], []
     for value, group in frame.groupby(x, sort=True):
         losses = group[loss].to_numpy(dtype=float)
-        losses = losses[np.isfinite(losses) & (losses > 0)]
+        losses = losses[np.isfinite(losses)]
         if losses.size:
             xs.append(float(value))
             samples.append(losses)
     return np.asarray(xs), samples
+
+
+def _positive(xs: np.ndarray, samples: list) -> tuple[np.ndarray, list]:
+    """The X values and losses left when the non-positive losses are dropped."""
+    pairs = zip(xs, samples, strict=True)
+    kept = [(value, losses[losses > 0]) for value, losses in pairs]
+    kept = [(value, losses) for value, losses in kept if losses.size]
+    return np.asarray([value for value, _ in kept]), [losses for _, losses in kept]
 
 
 def _summary(values: np.ndarray, form: str, axis: int = -1) -> np.ndarray:
@@ -117,6 +143,44 @@ def _regressor(xs: np.ndarray, form: str) -> np.ndarray:
     if form == "log_n_over_n":
         return np.log(xs / np.log(xs))
     return np.log(xs)
+
+
+def _root_seed(random_state: Any) -> int:
+    """One integer seed from ``random_state`` (drawn once from a generator)."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**63 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, numbers.Integral) and not isinstance(
+        random_state, bool
+    ):
+        if random_state < 0:
+            raise ValueError(f"random_state must be >= 0; got {random_state}.")
+        return int(random_state)
+    raise TypeError(
+        "random_state must be None, an int or a numpy Generator; got "
+        f"{type(random_state).__name__}."
+    )
+
+
+def _row_generator(
+    seed: int, labels: Mapping[str, Any], loss: str
+) -> np.random.Generator:
+    """The bootstrap stream of one (group, loss): the seed and a stable hash.
+
+    The hash is of the group's ``column=value`` labels (sorted by column) and
+    the loss name, so the stream, and the row's interval, is the same
+    whichever other rows are computed with it, in any process.
+    """
+    text = "\x1f".join(
+        [*(f"{column}={value}" for column, value in sorted(labels.items())), loss]
+    )
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return np.random.default_rng(
+        np.random.SeedSequence([seed, int.from_bytes(digest, "little")])
+    )
 
 
 def _bootstrap_slopes(
@@ -133,6 +197,18 @@ def _bootstrap_slopes(
         logs[:, k] = np.log(_summary(draws, form, axis=1))
     centred = t - t.mean()
     return (logs - logs.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
+
+
+_FIT_COLUMNS = (
+    "slope",
+    "ci_low",
+    "ci_high",
+    "ci_width",
+    "ols_ci_low",
+    "ols_ci_high",
+    "intercept",
+    "r_squared",
+)
 
 
 def _fit_one(
@@ -153,6 +229,7 @@ def _fit_one(
         "slope": float(ols.params[1]),
         "ci_low": float(low),
         "ci_high": float(high),
+        "ci_width": float(high - low),
         "ols_ci_low": float(ols_low),
         "ols_ci_high": float(ols_high),
         "intercept": float(ols.params[0]),
@@ -161,12 +238,20 @@ def _fit_one(
 
 
 def _verdict(
-    theory: float, slope: float, low: float, high: float, diagnostic: bool, tol: float
+    theory: float,
+    slope: float,
+    low: float,
+    high: float,
+    diagnostic: bool,
+    tol: float,
+    max_width: float,
 ) -> str:
     if np.isnan(theory):
         return ""
     if diagnostic:
         return "diagnostic"
+    if not high - low <= max_width:
+        return "inconclusive"
     if low <= theory <= high:
         return "pass"
     return "close" if abs(slope - theory) <= tol else "fail"
@@ -179,12 +264,14 @@ def estimate_rate(
     by: Sequence[str] = ("scenario", "fit"),
     x: str = "n",
     form: str = "mean",
-    n_boot: int = 2000,
+    n_boot: int = N_BOOT,
     level: float = 0.95,
     theory: Mapping[str, float] | None = None,
     x_min: float | None = None,
     x_max: float | None = None,
     tolerance: float = 0.1,
+    max_width: float = 0.5,
+    round_off: float = 1e-8,
     random_state: Any = 0,
 ) -> pd.DataFrame:
     """Estimate convergence rates: slopes of log(loss) against log(n).
@@ -203,8 +290,10 @@ def estimate_rate(
         rate in m).
     form : {"mean", "median", "log_n_over_n"}, default="mean"
         Summary over replications and regressor (module docstring).
-    n_boot : int, default=2000
-        Bootstrap draws for the confidence interval.
+    n_boot : int, default=N_BOOT (2000)
+        Bootstrap draws for the confidence interval;
+        :func:`moestat.plotting.plot_rates` has the same default, so its
+        legend shows the interval of this table.
     level : float, default=0.95
         Confidence level.
     theory : mapping of str to float, optional
@@ -217,29 +306,58 @@ def estimate_rate(
     tolerance : float, default=0.1
         theory.md §8.2's tolerance on ``|slope - theory|``: a slope whose
         interval misses the theory by less is reported as ``"close"``.
+    max_width : float, default=0.5
+        The widest bootstrap interval (``ci_high - ci_low``, in slope units)
+        that can give a ``"pass"``, ``"close"`` or ``"fail"``; a wider one is
+        ``"inconclusive"``. An interval wider than 0.5 can hold at once
+        rates that theory tells apart by 0.5, such as a parameter's -1/2
+        and no convergence at all (0), or the KL's -1 and the Hellinger
+        distance's -1/2, so the theory lying inside it is no evidence for
+        the theory. Lower it (say to 0.25) to ask that -1/2 and -1/4 be
+        told apart; ``numpy.inf`` restores the verdicts without the check.
+    round_off : float, default=1e-8
+        A (group, loss) whose finite losses are all at most ``round_off`` in
+        absolute value is zero up to floating-point error (such as the error
+        of a parameter the parametrisation fixes, like an anchored gate's
+        slope): it has no rate, and its row has NaN ``slope``,
+        intervals, ``intercept`` and ``r_squared`` and the verdict
+        ``"round-off"``. ``0`` recognises only losses that are exactly
+        zero.
     random_state : None, int or Generator, default=0
-        Seed of the bootstrap.
+        Seed of the bootstrap: an int seeds it, ``None`` draws fresh
+        entropy, and a numpy Generator gives one integer seed (drawn once,
+        advancing it). Each (group, loss) draws from its own stream, derived
+        from that seed and a stable hash of the group's labels and the loss
+        name, so a row's interval is the same whether it is computed alone
+        (as :func:`moestat.plotting.plot_rates` does) or with other losses
+        and groups.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (group, loss): the group columns, ``loss``, ``slope``,
-        ``ci_low``, ``ci_high`` (bootstrap percentile interval),
-        ``ols_ci_low``, ``ols_ci_high``, ``intercept``, ``r_squared``,
-        ``theory`` (NaN where none is stated), ``abs_error``
-        (``|slope - theory|``), ``verdict`` (``"pass"`` when the theory lies
-        in the interval; ``"close"`` when it does not but
-        ``|slope - theory| <= tolerance``; ``"fail"``; ``"diagnostic"`` for
-        slopes theory.md reports without a pass/fail rule; empty without a
-        theory),
+        One row per (group, loss) with losses at three or more distinct
+        ``x``: the group columns, ``loss``, ``slope``, ``ci_low``,
+        ``ci_high`` (bootstrap percentile interval), ``ci_width``
+        (``ci_high - ci_low``), ``ols_ci_low``, ``ols_ci_high``,
+        ``intercept``, ``r_squared``, ``theory`` (NaN where none is
+        stated), ``abs_error`` (``|slope - theory|``), ``verdict``,
         ``n_points`` (sample sizes used), ``n_min``, ``n_max``, ``min_reps``
-        and ``dropped`` (non-positive or missing losses left out).
+        and ``dropped`` (losses left out: missing ones, and non-positive
+        ones except in a ``"round-off"`` row).
+
+        ``verdict`` is the first that applies of: ``"round-off"`` for a
+        loss that is zero up to ``round_off`` (no slope); ``""`` without a
+        theory; ``"diagnostic"`` for slopes theory.md reports without a
+        pass/fail rule; ``"inconclusive"`` when ``ci_width > max_width``;
+        ``"pass"`` when the theory lies in the interval; ``"close"`` when it
+        does not but ``|slope - theory| <= tolerance``; else ``"fail"``.
 
     Raises
     ------
     ValueError
-        For an unknown form or loss, or a group with fewer than three
-        sample sizes.
+        For an unknown form or loss, a bad ``n_boot``, ``level``,
+        ``max_width``, ``round_off`` or ``random_state``, or when no group
+        has losses at three or more distinct ``x`` values.
 
     Examples
     --------
@@ -247,8 +365,11 @@ def estimate_rate(
     >>> rng = np.random.default_rng(0)
     >>> n = np.repeat([100, 1000, 10000], 20)
     >>> table = pd.DataFrame({"scenario": "demo", "fit": "m=2", "n": n,
-    ...                       "kl": 3.0 / n * rng.chisquare(6, n.size) / 6})
-    >>> rates = estimate_rate(table, "kl", n_boot=200)
+    ...                       "kl": 3.0 / n * rng.chisquare(6, n.size) / 6,
+    ...                       "err_fixed": 1e-12})
+    >>> rates = estimate_rate(table, ["kl", "err_fixed"], theory={"kl": -1.0})
+    >>> rates[["loss", "verdict"]].values.tolist()
+    [['kl', 'pass'], ['err_fixed', 'round-off']]
     >>> round(float(rates["slope"].iloc[0]), 1)
     -1.0
     """
@@ -257,6 +378,13 @@ def estimate_rate(
         raise ValueError(f"Unknown form {form!r}; choose one of {RATE_FORMS}.")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1); got {level!r}.")
+    if not isinstance(n_boot, numbers.Integral) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer; got {n_boot!r}.")
+    if not max_width > 0:
+        raise ValueError(f"max_width must be positive; got {max_width!r}.")
+    if not round_off >= 0:
+        raise ValueError(f"round_off must be >= 0; got {round_off!r}.")
+    seed = _root_seed(random_state)
     losses = (
         loss_columns(frame)
         if loss is None
@@ -275,38 +403,42 @@ def estimate_rate(
     if x_max is not None:
         frame = frame[frame[x] <= x_max]
     by = [column for column in by if column in frame.columns]
-    rng = as_generator(random_state)
     rows = []
     groups = frame.groupby(by, sort=True) if by else [((), frame)]
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
         labels = dict(zip(by, key, strict=True))
         for name in losses:
-            xs, samples = _group_summaries(group, x, name, form)
+            xs, samples = _group_losses(group, x, name)
             if len(xs) < 3:
                 continue
-            t = _regressor(xs, form)
-            row = {
-                **labels,
-                "loss": name,
-                **_fit_one(t, samples, form, n_boot, level, rng),
-            }
             if theory is not None:
                 target, diagnostic = theory.get(name, np.nan), False
             else:
                 target, diagnostic = _theory(
                     str(labels.get("scenario")), str(labels.get("fit")), name
                 )
-            row["theory"] = target
-            row["abs_error"] = abs(row["slope"] - target)
-            row["verdict"] = _verdict(
-                target,
-                row["slope"],
-                row["ci_low"],
-                row["ci_high"],
-                diagnostic,
-                tolerance,
-            )
+            row: dict[str, Any] = {**labels, "loss": name}
+            if all(np.all(np.abs(values) <= round_off) for values in samples):
+                row |= dict.fromkeys(_FIT_COLUMNS, np.nan)
+                row |= {"theory": target, "abs_error": np.nan, "verdict": "round-off"}
+            else:
+                xs, samples = _positive(xs, samples)
+                if len(xs) < 3:
+                    continue
+                rng = _row_generator(seed, labels, name)
+                row |= _fit_one(_regressor(xs, form), samples, form, n_boot, level, rng)
+                row["theory"] = target
+                row["abs_error"] = abs(row["slope"] - target)
+                row["verdict"] = _verdict(
+                    target,
+                    row["slope"],
+                    row["ci_low"],
+                    row["ci_high"],
+                    diagnostic,
+                    tolerance,
+                    max_width,
+                )
             row["n_points"] = len(xs)
             row["n_min"], row["n_max"] = float(xs.min()), float(xs.max())
             row["min_reps"] = min(values.size for values in samples)

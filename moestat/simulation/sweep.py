@@ -23,9 +23,9 @@ import contextlib
 import functools
 import os
 import pickle
+import threading
 import time
 import warnings
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from moestat._progress import progress_bar
 from moestat._validation import as_generator
+from moestat.exceptions import SweepInterrupted
 from moestat.fit import (
     POLISH_ITER,
     POLISH_TOL,
@@ -60,6 +61,7 @@ from moestat.losses import (
     voronoi_loss,
 )
 from moestat.model import Design, MixtureOfExperts, MoEParams
+from moestat.simulation._cells import _stable_hash, cell_key, cell_seed
 from moestat.simulation.scenarios import FitSpec, Scenario, get_scenario
 from moestat.simulation.store import ResultStore
 
@@ -122,46 +124,12 @@ class Cell:
     @property
     def key(self) -> str:
         """Identifier of the cell in the results store."""
-        return (
-            f"{self.scenario}/{self.fit}/n={self.n}/rep={self.replicate}"
-            f"/seed={self.root_seed}"
-        )
+        return cell_key(self.scenario, self.fit, self.n, self.replicate, self.root_seed)
 
     @property
     def seed(self) -> int:
         """Seed of the sample (shared by every fit at this n and replicate)."""
         return cell_seed(self.root_seed, self.scenario, self.n, self.replicate)
-
-
-def _stable_hash(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def cell_seed(root_seed: int, scenario: str, n: int, replicate: int) -> int:
-    """Seed of a sample, derived from the cell (never from the worker).
-
-    ``SeedSequence([root_seed, crc32(scenario), n, replicate])`` reduced to
-    one 32-bit integer, recorded with each cell so that any cell can be
-    re-run alone.
-
-    Parameters
-    ----------
-    root_seed : int
-        The sweep's seed.
-    scenario : str
-        Scenario id.
-    n : int
-        Sample size.
-    replicate : int
-        Replicate number (0-based).
-
-    Returns
-    -------
-    int
-        The seed, in ``[0, 2**32)``.
-    """
-    sequence = np.random.SeedSequence([root_seed, _stable_hash(scenario), n, replicate])
-    return int(sequence.generate_state(1)[0])
 
 
 def plan_cells(
@@ -908,6 +876,48 @@ def _in_process(tasks: Any) -> list[Any]:
     return [function(*args, **kwargs) for function, args, kwargs in tasks]
 
 
+# -- worker processes end with the sweep -------------------------------------------
+# Seconds between two looks of a worker at its parent process.
+_PARENT_POLL = 0.5
+# The parent a worker process watches (set once per process).
+_watched_parent: int | None = None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Make this worker process exit as soon as the sweep's process ``parent`` is gone.
+
+    For joblib's loky workers, which are children of the sweep's process
+    and would otherwise live on, idle, for minutes after it is killed
+    (SIGKILL leaves it no time to stop them). Once per process, a daemon
+    thread looks at the parent pid every half second and ends the process
+    (``os._exit(1)``) when it has changed, i.e. when the worker was adopted
+    by another process; a worker that finds itself adopted already (the
+    sweep was killed while it started) exits at once. A no-op in the
+    sweep's own process (threads, sequential runs). Not for Dask's workers,
+    which are not the sweep's children.
+    """
+    global _watched_parent
+    if _watched_parent == parent or os.getpid() == parent:
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+    _watched_parent = parent
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="moestat-exit-with-parent", daemon=True).start()
+
+
+def _task(parent: int | None, function: Any, *args: Any) -> Any:
+    """``function(*args)`` in a worker that exits with ``parent`` (if given)."""
+    if parent is not None:
+        _exit_with_parent(parent)
+    return function(*args)
+
+
 def _run_torch_batch(
     scenario: Scenario,
     spec: FitSpec,
@@ -916,22 +926,28 @@ def _run_torch_batch(
     device: Any,
     dtype: Any,
     parallel: Any = None,
+    parent: int | None = None,
 ) -> list[dict[str, Any]]:
     """Records of cells of one fit, fitted together in one torch batch.
 
     Samples, starts and losses are computed per cell (by ``parallel``, a
-    joblib ``Parallel``, when given); the fits in one batch. Each record's
-    ``fit_time`` is its own sampling and starts plus an equal share of the
-    batch; warnings raised by the batched fit are counted in every cell.
+    joblib ``Parallel``, when given; its worker processes exit with the
+    process ``parent`` when it is given, see :func:`_task`); the fits in one
+    batch. Each record's ``fit_time`` is its own sampling and starts plus an
+    equal share of the batch; warnings raised by the batched fit are counted
+    in every cell.
     """
     run = _in_process if parallel is None else parallel
     prepared = run(
-        delayed(_prepare_cell)(scenario, spec, cell, reference) for cell in cells
+        delayed(_task)(parent, _prepare_cell, scenario, spec, cell, reference)
+        for cell in cells
     )
     results, seconds, messages = _fit_prepared(scenario, spec, prepared, device, dtype)
     share = seconds / len(prepared)
     return run(
-        delayed(_finish_cell)(
+        delayed(_task)(
+            parent,
+            _finish_cell,
             scenario,
             spec,
             cell.cell,
@@ -1043,12 +1059,20 @@ def plan_batches(
 # -- the sweep -------------------------------------------------------------------
 @contextlib.contextmanager
 def _backend(backend: str, scheduler: Any, n_jobs: int) -> Iterator[None]:
+    """The joblib backend of a sweep, for the ``Parallel`` calls inside.
+
+    loky's worker processes start by watching this process, and exit when
+    it is gone (:func:`_exit_with_parent`), idle ones included.
+    """
     if backend == "numpy":
         backend = "loky"
     if backend not in _JOBLIB_BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
     if backend != "dask":
-        with parallel_config(backend=backend, n_jobs=n_jobs):
+        workers = {}
+        if backend == "loky":
+            workers = {"initializer": _exit_with_parent, "initargs": (os.getpid(),)}
+        with parallel_config(backend=backend, n_jobs=n_jobs, **workers):
             yield
         return
     try:
@@ -1100,7 +1124,10 @@ def simulate(
         A scenario or its id (``moestat.simulation.SCENARIOS``).
     out_dir : path-like
         Directory of the results store; a sweep run again with the same
-        arguments and directory runs only the cells not yet stored.
+        arguments and directory runs only the cells not yet stored. A sweep
+        with cells to run holds the directory's lock while it writes, and
+        decides which cells to run once it has it; one with nothing left to
+        run writes nothing (a finished store may be read-only).
     n_grid : sequence of int, optional
         Sample sizes; default the scenario's.
     n_reps : int, optional
@@ -1150,6 +1177,17 @@ default="numpy"
         For an unknown backend, bad grid or replications, or
         ``backend="torch"`` with a scenario, device or dtype the torch
         backend cannot run.
+    NotAStoreError
+        If ``out_dir`` is a file, or its ``cells.jsonl`` is not a results
+        store (nothing is written).
+    StoreLockedError
+        If another sweep is writing to ``out_dir``.
+    StoreWriteError
+        If ``out_dir`` cannot be written (read-only, disk full, ...); every
+        cell stored before is kept.
+    SweepInterrupted
+        On Ctrl-C (a ``KeyboardInterrupt``), with the number of cells
+        stored; every finished cell is kept.
 
     Examples
     --------
@@ -1186,8 +1224,47 @@ default="numpy"
         labels = {cell.fit for cell in planned}
         specs = [spec for spec in scenario.fits if spec.label in labels]
         _check_torch(scenario, specs, device, dtype)
-    store = ResultStore(out_dir)
-    cells = [cell for cell in planned if cell.key not in store]
+    store = ResultStore(out_dir)  # reads; writes nothing
+    missing = [cell for cell in planned if cell.key not in store]
+    if not missing:
+        return store  # nothing to do: no lock, directory or file is created
+    store.check_appendable()
+    try:
+        with store.writing(len(missing), len(planned)):
+            # decided under the lock: another sweep may have stored cells since
+            cells = [cell for cell in planned if cell.key not in store]
+            _run_cells(
+                scenario,
+                store,
+                cells,
+                n_jobs=n_jobs,
+                backend=backend,
+                scheduler=scheduler,
+                progress=progress,
+                device=device,
+                dtype=dtype,
+                batch_cells=batch_cells,
+            )
+    except KeyboardInterrupt:
+        stored = sum(cell.key in store for cell in planned)
+        raise SweepInterrupted(stored, len(planned), str(store.out_dir)) from None
+    return store
+
+
+def _run_cells(
+    scenario: Scenario,
+    store: ResultStore,
+    cells: Sequence[Cell],
+    *,
+    n_jobs: int,
+    backend: str,
+    scheduler: Any,
+    progress: bool,
+    device: Any,
+    dtype: Any,
+    batch_cells: int | None,
+) -> None:
+    """Run ``cells`` and append each record to ``store`` as it arrives."""
     references = {
         spec.label: population_fit(
             scenario.truth,
@@ -1204,9 +1281,14 @@ default="numpy"
         unit="cell",
         disable=not progress,
     )
+    # loky's worker processes exit with this one (see _exit_with_parent):
+    # _backend starts each with the watch, and each task checks it is on;
+    # threads and sequential runs are this process, Dask's workers are not
+    # its children
+    parent = os.getpid()
     if backend == "torch":
         batch = None if batch_cells is None else int(batch_cells)
-        with bar, Parallel(n_jobs=n_jobs) as parallel:
+        with bar, _backend("loky", None, n_jobs), Parallel() as parallel:
             for spec, group in plan_batches(scenario, cells, batch):
                 records = _run_torch_batch(
                     scenario,
@@ -1216,16 +1298,17 @@ default="numpy"
                     device,
                     dtype,
                     parallel,
+                    parent,
                 )
                 store.extend(records)  # stored as soon as the batch is done
                 bar.update(len(records))
-        return store
+        return
+    guard = parent if backend in ("numpy", "loky") else None
     with bar, _backend(backend, scheduler, n_jobs):
         tasks = (
-            delayed(run_cell)(scenario, cell, references.get(cell.fit))
+            delayed(_task)(guard, run_cell, scenario, cell, references.get(cell.fit))
             for cell in cells
         )
         for record in Parallel(return_as="generator_unordered")(tasks):
             store.append(record)
             bar.update()
-    return store
