@@ -231,7 +231,7 @@ class GaussianExpert:
         q = p * (p + 1) // 2
         gram = unpack_symmetric(stats[:, :q], p)
         rhs = stats[:, q : q + p]
-        coef = solve_spd(gram, rhs)
+        coef = solve_spd(gram, rhs, refine=True)
         # sum_t r (y - phi coef)^2 from the sufficient statistics
         ss = stats[:, -1] - 2.0 * np.sum(coef * rhs, axis=1)
         ss += np.einsum("ia,iab,ib->i", coef, gram, coef)

@@ -252,7 +252,7 @@ class ReLUExpert:
         p = Pin.shape[1]
         weighted = resp.T[:, :, None] * Pin[None, :, :]  # (m, n, p)
         gram = np.matmul(weighted.transpose(0, 2, 1), Pin)
-        line = solve_spd(gram, weighted.transpose(0, 2, 1) @ y)  # (m, p)
+        line = solve_spd(gram, weighted.transpose(0, 2, 1) @ y, refine=True)  # (m, p)
         size = np.sqrt(np.linalg.norm(line, axis=1))
         size = np.where(size > 0, size, 1.0)
         best, best_value = None, None

@@ -452,7 +452,7 @@ def _expert_step(
     weight = stats.expert_weight
     total = weight.sum(dim=1).clamp(min=1.0)
     empty = weight <= 1e-10 * total[:, None]
-    delta = _solve_spd(stats.expert_gram, stats.expert_score)
+    delta = _solve_spd(stats.expert_gram, stats.expert_score, refine=True)
     delta = torch.where(empty[..., None], torch.zeros_like(delta), delta)
     old_coef, old_var = expert.unpack(theta, var_floor)
     coef = old_coef + delta

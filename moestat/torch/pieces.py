@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from moestat._math import REFINEMENT_STEPS
 from moestat.experts import (
     GaussianExpert,
     GLMExpert,
@@ -432,7 +433,7 @@ class TorchGaussianExpert:
         empty = weight <= 1e-10 * total[:, None]
         gram = torch.einsum("bnm,bnp,bnq->bmpq", resp, Phi, Phi)
         rhs = torch.einsum("bnm,bnp,bn->bmp", resp, Phi, y)
-        coef = _solve_spd(gram, rhs)
+        coef = _solve_spd(gram, rhs, refine=True)
         old_coef, old_var = self.unpack(theta, var_floor)
         coef = torch.where(empty[..., None], old_coef, coef)
         resid = y.unsqueeze(-1) - _scores(coef, Phi)
@@ -631,17 +632,24 @@ def _halve_per_expert(
     return new
 
 
-def _solve_spd(matrix: Tensor, rhs: Tensor, ridge: float = 1e-10) -> Tensor:
-    """Jacobi-equilibrated SPD solves with a tiny ridge (as numpy's solve_spd)."""
+def _solve_spd(
+    matrix: Tensor, rhs: Tensor, ridge: float = 1e-10, refine: bool = False
+) -> Tensor:
+    """Jacobi-equilibrated SPD solves with a refined tiny ridge (numpy's solve_spd)."""
     diag = torch.diagonal(matrix, dim1=-2, dim2=-1)
     scale = 1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
     scaled = matrix * scale[..., :, None] * scale[..., None, :]
     eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    scaled = scaled + ridge * eye
-    chol, info = torch.linalg.cholesky_ex(scaled)
-    solution = torch.cholesky_solve((rhs * scale).unsqueeze(-1), chol).squeeze(-1)
+    ridged = scaled + ridge * eye
+    target = (rhs * scale).unsqueeze(-1)
+    chol, info = torch.linalg.cholesky_ex(ridged)
+    solution = torch.cholesky_solve(target, chol)
+    # iterative refinement against the system without the ridge (as numpy)
+    for _ in range(REFINEMENT_STEPS if refine else 0):
+        solution = solution + torch.cholesky_solve(target - scaled @ solution, chol)
+    solution = solution.squeeze(-1)
     if bool((info != 0).any()):
-        fallback = torch.linalg.lstsq(scaled, (rhs * scale).unsqueeze(-1)).solution
+        fallback = torch.linalg.lstsq(ridged, target).solution
         solution = torch.where((info != 0)[..., None], fallback.squeeze(-1), solution)
     return solution * scale
 
