@@ -434,6 +434,12 @@ def _dask_connect_timeout(backend: str) -> Iterator[None]:
         return
     import dask
 
+    try:
+        # distributed's defaults enter dask's config when it is imported; an
+        # import inside ``set`` would see them dropped again on its exit
+        import distributed  # noqa: F401
+    except ImportError:
+        pass  # simulate names the missing extra
     with dask.config.set({"distributed.comm.timeouts.connect": SCHEDULER_TIMEOUT}):
         yield
 

@@ -334,3 +334,23 @@ def test_simulate_rates_and_the_plot_give_one_interval_for_one_store(
     legend = " ".join(text.get_text() for text in ax.get_legend().get_texts())
     matplotlib.pyplot.close(ax.figure)
     assert f"[{low:.3f}, {high:.3f}]" in legend
+
+
+def test_a_failed_dask_run_leaves_dask_configured_for_the_next_one(tmp_path):
+    """The connection timeout is set without dropping distributed's defaults.
+
+    Run in a fresh interpreter: distributed must not be imported before the
+    command, as in a notebook that calls ``main`` and then starts a cluster.
+    """
+    code = (
+        "import dask, sys; import moestat.cli as cli; cli.SCHEDULER_TIMEOUT = '1s'; "
+        "argv = ['simulate', 'SG-E', '--n-grid', '150,300', '--reps', '1', "
+        "'--quiet', '--backend', 'dask', '--scheduler', 'tcp://127.0.0.1:9', "
+        f"'--out', {str(tmp_path / 'out')!r}]; "
+        "assert cli.main(argv) == 1; "
+        "print(dask.config.get('distributed.comm.require-encryption'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
