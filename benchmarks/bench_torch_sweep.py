@@ -3,7 +3,7 @@
 By default the full SG-E sweep of the registry: 20 log-spaced n from 100 to
 100,000 and 40 replications, 800 cells, each drawn, fitted by EM from the
 near-truth start and measured (every loss), end to end. The torch engine
-(``simulate(..., backend="torch")``) fits the cells in batches on
+(``simulate(..., engine="torch")``) fits the cells in batches on
 ``--device``; the numpy engine runs the same sweep with ``--jobs`` workers,
 or, with ``--numpy-sample K``, K cells spread evenly over the plan are run
 one at a time and the sweep's time is extrapolated from them (per-cell
@@ -122,7 +122,7 @@ def main():
         f"{platform.processor() or platform.machine()}"
     )
     torch_options = dict(
-        backend="torch",
+        engine="torch",
         device=device,
         dtype=args.dtype,
         n_jobs=args.jobs,

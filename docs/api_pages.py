@@ -19,6 +19,8 @@ import moestat
 
 TOP_LEVEL = {
     "Estimators and model choice": [
+        "MixtureOfExpertsRegressor",
+        "MixtureOfExpertsClassifier",
         "GaussianMoE",
         "PolynomialMoE",
         "MultinomialLogisticMoE",

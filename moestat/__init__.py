@@ -8,7 +8,13 @@ fitted by EM or direct maximum likelihood, with scikit-learn estimators on
 top.
 """
 
-from moestat.estimators import GaussianMoE, MultinomialLogisticMoE, PolynomialMoE
+from moestat.estimators import (
+    GaussianMoE,
+    MixtureOfExpertsClassifier,
+    MixtureOfExpertsRegressor,
+    MultinomialLogisticMoE,
+    PolynomialMoE,
+)
 from moestat.exceptions import (
     ConvergenceWarning,
     DegenerateFitWarning,
@@ -41,6 +47,8 @@ from moestat.selection import select_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "MixtureOfExpertsRegressor",
+    "MixtureOfExpertsClassifier",
     "GaussianMoE",
     "PolynomialMoE",
     "MultinomialLogisticMoE",

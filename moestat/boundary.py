@@ -39,6 +39,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from moestat.protocols import (
+    AffineGate,
+    CompositeExpertFamily,
+    CompositeGate,
+    GLMFamily,
+    MultinomialFamily,
+    Penalised,
+)
+
 __all__ = [
     "SEPARATION_THRESHOLD",
     "BoundaryFinding",
@@ -46,6 +55,7 @@ __all__ = [
     "check_alpha",
     "column_spreads",
     "diverging_parameters",
+    "is_penalised",
     "ridge_penalty",
     "ridge_weights",
     "walking_the_ridge",
@@ -145,6 +155,23 @@ def ridge_penalty(coef: NDArray[np.float64], weights: NDArray[np.float64]) -> fl
     return 0.5 * float(np.sum(weights * np.square(coef)))
 
 
+def is_penalised(piece: object) -> bool:
+    """Whether a gate or an expert family fits with a ridge penalty.
+
+    Parameters
+    ----------
+    piece : gate or expert family
+        A piece that is :class:`~moestat.protocols.Penalised` (has an
+        ``alpha``) or not.
+
+    Returns
+    -------
+    bool
+        True when the piece declares ``alpha > 0``.
+    """
+    return isinstance(piece, Penalised) and bool(piece.alpha)
+
+
 # -- contrasts: what a coefficient does on the log-odds or log-mean scale -----
 @dataclass(frozen=True)
 class _Contrast:
@@ -163,16 +190,20 @@ def _names(template: str, rows: list[int], offset: int) -> tuple[str, ...]:
 def _gate_contrasts(
     gate: Any, params: Any, sd: NDArray[np.float64], offset: int = 0
 ) -> list[_Contrast]:
-    """Contrasts of a gate: pairs of softmax rows, or each sigmoid row."""
-    if hasattr(gate, "routed"):  # shared experts beside a routed gate
+    """Contrasts of a gate: pairs of rows, or each row where rows are absolute.
+
+    A translation-invariant gate (softmax) identifies differences of rows
+    only; any other affine gate (normalized sigmoid) each row on its own.
+    """
+    if isinstance(gate, CompositeGate):  # shared experts beside a routed gate
         return _gate_contrasts(gate.routed, params.routed, sd, offset + gate.n_shared)
-    coef = getattr(params, "coef", None)
-    if coef is None or getattr(gate, "alpha", 0.0):
+    if not isinstance(gate, AffineGate) or is_penalised(gate):
         return []
+    coef = params.coef
     m = coef.shape[0]
     free = set(np.asarray(gate.free_rows(m)).tolist())
     out = []
-    if getattr(gate, "name", "") == "normalized_sigmoid":
+    if not gate.translation_invariant:
         for i in range(m):
             out.append(
                 _Contrast(
@@ -203,17 +234,16 @@ def _expert_contrasts(
     expert: Any, params: Any, sd: NDArray[np.float64], offset: int = 0
 ) -> list[_Contrast]:
     """Contrasts of GLM experts (each row) and multinomial experts (class pairs)."""
-    if getattr(expert, "name", "") == "stacked":
+    if isinstance(expert, CompositeExpertFamily):
         return _expert_contrasts(
             expert.shared, params.shared, sd, offset
         ) + _expert_contrasts(
             expert.routed, params.routed, sd, offset + expert.n_shared
         )
-    name = getattr(expert, "name", "")
     out = []
-    if getattr(expert, "alpha", 0.0):
+    if is_penalised(expert):
         return out
-    if name == "glm":
+    if isinstance(expert, GLMFamily):
         for i, row in enumerate(params.coef):
             label = i + 1 + offset
             cause = (
@@ -225,7 +255,7 @@ def _expert_contrasts(
             )
             parameters = _names("expert{i}[{{column}}]", [i], offset)
             out.append(_Contrast("expert", parameters, cause, sd * row))
-    elif name == "multinomial":
+    elif isinstance(expert, MultinomialFamily):
         for i, free in enumerate(params.coef):
             label = i + 1 + offset
             full = np.vstack([np.zeros((1, free.shape[1])), free])

@@ -5,8 +5,9 @@ Commands
 ``moestat scenarios``
     List the registered scenarios.
 ``moestat simulate SCENARIO [--n-grid ...] [--reps R] [--jobs J] ...``
-    Run or resume a sweep into ``--out`` (``--backend torch --device cuda``
-    fits the cells in batches on a GPU).
+    Run or resume a sweep into ``--out`` (``--engine torch --device cuda``
+    fits the cells in batches on a GPU; ``--parallel`` says where the cells'
+    work runs).
 ``moestat rates DIR``
     Estimate the convergence rates of a sweep; print them, write CSV.
 ``moestat plot DIR -o FILE.png``
@@ -62,7 +63,7 @@ EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 1
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
-#: How long ``--backend dask`` tries to reach ``--scheduler`` before saying so.
+#: How long ``--parallel dask`` tries to reach ``--scheduler`` before saying so.
 SCHEDULER_TIMEOUT = "10s"
 
 #: Sweeps of ``moestat demo``: ``(scenario id, fit labels)`` pairs.
@@ -77,7 +78,9 @@ DEFAULT_STUDY = (
 )
 DEFAULT_STUDY_GRID = (1000, 1778, 3162, 5623, 10000, 17783, 31623, 56234, 100000)
 DEFAULT_STUDY_REPS = 40
-_DEVICE_HELP = "where --backend torch computes: cpu, cuda, cuda:N (default cpu)"
+_DEVICE_HELP = "where --engine torch computes: cpu, cuda, cuda:N (default cpu)"
+# The words of the deprecated --backend (engine and parallel backend in one).
+_BACKEND_WORDS = ["numpy", "torch", "loky", "threading", "sequential", "dask"]
 
 
 class CommandError(Exception):
@@ -201,27 +204,43 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--jobs", type=_jobs, default=1, help="parallel workers (-1: all)")
     sim.add_argument("--seed", type=_seed, default=0, help="root seed (default 0)")
     sim.add_argument(
-        "--backend",
-        default="numpy",
-        choices=["numpy", "torch", "loky", "threading", "sequential", "dask"],
+        "--engine",
+        choices=["numpy", "torch"],
         help=(
-            "engine: 'numpy' fits one cell at a time in parallel (joblib's loky; "
-            "'threading', 'sequential' or 'dask' pick another joblib backend); "
-            "'torch' fits many cells of a fit in one batch on --device, from the "
-            "same samples and starts (needs PyTorch; not for scenarios with ReLU "
-            "or stacked experts). Default: numpy"
+            "what fits the cells: 'numpy' one cell at a time, each in one task of "
+            "--parallel; 'torch' many cells of a fit in one batch on --device, "
+            "from the same samples and starts (needs PyTorch; not for scenarios "
+            "with ReLU or stacked experts). Default: numpy"
+        ),
+    )
+    sim.add_argument(
+        "--parallel",
+        choices=["loky", "threading", "sequential", "dask"],
+        help=(
+            "where the cells' tasks run: joblib's 'loky' worker processes "
+            "(--jobs of them), 'threading', 'sequential' (this process), or "
+            "'dask' on a cluster (with --scheduler; --engine numpy only). "
+            "Default: loky"
+        ),
+    )
+    sim.add_argument(
+        "--backend",
+        choices=_BACKEND_WORDS,
+        help=(
+            "deprecated: --engine and --parallel in one word ('numpy' and "
+            "'torch' on loky; a joblib backend with --engine numpy)"
         ),
     )
     sim.add_argument(
         "--scheduler",
         type=_scheduler,
-        help="dask scheduler address such as tcp://10.0.0.1:8786 (--backend dask)",
+        help="dask scheduler address such as tcp://10.0.0.1:8786 (--parallel dask)",
     )
     sim.add_argument("--device", help=_DEVICE_HELP)
     sim.add_argument(
         "--dtype",
         choices=["float64", "float32"],
-        help="precision of --backend torch (default float64)",
+        help="precision of --engine torch (default float64)",
     )
     sim.add_argument(
         "--batch-cells",
@@ -299,10 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-grid", type=_int_list, help="override the n grid")
     demo.add_argument("--reps", type=_positive_int, help="override the replications")
     demo.add_argument(
-        "--backend",
-        default="numpy",
+        "--engine",
         choices=["numpy", "torch"],
         help="engine of the sweeps (see `moestat simulate --help`); default numpy",
+    )
+    demo.add_argument(
+        "--backend", choices=["numpy", "torch"], help="deprecated: --engine"
     )
     demo.add_argument("--device", help=_DEVICE_HELP)
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -427,9 +448,9 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _dask_connect_timeout(backend: str) -> Iterator[None]:
-    """A short connection timeout for ``--backend dask``; the address is named."""
-    if backend != "dask":
+def _dask_connect_timeout(parallel: str | None) -> Iterator[None]:
+    """A short connection timeout for ``--parallel dask``; the address is named."""
+    if parallel != "dask":
         yield
         return
     import dask
@@ -444,20 +465,57 @@ def _dask_connect_timeout(backend: str) -> Iterator[None]:
         yield
 
 
+def _engine_and_parallel(
+    args: argparse.Namespace, parallel: str | None = None
+) -> tuple[str | None, str | None]:
+    """``--engine`` and ``--parallel``, or what the deprecated ``--backend`` says.
+
+    ``--backend`` is mapped onto the two with a FutureWarning (printed once
+    by :func:`main`); given beside either of them, it is a usage error.
+    """
+    if args.backend is None:
+        return args.engine, parallel
+    if args.engine is not None or parallel is not None:
+        raise CommandError(
+            "--backend is the deprecated spelling of --engine and --parallel; "
+            "give --engine and --parallel only."
+        )
+    from moestat.simulation.sweep import _BACKEND_MEANING
+
+    engine, mapped = _BACKEND_MEANING[args.backend]
+    instead = f"--engine {engine}"
+    if args.command == "simulate":
+        instead += f" --parallel {mapped}"
+    warnings.warn(
+        f"--backend {args.backend} is deprecated and will be removed in the next "
+        f"release; use {instead}.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return engine, mapped
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run or resume a sweep, then print its rates when the grid allows."""
     from moestat.simulation import estimate_rate, format_rates, simulate
 
-    if args.scheduler is not None and args.backend != "dask":
-        raise CommandError("--scheduler is for --backend dask; add --backend dask.")
-    if args.backend == "dask" and args.scheduler is None:
+    engine, parallel = _engine_and_parallel(args, args.parallel)
+    if args.scheduler is not None and parallel != "dask":
+        raise CommandError("--scheduler is for --parallel dask; add --parallel dask.")
+    if parallel == "dask" and args.scheduler is None:
         raise CommandError(
-            "--backend dask needs --scheduler ADDRESS, such as tcp://10.0.0.1:8786."
+            "--parallel dask needs --scheduler ADDRESS, such as tcp://10.0.0.1:8786."
+        )
+    if engine == "torch" and parallel == "dask":
+        raise CommandError(
+            "--engine torch fits its batches on this machine and cannot use "
+            "--parallel dask; use --parallel loky (or threading, sequential), or "
+            "--engine numpy on the cluster."
         )
     _check_output_dir(args.out, "--out")
     start = time.perf_counter()
     try:
-        with _dask_connect_timeout(args.backend):
+        with _dask_connect_timeout(parallel):
             simulate(
                 args.scenario,
                 args.out,
@@ -466,7 +524,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 fits=args.fits,
                 seed=args.seed,
                 n_jobs=args.jobs,
-                backend=args.backend,
+                engine=engine,
+                parallel=parallel,
                 scheduler=args.scheduler,
                 progress=not args.quiet,
                 device=args.device,
@@ -474,7 +533,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 batch_cells=args.batch_cells,
             )
     except OSError as error:
-        if args.backend == "dask" and "connect" in str(error).lower():
+        if parallel == "dask" and "connect" in str(error).lower():
             raise CommandError(
                 f"cannot reach the Dask scheduler at {args.scheduler} ({error}); "
                 "check the address and that `dask scheduler` runs there.",
@@ -643,6 +702,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The default study: sweeps, rate table and plot in ``--out``."""
     from moestat.simulation import estimate_rate, format_rates, simulate
 
+    engine, _ = _engine_and_parallel(args)
     out = _check_output_dir(args.out, "--out")
     grid = args.n_grid or DEFAULT_STUDY_GRID
     reps = args.reps or DEFAULT_STUDY_REPS
@@ -658,7 +718,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             fits=fits,
             n_jobs=args.jobs,
             progress=not args.quiet,
-            backend=args.backend,
+            engine=engine,
             device=args.device,
         )
         frames.append(_load(str(directory)))

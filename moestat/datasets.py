@@ -21,12 +21,9 @@ from moestat.experts import (
     MultinomialExpertParams,
     MultinomialLogisticExpert,
 )
-from moestat.gates import (
-    GATE_TYPES,
-    resolve_gate,
-    with_shared_experts,
-)
+from moestat.gates import resolve_gate, with_shared_experts
 from moestat.model import MixtureOfExperts, MoEParams
+from moestat.protocols import Gate
 
 __all__ = ["make_moe_regression", "make_moe_classification", "make_moe_glm"]
 
@@ -41,7 +38,7 @@ _CONSTRAINTS = {
     "noise_var": (Interval("real", 0, None, closed="neither"),),
     "gate": (
         InstanceOf(str, "a gate name"),
-        InstanceOf(GATE_TYPES, "a gate object"),
+        InstanceOf(Gate, "a gate object"),
     ),
 }
 

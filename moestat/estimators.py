@@ -1,9 +1,12 @@
 """scikit-learn estimators for mixtures of experts.
 
-The base class owns validation, restarts, the convergence warning and the
-final E-step; subclasses say which expert family they use and how the
-response is checked: ``GaussianMoE`` and ``PolynomialMoE`` (regression,
-Gaussian or GLM experts) and ``MultinomialLogisticMoE`` (classification).
+:class:`MixtureOfExpertsRegressor` and :class:`MixtureOfExpertsClassifier`
+fit any gate with any expert family (any objects that satisfy
+:class:`~moestat.protocols.Gate` and :class:`~moestat.protocols.ExpertFamily`).
+They own validation, restarts, the warnings and the final E-step. The
+presets ``GaussianMoE`` and ``PolynomialMoE`` (regression, Gaussian or GLM
+experts) and ``MultinomialLogisticMoE`` (classification) are subclasses that
+translate their parameters into an expert family.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from moestat._threads import limit_blas_threads
 from moestat._validation import (
+    NONE,
     RANDOM_STATE,
     InstanceOf,
     Interval,
@@ -34,18 +39,35 @@ from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
 from moestat.experts import GaussianExpert, GLMExpert, MultinomialLogisticExpert
 from moestat.experts.glm import GLM_FAMILIES
 from moestat.fit import INIT_METHODS, fit_restarts, penalty, warn_on_degeneracy
-from moestat.gates import GATE_NAMES, GATE_TYPES, resolve_gate, with_shared_experts
+from moestat.gates import GATE_NAMES, resolve_gate, with_shared_experts
 from moestat.inference import MoEInferenceResults, infer
 from moestat.model import MixtureOfExperts, MoEParams
+from moestat.protocols import (
+    ExpertFamily,
+    Gate,
+    GLMFamily,
+    HasClassProbabilities,
+    MultinomialFamily,
+    Penalised,
+)
 
-__all__ = ["GaussianMoE", "PolynomialMoE", "MultinomialLogisticMoE"]
+__all__ = [
+    "MixtureOfExpertsRegressor",
+    "MixtureOfExpertsClassifier",
+    "GaussianMoE",
+    "PolynomialMoE",
+    "MultinomialLogisticMoE",
+]
 
-_COMMON_CONSTRAINTS: dict[str, tuple] = {
+# Every estimator's constraints, in the order fit checks them; each class
+# takes the entries of its own parameters.
+_CONSTRAINTS: dict[str, tuple] = {
     "n_experts": (Interval("int", 1, None),),
     "gate": (
         Options(tuple(GATE_NAMES)),
-        InstanceOf(GATE_TYPES, "a gate object"),
+        InstanceOf(Gate, "a gate object"),
     ),
+    "expert": (NONE, InstanceOf(ExpertFamily, "an expert family object")),
     "n_shared_experts": (Interval("int", 0, None),),
     "shared_weight": (Options(("fixed_half", "learned")),),
     "solver": (Options(("em", "mle")),),
@@ -68,17 +90,97 @@ _COMMON_CONSTRAINTS: dict[str, tuple] = {
         ),
     ),
     "random_state": RANDOM_STATE,
+    "degree": (Interval("int", 0, None),),
+    "family": (Options(("gaussian", *GLM_FAMILIES)),),
 }
 
 
-class _BaseMixtureOfExperts(BaseEstimator):
-    """Shared machinery of the estimators (not public)."""
+def _constraints(*names: str) -> dict[str, tuple]:
+    """The constraints of the parameters ``names``, in the order of checking."""
+    return {key: value for key, value in _CONSTRAINTS.items() if key in names}
 
-    _parameter_constraints: dict[str, tuple] = _COMMON_CONSTRAINTS
+
+_FITTING_PARAMETERS = (
+    "n_experts",
+    "gate",
+    "n_shared_experts",
+    "shared_weight",
+    "solver",
+    "n_init",
+    "init",
+    "tol",
+    "max_iter",
+    "alpha",
+    "polish",
+    "backend",
+    "device",
+    "random_state",
+)
+
+#: The pieces' protocols, by the parameter that takes them.
+_PIECE_PROTOCOLS: dict[str, type] = {"gate": Gate, "expert": ExpertFamily}
+
+
+def _missing_hooks(piece: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` (hooks and attributes) that ``piece`` lacks."""
+    members = {
+        name
+        for klass in protocol.__mro__
+        if klass.__module__ == protocol.__module__
+        for name in (*vars(klass), *getattr(klass, "__annotations__", {}))
+        if not name.startswith("_")
+    }
+    return sorted(name for name in members if not hasattr(piece, name))
+
+
+def _check_pieces(owner: str, params: dict[str, Any], constraints: dict) -> None:
+    """Refuse a gate or expert object that lacks hooks, naming the hooks.
+
+    Names (strings) and None are left to :func:`validate_params`.
+    """
+    for name, protocol in _PIECE_PROTOCOLS.items():
+        value = params.get(name)
+        if name not in constraints or value is None or isinstance(value, str):
+            continue
+        missing = _missing_hooks(value, protocol)
+        if not missing:
+            continue
+        choices = " or ".join(str(c) for c in constraints[name])
+        raise ValueError(
+            f"The {name!r} parameter of {owner} must be {choices}; got "
+            f"{value!r}, which lacks {', '.join(missing)} "
+            f"(hooks of moestat.protocols.{protocol.__name__})."
+        )
+
+
+def _with_alpha(gate: Gate, alpha: float) -> Gate:
+    """The gate with ridge penalty ``alpha``, or a ValueError naming the gate."""
+    if not isinstance(gate, Penalised):
+        raise ValueError(
+            f"alpha={alpha!r} needs a gate with a ridge penalty (an 'alpha' "
+            f"field, moestat.protocols.Penalised); {type(gate).__name__} has none. "
+            "Use alpha=0."
+        )
+    return replace(gate, alpha=alpha)
+
+
+class _BaseMixtureOfExperts(BaseEstimator):
+    """Shared machinery of the regressor and the classifier (not public)."""
+
+    _parameter_constraints: dict[str, tuple] = _constraints(*_FITTING_PARAMETERS)
 
     # -- hooks for subclasses -------------------------------------------------
-    def _expert_family(self) -> Any:
+    def _expert_family(self) -> ExpertFamily:
+        """The expert family the fit uses (before the penalty ``alpha``)."""
         raise NotImplementedError
+
+    def _reg_var(self) -> float:
+        """The variance floor relative to ``Var(y)`` (0 without ``reg_var``)."""
+        return 0.0
+
+    def _summary_extras(self) -> dict[str, Any]:
+        """Rows a preset adds to the summary's header."""
+        return {}
 
     def _validate_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
         """Check (X, y) at fit time; return y as the float codes the model uses.
@@ -103,10 +205,10 @@ class _BaseMixtureOfExperts(BaseEstimator):
     def _model_spec(self) -> MixtureOfExperts:
         gate = resolve_gate(self.gate)
         if self.alpha:
-            gate = replace(gate, alpha=self.alpha)
+            gate = _with_alpha(gate, self.alpha)
         gate = with_shared_experts(gate, self.n_shared_experts, self.shared_weight)
         expert = self._expert_family()
-        if self.alpha and hasattr(expert, "alpha"):
+        if self.alpha and isinstance(expert, Penalised):
             expert = replace(expert, alpha=self.alpha)
         return MixtureOfExperts(gate, expert)
 
@@ -130,18 +232,48 @@ class _BaseMixtureOfExperts(BaseEstimator):
         self
             The fitted estimator.
         """
-        validate_params(
-            type(self).__name__,
-            self.get_params(deep=False),
-            self._parameter_constraints,
-        )
+        params = self.get_params(deep=False)
+        owner = type(self).__name__
+        _check_pieces(owner, params, self._parameter_constraints)
+        validate_params(owner, params, self._parameter_constraints)
         X, y = self._validate_xy(X, y)
         self._check_enough_data(X, y)
         self._check_target(y)
+        with limit_blas_threads():
+            best, design, var_floor = self._fit_restarts(X, y)
+        if best.boundary:
+            findings = diverging_parameters(
+                best.model,
+                design,
+                (self.gate_feature_names_, self.expert_feature_names_),
+            )
+            warnings.warn(
+                f"{owner}: " + boundary_message(findings),
+                DegenerateFitWarning,
+                stacklevel=2,
+            )
+        elif not best.converged:
+            warnings.warn(
+                f"{owner} did not converge (best of {self.n_init} "
+                f"restarts): {best.stop_reason or 'the stopping rule did not fire'}"
+                + (
+                    ". Increase max_iter, raise tol, or try more restarts (n_init)."
+                    if best.capped
+                    else ". The likelihood is flat or not smooth there: try "
+                    "solver='em' or more restarts (n_init)."
+                ),
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        warn_on_degeneracy(best, var_floor, min_weight=design.expert.shape[1] + 1.0)
+        return self
+
+    def _fit_restarts(self, X: NDArray, y: NDArray) -> tuple[Any, Any, float]:
+        """Fit every restart and store the best; return it, the design, the floor."""
         model = self._model_spec()
         model.gate.check_n_experts(self._n_total_experts)
         design = model.design(X)
-        var_floor = model.expert.variance_floor(y, getattr(self, "reg_var", 0.0))
+        var_floor = model.expert.variance_floor(y, self._reg_var())
         if isinstance(self.init, MoEParams):
             self._check_start(model, self.init, design)
         with np.errstate(over="ignore", under="ignore"):
@@ -164,32 +296,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
         self._store(best, results, design, var_floor)
         # kept for inference(): the information is evaluated on these data
         self._fit_design, self._fit_y = design, y
-        if best.boundary:
-            findings = diverging_parameters(
-                best.model,
-                design,
-                (self.gate_feature_names_, self.expert_feature_names_),
-            )
-            warnings.warn(
-                f"{type(self).__name__}: " + boundary_message(findings),
-                DegenerateFitWarning,
-                stacklevel=2,
-            )
-        elif not best.converged:
-            warnings.warn(
-                f"{type(self).__name__} did not converge (best of {self.n_init} "
-                f"restarts): {best.stop_reason or 'the stopping rule did not fire'}"
-                + (
-                    ". Increase max_iter, raise tol, or try more restarts (n_init)."
-                    if best.capped
-                    else ". The likelihood is flat or not smooth there: try "
-                    "solver='em' or more restarts (n_init)."
-                ),
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        warn_on_degeneracy(best, var_floor, min_weight=design.expert.shape[1] + 1.0)
-        return self
+        return best, design, var_floor
 
     def _batch_engine(self) -> Any:
         """The torch backend's batched engine, or None for numpy."""
@@ -254,13 +361,18 @@ class _BaseMixtureOfExperts(BaseEstimator):
         self.model_ = model
         params = model.params
         self.params_ = params
-        self.gate_coef_ = params.gate.coef
         if self.n_shared_experts:
             self.shared_weights_ = params.gate.shared_weights
             self.shared_share_ = params.gate.shared_share
-        self.expert_coef_ = params.expert.coef
-        if hasattr(params.expert, "var"):
-            self.expert_var_ = params.expert.var
+        # the arrays of the pieces' parameters that have them (the engines
+        # never look inside parameters: a piece of one's own may hold others)
+        for attribute, part, field in (
+            ("gate_coef_", params.gate, "coef"),
+            ("expert_coef_", params.expert, "coef"),
+            ("expert_var_", params.expert, "var"),
+        ):
+            if hasattr(part, field):
+                setattr(self, attribute, getattr(part, field))
 
     def align_to(self, reference: Any) -> _BaseMixtureOfExperts:
         """Relabel the fitted experts to match a reference's order.
@@ -384,7 +496,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
             ``cov_params()``, ``summary()``, ``to_frame()``.
         """
         check_is_fitted(self, "model_")
-        with np.errstate(over="ignore", under="ignore"):
+        with limit_blas_threads(), np.errstate(over="ignore", under="ignore"):
             return infer(
                 self.model_,
                 self._fit_design,
@@ -421,8 +533,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
         }
         if self.n_shared_experts:
             info["Shared experts"] = self.n_shared_experts
-        if hasattr(self, "degree"):
-            info["Degree (k)"] = self.degree
+        info.update(self._summary_extras())
         info["Solver"] = self.solver
         return info
 
@@ -461,54 +572,6 @@ class _BaseMixtureOfExperts(BaseEstimator):
         """
         log_lik = self.score_samples(X, y)
         return float(-2.0 * log_lik.sum() + 2.0 * self.n_parameters_)
-
-
-class _BaseMixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):
-    """Shared machinery of the regression estimators (not public)."""
-
-    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Predict the conditional mean ``E[y | x]``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-            ``sum_i g_i(x) mu_i(x)``: the expert means mixed by the gate.
-        """
-        X = self._validated(X)
-        return self.model_.predict(X)
-
-    def predict_experts(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Each expert's own conditional mean.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_experts)
-        """
-        X = self._validated(X)
-        return self.model_.expert_means(X)
-
-    def sample(self, X: ArrayLike, random_state: Any = None) -> NDArray[np.float64]:
-        """Draw responses ``y ~ p(y | x)`` from the fitted model.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        random_state : None, int or numpy Generator, default=None
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        X = self._validated(X)
-        return self.model_.sample(X, random_state)[0]
 
 
 _FITTED_ATTRIBUTES_DOC = """
@@ -564,13 +627,22 @@ _FITTED_ATTRIBUTES_DOC = """
         Feature names, when X had string column names.
 """
 
-_COMMON_PARAMETERS_DOC = """
+_GATE_PARAMETERS_DOC = """
     gate : {"softmax", "modified_softmax", "normalized_sigmoid"} or gate \
 object, default="softmax"
         The gate over the routed experts: a name (``"modified_softmax"``
         uses the ``tanh`` transform) or an object such as
         ``moestat.NormalizedSigmoidGate(top_k=2)`` or
-        ``moestat.ModifiedSoftmaxGate(transform="sigmoid")``.
+        ``moestat.ModifiedSoftmaxGate(transform="sigmoid")``."""
+
+_EXPERT_PARAMETER_DOC = """
+    expert : expert family object or None, default=None
+        The experts' family: any object with the hooks of
+        :class:`moestat.protocols.ExpertFamily`, such as
+        ``moestat.GaussianExpert(degree=2)``, ``moestat.GLMExpert("poisson")``
+        or ``moestat.ReLUExpert()``. None: {default}."""
+
+_FITTING_PARAMETERS_DOC = """
     n_shared_experts : int, default=0
         Always-active shared experts added to the ``n_experts`` routed ones
         (DeepSeekMoE): ``p(y|x) = lambda sum_i omega_i f_i + (1 - lambda)
@@ -604,13 +676,19 @@ object, default="softmax"
         total) and the increments shrink; see :mod:`moestat.fit`. The
         polish runs to round-off (``tol=1e-12``).
     max_iter : int, default=1000
-        Maximum iterations per restart, for EM and for the polish each.
+        Maximum iterations per restart, for EM and for the polish each."""
+
+_REG_VAR_DOC = """
     reg_var : float, default=1e-6
         Variance floor, relative to ``Var(y)``: every expert variance is
         kept at or above ``reg_var * Var(y)`` (the Gaussian likelihood is
-        unbounded as an expert collapses onto a point).
+        unbounded as an expert collapses onto a point)."""
+
+_SHARED_VARIANCE_DOC = """
     shared_variance : bool, default=False
-        If True all experts share one noise variance.
+        If True all experts share one noise variance."""
+
+_ENGINE_PARAMETERS_DOC = """
     polish : bool, default=True
         Finish the best restart with L-BFGS-B on the log-likelihood (the
         EM-then-MLE hybrid): EM converges linearly and its stopping rule can
@@ -637,40 +715,95 @@ object, default="softmax"
         Seeds the one random stream that every restart draws from.
 """
 
+# The parameters of GaussianMoE and PolynomialMoE after their own.
+_COMMON_PARAMETERS_DOC = (
+    _GATE_PARAMETERS_DOC
+    + _FITTING_PARAMETERS_DOC
+    + _REG_VAR_DOC
+    + _SHARED_VARIANCE_DOC
+    + _ENGINE_PARAMETERS_DOC
+)
 
-class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
+
+class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa: D101
     __doc__ = (
-        """Mixture of linear Gaussian experts with a gate on x.
+        """Mixture of experts for regression: any gate with any expert family.
 
-    ``p(y | x) = sum_i g_i(x) N(y | b_i + a_i^T x, nu_i)``.
+    ``p(y | x) = sum_i g_i(x) f(y | x; theta_i)``, the gate ``g`` and the
+    expert family ``f`` given as objects (as the ``model=`` and
+    ``concomitant=`` drivers of R's flexmix). Every piece of
+    :mod:`moestat.gates` and :mod:`moestat.experts` can be combined, and so
+    can pieces written outside moestat that have the hooks of
+    :class:`moestat.protocols.Gate` and :class:`moestat.protocols.ExpertFamily`
+    (:func:`moestat.utils.check_gate` and
+    :func:`moestat.utils.check_expert_family` test them).
+    :class:`GaussianMoE` and :class:`PolynomialMoE` are this estimator with
+    the expert family built from their parameters.
 
     Parameters
     ----------
     n_experts : int, default=2
-        Number of experts ``m``."""
-        + _COMMON_PARAMETERS_DOC
-        + _FITTED_ATTRIBUTES_DOC
+        Number of routed experts ``m``."""
+        + _GATE_PARAMETERS_DOC
+        + _EXPERT_PARAMETER_DOC.format(
+            default="linear Gaussian experts, ``moestat.GaussianExpert()``"
+        )
+        + _FITTING_PARAMETERS_DOC
+        + _REG_VAR_DOC.replace(
+            "point).", "point). Ignored by families without variances."
+        )
+        + _ENGINE_PARAMETERS_DOC
+        + _FITTED_ATTRIBUTES_DOC.replace(
+            "        Expert noise variances.\n",
+            "        Expert noise variances.\n"
+            "        ``gate_coef_``, ``expert_coef_`` and ``expert_var_`` are the\n"
+            "        ``coef`` and ``var`` arrays of the pieces' parameters, set where\n"
+            "        the parameters have them (every built-in piece but\n"
+            "        ``StackedExperts``, whose parameters are ``params_.expert``).\n",
+        )
         + """
     See Also
     --------
-    PolynomialMoE : Experts whose mean is a polynomial of order k.
+    MixtureOfExpertsClassifier : The same for expert families over classes.
+    GaussianMoE : Linear Gaussian experts.
+    PolynomialMoE : Gaussian, Poisson or Bernoulli experts on a polynomial basis.
+
+    Notes
+    -----
+    ``backend="torch"`` fits the pieces the torch backend has
+    (:data:`moestat.torch.pieces.SUPPORTED_GATES` and
+    :data:`~moestat.torch.pieces.SUPPORTED_EXPERTS`) and refuses others by
+    name. ``alpha > 0`` needs a gate with a ridge penalty
+    (:class:`moestat.protocols.Penalised`); expert families with one get the
+    same ``alpha``, others are fitted without a penalty.
 
     Examples
     --------
-    >>> from moestat import GaussianMoE
-    >>> from moestat.datasets import make_moe_regression
-    >>> X, y, truth = make_moe_regression(n_samples=2000, random_state=0)
-    >>> est = GaussianMoE(n_experts=2, random_state=0).fit(X, y)
-    >>> est.predict_gate(X[:3]).shape
-    (3, 2)
+    ReLU experts, ``N(y | eta_2 max(0, eta_1^T x + eta_0), nu)``, under a
+    normalized sigmoid gate:
+
+    >>> import numpy as np
+    >>> from moestat import MixtureOfExpertsRegressor, NormalizedSigmoidGate
+    >>> from moestat import ReLUExpert
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(-2, 2, size=(1000, 1))
+    >>> y = np.where(X[:, 0] > 0, 2 * X[:, 0], -X[:, 0]) + rng.normal(0, 0.2, 1000)
+    >>> est = MixtureOfExpertsRegressor(
+    ...     2, gate=NormalizedSigmoidGate(), expert=ReLUExpert(), random_state=0
+    ... ).fit(X, y)
+    >>> est.predict(np.array([[1.0], [-1.0]])).round(1)
+    array([2., 1.])
     """
     )
+
+    _parameter_constraints = _constraints(*_FITTING_PARAMETERS, "expert", "reg_var")
 
     def __init__(
         self,
         n_experts: int = 2,
         *,
-        gate: Any = "softmax",
+        gate: str | Gate = "softmax",
+        expert: ExpertFamily | None = None,
         n_shared_experts: int = 0,
         shared_weight: str = "fixed_half",
         solver: str = "em",
@@ -679,7 +812,6 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         tol: float = 1e-6,
         max_iter: int = 1000,
         reg_var: float = 1e-6,
-        shared_variance: bool = False,
         polish: bool = True,
         alpha: float = 0.0,
         backend: str = "numpy",
@@ -688,6 +820,7 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
+        self.expert = expert
         self.n_shared_experts = n_shared_experts
         self.shared_weight = shared_weight
         self.solver = solver
@@ -696,147 +829,74 @@ class GaussianMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         self.tol = tol
         self.max_iter = max_iter
         self.reg_var = reg_var
-        self.shared_variance = shared_variance
         self.polish = polish
         self.alpha = alpha
         self.backend = backend
         self.device = device
         self.random_state = random_state
 
-    def _expert_family(self) -> GaussianExpert:
-        return GaussianExpert(degree=1, shared_variance=self.shared_variance)
+    def _expert_family(self) -> ExpertFamily:
+        return GaussianExpert() if self.expert is None else self.expert
 
+    def _reg_var(self) -> float:
+        return self.reg_var
 
-class PolynomialMoE(_BaseMixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
-    __doc__ = (
-        """Mixture of experts whose predictors are polynomials of order k.
-
-    ``p(y | x) = sum_i g_i(x) f(y | x; c_i)`` with ``f`` Gaussian
-    (``N(y | c_i^T phi_k(x), nu_i)``), Poisson (log link) or Bernoulli (logit
-    link) and ``phi_k`` every monomial of total degree at most ``k``
-    (scikit-learn's ``PolynomialFeatures``). As in the polynomial-expert
-    papers the gate sees x itself (affine scores) while the experts see the
-    polynomial basis.
-
-    Parameters
-    ----------
-    n_experts : int, default=2
-        Number of experts ``m``.
-    degree : int, default=2
-        Order ``k`` of the experts' polynomial predictor (0: constant).
-    family : {"gaussian", "poisson", "bernoulli"}, default="gaussian"
-        The experts' distribution, with its canonical link. Poisson needs
-        ``y >= 0`` (non-integers give the quasi-Poisson fit); Bernoulli needs
-        ``y`` in ``[0, 1]`` (proportions give the quasi-binomial fit).
-        ``predict`` returns the conditional mean, ``E[y | x]``."""
-        + _COMMON_PARAMETERS_DOC
-        + _FITTED_ATTRIBUTES_DOC
-        + """
-    See Also
-    --------
-    GaussianMoE : The linear case (``degree=1``).
-
-    References
-    ----------
-    .. [1] Mendes, E. F. and Jiang, W. (2012). On convergence rates of
-       mixtures of polynomial experts. Neural Computation 24(11).
-
-    Examples
-    --------
-    >>> from moestat import PolynomialMoE
-    >>> from moestat.datasets import make_moe_regression
-    >>> X, y, truth = make_moe_regression(n_samples=2000, degree=2, random_state=0)
-    >>> est = PolynomialMoE(n_experts=2, degree=2, random_state=0).fit(X, y)
-    >>> est.expert_coef_.shape
-    (2, 3)
-    """
-    )
-
-    _parameter_constraints = {
-        **_COMMON_CONSTRAINTS,
-        "degree": (Interval("int", 0, None),),
-        "family": (Options(("gaussian", *GLM_FAMILIES)),),
-    }
-
-    def __init__(
-        self,
-        n_experts: int = 2,
-        degree: int = 2,
-        *,
-        family: str = "gaussian",
-        gate: Any = "softmax",
-        n_shared_experts: int = 0,
-        shared_weight: str = "fixed_half",
-        solver: str = "em",
-        n_init: int = 3,
-        init: Any = "auto",
-        tol: float = 1e-6,
-        max_iter: int = 1000,
-        reg_var: float = 1e-6,
-        shared_variance: bool = False,
-        polish: bool = True,
-        alpha: float = 0.0,
-        backend: str = "numpy",
-        device: Any = None,
-        random_state: Any = None,
-    ) -> None:
-        self.n_experts = n_experts
-        self.degree = degree
-        self.family = family
-        self.gate = gate
-        self.n_shared_experts = n_shared_experts
-        self.shared_weight = shared_weight
-        self.solver = solver
-        self.n_init = n_init
-        self.init = init
-        self.tol = tol
-        self.max_iter = max_iter
-        self.reg_var = reg_var
-        self.shared_variance = shared_variance
-        self.polish = polish
-        self.alpha = alpha
-        self.backend = backend
-        self.device = device
-        self.random_state = random_state
-
-    def _expert_family(self) -> GaussianExpert | GLMExpert:
-        if self.family == "gaussian":
-            return GaussianExpert(
-                degree=self.degree, shared_variance=self.shared_variance
-            )
-        return GLMExpert(self.family, degree=self.degree)
+    def _positive_only(self) -> bool:
+        """Whether the responses must be non-negative (Poisson experts)."""
+        expert = self._expert_family()
+        return isinstance(expert, GLMFamily) and expert.family == "poisson"
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.target_tags.positive_only = self.family == "poisson"
+        tags.target_tags.positive_only = self._positive_only()
         return tags
 
+    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Predict the conditional mean ``E[y | x]``.
 
-class MultinomialLogisticMoE(ClassifierMixin, _BaseMixtureOfExperts):  # noqa: D101
-    __doc__ = (
-        """Mixture of multinomial logistic experts: classification with K classes.
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
 
-    ``P(y = c | x) = sum_i g_i(x) p_i(c | x)``, each expert a multinomial
-    logistic regression on ``phi(x)`` (the first class is its reference) and
-    the gate on x.
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``sum_i g_i(x) mu_i(x)``: the expert means mixed by the gate.
+        """
+        X = self._validated(X)
+        return self.model_.predict(X)
 
-    Parameters
-    ----------
-    n_experts : int, default=2
-        Number of experts ``m``.
-    degree : int, default=1
-        Order of the polynomial basis of the experts' class scores."""
-        + _COMMON_PARAMETERS_DOC.replace(
-            """    reg_var : float, default=1e-6
-        Variance floor, relative to ``Var(y)``: every expert variance is
-        kept at or above ``reg_var * Var(y)`` (the Gaussian likelihood is
-        unbounded as an expert collapses onto a point).
-    shared_variance : bool, default=False
-        If True all experts share one noise variance.
-""",
-            "",
-        )
-        + """
+    def predict_experts(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Each expert's own conditional mean.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+        """
+        X = self._validated(X)
+        return self.model_.expert_means(X)
+
+    def sample(self, X: ArrayLike, random_state: Any = None) -> NDArray[np.float64]:
+        """Draw responses ``y ~ p(y | x)`` from the fitted model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        random_state : None, int or numpy Generator, default=None
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        X = self._validated(X)
+        return self.model_.sample(X, random_state)[0]
+
+
+_CLASSIFIER_ATTRIBUTES_DOC = """
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -851,40 +911,67 @@ restart_converged_, \
 n_parameters_, gate_feature_names_, expert_feature_names_, n_features_in_, \
 feature_names_in_
         As for :class:`GaussianMoE`.
+"""
 
-    Notes
-    -----
-    With ``n_experts=1`` the fit is statsmodels' ``MNLogit``. Classes that
-    are (nearly) separable inside an expert have their maximum at infinity:
-    the coefficients grow as EM runs while every probability stays finite;
-    the fit stops there with ``converged_=False`` and a
-    ``DegenerateFitWarning`` naming the coefficients (see
-    :mod:`moestat.boundary`), and ``alpha > 0`` gives a finite estimate.
+
+class MixtureOfExpertsClassifier(ClassifierMixin, _BaseMixtureOfExperts):  # noqa: D101
+    __doc__ = (
+        """Mixture of experts for classification: any gate, experts over classes.
+
+    ``P(y = c | x) = sum_i g_i(x) p_i(c | x)``, the gate and the expert
+    family given as objects, as for :class:`MixtureOfExpertsRegressor`. The
+    labels are coded ``0 .. K-1`` in the order of ``classes_``; the expert
+    family gives class probabilities
+    (:class:`moestat.protocols.HasClassProbabilities`), and one with an
+    ``n_classes`` field (:class:`moestat.protocols.MultinomialFamily`) is
+    given the number of classes of ``y`` at fit.
+    :class:`MultinomialLogisticMoE` is this estimator with multinomial
+    logistic experts on a polynomial basis.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of routed experts ``m``."""
+        + _GATE_PARAMETERS_DOC
+        + _EXPERT_PARAMETER_DOC.format(
+            default="multinomial logistic experts, "
+            "``moestat.MultinomialLogisticExpert()``"
+        )
+        + _FITTING_PARAMETERS_DOC
+        + _ENGINE_PARAMETERS_DOC
+        + _CLASSIFIER_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    MultinomialLogisticMoE : Multinomial logistic experts of a given degree.
 
     Examples
     --------
     >>> from sklearn.datasets import load_iris
-    >>> from moestat import MultinomialLogisticMoE
+    >>> from moestat import MixtureOfExpertsClassifier, MultinomialLogisticExpert
+    >>> from moestat import NormalizedSigmoidGate
     >>> X, y = load_iris(return_X_y=True)
-    >>> clf = MultinomialLogisticMoE(2, n_init=2, alpha=1.0, random_state=0)
-    >>> clf = clf.fit(X[:, 2:], y)  # iris separates: alpha keeps it finite
+    >>> clf = MixtureOfExpertsClassifier(
+    ...     2,
+    ...     gate=NormalizedSigmoidGate(),
+    ...     expert=MultinomialLogisticExpert(degree=1),
+    ...     alpha=1.0,
+    ...     n_init=2,
+    ...     random_state=0,
+    ... ).fit(X[:, 2:], y)
     >>> clf.predict_proba(X[:2, 2:]).shape
     (2, 3)
     """
     )
 
-    _parameter_constraints = {
-        key: value
-        for key, value in _COMMON_CONSTRAINTS.items()
-        if key not in ("reg_var", "shared_variance")
-    } | {"degree": (Interval("int", 0, None),)}
+    _parameter_constraints = _constraints(*_FITTING_PARAMETERS, "expert")
 
     def __init__(
         self,
         n_experts: int = 2,
         *,
-        degree: int = 1,
-        gate: Any = "softmax",
+        gate: str | Gate = "softmax",
+        expert: ExpertFamily | None = None,
         n_shared_experts: int = 0,
         shared_weight: str = "fixed_half",
         solver: str = "em",
@@ -899,8 +986,8 @@ feature_names_in_
         random_state: Any = None,
     ) -> None:
         self.n_experts = n_experts
-        self.degree = degree
         self.gate = gate
+        self.expert = expert
         self.n_shared_experts = n_shared_experts
         self.shared_weight = shared_weight
         self.solver = solver
@@ -914,8 +1001,20 @@ feature_names_in_
         self.device = device
         self.random_state = random_state
 
-    def _expert_family(self) -> MultinomialLogisticExpert:
-        return MultinomialLogisticExpert(len(self.classes_), degree=self.degree)
+    def _expert_family(self) -> ExpertFamily:
+        n_classes = len(self.classes_)
+        expert = self.expert
+        if expert is None:
+            return MultinomialLogisticExpert(n_classes)
+        if not isinstance(expert, HasClassProbabilities):
+            raise ValueError(
+                f"{type(self).__name__} needs an expert family over classes (one "
+                "with class_probabilities, moestat.protocols.HasClassProbabilities); "
+                f"got {type(expert).__name__}. Use MixtureOfExpertsRegressor."
+            )
+        if isinstance(expert, MultinomialFamily) and expert.n_classes != n_classes:
+            expert = replace(expert, n_classes=n_classes)
+        return expert
 
     def _validate_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
         check_response_entries(y, type(self).__name__, numeric=False)
@@ -929,7 +1028,7 @@ feature_names_in_
         # the labels were coded 0 .. K-1 by _validate_xy
         if len(self.classes_) < 2:
             raise ValueError(
-                "MultinomialLogisticMoE needs at least 2 classes in y; got 1 class "
+                f"{type(self).__name__} needs at least 2 classes in y; got 1 class "
                 f"({self.classes_.tolist()[0]!r})."
             )
 
@@ -1005,3 +1104,270 @@ feature_names_in_
         X = self._validated(X)
         codes = self.model_.sample(X, random_state)[0].astype(np.intp)
         return self.classes_[codes]
+
+
+class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
+    __doc__ = (
+        """Mixture of linear Gaussian experts with a gate on x.
+
+    ``p(y | x) = sum_i g_i(x) N(y | b_i + a_i^T x, nu_i)``.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``m``."""
+        + _COMMON_PARAMETERS_DOC
+        + _FITTED_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    PolynomialMoE : Experts whose mean is a polynomial of order k.
+    MixtureOfExpertsRegressor : Any gate with any expert family.
+
+    Examples
+    --------
+    >>> from moestat import GaussianMoE
+    >>> from moestat.datasets import make_moe_regression
+    >>> X, y, truth = make_moe_regression(n_samples=2000, random_state=0)
+    >>> est = GaussianMoE(n_experts=2, random_state=0).fit(X, y)
+    >>> est.predict_gate(X[:3]).shape
+    (3, 2)
+    """
+    )
+
+    _parameter_constraints = _constraints(
+        *_FITTING_PARAMETERS, "reg_var", "shared_variance"
+    )
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        *,
+        gate: Any = "softmax",
+        n_shared_experts: int = 0,
+        shared_weight: str = "fixed_half",
+        solver: str = "em",
+        n_init: int = 3,
+        init: Any = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        reg_var: float = 1e-6,
+        shared_variance: bool = False,
+        polish: bool = True,
+        alpha: float = 0.0,
+        backend: str = "numpy",
+        device: Any = None,
+        random_state: Any = None,
+    ) -> None:
+        self.n_experts = n_experts
+        self.gate = gate
+        self.n_shared_experts = n_shared_experts
+        self.shared_weight = shared_weight
+        self.solver = solver
+        self.n_init = n_init
+        self.init = init
+        self.tol = tol
+        self.max_iter = max_iter
+        self.reg_var = reg_var
+        self.shared_variance = shared_variance
+        self.polish = polish
+        self.alpha = alpha
+        self.backend = backend
+        self.device = device
+        self.random_state = random_state
+
+    def _expert_family(self) -> GaussianExpert:
+        return GaussianExpert(degree=1, shared_variance=self.shared_variance)
+
+
+class PolynomialMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
+    __doc__ = (
+        """Mixture of experts whose predictors are polynomials of order k.
+
+    ``p(y | x) = sum_i g_i(x) f(y | x; c_i)`` with ``f`` Gaussian
+    (``N(y | c_i^T phi_k(x), nu_i)``), Poisson (log link) or Bernoulli (logit
+    link) and ``phi_k`` every monomial of total degree at most ``k``
+    (scikit-learn's ``PolynomialFeatures``). As in the polynomial-expert
+    papers the gate sees x itself (affine scores) while the experts see the
+    polynomial basis.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``m``.
+    degree : int, default=2
+        Order ``k`` of the experts' polynomial predictor (0: constant).
+    family : {"gaussian", "poisson", "bernoulli"}, default="gaussian"
+        The experts' distribution, with its canonical link. Poisson needs
+        ``y >= 0`` (non-integers give the quasi-Poisson fit); Bernoulli needs
+        ``y`` in ``[0, 1]`` (proportions give the quasi-binomial fit).
+        ``predict`` returns the conditional mean, ``E[y | x]``."""
+        + _COMMON_PARAMETERS_DOC
+        + _FITTED_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    GaussianMoE : The linear case (``degree=1``).
+    MixtureOfExpertsRegressor : Any gate with any expert family.
+
+    References
+    ----------
+    .. [1] Mendes, E. F. and Jiang, W. (2012). On convergence rates of
+       mixtures of polynomial experts. Neural Computation 24(11).
+
+    Examples
+    --------
+    >>> from moestat import PolynomialMoE
+    >>> from moestat.datasets import make_moe_regression
+    >>> X, y, truth = make_moe_regression(n_samples=2000, degree=2, random_state=0)
+    >>> est = PolynomialMoE(n_experts=2, degree=2, random_state=0).fit(X, y)
+    >>> est.expert_coef_.shape
+    (2, 3)
+    """
+    )
+
+    _parameter_constraints = _constraints(
+        *_FITTING_PARAMETERS, "reg_var", "shared_variance", "degree", "family"
+    )
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        degree: int = 2,
+        *,
+        family: str = "gaussian",
+        gate: Any = "softmax",
+        n_shared_experts: int = 0,
+        shared_weight: str = "fixed_half",
+        solver: str = "em",
+        n_init: int = 3,
+        init: Any = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        reg_var: float = 1e-6,
+        shared_variance: bool = False,
+        polish: bool = True,
+        alpha: float = 0.0,
+        backend: str = "numpy",
+        device: Any = None,
+        random_state: Any = None,
+    ) -> None:
+        self.n_experts = n_experts
+        self.degree = degree
+        self.family = family
+        self.gate = gate
+        self.n_shared_experts = n_shared_experts
+        self.shared_weight = shared_weight
+        self.solver = solver
+        self.n_init = n_init
+        self.init = init
+        self.tol = tol
+        self.max_iter = max_iter
+        self.reg_var = reg_var
+        self.shared_variance = shared_variance
+        self.polish = polish
+        self.alpha = alpha
+        self.backend = backend
+        self.device = device
+        self.random_state = random_state
+
+    def _expert_family(self) -> GaussianExpert | GLMExpert:
+        if self.family == "gaussian":
+            return GaussianExpert(
+                degree=self.degree, shared_variance=self.shared_variance
+            )
+        return GLMExpert(self.family, degree=self.degree)
+
+    def _positive_only(self) -> bool:
+        return self.family == "poisson"
+
+    def _summary_extras(self) -> dict[str, Any]:
+        return {"Degree (k)": self.degree}
+
+
+class MultinomialLogisticMoE(MixtureOfExpertsClassifier):  # noqa: D101
+    __doc__ = (
+        """Mixture of multinomial logistic experts: classification with K classes.
+
+    ``P(y = c | x) = sum_i g_i(x) p_i(c | x)``, each expert a multinomial
+    logistic regression on ``phi(x)`` (the first class is its reference) and
+    the gate on x.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``m``.
+    degree : int, default=1
+        Order of the polynomial basis of the experts' class scores."""
+        + _GATE_PARAMETERS_DOC
+        + _FITTING_PARAMETERS_DOC
+        + _ENGINE_PARAMETERS_DOC
+        + _CLASSIFIER_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    MixtureOfExpertsClassifier : Any gate with any expert family over classes.
+
+    Notes
+    -----
+    With ``n_experts=1`` the fit is statsmodels' ``MNLogit``. Classes that
+    are (nearly) separable inside an expert have their maximum at infinity:
+    the coefficients grow as EM runs while every probability stays finite;
+    the fit stops there with ``converged_=False`` and a
+    ``DegenerateFitWarning`` naming the coefficients (see
+    :mod:`moestat.boundary`), and ``alpha > 0`` gives a finite estimate.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from moestat import MultinomialLogisticMoE
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = MultinomialLogisticMoE(2, n_init=2, alpha=1.0, random_state=0)
+    >>> clf = clf.fit(X[:, 2:], y)  # iris separates: alpha keeps it finite
+    >>> clf.predict_proba(X[:2, 2:]).shape
+    (2, 3)
+    """
+    )
+
+    _parameter_constraints = _constraints(*_FITTING_PARAMETERS, "degree")
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        *,
+        degree: int = 1,
+        gate: Any = "softmax",
+        n_shared_experts: int = 0,
+        shared_weight: str = "fixed_half",
+        solver: str = "em",
+        n_init: int = 3,
+        init: Any = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        polish: bool = True,
+        alpha: float = 0.0,
+        backend: str = "numpy",
+        device: Any = None,
+        random_state: Any = None,
+    ) -> None:
+        self.n_experts = n_experts
+        self.degree = degree
+        self.gate = gate
+        self.n_shared_experts = n_shared_experts
+        self.shared_weight = shared_weight
+        self.solver = solver
+        self.n_init = n_init
+        self.init = init
+        self.tol = tol
+        self.max_iter = max_iter
+        self.polish = polish
+        self.alpha = alpha
+        self.backend = backend
+        self.device = device
+        self.random_state = random_state
+
+    def _expert_family(self) -> MultinomialLogisticExpert:
+        return MultinomialLogisticExpert(len(self.classes_), degree=self.degree)
+
+    def _summary_extras(self) -> dict[str, Any]:
+        return {"Degree (k)": self.degree}

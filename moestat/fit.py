@@ -28,14 +28,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 
-from moestat.boundary import boundary_message, diverging_parameters, walking_the_ridge
+from moestat.boundary import (
+    boundary_message,
+    diverging_parameters,
+    is_penalised,
+    walking_the_ridge,
+)
 from moestat.exceptions import DegenerateFitWarning
 from moestat.model import (
     Design,
@@ -53,6 +58,7 @@ __all__ = [
     "initial_params",
     "log_likelihood_and_gradient",
     "fit_restarts",
+    "BatchEngine",
     "restart_starts",
     "best_restart",
     "is_degenerate",
@@ -368,9 +374,7 @@ def em(
 
 
 def _is_penalised(model: MixtureOfExperts) -> bool:
-    return bool(
-        getattr(model.gate, "alpha", 0.0) or getattr(model.expert, "alpha", 0.0)
-    )
+    return is_penalised(model.gate) or is_penalised(model.expert)
 
 
 def _boundary(model: MixtureOfExperts, design: Design) -> tuple[str, ...]:
@@ -931,6 +935,52 @@ def _runner(model, design, y, solver, options, batch_engine, speed=None):
     return run
 
 
+@runtime_checkable
+class BatchEngine(Protocol):
+    """Fits several starts on one data set: a batch engine of :func:`fit_restarts`.
+
+    :func:`moestat.torch.fit.batch_engine` gives one that fits the starts
+    in one torch batch on a device; the sweeps' engines
+    (:mod:`moestat.simulation.engines`) are batch engines too.
+    """
+
+    def __call__(
+        self,
+        model: MixtureOfExperts,
+        design: Design,
+        y: NDArray[np.float64],
+        starts: list[MoEParams],
+        *,
+        solver: str,
+        tol: float,
+        max_iter: int,
+        var_floor: float,
+    ) -> list[FitResult]:
+        """Fit ``model`` to ``(design, y)`` from each start.
+
+        Parameters
+        ----------
+        model : MixtureOfExperts
+            The gate and expert family (their parameters are not used).
+        design : Design
+            The model's designs on the data.
+        y : ndarray of shape (n,)
+            Responses.
+        starts : list of MoEParams
+            Starting parameters, one fit each.
+        solver : {"em", "mle"}
+            The engine.
+        tol, max_iter, var_floor
+            As for :func:`em` and :func:`mle`.
+
+        Returns
+        -------
+        list of FitResult
+            One per start, in order.
+        """
+        ...
+
+
 def fit_restarts(
     model: MixtureOfExperts,
     design: Design,
@@ -948,7 +998,7 @@ def fit_restarts(
     n_candidates: int = 5,
     screen_iter: int = 10,
     polish: bool = False,
-    batch_engine: Any = None,
+    batch_engine: BatchEngine | None = None,
     n_moves: int | None = None,
     accelerate: bool = True,
     stop_on_ridge: bool = True,
@@ -982,10 +1032,11 @@ def fit_restarts(
         Screening of random starts.
     polish : bool, default=False
         Finish the best restart with :func:`polish_fit`.
-    batch_engine : callable, optional
+    batch_engine : BatchEngine, optional
         ``batch_engine(model, design, y, starts, solver=, tol=, max_iter=,
-        var_floor=)`` returning one FitResult per start: all restarts are
-        fitted together (the torch backend). The starts are drawn first, in
+        var_floor=)`` returning one FitResult per start (:class:`BatchEngine`):
+        all restarts are fitted together (the torch backend's
+        :func:`moestat.torch.fit.batch_engine`). The starts are drawn first, in
         the same order, so both paths begin from the same parameters. With
         ``polish`` the engine is called again with ``solver="mle"``; the
         split-and-merge moves run on it too.

@@ -25,11 +25,9 @@ from moestat.boundary import column_spreads
 from moestat.experts import GaussianExpertParams
 from moestat.experts._base import expert_degrees_of_freedom
 from moestat.gates import GateParams, SharedGateParams
+from moestat.protocols import ExpertFamily, Gate, HasClassProbabilities, HasLogMean
 
 __all__ = ["MoEParams", "Design", "MixtureOfExperts"]
-
-Gate = Any  # any gate of moestat.gates
-Expert = Any  # any expert family of moestat.experts
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class Design:
 
 # -- pure functions on designs (the fitting engines' hot path) ---------------
 def log_joint(
-    gate: Gate, expert: Expert, params: MoEParams, design: Design, y: NDArray
+    gate: Gate, expert: ExpertFamily, params: MoEParams, design: Design, y: NDArray
 ) -> NDArray[np.float64]:
     """``log g_i(x_t) + log f(y_t | x_t; theta_i)`` of shape (n, m)."""
     return gate.log_weights(params.gate, design.gate) + expert.log_density(
@@ -155,7 +153,7 @@ class MixtureOfExperts:
     """
 
     gate: Gate
-    expert: Expert
+    expert: ExpertFamily
     params: MoEParams | None = None
 
     # -- structure ---------------------------------------------------------
@@ -282,7 +280,7 @@ class MixtureOfExperts:
         params = self._require_params()
         design = self.design(X)
         log_weights = self.gate.log_weights(params.gate, design.gate)
-        if hasattr(self.expert, "log_mean"):
+        if isinstance(self.expert, HasLogMean):
             log_means = self.expert.log_mean(params.expert, design.expert)
             return _mean_from_logs(log_weights, log_means)
         means = self.expert.mean(params.expert, design.expert)
@@ -309,7 +307,7 @@ class MixtureOfExperts:
             If the expert family has no classes.
         """
         params = self._require_params()
-        if not hasattr(self.expert, "class_probabilities"):
+        if not isinstance(self.expert, HasClassProbabilities):
             raise ValueError(
                 f"{type(self.expert).__name__} has no classes; predict_proba "
                 "needs multinomial logistic experts."

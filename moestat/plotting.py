@@ -375,7 +375,7 @@ def plot_expert_utilization(
     ----------
     utilization : DataFrame or array-like of shape (n_layers, n_experts)
         Either the table of
-        :meth:`moestat.torch.routing.diagnostics.RoutingRecorder.utilization`
+        :meth:`moestat.routing.diagnostics.RoutingRecorder.utilization`
         (columns ``layer``, ``expert``, ``utilization`` and optionally
         ``step``) or the values ``u[layer, expert]`` themselves.
     step : int, optional
@@ -465,7 +465,7 @@ def plot_router_saturation(table: Any, *, ax: Any = None, **line_kwargs: Any):
     ----------
     table : pandas.DataFrame
         The table of
-        :meth:`moestat.torch.routing.diagnostics.RoutingRecorder.saturation`
+        :meth:`moestat.routing.diagnostics.RoutingRecorder.saturation`
         (columns ``step``, ``saturation`` and optionally ``layer``, ``k``).
     ax : matplotlib Axes, optional
         Where to draw; a new figure is made when omitted.
@@ -494,7 +494,7 @@ def plot_router_change_rate(table: Any, *, ax: Any = None, **line_kwargs: Any):
     ----------
     table : pandas.DataFrame
         The table of
-        :meth:`moestat.torch.routing.diagnostics.RoutingRecorder.change_rate`
+        :meth:`moestat.routing.diagnostics.RoutingRecorder.change_rate`
         (columns ``step``, ``change_rate`` and optionally ``layer``, ``k``).
     ax : matplotlib Axes, optional
         Where to draw; a new figure is made when omitted.
@@ -531,7 +531,7 @@ def plot_training_curves(
         ``router`` (one line each, in order of appearance), ``layer`` (the
         lines are layer means) and ``k`` (one line per router and ``k``):
         for instance ``history``, ``saturation`` or ``change_rate`` of
-        :class:`moestat.torch.experiment.RouterComparison`. Missing values
+        :class:`moestat.routing.experiment.RouterComparison`. Missing values
         are skipped.
     metric : str, default="loss"
         The column drawn.
@@ -594,7 +594,7 @@ def plot_router_comparison(
     window: int = 1,
     ax: Any = None,
 ) -> Any:
-    """Draw one result of :func:`moestat.torch.experiment.compare_routers`.
+    """Draw one result of :func:`moestat.routing.experiment.compare_routers`.
 
     Parameters
     ----------

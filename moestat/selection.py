@@ -23,6 +23,7 @@ from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from moestat._progress import progress_bar
+from moestat._threads import limit_blas_threads
 from moestat._validation import Options, validate_params
 from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
 
@@ -58,6 +59,7 @@ def _degeneracy_reasons(caught: list[warnings.WarningMessage]) -> str:
     return "; ".join(dict.fromkeys(reasons))
 
 
+@limit_blas_threads()
 def _fit_one(estimator, X, y, X_test, y_test, params):
     est = clone(estimator).set_params(**params)
     with warnings.catch_warnings(record=True) as caught:
@@ -150,6 +152,12 @@ def select_model(
         If every fit was degenerate the best by the criterion is kept and
         a :class:`DegenerateFitWarning` says so.
 
+    Notes
+    -----
+    The fits run with BLAS at one thread, in this process and in the
+    workers; the environment variable ``MOESTAT_BLAS_THREADS`` changes that
+    (the user guide's "Fitting" page).
+
     Examples
     --------
     >>> from moestat import GaussianMoE
@@ -184,11 +192,12 @@ def select_model(
         )
     jobs = (delayed(_fit_one)(estimator, X_fit, y_fit, X_test, y_test, p) for p in grid)
     runner = Parallel(n_jobs=n_jobs, return_as="generator")
-    rows = list(
-        progress_bar(
-            runner(jobs), total=len(grid), disable=not progress, desc="select_model"
+    with limit_blas_threads():
+        rows = list(
+            progress_bar(
+                runner(jobs), total=len(grid), disable=not progress, desc="select_model"
+            )
         )
-    )
     table = pd.DataFrame(rows).sort_values(criterion, kind="stable")
     table = table.reset_index(drop=True)
     table.attrs["criterion"] = criterion

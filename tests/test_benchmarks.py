@@ -12,7 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY = ["--n", "3000", "--iters", "2", "--repeats", "1"]
 # scripts with their own small configuration, and what they need
 OWN_ARGS = {
-    "bench_torch_routing.py": (
+    "bench_routing.py": (
         ["--small", "--device", "cpu", "--n", "512", "--repeats", "1", "--warmup", "0"],
         "torch",
     ),
@@ -41,6 +41,10 @@ OWN_ARGS["bench_torch_sweep.py"] = (["--small", "--device", "cpu"], "torch")
 OWN_ARGS["bench_torch_em.py"] = (
     ["--small", "--device", "cpu", "--iters", "2", "--repeats", "1"],
     "torch",
+)
+OWN_ARGS["bench_threads.py"] = (
+    ["--n", "1000", "--n-products", "3000", "--iters", "2", "--repeats", "1"],
+    None,
 )
 OWN_ARGS["bench_starts.py"] = (
     [

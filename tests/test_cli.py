@@ -201,7 +201,7 @@ def test_plot_refuses_an_image_format_it_cannot_write(sweep_dir, tmp_path, capsy
     [
         (["rates", "DIR", "--boot", "0"], "must be a positive integer"),
         (["simulate", "SG-E", "--n-grid", "100.9,1000,10000"], "'100.9'"),
-        (["simulate", "SG-E", "--backend", "dask", "--scheduler", ""], "address"),
+        (["simulate", "SG-E", "--parallel", "dask", "--scheduler", ""], "address"),
         (["simulate", "SG-E", "--reps", "0"], "must be a positive integer"),
         (["simulate", "SG-E", "--jobs", "0"], "-1 for all cores"),
         (["fit", "d.csv", "--target", "y", "--experts", "2.5"], "'2.5'"),
@@ -226,7 +226,7 @@ def test_an_unreachable_scheduler_is_named_within_the_timeout(
 ):
     monkeypatch.setattr("moestat.cli.SCHEDULER_TIMEOUT", "1s")
     argv = ["simulate", "SG-E", "--n-grid", "150,300", "--reps", "1", "--quiet"]
-    argv += ["--backend", "dask", "--scheduler", "tcp://127.0.0.1:9"]
+    argv += ["--parallel", "dask", "--scheduler", "tcp://127.0.0.1:9"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 1
     line = _one_error_line(capsys, "simulate")
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in line
@@ -235,7 +235,7 @@ def test_an_unreachable_scheduler_is_named_within_the_timeout(
 def test_a_scheduler_without_the_dask_backend_is_a_usage_error(tmp_path, capsys):
     argv = ["simulate", "SG-E", "--scheduler", "tcp://127.0.0.1:9"]
     assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
-    assert "--backend dask" in _one_error_line(capsys, "simulate")
+    assert "--parallel dask" in _one_error_line(capsys, "simulate")
 
 
 def test_data_at_an_extreme_scale_is_reported_not_raised(tmp_path, capsys):

@@ -9,6 +9,8 @@ atom (theory.md sections 5.1-5.3).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from scipy.integrate import quad
@@ -36,6 +38,7 @@ from moestat import (
 )
 from moestat.experts.stacked import StackedExpertParams
 from moestat.losses import (
+    DENSITY_LOSSES,
     density_losses,
     hellinger_distance,
     kl_divergence,
@@ -898,3 +901,192 @@ def test_voronoi_mismatched_families():
     with pytest.raises(ValueError, match="pass kind="):
         voronoi_loss(glm, glm)
     assert voronoi_loss(glm, glm, kind="multinomial").value == 0.0
+
+
+# =============================================================================
+# What the losses read from the pieces: their declarations
+# =============================================================================
+@dataclass(frozen=True)
+class LinearMeanParams:
+    """Coefficients ``(m, 2)`` and noise variances ``(m,)``."""
+
+    coef: np.ndarray
+    var: np.ndarray
+
+
+class LinearMean:
+    """Linear Gaussian experts written outside moestat, declaring nothing."""
+
+    def design(self, X):
+        return np.column_stack([np.ones(len(X)), X])
+
+    def mean(self, params, Phi):
+        return Phi @ params.coef.T
+
+    def atom_blocks(self, params):
+        return [
+            {"intercept": c[:1], "slope": c[1:], "var": np.array([v])}
+            for c, v in zip(params.coef, params.var, strict=True)
+        ]
+
+
+class DeclaredLinearMean(LinearMean):
+    """The same family, declaring its response family and Voronoi signature."""
+
+    response_family = "gaussian"
+    voronoi_signature = "linear"
+
+
+class PlainSoftmax:
+    """A softmax gate written outside moestat, declaring nothing."""
+
+    def design(self, X):
+        return SoftmaxGate().design(X)
+
+    def voronoi_masses(self, params):
+        return SoftmaxGate().voronoi_masses(params)
+
+    def voronoi_slopes(self, params):
+        return SoftmaxGate().voronoi_slopes(params)
+
+
+def with_family(model, expert):
+    """``model`` (linear Gaussian experts) with another expert family object."""
+    expert_params = model.params.expert
+    params = MoEParams(
+        model.params.gate, LinearMeanParams(expert_params.coef, expert_params.var)
+    )
+    return MixtureOfExperts(model.gate, expert, params)
+
+
+def test_the_pieces_declare_what_the_losses_read():
+    def declared(expert):
+        return expert.response_family, expert.voronoi_signature
+
+    assert declared(GaussianExpert()) == ("gaussian", "linear")
+    assert declared(ReLUExpert()) == ("gaussian", "relu")
+    assert declared(GLMExpert("bernoulli")) == ("bernoulli", None)
+    assert declared(MultinomialLogisticExpert(n_classes=3)) == (
+        "categorical",
+        "multinomial",
+    )
+    # a stack: what both parts declare, None where they differ
+    relu = StackedExperts(ReLUExpert(bias=True), ReLUExpert(bias=False), 1)
+    assert declared(relu) == ("gaussian", "relu")
+    mixed = StackedExperts(ReLUExpert(), GaussianExpert(), 1)
+    assert declared(mixed) == ("gaussian", None)
+    assert declared(StackedExperts(GaussianExpert(), GLMExpert(), 1)) == (None, None)
+
+    def gate(g):
+        return g.voronoi_signature, g.translation_invariant
+
+    assert gate(SoftmaxGate()) == ("softmax", True)
+    assert gate(ModifiedSoftmaxGate()) == ("modified_softmax", True)
+    assert gate(NormalizedSigmoidGate()) == ("normalized_sigmoid", False)
+    # shared experts beside a routed gate: the routed gate's declarations
+    assert gate(SharedExpertsGate(NormalizedSigmoidGate(), 1)) == (
+        "normalized_sigmoid",
+        False,
+    )
+    assert gate(SharedExpertsGate(SoftmaxGate(), 2)) == ("softmax", True)
+
+
+def test_a_family_declaring_gaussian_responses_gets_the_density_losses():
+    # only the declared response family, the means and the variances are read
+    truth = sg_truth()
+    expert = truth.params.expert
+    fitted = with_experts(
+        truth, GaussianExpertParams(expert.coef + 0.1, 1.5 * expert.var)
+    )
+    expected = density_losses(truth, fitted, X_NODES, X_WEIGHTS, DENSITY_LOSSES)
+    family = DeclaredLinearMean()
+    custom_truth, custom_fit = with_family(truth, family), with_family(fitted, family)
+    for pair in [
+        (custom_truth, custom_fit),
+        (truth, custom_fit),
+        (custom_truth, fitted),
+    ]:
+        losses = density_losses(*pair, X_NODES, X_WEIGHTS, DENSITY_LOSSES)
+        for name in ("kl", "hellinger", "tv"):
+            assert losses[name] == pytest.approx(expected[name], rel=1e-12)
+    Y, W = response_quadrature(custom_truth, X_NODES[:5])
+    Y_ref, W_ref = response_quadrature(truth, X_NODES[:5])
+    np.testing.assert_allclose(Y, Y_ref, rtol=1e-14)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-14)
+
+
+def test_a_family_without_a_response_family_is_told_the_missing_declaration():
+    truth = sg_truth()
+    undeclared = with_family(truth, LinearMean())
+    for pair in [(truth, undeclared), (undeclared, truth)]:
+        with pytest.raises(
+            ValueError, match="LinearMean does not declare 'response_family'"
+        ):
+            kl_divergence(*pair, X_NODES)
+
+    class GammaMean(LinearMean):
+        response_family = "gamma"
+
+    with pytest.raises(ValueError, match="response_family='gamma'"):
+        kl_divergence(truth, with_family(truth, GammaMean()), X_NODES)
+
+
+def test_voronoi_losses_read_declared_signatures_not_classes():
+    truth = sg_truth()
+    fitted = split(truth, 0, [0.1, -0.1], "intercept")
+    expected = voronoi_loss(truth, fitted)
+    custom = voronoi_loss(truth, with_family(fitted, DeclaredLinearMean()))
+    assert custom.kind == expected.kind == "softmax_gaussian"
+    assert custom.value == pytest.approx(expected.value, rel=1e-12)
+    np.testing.assert_array_equal(custom.cells, expected.cells)
+
+
+class Spline(DeclaredLinearMean):
+    """Atoms of the same blocks under another name in the catalogue."""
+
+    voronoi_signature = "spline"
+
+
+@pytest.mark.parametrize(
+    "other, match",
+    [
+        (
+            lambda t: MixtureOfExperts(NormalizedSigmoidGate(), t.expert, t.params),
+            r"gate SoftmaxGate \('softmax'\).*the fitted one gate "
+            r"NormalizedSigmoidGate \('normalized_sigmoid'\)",
+        ),
+        (
+            lambda t: MixtureOfExperts(ModifiedSoftmaxGate(), t.expert, t.params),
+            r"gate SoftmaxGate \('softmax'\).*ModifiedSoftmaxGate "
+            r"\('modified_softmax'\)",
+        ),
+        (
+            lambda t: with_family(t, Spline()),
+            r"gate .* experts GaussianExpert \('linear'\), the fitted one .* experts "
+            r"Spline \('spline'\)",
+        ),
+    ],
+    ids=["gate", "modified softmax gate", "expert family"],
+)
+def test_mismatched_signatures_are_refused_naming_both(other, match):
+    truth = sg_truth()
+    with pytest.raises(ValueError, match="the true model has " + match):
+        voronoi_loss(truth, other(truth))
+
+
+def test_voronoi_pieces_without_declarations_are_named():
+    truth = sg_truth()
+    with pytest.raises(
+        ValueError, match="LinearMean does not declare 'voronoi_signature'"
+    ):
+        voronoi_loss(truth, with_family(truth, LinearMean()))
+    plain = MixtureOfExperts(PlainSoftmax(), truth.expert, truth.params)
+    with pytest.raises(ValueError, match="does not declare 'translation_invariant'"):
+        voronoi_loss(truth, plain)
+
+    class InvariantSoftmax(PlainSoftmax):
+        translation_invariant = True
+
+    invariant = MixtureOfExperts(InvariantSoftmax(), truth.expert, truth.params)
+    with pytest.raises(ValueError, match="does not declare 'voronoi_signature'"):
+        voronoi_loss(truth, invariant)

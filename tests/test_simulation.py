@@ -238,7 +238,7 @@ def test_loky_and_a_dask_local_cluster_give_identical_cells(tmp_path):
     from dask import distributed  # the dask extra is part of the test install
 
     grid = dict(n_grid=[200, 400], n_reps=2, progress=False)
-    simulate("SG-O", tmp_path / "loky", n_jobs=2, backend="loky", **grid)
+    simulate("SG-O", tmp_path / "loky", n_jobs=2, parallel="loky", **grid)
     with (
         distributed.LocalCluster(
             n_workers=2,
@@ -248,12 +248,12 @@ def test_loky_and_a_dask_local_cluster_give_identical_cells(tmp_path):
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        simulate("SG-O", tmp_path / "client", backend="dask", scheduler=client, **grid)
+        simulate("SG-O", tmp_path / "client", parallel="dask", scheduler=client, **grid)
         # a scheduler address, as `moestat simulate --scheduler ADDR` gives
         simulate(
             "SG-O",
             tmp_path / "address",
-            backend="dask",
+            parallel="dask",
             scheduler=cluster.scheduler_address,
             **grid,
         )
@@ -272,7 +272,7 @@ def test_sweep_arguments_are_checked(tmp_path):
         )
     with pytest.raises(ValueError, match="scheduler"):
         simulate(
-            "SG-E", tmp_path, n_grid=[100], n_reps=1, backend="dask", progress=False
+            "SG-E", tmp_path, n_grid=[100], n_reps=1, parallel="dask", progress=False
         )
     with pytest.raises(ValueError, match="n_grid"):
         simulate("SG-E", tmp_path, n_grid=[1], n_reps=1, progress=False)

@@ -11,9 +11,7 @@ torch = pytest.importorskip("torch")
 
 from moestat import GaussianMoE  # noqa: E402
 from moestat.datasets import make_moe_regression  # noqa: E402
-from moestat.simulation import load_results, simulate  # noqa: E402
-from moestat.torch.fit import fit_batched  # noqa: E402
-from moestat.torch.routing import (  # noqa: E402
+from moestat.routing import (  # noqa: E402
     ExpertChoiceRouter,
     ExpertMLP,
     MoELayer,
@@ -22,7 +20,9 @@ from moestat.torch.routing import (  # noqa: E402
     TopKSoftmaxRouter,
     TsallisHybridRouter,
 )
-from moestat.torch.routing.layer import combine_einsum, combine_sorted  # noqa: E402
+from moestat.routing.layer import combine_einsum, combine_sorted  # noqa: E402
+from moestat.simulation import load_results, simulate  # noqa: E402
+from moestat.torch.fit import fit_batched  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -65,7 +65,7 @@ def test_estimator_on_cuda_gives_the_numpy_fit(problem):
 def test_a_torch_sweep_on_cuda_gives_the_numpy_cells(tmp_path):
     common = dict(n_grid=[200, 2000], n_reps=3, progress=False)
     simulate("SG-E", tmp_path / "numpy", **common)
-    simulate("SG-E", tmp_path / "cuda", backend="torch", device="cuda", **common)
+    simulate("SG-E", tmp_path / "cuda", engine="torch", device="cuda", **common)
     a = load_results(tmp_path / "numpy").set_index("key").sort_index()
     b = load_results(tmp_path / "cuda").set_index("key").sort_index()
     assert list(a.index) == list(b.index)

@@ -22,7 +22,7 @@ from moestat.simulation import (  # noqa: E402
     run_cell,
     simulate,
 )
-from moestat.simulation import sweep as sweep_module  # noqa: E402
+from moestat.simulation import engines as engines_module  # noqa: E402
 from moestat.simulation.store import CELLS_FILE  # noqa: E402
 
 # The torch engine runs the numpy engine's closed-form Gaussian M-step and
@@ -50,8 +50,8 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _sweep(path, backend, **kwargs):
-    simulate(backend=backend, out_dir=path, progress=False, **kwargs)
+def _sweep(path, engine, **kwargs):
+    simulate(engine=engine, out_dir=path, progress=False, **kwargs)
     return load_results(path).set_index("key").sort_index()
 
 
@@ -118,7 +118,7 @@ def test_a_polished_fit_is_polished_in_a_batch(tmp_path):
 def test_a_population_fit_runs_its_restarts_in_one_batch(tmp_path):
     cells = plan_cells(get_scenario("MJ-2"), (0,), 2, fits=["m=2,k=0"])
     numpy_record, torch_record = (
-        run_cell("MJ-2", cells[1], backend=backend) for backend in ("numpy", "torch")
+        run_cell("MJ-2", cells[1], engine=engine) for engine in ("numpy", "torch")
     )
     assert torch_record["backend"] == "torch" and torch_record["n"] == 0
     assert torch_record["n_iter"] == numpy_record["n_iter"]
@@ -127,10 +127,33 @@ def test_a_population_fit_runs_its_restarts_in_one_batch(tmp_path):
 
 def test_run_cell_with_torch_reproduces_a_cell_of_a_torch_sweep(tmp_path):
     cells = _sweep(tmp_path, "torch", scenario="SG-E", n_grid=[200, 300], n_reps=2)
-    record = run_cell("SG-E", Cell("SG-E", "m=2", 300, 1, 0), backend="torch")
+    record = run_cell("SG-E", Cell("SG-E", "m=2", 300, 1, 0), engine="torch")
     stored = cells.loc[record["key"]]
     assert record["seed"] == stored["seed"] and record["n_iter"] == stored["n_iter"]
     assert record["kl"] == pytest.approx(stored["kl"], rel=LOSS_RTOL)
+
+
+def test_the_torch_engine_gives_the_same_cells_on_each_parallel_backend_it_takes(
+    tmp_path,
+):
+    common = dict(scenario="SG-E", n_grid=[150, 300], n_reps=2, batch_cells=3)
+    loky = _sweep(tmp_path / "loky", "torch", n_jobs=2, **common)  # the default
+    for parallel in ("sequential", "threading"):
+        other = _sweep(
+            tmp_path / parallel, "torch", parallel=parallel, n_jobs=2, **common
+        )
+        pd.testing.assert_frame_equal(
+            other.drop(columns=["fit_time"]), loky.drop(columns=["fit_time"])
+        )
+    assert set(loky["backend"]) == {"torch"}
+
+
+def test_the_old_torch_backend_runs_the_torch_engine_with_a_future_warning(tmp_path):
+    with pytest.warns(FutureWarning, match="engine='torch', parallel='loky'"):
+        simulate(
+            "SG-E", tmp_path, n_grid=[150], n_reps=1, backend="torch", progress=False
+        )
+    assert set(load_results(tmp_path)["backend"]) == {"torch"}
 
 
 # -- batches -------------------------------------------------------------------
@@ -167,7 +190,7 @@ def test_an_interrupted_torch_sweep_resumes_without_storing_a_cell_twice(
 ):
     common = dict(scenario="SG-E", n_grid=[150, 300, 600], n_reps=2, batch_cells=2)
     complete = _sweep(tmp_path / "complete", "torch", **common)
-    fit_prepared = sweep_module._fit_prepared
+    fit_prepared = engines_module._fit_prepared
     calls = []
 
     def dies_in_the_third_batch(*args, **kwargs):
@@ -176,12 +199,12 @@ def test_an_interrupted_torch_sweep_resumes_without_storing_a_cell_twice(
             raise KeyboardInterrupt
         return fit_prepared(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "_fit_prepared", dies_in_the_third_batch)
+    monkeypatch.setattr(engines_module, "_fit_prepared", dies_in_the_third_batch)
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        simulate(out_dir=killed, backend="torch", progress=False, **common)
+        simulate(out_dir=killed, engine="torch", progress=False, **common)
     assert len(load_results(killed)) == 4  # the two finished batches
-    monkeypatch.setattr(sweep_module, "_fit_prepared", fit_prepared)
+    monkeypatch.setattr(engines_module, "_fit_prepared", fit_prepared)
     resumed = _sweep(killed, "torch", **common)
     lines = (killed / CELLS_FILE).read_text().splitlines()[1:]  # after the format
     assert len(lines) == 6 == len({json.loads(line)["key"] for line in lines})
@@ -198,9 +221,9 @@ def test_an_interrupted_torch_sweep_resumes_without_storing_a_cell_twice(
 @pytest.mark.parametrize("sid", ["DS-1", "DS-3", "DS-4"])
 def test_scenarios_with_pieces_torch_lacks_are_refused_up_front(tmp_path, sid):
     with pytest.raises(ValueError) as error:
-        simulate(sid, tmp_path / sid, n_grid=[100], n_reps=1, backend="torch")
+        simulate(sid, tmp_path / sid, n_grid=[100], n_reps=1, engine="torch")
     message = str(error.value)
-    assert sid in message and "backend='numpy'" in message
+    assert sid in message and "engine='numpy'" in message
     assert "StackedExperts" in message  # what it has
     assert "SoftmaxGate" in message and "GaussianExpert" in message  # what works
     assert not (tmp_path / sid).exists()  # nothing was started
@@ -210,15 +233,13 @@ def test_bad_torch_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="batch_cells"):
         simulate("SG-E", tmp_path, n_grid=[100], n_reps=1, batch_cells=0)
     with pytest.raises(ValueError, match="dtype"):
-        simulate(
-            "SG-E", tmp_path, n_grid=[100], n_reps=1, backend="torch", dtype="int8"
-        )
-    with pytest.raises(ValueError, match="backend"):
-        run_cell("SG-E", Cell("SG-E", "m=2", 100, 0, 0), backend="jax")
+        simulate("SG-E", tmp_path, n_grid=[100], n_reps=1, engine="torch", dtype="int8")
+    with pytest.raises(ValueError, match="engine"):
+        run_cell("SG-E", Cell("SG-E", "m=2", 100, 0, 0), engine="jax")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             simulate(
-                "SG-E", tmp_path, n_grid=[100], n_reps=1, backend="torch", device="cuda"
+                "SG-E", tmp_path, n_grid=[100], n_reps=1, engine="torch", device="cuda"
             )
 
 
@@ -226,18 +247,18 @@ def test_bad_torch_arguments_are_refused(tmp_path):
 def test_the_simulate_command_runs_the_torch_engine(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["simulate", "SG-E", "--n-grid", "150,300,600", "--reps", "1"]
-    torch_args = ["--backend", "torch", "--device", "cpu", "--batch-cells", "2"]
+    torch_args = ["--engine", "torch", "--device", "cpu", "--batch-cells", "2"]
     assert main([*argv, *torch_args, "--out", str(out), "--quiet"]) == 0
     assert "3 cells" in capsys.readouterr().out
     assert set(load_results(out)["backend"]) == {"torch"}
 
 
 def test_the_simulate_command_reports_what_torch_cannot_run(tmp_path, capsys):
-    argv = ["simulate", "DS-1", "--backend", "torch", "--out", str(tmp_path)]
+    argv = ["simulate", "DS-1", "--engine", "torch", "--out", str(tmp_path)]
     assert main([*argv, "--quiet"]) == 2
-    assert "backend='numpy'" in capsys.readouterr().err
+    assert "engine='numpy'" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        argv = ["simulate", "SG-E", "--backend", "torch", "--device", "cuda"]
+        argv = ["simulate", "SG-E", "--engine", "torch", "--device", "cuda"]
         assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
         assert "CUDA" in capsys.readouterr().err
 
@@ -247,4 +268,4 @@ def test_the_help_describes_the_engines(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = capsys.readouterr().out
-    assert "--backend" in out and "--device" in out and "torch" in out
+    assert "--engine" in out and "--device" in out and "torch" in out

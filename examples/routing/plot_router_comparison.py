@@ -2,7 +2,7 @@
 Comparing sparse routers on one small task
 ==========================================
 
-The routers of ``moestat.torch.routing`` (Switch/GShard-style top-k
+The routers of ``moestat.routing`` (Switch/GShard-style top-k
 softmax, Shazeer's noisy top-k, M6-T's expert prototyping, expert choice,
 EvoMoE's dense-to-sparse gate, DynMoLE's Tsallis hybrid and DeepSeek-V3's
 normalized sigmoid with shared experts) and a dense softmax gate, each
@@ -24,7 +24,7 @@ from moestat.plotting import (
     plot_router_saturation,
     plot_training_curves,
 )
-from moestat.torch.experiment import compare_routers
+from moestat.routing.experiment import compare_routers
 
 pd.set_option("display.width", 200)
 

@@ -4,12 +4,12 @@ Router diagnostics: saturation, change rate and expert utilization
 
 How to watch the routing of your own mixture-of-experts model while it
 trains. We build a small network with two
-:class:`moestat.torch.routing.MoELayer` blocks, train it twice in a plain
+:class:`moestat.routing.MoELayer` blocks, train it twice in a plain
 PyTorch loop, once with a top-k softmax router
-(:class:`~moestat.torch.routing.TopKSoftmaxRouter`) and once with
+(:class:`~moestat.routing.TopKSoftmaxRouter`) and once with
 DeepSeek-V3's normalized sigmoid router with bias balancing and a shared
-expert (:class:`~moestat.torch.routing.NormalizedSigmoidRouter`), and let a
-:class:`~moestat.torch.routing.RoutingRecorder` keep the routing of a fixed
+expert (:class:`~moestat.routing.NormalizedSigmoidRouter`), and let a
+:class:`~moestat.routing.RoutingRecorder` keep the routing of a fixed
 set of held-out probe inputs. From its records we draw the three diagnostics
 of the DeepSeekMoE analysis: router saturation, router change rate and
 expert utilization.
@@ -28,7 +28,7 @@ from moestat.plotting import (
     plot_router_change_rate,
     plot_router_saturation,
 )
-from moestat.torch.routing import (
+from moestat.routing import (
     ExpertMLP,
     MoELayer,
     NormalizedSigmoidRouter,
@@ -71,9 +71,9 @@ print(f"mse of the true conditional mean on the probe set: {truth_mse:.3f}")
 # ``h <- h + MoELayer(h)`` of 8 two-layer MLP experts each (hidden width 32),
 # and a linear read-out. Each layer has its own router, built by
 # ``make_router``; ``n_shared`` adds always-on shared experts, which
-# :class:`~moestat.torch.routing.MoELayer` adds with weight 1 (they are not a
+# :class:`~moestat.routing.MoELayer` adds with weight 1 (they are not a
 # router feature). ``forward`` returns the prediction and every layer's
-# :class:`~moestat.torch.routing.Routing`.
+# :class:`~moestat.routing.Routing`.
 D_MODEL, N_EXPERTS, K, D_HIDDEN = 16, 8, 2, 32
 
 
@@ -112,17 +112,17 @@ class TwoLayerMoE(nn.Module):
 # The sigmoid router picks the top-k of :math:`\sigma(z_i) + b_i`, where the
 # balancing bias :math:`b` moves between steps, so the raw logits would
 # miss every choice the bias changes. Each router says what it ranks:
-# :meth:`~moestat.torch.routing.Router.selection_scores` gives the logits
+# :meth:`~moestat.routing.Router.selection_scores` gives the logits
 # for the softmax router and :math:`\sigma(z) + b` for the sigmoid router,
 # whose scores are not softmax logits, so there we keep only the top-k ids
 # (``store="selections"``).
 #
 # The probe inputs of the second layer are hidden states, which change as
 # the embedding and the first layer train. So instead of
-# :meth:`~moestat.torch.routing.RoutingRecorder.record` (which routes a
+# :meth:`~moestat.routing.RoutingRecorder.record` (which routes a
 # fixed tensor through each router), we run the whole model on the probe
 # set in evaluation mode and hand each layer's selection scores to
-# :meth:`~moestat.torch.routing.RoutingRecorder.record_logits`.
+# :meth:`~moestat.routing.RoutingRecorder.record_logits`.
 
 
 RUNS = {

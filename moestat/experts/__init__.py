@@ -4,7 +4,9 @@ An expert family is a small stateless piece that works on all m experts at
 once: the per-expert log density as an (n, m) array, the weighted M-step
 (responsibilities in, new parameters out), the conditional means, sampling,
 and the gradient of the weighted complete-data log-likelihood in its packed
-free parameters (used by direct MLE, by Fisher's identity).
+free parameters (used by direct MLE, by Fisher's identity). The hooks are
+declared by :class:`moestat.protocols.ExpertFamily`; any object that has them
+is an expert family (:func:`moestat.utils.check_expert_family` tests one).
 
 - :class:`GaussianExpert`: Gaussian regression, polynomial mean.
 - :class:`GLMExpert`: Poisson or Bernoulli regression (canonical link),

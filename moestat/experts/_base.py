@@ -16,16 +16,21 @@ from moestat._math import pair_products
 from moestat.boundary import ridge_penalty, ridge_weights
 from moestat.experts._basis import polynomial_design, polynomial_names
 from moestat.experts._normal import unbounded
+from moestat.protocols import CountsDegreesOfFreedom, ExpertFamily
 
 
-def expert_degrees_of_freedom(expert: Any, n_experts: int, n_design: int) -> int:
+def expert_degrees_of_freedom(
+    expert: ExpertFamily, n_experts: int, n_design: int
+) -> int:
     """Identifiable parameters of an expert family, for information criteria.
 
-    The family's ``degrees_of_freedom`` hook where it has one (ReLU experts
-    leave out their unidentifiable scale), else all its free parameters.
+    The family's ``degrees_of_freedom`` hook where it has one
+    (:class:`~moestat.protocols.CountsDegreesOfFreedom`: ReLU experts leave
+    out their unidentifiable scale), else all its free parameters.
     """
-    count = getattr(expert, "degrees_of_freedom", expert.n_free_parameters)
-    return int(count(n_experts, n_design))
+    if isinstance(expert, CountsDegreesOfFreedom):
+        return int(expert.degrees_of_freedom(n_experts, n_design))
+    return int(expert.n_free_parameters(n_experts, n_design))
 
 
 class CoefficientExpert:

@@ -103,6 +103,10 @@ class GaussianExpert:
     """
 
     name: ClassVar[str] = "gaussian"
+    #: The response's distribution, read by the density losses.
+    response_family: ClassVar[str | None] = "gaussian"
+    #: The Voronoi loss catalogue's name for the atoms (a polynomial mean).
+    voronoi_signature: ClassVar[str | None] = "linear"
     degree: int = 1
     shared_variance: bool = False
     variance: float | None = None

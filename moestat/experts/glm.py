@@ -110,12 +110,19 @@ class GLMExpert(CoefficientExpert):
     """
 
     name: ClassVar[str] = "glm"
+    #: The Voronoi loss catalogue has no entry for GLM experts.
+    voronoi_signature: ClassVar[str | None] = None
     params_type: ClassVar[type] = GLMExpertParams
     family: str = "poisson"
     degree: int = 1
     newton_steps: int = field(default=1, kw_only=True)
     max_halvings: int = field(default=12, kw_only=True)
     alpha: float = field(default=0.0, kw_only=True)
+
+    @property
+    def response_family(self) -> str:
+        """The response's distribution, read by the density losses: ``family``."""
+        return self.family
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)

@@ -75,6 +75,10 @@ class MultinomialLogisticExpert(CoefficientExpert):
     """
 
     name: ClassVar[str] = "multinomial"
+    #: The response's distribution, read by the density losses.
+    response_family: ClassVar[str | None] = "categorical"
+    #: The Voronoi loss catalogue's name for the atoms.
+    voronoi_signature: ClassVar[str | None] = "multinomial"
     params_type: ClassVar[type] = MultinomialExpertParams
     n_classes: int = 2
     degree: int = 1

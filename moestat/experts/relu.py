@@ -131,6 +131,10 @@ class ReLUExpert:
     """
 
     name: ClassVar[str] = "relu"
+    #: The response's distribution, read by the density losses.
+    response_family: ClassVar[str | None] = "gaussian"
+    #: The Voronoi loss catalogue's name for the atoms (strongly identifiable).
+    voronoi_signature: ClassVar[str | None] = "relu"
     bias: bool = True
     newton_steps: int = field(default=5, kw_only=True)
     max_halvings: int = field(default=12, kw_only=True)

@@ -94,6 +94,20 @@ class StackedExperts:
     n_shared: int
     name: ClassVar[str] = "stacked"
 
+    @property
+    def response_family(self) -> str | None:
+        """The response family both parts declare; None where they differ."""
+        family = getattr(self.shared, "response_family", None)
+        same = getattr(self.routed, "response_family", None) == family
+        return family if same else None
+
+    @property
+    def voronoi_signature(self) -> str | None:
+        """The Voronoi signature both parts declare; None where they differ."""
+        signature = getattr(self.shared, "voronoi_signature", None)
+        same = getattr(self.routed, "voronoi_signature", None) == signature
+        return signature if same else None
+
     def __post_init__(self) -> None:
         if isinstance(self.n_shared, bool) or not isinstance(
             self.n_shared, int | np.integer

@@ -4,7 +4,10 @@ A gate is a small stateless piece. It builds its own design from the raw
 covariates, evaluates ``log g(x)`` for all experts at once as an (n, m)
 array, maximises the weighted soft-label objective of EM (its M-step),
 gives the gradient of that objective, and packs its free parameters for
-direct likelihood maximisation. The fitting engines call only these hooks.
+direct likelihood maximisation. The fitting engines call only these hooks,
+declared by :class:`moestat.protocols.Gate`: any object that has them, one
+written outside moestat included, is a gate
+(:func:`moestat.utils.check_gate` tests one).
 
 Gates
 -----
@@ -30,8 +33,6 @@ decrease, so EM never decreases the likelihood for any gate.
 
 from __future__ import annotations
 
-from typing import Any
-
 from moestat.gates._base import (
     GateParams,
     affine_design,
@@ -41,6 +42,7 @@ from moestat.gates._base import (
 from moestat.gates.shared import SharedExpertsGate, SharedGateParams
 from moestat.gates.sigmoid import NormalizedSigmoidGate
 from moestat.gates.softmax import TRANSFORMS, ModifiedSoftmaxGate, SoftmaxGate
+from moestat.protocols import Gate
 
 __all__ = [
     "GateParams",
@@ -51,7 +53,6 @@ __all__ = [
     "SharedExpertsGate",
     "TRANSFORMS",
     "GATE_NAMES",
-    "GATE_TYPES",
     "resolve_gate",
     "with_shared_experts",
     "affine_design",
@@ -66,19 +67,18 @@ GATE_NAMES: dict[str, type] = {
     "modified_softmax": ModifiedSoftmaxGate,
     "normalized_sigmoid": NormalizedSigmoidGate,
 }
-#: Gate classes whose instances :func:`resolve_gate` accepts as they are.
-GATE_TYPES = (SoftmaxGate, NormalizedSigmoidGate, SharedExpertsGate)
 
 
-def resolve_gate(gate: object) -> Any:
+def resolve_gate(gate: str | Gate) -> Gate:
     """Return a gate object from a name or a gate instance.
 
     Parameters
     ----------
     gate : str or gate object
         ``"softmax"``, ``"modified_softmax"`` (the ``tanh`` transform),
-        ``"normalized_sigmoid"``, or an instance such as
-        ``NormalizedSigmoidGate(top_k=2)``.
+        ``"normalized_sigmoid"``, or any object that satisfies
+        :class:`~moestat.protocols.Gate`, such as
+        ``NormalizedSigmoidGate(top_k=2)`` or a gate written by the user.
 
     Returns
     -------
@@ -98,16 +98,17 @@ def resolve_gate(gate: object) -> Any:
                 "or pass a gate object such as moestat.SoftmaxGate()."
             )
         return GATE_NAMES[gate]()
-    if isinstance(gate, GATE_TYPES):
+    if isinstance(gate, Gate):
         return gate
     raise ValueError(
-        f"gate must be one of {sorted(GATE_NAMES)} or a gate object; got {gate!r}."
+        f"gate must be one of {sorted(GATE_NAMES)} or a gate object (one with "
+        f"every hook of moestat.protocols.Gate); got {gate!r}."
     )
 
 
 def with_shared_experts(
-    gate: Any, n_shared_experts: int, shared_weight: str = "fixed_half"
-) -> Any:
+    gate: Gate, n_shared_experts: int, shared_weight: str = "fixed_half"
+) -> Gate:
     """The gate with ``n_shared_experts`` shared experts added (0: unchanged).
 
     Parameters

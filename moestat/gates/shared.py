@@ -81,6 +81,16 @@ class SharedExpertsGate:
     shared_weight: str = "fixed_half"
     name: ClassVar[str] = "shared"
 
+    @property
+    def voronoi_signature(self) -> str:
+        """The Voronoi signature of the routed gate."""
+        return self.routed.voronoi_signature
+
+    @property
+    def translation_invariant(self) -> bool:
+        """Whether the routed gate's weights ignore a common translation."""
+        return self.routed.translation_invariant
+
     def __post_init__(self) -> None:
         if isinstance(self.n_shared, bool) or not isinstance(
             self.n_shared, int | np.integer

@@ -10,7 +10,12 @@ from numpy.typing import NDArray
 from scipy.special import expit, logit
 
 from moestat._math import logsumexp_rows
-from moestat.gates._base import _AffineGate, observed_objective
+from moestat.gates._base import GateParams, _AffineGate, observed_objective
+from moestat.kernels import (
+    affine_scores,
+    normalized_sigmoid_log_weights,
+    top_k_mask,
+)
 
 __all__ = ["NormalizedSigmoidGate"]
 
@@ -87,6 +92,11 @@ class NormalizedSigmoidGate(_AffineGate):
     """
 
     name: ClassVar[str] = "normalized_sigmoid"
+    #: The Voronoi loss catalogue's name for the gate's parametrisation.
+    voronoi_signature: ClassVar[str] = "normalized_sigmoid"
+    #: Each row of ``coef`` counts on its own: no translation leaves the
+    #: weights unchanged.
+    translation_invariant: ClassVar[bool] = False
     top_k: int | None = None
     bound: float | None = field(default=20.0, kw_only=True)
 
@@ -127,30 +137,13 @@ class NormalizedSigmoidGate(_AffineGate):
         return 0 if n_experts == 1 else n_experts * n_design
 
     def selection(self, s: NDArray[np.float64]) -> NDArray[np.bool_] | None:
-        """Mask of the ``top_k`` highest scores per row (None when dense)."""
-        m = s.shape[1]
-        if self.top_k is None or self.top_k >= m:
+        """Mask of the ``top_k`` highest scores per row (None when dense).
+
+        :func:`~moestat.kernels.top_k_mask`: ties go to the lower index.
+        """
+        if self.top_k is None or self.top_k >= s.shape[1]:
             return None
-        if m <= 16:
-            # rank of each score among its row (ties to the lower index), by
-            # m^2 column comparisons: faster than a partition for few experts
-            rank = np.zeros(s.shape, dtype=np.int16, order="F")
-            for i in range(m):
-                for j in range(m):
-                    if j != i:
-                        beats = s[:, j] > s[:, i] if j > i else s[:, j] >= s[:, i]
-                        rank[:, i] += beats
-            return rank < self.top_k
-        kth = np.partition(s, m - self.top_k, axis=1)[:, m - self.top_k]
-        mask = s >= kth[:, None]
-        tied = mask.sum(axis=1) != self.top_k
-        if tied.any():
-            # ties at the threshold: a stable sort keeps the first experts
-            order = np.argsort(-s[tied], axis=1, kind="stable")[:, : self.top_k]
-            rows = np.zeros((tied.sum(), m), dtype=bool)
-            np.put_along_axis(rows, order, True, axis=1)
-            mask[tied] = rows
-        return mask
+        return top_k_mask(s, self.top_k)
 
     def _step_objective(self, resp, log_g, log_f, log_background):
         """Top-K: an ECME step on the observed log-likelihood.
@@ -185,12 +178,20 @@ class NormalizedSigmoidGate(_AffineGate):
     def _intercepts_from_mass(self, mass):
         return logit(mass)
 
+    def log_weights(
+        self, params: GateParams, Z: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Return ``log g(x)`` of shape (n, n_experts), stored experts-major.
+
+        The kernels :func:`~moestat.kernels.affine_scores` and
+        :func:`~moestat.kernels.normalized_sigmoid_log_weights` (on the
+        :meth:`selection` for top-K), which
+        :class:`~moestat.routing.NormalizedSigmoidRouter` shares.
+        """
+        return self._log_weights_from_scores(affine_scores(Z, params.coef))
+
     def _log_weights_from_scores(self, s):
-        log_sigma = np.minimum(s, 0.0) - np.log1p(np.exp(-np.abs(s)))
-        mask = self.selection(s)
-        if mask is not None:
-            log_sigma[~mask] = -np.inf
-        return log_sigma - logsumexp_rows(log_sigma)[:, None]
+        return normalized_sigmoid_log_weights(s, self.selection(s))
 
     def _score_gradient_and_fisher(self, params, Z, resp, log_g):
         # In-place arithmetic on (n, m) arrays: this runs at every M-step.

@@ -10,8 +10,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
-from moestat._math import logsumexp_rows
 from moestat.gates._base import GateParams, _AffineGate
+from moestat.kernels import affine_scores, softmax_log_weights
 
 __all__ = ["SoftmaxGate", "ModifiedSoftmaxGate", "TRANSFORMS"]
 
@@ -59,13 +59,28 @@ class SoftmaxGate(_AffineGate):
     """
 
     name: ClassVar[str] = "softmax"
+    #: The Voronoi loss catalogue's name for the gate's parametrisation.
+    voronoi_signature: ClassVar[str] = "softmax"
+    #: Adding one vector to every row of ``coef`` leaves the weights unchanged.
+    translation_invariant: ClassVar[bool] = True
 
     def free_rows(self, n_experts: int) -> NDArray[np.intp]:
         """Every row but the first (the reference expert, fixed at zero)."""
         return np.arange(1, n_experts)
 
+    def log_weights(
+        self, params: GateParams, Z: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Return ``log g(x)`` of shape (n, n_experts), stored experts-major.
+
+        The kernels :func:`~moestat.kernels.affine_scores` and
+        :func:`~moestat.kernels.softmax_log_weights`, which the softmax
+        routers of :mod:`moestat.routing` share.
+        """
+        return self._log_weights_from_scores(affine_scores(Z, params.coef))
+
     def _log_weights_from_scores(self, s):
-        return s - logsumexp_rows(s)[:, None]
+        return softmax_log_weights(s)
 
     def _mass_from_intercepts(self, beta0):
         # exp(beta_0i): the masses change under the gate's translation, so
@@ -142,6 +157,9 @@ class ModifiedSoftmaxGate(SoftmaxGate):
     """
 
     name: ClassVar[str] = "modified_softmax"
+    #: The Voronoi loss catalogue's name for the gate's parametrisation (its
+    #: slopes act on the transformed covariates).
+    voronoi_signature: ClassVar[str] = "modified_softmax"
     transform: str | Callable[[NDArray[np.float64]], NDArray[np.float64]] = "tanh"
 
     def __post_init__(self) -> None:

@@ -2,9 +2,10 @@
 
 - :data:`SCENARIOS`: the papers' true models and settings under their ids
   (theory.md §8.3); :func:`list_scenarios` describes them.
-- :func:`simulate`: a sweep over (fit, n, replicate) cells, in parallel
-  (joblib, or Dask for a cluster) or batched on a GPU (``backend="torch"``),
-  every finished cell stored durably; running it again resumes.
+- :func:`simulate`: a sweep over (fit, n, replicate) cells, fitted one at a
+  time (``engine="numpy"``) or in batches on a GPU (``engine="torch"``),
+  run in parallel (``parallel=``: joblib's loky, threads, or Dask for a
+  cluster), every finished cell stored durably; running it again resumes.
 - :func:`load_results`: the cells as a pandas DataFrame; :func:`scan_store`
   says which lines of a store were skipped, and why.
 - :func:`estimate_rate`: log-log slopes with bootstrap confidence intervals
@@ -54,6 +55,8 @@ from moestat.simulation.store import (
 )
 from moestat.simulation.sweep import (
     BACKENDS,
+    ENGINES,
+    PARALLEL_BACKENDS,
     TORCH_BATCH_ROWS,
     Cell,
     cell_seed,
@@ -86,6 +89,8 @@ __all__ = [
     "oracle_start",
     "population_fit",
     "pseudo_sample",
+    "ENGINES",
+    "PARALLEL_BACKENDS",
     "BACKENDS",
     "TORCH_BATCH_ROWS",
     "ResultStore",

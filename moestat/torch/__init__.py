@@ -1,7 +1,8 @@
-"""Optional PyTorch backend: batched fitting and the sparse routers.
+"""Optional PyTorch backend of the statistical models: batched fitting.
 
 Imported only when asked for (``import moestat.torch``); the rest of
-moestat never imports torch.
+moestat never imports torch. The sparse routers of large models are
+:mod:`moestat.routing`.
 """
 
 from __future__ import annotations

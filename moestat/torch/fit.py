@@ -25,7 +25,7 @@ parameters; gradients by autograd.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from torch import Tensor
 from moestat.fit import (
     DIVERGE,
     LINE_SEARCH_RESOLUTION,
+    BatchEngine,
     FitResult,
     _boundary,
     parameter_scales,
@@ -558,7 +559,7 @@ def _stop_reason(
     return "the batched L-BFGS line search failed with gain still resolvable"
 
 
-def batch_engine(device: Any = None, dtype: Any = None) -> Callable[..., list]:
+def batch_engine(device: Any = None, dtype: Any = None) -> BatchEngine:
     """The ``batch_engine`` of :func:`moestat.fit.fit_restarts` on ``device``.
 
     Every start is fitted to the same data set, all in one batch.
@@ -572,7 +573,8 @@ def batch_engine(device: Any = None, dtype: Any = None) -> Callable[..., list]:
 
     Returns
     -------
-    callable
+    BatchEngine
+        A :class:`moestat.fit.BatchEngine`.
     """
     device = resolve_device(device)
 

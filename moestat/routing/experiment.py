@@ -1,11 +1,11 @@
 """Train one small MoE model with each router on one synthetic task, and compare.
 
 :func:`compare_routers` trains the same model (a linear embedding, an
-:class:`~moestat.torch.routing.MoELayer` with a residual connection, a
+:class:`~moestat.routing.MoELayer` with a residual connection, a
 linear head) on the same data, from the same initial weights and with the
 same batches, once per router, and records on a fixed probe set the router
 diagnostics (saturation, change rate, utilization) with a
-:class:`~moestat.torch.routing.RoutingRecorder`. The results are tidy pandas
+:class:`~moestat.routing.RoutingRecorder`. The results are tidy pandas
 tables (:class:`RouterComparison`) that :mod:`moestat.plotting` draws.
 """
 
@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moestat._progress import progress_bar
-from moestat.torch._device import resolve_device
-from moestat.torch.routing import (
+from moestat.routing import (
     DenseToSparseRouter,
     ExpertChoiceRouter,
     ExpertMLP,
@@ -39,7 +38,8 @@ from moestat.torch.routing import (
     TsallisHybridRouter,
     max_violation,
 )
-from moestat.torch.routing._base import Routing
+from moestat.routing._base import Routing
+from moestat.torch._device import resolve_device
 
 __all__ = [
     "TASKS",
@@ -70,14 +70,14 @@ class RouterSpec:
     ----------
     build : callable
         ``build(d_model, n_experts, k, random_state)`` returns the router
-        (a :class:`~moestat.torch.routing.Router` or any module mapping
-        ``(B, n, d_model)`` to a :class:`~moestat.torch.routing.Routing`).
+        (a :class:`~moestat.routing.Router` or any module mapping
+        ``(B, n, d_model)`` to a :class:`~moestat.routing.Routing`).
         A router with an ``update_bias(routing)`` method has it called
         after every optimizer step; one with ``advance()`` (a schedule) has
         it called once per step.
     n_shared_experts : int, default=0
         Always-on shared experts of the layer
-        (:class:`~moestat.torch.routing.SharedExperts`, width ``d_hidden``).
+        (:class:`~moestat.routing.SharedExperts`, width ``d_hidden``).
     """
 
     build: Callable[[int, int, int, int], nn.Module]
@@ -138,7 +138,7 @@ def default_routers(
 
     Examples
     --------
-    >>> from moestat.torch.experiment import default_routers
+    >>> from moestat.routing.experiment import default_routers
     >>> list(default_routers())[:3]
     ['dense softmax', 'top-k softmax', 'noisy top-k']
     """
@@ -223,13 +223,13 @@ class RouterComparison:
         one value that differs between runs).
     saturation, change_rate : pandas.DataFrame
         The recorder's
-        :meth:`~moestat.torch.routing.RoutingRecorder.saturation` and
-        :meth:`~moestat.torch.routing.RoutingRecorder.change_rate` for
+        :meth:`~moestat.routing.RoutingRecorder.saturation` and
+        :meth:`~moestat.routing.RoutingRecorder.change_rate` for
         ``k = 1`` and the comparison's ``k``, with a ``router`` column.
     utilization, utilization_summary : pandas.DataFrame
         The recorder's
-        :meth:`~moestat.torch.routing.RoutingRecorder.utilization` and
-        :meth:`~moestat.torch.routing.RoutingRecorder.utilization_summary`
+        :meth:`~moestat.routing.RoutingRecorder.utilization` and
+        :meth:`~moestat.routing.RoutingRecorder.utilization_summary`
         (top-``k``).
         ``load_balance`` is NaN for routers whose recorded scores are not
         softmax logits (see Notes of :func:`compare_routers`).
@@ -483,8 +483,8 @@ def compare_routers(
 
     The model is ``head(h + MoE(h))`` with ``h = embed(x)``: a linear
     embedding to ``d_model`` features, an
-    :class:`~moestat.torch.routing.MoELayer` of ``n_experts``
-    :class:`~moestat.torch.routing.ExpertMLP` experts (hidden width
+    :class:`~moestat.routing.MoELayer` of ``n_experts``
+    :class:`~moestat.routing.ExpertMLP` experts (hidden width
     ``d_hidden``; plus shared experts where the router's spec asks), and a
     linear head. Every router gets the same data, initial weights (where
     the shapes agree) and batches; the loss is the task loss plus
@@ -554,7 +554,7 @@ def compare_routers(
     probe routing are computed in evaluation mode (evaluation capacity
     factors, no noise, the dense-to-sparse router's top-1).
 
-    The diagnostics (:class:`~moestat.torch.routing.RoutingRecorder`) are
+    The diagnostics (:class:`~moestat.routing.RoutingRecorder`) are
     those of each router's token-side choice: the top-``k`` of the probe
     logits for the softmax routers, of ``sigma(z) + b`` for the sigmoid
     router (the bias changes the choice) and of the prototype winners for
@@ -565,7 +565,7 @@ def compare_routers(
 
     Examples
     --------
-    >>> from moestat.torch.experiment import compare_routers
+    >>> from moestat.routing.experiment import compare_routers
     >>> result = compare_routers(
     ...     "regression", ["dense softmax", "top-k softmax"], n_train=128,
     ...     n_probe=32, steps=4, batch_size=32, groups=2, record_every=2,

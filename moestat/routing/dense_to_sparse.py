@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import (
+from moestat.routing._base import (
     Router,
     Routing,
     as_logits,
@@ -99,7 +99,7 @@ def temperature_schedule(
 
     Examples
     --------
-    >>> from moestat.torch.routing.dense_to_sparse import temperature_schedule
+    >>> from moestat.routing.dense_to_sparse import temperature_schedule
     >>> temperature_schedule(0, decay_steps=100)
     1.0
     >>> temperature_schedule(50, decay_steps=100, kind="linear")
@@ -203,7 +203,7 @@ class DenseToSparseRouter(Router):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.dense_to_sparse import DenseToSparseRouter
+    >>> from moestat.routing.dense_to_sparse import DenseToSparseRouter
     >>> router = DenseToSparseRouter(d_model=4, n_experts=4, random_state=0)
     >>> router.set_step(10_000)
     >>> router.temperature
@@ -330,7 +330,7 @@ class DenseToSparseRouter(Router):
         Parameters
         ----------
         logits : Tensor of shape (B, n, m) or (n, m)
-            Router logits; cast to float32. In training mode the Gumbel
+            Router logits; cast to the router's dtype. In training mode the Gumbel
             noise comes from the router's generator.
 
         Returns
@@ -339,7 +339,7 @@ class DenseToSparseRouter(Router):
             ``topk_idx`` and ``topk_weight`` are None (variable K);
             ``capacity`` is None (dropless).
         """
-        z = as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts, self.dtype)
         probs = torch.softmax(z, dim=-1)
         if self.training:
             tau = self.temperature
@@ -437,7 +437,7 @@ def spawn_experts(
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.dense_to_sparse import spawn_experts
+    >>> from moestat.routing.dense_to_sparse import spawn_experts
     >>> gen = torch.Generator().manual_seed(0)
     >>> experts = spawn_experts(torch.ones(2, 3), 4, init=torch.zeros(()),
     ...                         generator=gen)

@@ -21,8 +21,8 @@ from moestat.plotting import (  # noqa: E402
     plot_router_change_rate,
     plot_router_saturation,
 )
-from moestat.torch.routing._base import Routing, dense_from_slots  # noqa: E402
-from moestat.torch.routing.diagnostics import (  # noqa: E402
+from moestat.routing._base import Routing, dense_from_slots  # noqa: E402
+from moestat.routing.diagnostics import (  # noqa: E402
     RoutingRecorder,
     coactivation,
     expert_utilization,
@@ -37,7 +37,7 @@ from moestat.torch.routing.diagnostics import (  # noqa: E402
     selection_mask,
     utilization_summary,
 )
-from moestat.torch.routing.layer import LinearExperts, MoELayer  # noqa: E402
+from moestat.routing.layer import LinearExperts, MoELayer  # noqa: E402
 
 
 def random_selections(rng, n_checkpoints, n_layers, n_probe, m, k):
@@ -352,7 +352,7 @@ def test_saturation_and_change_plots_take_a_label():
 
 
 def test_the_recorder_sees_the_choices_the_balancing_bias_makes():
-    from moestat.torch.routing import NormalizedSigmoidRouter
+    from moestat.routing import NormalizedSigmoidRouter
 
     router = NormalizedSigmoidRouter(4, 8, top_k=2, random_state=0)
     router.expert_bias[3] = 10.0  # every token now takes expert 3
@@ -375,7 +375,7 @@ def test_the_recorder_sees_the_choices_the_balancing_bias_makes():
 
 
 def test_prototype_selection_scores_rank_each_prototypes_winners_first():
-    from moestat.torch.routing import PrototypeRouter
+    from moestat.routing import PrototypeRouter
 
     router = PrototypeRouter(4, 8, n_prototypes=2, k=1, random_state=0).eval()
     routing = router(torch.randn(1, 30, 4, generator=torch.Generator().manual_seed(1)))

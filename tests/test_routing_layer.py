@@ -8,14 +8,14 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from moestat.torch.routing._base import (  # noqa: E402
+from moestat.routing._base import (  # noqa: E402
     Routing,
     as_groups,
     capacity_for,
     dense_from_slots,
     keep_within_capacity,
 )
-from moestat.torch.routing.layer import (  # noqa: E402
+from moestat.routing.layer import (  # noqa: E402
     ExpertMLP,
     LinearExperts,
     MoELayer,

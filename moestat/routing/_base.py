@@ -2,8 +2,9 @@
 
 Shapes follow routing.md section 0: ``B`` independent groups (nothing crosses
 groups), ``n`` tokens per group, ``m`` routed experts, ``K`` slots per token.
-Router logits and scores are always float32. The small helpers the routers
-share (logits, argument checks, masks, ranks, capacity drops) live here too.
+Router logits and scores are in the router's dtype: float32 as built, float64
+after ``router.double()``. The small helpers the routers share (logits,
+argument checks, masks, ranks, capacity drops) live here too.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ class Routing:
 
     Parameters
     ----------
-    logits : Tensor of shape (B, n, m), float32
-        Router logits ``z`` (for the z-loss and the diagnostics).
-    probs : Tensor of shape (B, n, m), float32
+    logits : Tensor of shape (B, n, m)
+        Router logits ``z`` (for the z-loss and the diagnostics), in the
+        router's dtype (float32 unless the router was converted).
+    probs : Tensor of shape (B, n, m)
         Router scores ``p`` before any masking (for balance losses).
     dispatch : Tensor of shape (B, n, m), bool
         Token ``t`` is processed by expert ``i`` (after capacity).
@@ -99,8 +101,10 @@ def as_groups(x: Tensor) -> Tensor:
     return x
 
 
-def as_logits(logits: Tensor, n_experts: int) -> Tensor:
-    """View (n, m) logits as one group (1, n, m), in float32."""
+def as_logits(
+    logits: Tensor, n_experts: int, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """View (n, m) logits as one group (1, n, m), in ``dtype`` (the router's)."""
     if not isinstance(logits, Tensor):
         raise ValueError(f"logits must be a torch.Tensor; got {type(logits)!r}.")
     if logits.dim() == 2:
@@ -110,7 +114,7 @@ def as_logits(logits: Tensor, n_experts: int) -> Tensor:
             f"logits must have shape (n, {n_experts}) or (B, n, {n_experts}); "
             f"got {tuple(logits.shape)}."
         )
-    return logits.float()
+    return logits.to(dtype)
 
 
 def is_int(value: object) -> bool:
@@ -394,7 +398,7 @@ def cv_squared(values: Tensor, eps: float = 1e-10) -> Tensor:
 
 
 class Router(nn.Module):
-    """Base of the routers: a float32 gate projection and a seeded generator.
+    """Base of the routers: a gate projection and a seeded generator.
 
     Parameters
     ----------
@@ -412,10 +416,10 @@ class Router(nn.Module):
 
     Notes
     -----
-    Subclasses implement :meth:`route`, from float32 logits (B, n, m) to a
-    :class:`Routing`. :meth:`forward` computes the logits with the gate
-    projection in float32, whatever the input's dtype (Switch's selective
-    precision).
+    Subclasses implement :meth:`route`, from logits (B, n, m) to a
+    :class:`Routing`. The router computes in its :attr:`dtype`, whatever
+    the input's: float32 as built (Switch's selective precision), float64
+    after ``router.double()``.
     """
 
     default_loss_weights: dict[str, float] = {}
@@ -463,15 +467,20 @@ class Router(nn.Module):
             self._generators[key] = gen
         return self._generators[key]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the logits and scores: the gate projection's (float32 as built)."""
+        return self.gate.weight.dtype
+
     def logits(self, x: Tensor) -> Tensor:
-        """Router logits ``z`` (B, n, m) in float32."""
+        """Router logits ``z`` (B, n, m) in the router's :attr:`dtype`."""
         x = as_groups(x)
         if x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x has {x.shape[-1]} features; the router was built for "
                 f"d_model={self.d_model}."
             )
-        return self.gate(self._jitter(x.float()))
+        return self.gate(self._jitter(x.to(self.dtype)))
 
     def _jitter(self, x: Tensor) -> Tensor:
         return x

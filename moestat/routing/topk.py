@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moestat.torch.routing._base import (
+from moestat.kernels import softmax_log_weights
+from moestat.routing._base import (
     PRIORITIES,
     Router,
     Routing,
@@ -273,9 +274,11 @@ class _CapacityMixin:
 class TopKSoftmaxRouter(_CapacityMixin, Router):
     r"""Top-K softmax router with capacity: Switch top-1, GShard top-2, M6-T top-k.
 
-    Scores are ``p = softmax(z)``; each token picks its ``K`` largest scores
-    (ties: lower index), and an expert keeps at most ``C`` assignments per
-    group (routing.md section 2.1).
+    Scores are ``p = softmax(z)``, the weights of the statistical
+    :class:`~moestat.gates.SoftmaxGate` (both from
+    :func:`moestat.kernels.softmax_log_weights`); each token picks its ``K``
+    largest scores (ties: lower index), and an expert keeps at most ``C``
+    assignments per group (routing.md section 2.1).
 
     Parameters
     ----------
@@ -358,7 +361,7 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.topk import TopKSoftmaxRouter
+    >>> from moestat.routing.topk import TopKSoftmaxRouter
     >>> router = TopKSoftmaxRouter(8, 4, k=2, capacity_factor=None, random_state=0)
     >>> routing = router(torch.zeros(2, 16, 8))
     >>> routing.combine.shape, routing.topk_idx.shape
@@ -445,7 +448,7 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
 
         Examples
         --------
-        >>> from moestat.torch.routing.topk import TopKSoftmaxRouter
+        >>> from moestat.routing.topk import TopKSoftmaxRouter
         >>> r = TopKSoftmaxRouter.switch(8, 4)
         >>> r.k, r.normalize, r.jitter, r.loss_weights["load_balance"]
         (1, False, 0.01, 0.01)
@@ -470,7 +473,7 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
 
         Examples
         --------
-        >>> from moestat.torch.routing.topk import TopKSoftmaxRouter
+        >>> from moestat.routing.topk import TopKSoftmaxRouter
         >>> r = TopKSoftmaxRouter.gshard(8, 4)
         >>> r.k, r.second_policy, r.threshold, r.eval_capacity_factor
         (2, 'random', 0.5, 2.0)
@@ -502,7 +505,7 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
 
         Examples
         --------
-        >>> from moestat.torch.routing.topk import TopKSoftmaxRouter
+        >>> from moestat.routing.topk import TopKSoftmaxRouter
         >>> r = TopKSoftmaxRouter.st_moe(8, 4)
         >>> r.threshold, r.loss_weights["z_loss"]
         (0.2, 0.001)
@@ -554,15 +557,16 @@ class TopKSoftmaxRouter(_CapacityMixin, Router):
         Parameters
         ----------
         logits : Tensor of shape (B, n, m) or (n, m)
-            Router logits ``z``; cast to float32.
+            Router logits ``z``; cast to the router's dtype.
 
         Returns
         -------
         Routing
         """
-        z = as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts, self.dtype)
         m = z.shape[-1]
-        p = torch.softmax(z, dim=-1)
+        # the softmax gate's weights (moestat.kernels, as SoftmaxGate)
+        p = softmax_log_weights(z).exp()
         policy = self.second_policy
         if not self.training and self.eval_second_policy is not None:
             policy = self.eval_second_policy
@@ -683,7 +687,7 @@ class NoisyTopKRouter(_CapacityMixin, Router):
     Attributes
     ----------
     w_noise : torch.nn.Linear
-        The noise projection ``W_noise`` (float32, no bias).
+        The noise projection ``W_noise`` (no bias; float32 as built).
 
     Notes
     -----
@@ -704,7 +708,7 @@ class NoisyTopKRouter(_CapacityMixin, Router):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.topk import NoisyTopKRouter
+    >>> from moestat.routing.topk import NoisyTopKRouter
     >>> router = NoisyTopKRouter(8, 4, k=2, random_state=0)
     >>> routing = router(torch.ones(16, 8))
     >>> routing.topk_weight.sum(-1).allclose(torch.ones(1, 16))
@@ -761,8 +765,11 @@ class NoisyTopKRouter(_CapacityMixin, Router):
             warn_constant_weight(type(self).__name__)
 
     def noise_std(self, x: Tensor) -> Tensor:
-        """Noise scale ``softplus(x W_noise) + noise_epsilon`` (B, n, m), float32."""
-        x = as_groups(x).float()
+        """Noise scale ``softplus(x W_noise) + noise_epsilon`` (B, n, m).
+
+        In the router's :attr:`~moestat.routing.Router.dtype`.
+        """
+        x = as_groups(x).to(self.dtype)
         return F.softplus(self.w_noise(x)) + self.noise_epsilon
 
     def forward(self, x: Tensor) -> Routing:
@@ -777,7 +784,7 @@ class NoisyTopKRouter(_CapacityMixin, Router):
         Parameters
         ----------
         logits : Tensor of shape (B, n, m) or (n, m)
-            Noise-free router logits ``z``; cast to float32.
+            Noise-free router logits ``z``; cast to the router's dtype.
         noise_std : Tensor of shape (B, n, m) or (n, m), optional
             Noise scale; when given (and in training) ``h = z + eps * s``.
 
@@ -785,11 +792,11 @@ class NoisyTopKRouter(_CapacityMixin, Router):
         -------
         Routing
         """
-        z = as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts, self.dtype)
         m = z.shape[-1]
         std = None
         if noise_std is not None and self.training:
-            std = noise_std.float()
+            std = noise_std.to(z.dtype)
             if std.dim() == 2:
                 std = std.unsqueeze(0)
             if std.shape != z.shape:

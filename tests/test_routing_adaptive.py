@@ -8,14 +8,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moestat.torch.routing._base import Routing  # noqa: E402
-from moestat.torch.routing.dense_to_sparse import (  # noqa: E402
+from moestat.routing._base import Routing  # noqa: E402
+from moestat.routing.dense_to_sparse import (  # noqa: E402
     DenseToSparseRouter,
     spawn_experts,
     temperature_schedule,
 )
-from moestat.torch.routing.sigmoid import NormalizedSigmoidRouter  # noqa: E402
-from moestat.torch.routing.tsallis import (  # noqa: E402
+from moestat.routing.sigmoid import NormalizedSigmoidRouter  # noqa: E402
+from moestat.routing.tsallis import (  # noqa: E402
     TsallisHybridRouter,
     tsallis_entropy,
 )

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import (
+from moestat.routing._base import (
     Router,
     Routing,
     as_logits,
@@ -67,7 +67,7 @@ def tsallis_entropy(
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.tsallis import tsallis_entropy
+    >>> from moestat.routing.tsallis import tsallis_entropy
     >>> round(float(tsallis_entropy(torch.full((4,), 0.25), q=1.1)), 6)
     1.0
     >>> round(float(tsallis_entropy(torch.tensor([1.0, 0.0, 0.0]), q=2.0)), 6)
@@ -154,7 +154,7 @@ class TsallisHybridRouter(Router):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.tsallis import TsallisHybridRouter
+    >>> from moestat.routing.tsallis import TsallisHybridRouter
     >>> router = TsallisHybridRouter(d_model=4, n_experts=4)
     >>> logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [4.0, 3.0, 0.0, 0.0]])
     >>> routing = router.route(logits)
@@ -224,14 +224,14 @@ class TsallisHybridRouter(Router):
         Parameters
         ----------
         logits : Tensor of shape (B, n, m) or (n, m)
-            Router logits; cast to float32.
+            Router logits; cast to the router's dtype.
 
         Returns
         -------
         Routing
             ``topk_idx`` and ``topk_weight`` are None (variable K).
         """
-        z = as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts, self.dtype)
         probs = torch.softmax(z, dim=-1)
         entropy = tsallis_entropy(probs, self.q, normalized=True)
         dense = entropy > self.entropy_threshold

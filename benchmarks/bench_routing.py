@@ -19,7 +19,7 @@ runs after ``--warmup`` runs; the script prints milliseconds, tokens per
 second, peak CUDA memory and the einsum/sorted ratio, and checks that the
 two outputs agree.
 
-Run:  python benchmarks/bench_torch_routing.py [--device cuda] [--small]
+Run:  python benchmarks/bench_routing.py [--device cuda] [--small]
       [--repeats 10] [--warmup 3] [--json OUT]
 """
 
@@ -31,13 +31,13 @@ import time
 
 import torch
 
-from moestat.torch.routing._base import (
+from moestat.routing._base import (
     Routing,
     capacity_for,
     dense_from_slots,
     keep_within_capacity,
 )
-from moestat.torch.routing.layer import ExpertMLP, combine_einsum, combine_sorted
+from moestat.routing.layer import ExpertMLP, combine_einsum, combine_sorted
 
 FULL = {"n": 16_384, "d_model": 1024, "d_hidden": 2048, "m": 64, "k": 2, "cf": 1.25}
 SMALL = {"n": 1024, "d_model": 64, "d_hidden": 128, "m": 16, "k": 2, "cf": 1.25}

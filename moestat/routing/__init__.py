@@ -4,7 +4,15 @@ Every router maps tokens ``x`` of shape (B, n, d) to a :class:`Routing`
 (dispatch and combine tensors, auxiliary losses, statistics). A
 :class:`MoELayer` applies experts to a routing by sorting tokens per
 expert; the diagnostics (utilization, saturation, change rate) follow the
-DeepSeekMoE analysis and work for every router.
+DeepSeekMoE analysis and work for every router. The routers' softmax
+and normalized sigmoid weights are those of the statistical gates
+(:class:`~moestat.gates.SoftmaxGate`,
+:class:`~moestat.gates.NormalizedSigmoidGate`): both compute them with
+the functions of :mod:`moestat.kernels`.
+
+Needs PyTorch (``pip install 'moestat[torch]'``); the rest of moestat never
+imports torch. :mod:`moestat.routing.experiment` trains a small model with
+each router and compares them.
 
 Routers
 -------
@@ -21,7 +29,15 @@ Routers
 
 from __future__ import annotations
 
-from moestat.torch.routing._base import (
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised without torch only
+    raise ImportError(
+        "moestat.routing needs PyTorch. Install it with "
+        "`pip install 'moestat[torch]'` (or `pip install torch`)."
+    ) from error
+
+from moestat.routing._base import (  # noqa: E402
     Router,
     Routing,
     capacity_for,
@@ -29,12 +45,12 @@ from moestat.torch.routing._base import (
     load_balance_loss,
     router_z_loss,
 )
-from moestat.torch.routing.dense_to_sparse import (
+from moestat.routing.dense_to_sparse import (
     DenseToSparseRouter,
     spawn_experts,
     temperature_schedule,
 )
-from moestat.torch.routing.diagnostics import (
+from moestat.routing.diagnostics import (
     RoutingRecorder,
     coactivation,
     expert_utilization,
@@ -48,17 +64,17 @@ from moestat.torch.routing.diagnostics import (
     selected_experts,
     utilization_summary,
 )
-from moestat.torch.routing.expert_choice import ExpertChoiceRouter
-from moestat.torch.routing.layer import (
+from moestat.routing.expert_choice import ExpertChoiceRouter
+from moestat.routing.layer import (
     ExpertMLP,
     LinearExperts,
     MoELayer,
     SharedExperts,
 )
-from moestat.torch.routing.prototype import PrototypeRouter
-from moestat.torch.routing.sigmoid import NormalizedSigmoidRouter
-from moestat.torch.routing.topk import NoisyTopKRouter, TopKSoftmaxRouter
-from moestat.torch.routing.tsallis import TsallisHybridRouter, tsallis_entropy
+from moestat.routing.prototype import PrototypeRouter
+from moestat.routing.sigmoid import NormalizedSigmoidRouter
+from moestat.routing.topk import NoisyTopKRouter, TopKSoftmaxRouter
+from moestat.routing.tsallis import TsallisHybridRouter, tsallis_entropy
 
 __all__ = [
     "Routing",

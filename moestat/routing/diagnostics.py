@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import entr, softmax
 from torch import Tensor
 
-from moestat.torch.routing._base import Router, Routing
+from moestat.routing._base import Router, Routing
 
 __all__ = [
     "selected_experts",
@@ -675,7 +675,7 @@ class RoutingRecorder:
         logits : sequence of Tensor or array-like of shape (..., m)
             One per layer, the same probe inputs at every step: scores whose
             top-k are the chosen experts (a router's
-            :meth:`~moestat.torch.routing.Router.selection_scores`).
+            :meth:`~moestat.routing.Router.selection_scores`).
         are_logits : bool, default=True
             Whether the scores are softmax logits; if not, the
             softmax-based ``load_balance`` summary is NaN.

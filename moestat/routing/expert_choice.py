@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import (
+from moestat.routing._base import (
     Router,
     Routing,
     as_logits,
@@ -18,7 +18,7 @@ from moestat.torch.routing._base import (
     experts_per_token_hist,
     router_z_loss,
 )
-from moestat.torch.routing.topk import _check_factor, _check_int
+from moestat.routing.topk import _check_factor, _check_int
 
 __all__ = ["ExpertChoiceRouter", "expert_choice_capacity"]
 
@@ -50,7 +50,7 @@ def expert_choice_capacity(
 
     Examples
     --------
-    >>> from moestat.torch.routing.expert_choice import expert_choice_capacity
+    >>> from moestat.routing.expert_choice import expert_choice_capacity
     >>> expert_choice_capacity(64, 8, 2.0)
     16
     >>> expert_choice_capacity(3, 8, 2.0)
@@ -171,7 +171,7 @@ class ExpertChoiceRouter(Router):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.expert_choice import ExpertChoiceRouter
+    >>> from moestat.routing.expert_choice import ExpertChoiceRouter
     >>> router = ExpertChoiceRouter(8, 4)
     >>> routing = router(torch.zeros(2, 16, 8))
     >>> routing.capacity, routing.dispatch.sum(1).tolist()
@@ -224,13 +224,13 @@ class ExpertChoiceRouter(Router):
         Parameters
         ----------
         logits : Tensor of shape (B, n, m) or (n, m)
-            Router logits ``z``; cast to float32.
+            Router logits ``z``; cast to the router's dtype.
 
         Returns
         -------
         Routing
         """
-        z = as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts, self.dtype)
         _, n, m = z.shape
         s = torch.softmax(z, dim=-1)
         capacity = expert_choice_capacity(

@@ -8,17 +8,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moestat.torch.routing._base import (  # noqa: E402
+from moestat.routing._base import (  # noqa: E402
     cv_squared,
     load_balance_loss,
     router_z_loss,
 )
-from moestat.torch.routing.expert_choice import (  # noqa: E402
+from moestat.routing.expert_choice import (  # noqa: E402
     ExpertChoiceRouter,
     expert_choice_capacity,
 )
-from moestat.torch.routing.prototype import PrototypeRouter  # noqa: E402
-from moestat.torch.routing.topk import (  # noqa: E402
+from moestat.routing.prototype import PrototypeRouter  # noqa: E402
+from moestat.routing.topk import (  # noqa: E402
     NoisyTopKRouter,
     TopKSoftmaxRouter,
     prob_in_top_k,

@@ -17,15 +17,15 @@ from moestat.plotting import (  # noqa: E402
     plot_router_comparison,
     plot_training_curves,
 )
-from moestat.torch.experiment import (  # noqa: E402
+from moestat.routing import (  # noqa: E402
+    NormalizedSigmoidRouter,
+    TopKSoftmaxRouter,
+)
+from moestat.routing.experiment import (  # noqa: E402
     RouterComparison,
     RouterSpec,
     compare_routers,
     default_routers,
-)
-from moestat.torch.routing import (  # noqa: E402
-    NormalizedSigmoidRouter,
-    TopKSoftmaxRouter,
 )
 
 TINY = dict(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import (
+from moestat.kernels import normalized_sigmoid_log_weights, softmax_log_weights
+from moestat.routing._base import (
     PRIORITIES,
     Router,
     Routing,
@@ -103,6 +104,12 @@ class NormalizedSigmoidRouter(Router):
         \frac{s_{ti}}{\sum_{j \in \mathrm{TopK}_t} s_{tj}},
         \quad i \in \mathrm{TopK}_t .
 
+    These are the weights of :class:`~moestat.gates.NormalizedSigmoidGate`
+    (with ``top_k=K``, or dense for ``K = m``) at the same coefficients,
+    computed by the same function,
+    :func:`moestat.kernels.normalized_sigmoid_log_weights`; with a zero
+    bias and no groups the selection is the gate's too (up to ties).
+
     Group-limited routing scores a group by the sum of its top-2 of
     ``s + b`` (``score="sigmoid"``; V3 with its bias) or by its largest
     ``s`` (``score="softmax"``; V3's code without a bias), keeps the best
@@ -136,7 +143,7 @@ class NormalizedSigmoidRouter(Router):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.sigmoid import NormalizedSigmoidRouter
+    >>> from moestat.routing.sigmoid import NormalizedSigmoidRouter
     >>> router = NormalizedSigmoidRouter(d_model=4, n_experts=4, top_k=2)
     >>> routing = router.route(torch.tensor([[2.0, 0.0, 1.0, -1.0]]))
     >>> routing.topk_idx.tolist()
@@ -262,11 +269,11 @@ class NormalizedSigmoidRouter(Router):
         return routing.probs + self.expert_bias.to(routing.probs.device)
 
     def scores(self, logits: Tensor) -> Tensor:
-        """``sigmoid(z)`` or ``softmax(z)`` in float32."""
-        z = logits.float()
+        """``sigmoid(z)`` or ``softmax(z)``, in the router's dtype."""
+        z = logits.to(self.dtype)
         if self.score == "sigmoid":
             return torch.sigmoid(z)
-        return torch.softmax(z, dim=-1)
+        return softmax_log_weights(z).exp()
 
     def _select(self, scores: Tensor) -> Tensor:
         """Top-K expert indices (B, n, K) by ``s + b``, within the kept groups."""
@@ -290,7 +297,7 @@ class NormalizedSigmoidRouter(Router):
         Parameters
         ----------
         logits : Tensor of shape (B, n, m) or (n, m)
-            Router logits; cast to float32.
+            Router logits; cast to the router's dtype.
 
         Returns
         -------
@@ -299,13 +306,22 @@ class NormalizedSigmoidRouter(Router):
             decreasing ``s + b``; a slot dropped by capacity has index -1 and
             weight 0.
         """
-        z = as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts, self.dtype)
         s = self.scores(z)
         batch, n, m = z.shape
         idx = self._select(s)
-        weight = s.gather(-1, idx)
+        dense = None
         if self.score == "sigmoid":
-            weight = weight / weight.sum(dim=-1, keepdim=True)
+            # the normalized sigmoid gate's weights (moestat.kernels, as
+            # NormalizedSigmoidGate): over every expert, and over the K
+            # selected ones, in slot order
+            dense = normalized_sigmoid_log_weights(z).exp()
+            if self.top_k == m:
+                weight = dense.gather(-1, idx)
+            else:
+                weight = normalized_sigmoid_log_weights(z.gather(-1, idx)).exp()
+        else:
+            weight = s.gather(-1, idx)
         weight = weight * self.route_scale
 
         cap = capacity_for(
@@ -330,7 +346,7 @@ class NormalizedSigmoidRouter(Router):
         selected = torch.zeros(batch, n, m, dtype=s.dtype, device=s.device).scatter(
             -1, idx, 1.0
         )
-        normalized = s if self.score == "softmax" else s / s.sum(-1, keepdim=True)
+        normalized = s if dense is None else dense
         # load_balance_loss's m sum_i f_i P_i, f_i the share of the n K
         # selections, is DeepSeek's sum_i f_i P_i with f_i = m/(K T) * count
         aux = {"sequence_balance": load_balance_loss(normalized, selected)}
@@ -388,7 +404,7 @@ class NormalizedSigmoidRouter(Router):
         Examples
         --------
         >>> import torch
-        >>> from moestat.torch.routing.sigmoid import NormalizedSigmoidRouter
+        >>> from moestat.routing.sigmoid import NormalizedSigmoidRouter
         >>> router = NormalizedSigmoidRouter(d_model=4, n_experts=3, top_k=2)
         >>> routing = router.route(torch.tensor([[1.0, 0.0, -1.0], [2.0, 1.0, -1.0]]))
         >>> router.update_bias(routing, rate=0.5).tolist()

@@ -1,7 +1,7 @@
 """Batched experts and the MoE layer that applies them to routed tokens.
 
 The router decides, once, which tokens go to which experts and with what
-weight (a :class:`~moestat.torch.routing._base.Routing`); the layer only
+weight (a :class:`~moestat.routing._base.Routing`); the layer only
 computes ``y_t = sum_s E^shared_s(x_t) + sum_i combine[t, i] E_i(x_t)``
 (routing.md section 0; the residual is the caller's). Three compute paths
 give the same ``y`` and never change which tokens are kept (routing.md
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moestat.torch.routing._base import Routing, as_groups
+from moestat.routing._base import Routing, as_groups
 
 __all__ = [
     "ACTIVATIONS",
@@ -761,7 +761,8 @@ class MoELayer(nn.Module):
     Parameters
     ----------
     router : Router or callable
-        Maps ``x`` (B, n, d) to a :class:`Routing`; it computes in float32.
+        Maps ``x`` (B, n, d) to a :class:`Routing`; it computes in its own
+        dtype (float32 for the routers as built).
     experts : BatchedExperts
         The routed experts (:class:`ExpertMLP`, :class:`LinearExperts`).
     shared_experts : nn.Module, optional
@@ -782,7 +783,7 @@ class MoELayer(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing._base import Routing
+    >>> from moestat.routing._base import Routing
     >>> class FirstExpert(torch.nn.Module):
     ...     def forward(self, x):
     ...         combine = torch.zeros(*x.shape[:-1], 2)

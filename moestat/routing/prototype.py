@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from moestat.torch.routing._base import (
+from moestat.routing._base import (
     Router,
     Routing,
     as_logits,
     warn_constant_weight,
 )
-from moestat.torch.routing.topk import (
+from moestat.routing.topk import (
     LB_ON,
     _CapacityMixin,
     _check_choice,
@@ -89,7 +89,7 @@ class PrototypeRouter(_CapacityMixin, Router):
     averaged over prototypes and groups **[proposal]**; ``"z_loss"`` uses the
     logsumexp within each prototype. Capacity competition and priorities
     act within a prototype. ``Routing.stats`` holds the capacity statistics
-    of :class:`~moestat.torch.routing.topk.TopKSoftmaxRouter`.
+    of :class:`~moestat.routing.topk.TopKSoftmaxRouter`.
 
     References
     ----------
@@ -98,7 +98,7 @@ class PrototypeRouter(_CapacityMixin, Router):
     Examples
     --------
     >>> import torch
-    >>> from moestat.torch.routing.prototype import PrototypeRouter
+    >>> from moestat.routing.prototype import PrototypeRouter
     >>> router = PrototypeRouter(8, 6, n_prototypes=2, capacity_factor=None)
     >>> routing = router(torch.zeros(16, 8))
     >>> routing.topk_idx[0, 0].tolist()
@@ -194,13 +194,13 @@ class PrototypeRouter(_CapacityMixin, Router):
         Parameters
         ----------
         logits : Tensor of shape (B, n, m) or (n, m)
-            Router logits ``z``; cast to float32.
+            Router logits ``z``; cast to the router's dtype.
 
         Returns
         -------
         Routing
         """
-        z = as_logits(logits, self.n_experts)
+        z = as_logits(logits, self.n_experts, self.dtype)
         batch, n, m = z.shape
         n_proto, per = self.n_prototypes, self.experts_per_prototype
         zz = z.view(batch, n, n_proto, per)

@@ -1,0 +1,152 @@
+"""The gate kernels on numpy: the softmax and normalized sigmoid gates' log weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.special import expit, log_softmax
+
+from moestat import GateParams, NormalizedSigmoidGate, SoftmaxGate
+from moestat._math import logsumexp_rows
+from moestat.kernels import (
+    affine_scores,
+    log_sigmoid,
+    log_sum_exp,
+    normalized_sigmoid_log_weights,
+    softmax_log_weights,
+    top_k_mask,
+)
+
+
+def stable_top_k(scores, k):
+    """Reference mask: the first k of a stable descending sort of each row."""
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, order, True, axis=-1)
+    return mask
+
+
+def test_affine_scores_are_z_times_coef_transposed_with_batch_axes(rng):
+    Z = rng.normal(size=(2, 3, 50, 4))
+    coef = rng.normal(size=(3, 5, 4))  # broadcasts over the first batch axis
+    np.testing.assert_allclose(
+        affine_scores(Z, coef), Z @ np.swapaxes(coef, -1, -2), rtol=1e-14, atol=1e-14
+    )
+
+
+def test_affine_scores_and_gate_weights_are_stored_experts_major(rng):
+    Z = np.column_stack([np.ones(40), rng.normal(size=(40, 2))])
+    params = GateParams(rng.normal(size=(5, 3)))
+    assert affine_scores(Z, params.coef).flags.f_contiguous
+    for gate in (SoftmaxGate(), NormalizedSigmoidGate(), NormalizedSigmoidGate(3)):
+        assert gate.log_weights(params, Z).flags.f_contiguous, gate.describe()
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_log_sum_exp_is_the_e_steps_logsumexp_bit_for_bit(rng, order):
+    a = np.asarray(rng.normal(0.0, 30.0, size=(300, 9)), order=order)
+    a[::7, 3] = -np.inf  # experts outside a top-K selection
+    assert np.array_equal(log_sum_exp(a)[:, 0], logsumexp_rows(a))
+
+
+def test_log_sum_exp_does_not_overflow():
+    a = np.array([[1000.0, 1000.0], [-1000.0, -np.inf]])
+    np.testing.assert_allclose(
+        log_sum_exp(a)[:, 0], [1000.0 + np.log(2.0), -1000.0], rtol=1e-15
+    )
+
+
+def test_softmax_log_weights_are_log_softmax_over_the_last_axis(rng):
+    scores = rng.normal(0.0, 50.0, size=(2, 3, 40, 6))
+    np.testing.assert_allclose(
+        softmax_log_weights(scores), log_softmax(scores, axis=-1), atol=1e-12
+    )
+
+
+def test_log_sigmoid_is_finite_and_exact_far_in_the_tails():
+    s = np.array([-800.0, -40.0, 0.0, 40.0, 800.0])
+    np.testing.assert_allclose(
+        log_sigmoid(s), [-800.0, -40.0 - np.log1p(np.exp(-40.0)), -np.log(2.0),
+                         -np.log1p(np.exp(-40.0)), 0.0],
+        rtol=1e-15,
+    )  # fmt: skip
+
+
+def test_dense_normalized_sigmoid_weights_are_sigma_over_its_sum(rng):
+    scores = rng.normal(0.0, 3.0, size=(2, 50, 5))
+    sigma = expit(scores)
+    expected = sigma / sigma.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(
+        np.exp(normalized_sigmoid_log_weights(scores)), expected, rtol=1e-13
+    )
+
+
+def test_normalized_sigmoid_weights_become_the_softmax_where_sigma_underflows():
+    # sigma(s) ~ exp(s) for very negative scores: the gate's softmax-like limit
+    scores = np.array([[-900.0, -901.0, -903.0]])
+    np.testing.assert_allclose(
+        normalized_sigmoid_log_weights(scores), log_softmax(scores, axis=-1), rtol=1e-14
+    )
+
+
+@pytest.mark.parametrize("m", [5, 12, 16, 17, 40])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_top_k_mask_keeps_k_experts_and_breaks_ties_by_lower_index(rng, m, k):
+    # integer scores: many ties, also at the k-th place (both code paths: m <= 16
+    # compares columns, m > 16 sorts)
+    scores = rng.integers(0, 4, size=(3, 200, m)).astype(float)
+    mask = top_k_mask(scores, k)
+    assert np.array_equal(mask, stable_top_k(scores, k))
+    assert np.all(mask.sum(axis=-1) == k)
+
+
+def test_top_k_mask_keeps_every_expert_when_k_is_at_least_m(rng):
+    assert top_k_mask(rng.normal(size=(4, 3)), 3).all()
+
+
+def test_top_k_weights_are_sigma_renormalized_over_the_selection(rng):
+    scores = rng.normal(0.0, 2.0, size=(100, 6))
+    mask = top_k_mask(scores, 2)
+    weights = np.exp(normalized_sigmoid_log_weights(scores, mask))
+    sigma = np.where(mask, expit(scores), 0.0)
+    np.testing.assert_allclose(
+        weights, sigma / sigma.sum(axis=1, keepdims=True), rtol=1e-13
+    )
+    assert np.all(weights[~mask] == 0.0)
+
+
+def test_the_gates_log_weights_are_the_kernels_at_the_affine_scores(rng):
+    Z = np.column_stack([np.ones(60), rng.normal(size=(60, 2))])
+    params = GateParams(rng.normal(size=(4, 3)))
+    scores = Z @ params.coef.T
+    np.testing.assert_allclose(
+        SoftmaxGate().log_weights(params, Z), softmax_log_weights(scores), atol=1e-14
+    )
+    np.testing.assert_allclose(
+        NormalizedSigmoidGate(top_k=2).log_weights(params, Z),
+        normalized_sigmoid_log_weights(scores, stable_top_k(scores, 2)),
+        atol=1e-14,
+    )
+
+
+def test_importing_the_routers_without_torch_says_how_to_install_it():
+    code = """
+import sys
+import importlib.abc
+class NoTorch(importlib.abc.MetaPathFinder):  # as if torch were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+sys.meta_path.insert(0, NoTorch())
+import moestat.kernels  # needs no torch
+try:
+    import moestat.routing
+except ImportError as error:
+    assert "pip install 'moestat[torch]'" in str(error), error
+else:
+    raise AssertionError("moestat.routing imported without torch")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
