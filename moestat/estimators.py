@@ -49,6 +49,7 @@ from moestat.protocols import (
     HasClassProbabilities,
     MultinomialFamily,
     Penalised,
+    missing_members,
 )
 
 __all__ = [
@@ -121,18 +122,6 @@ _FITTING_PARAMETERS = (
 _PIECE_PROTOCOLS: dict[str, type] = {"gate": Gate, "expert": ExpertFamily}
 
 
-def _missing_hooks(piece: object, protocol: type) -> list[str]:
-    """The members of ``protocol`` (hooks and attributes) that ``piece`` lacks."""
-    members = {
-        name
-        for klass in protocol.__mro__
-        if klass.__module__ == protocol.__module__
-        for name in (*vars(klass), *getattr(klass, "__annotations__", {}))
-        if not name.startswith("_")
-    }
-    return sorted(name for name in members if not hasattr(piece, name))
-
-
 def _check_pieces(owner: str, params: dict[str, Any], constraints: dict) -> None:
     """Refuse a gate or expert object that lacks hooks, naming the hooks.
 
@@ -142,7 +131,7 @@ def _check_pieces(owner: str, params: dict[str, Any], constraints: dict) -> None
         value = params.get(name)
         if name not in constraints or value is None or isinstance(value, str):
             continue
-        missing = _missing_hooks(value, protocol)
+        missing = missing_members(value, protocol)
         if not missing:
             continue
         choices = " or ".join(str(c) for c in constraints[name])

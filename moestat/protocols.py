@@ -45,6 +45,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "missing_members",
     "GateKernel",
     "GateParametrisation",
     "GateNaming",
@@ -97,6 +98,30 @@ def protocol_members(protocol: type) -> tuple[str, ...]:
         names.update(vars(klass).get("__annotations__", {}))
         names.update(vars(klass))
     return tuple(sorted(name for name in names if not name.startswith("_")))
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``obj`` lacks, sorted.
+
+    Parameters
+    ----------
+    obj : object
+        A gate, an expert family or any candidate.
+    protocol : type
+        One of the protocols of this module.
+
+    Returns
+    -------
+    list of str
+        Empty when ``obj`` satisfies ``protocol``.
+
+    Examples
+    --------
+    >>> from moestat.protocols import Penalised, missing_members
+    >>> missing_members(object(), Penalised)
+    ['alpha']
+    """
+    return [name for name in protocol_members(protocol) if not hasattr(obj, name)]
 
 
 _MEMBERS: dict[type, tuple[str, ...]] = {}

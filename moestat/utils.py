@@ -80,7 +80,7 @@ from moestat.protocols import (
     HasClassProbabilities,
     HasLogMean,
     MultinomialFamily,
-    protocol_members,
+    missing_members,
 )
 
 __all__ = ["ConformanceError", "check_gate", "check_expert_family"]
@@ -122,12 +122,8 @@ def _require(condition: Any, piece: object, rule: str, detail: str) -> None:
         raise ConformanceError(piece, rule, detail)
 
 
-def _missing_hooks(piece: object, protocol: type) -> list[str]:
-    return [name for name in protocol_members(protocol) if not hasattr(piece, name)]
-
-
 def _check_protocol(piece: object, protocol: type) -> None:
-    missing = _missing_hooks(piece, protocol)
+    missing = missing_members(piece, protocol)
     _require(
         not missing and isinstance(piece, protocol),
         piece,

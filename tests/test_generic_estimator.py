@@ -280,10 +280,13 @@ def test_alpha_needs_a_gate_with_a_ridge_penalty():
 def test_alpha_penalises_the_experts_only_where_the_family_has_a_penalty():
     X, y, _ = make_moe_glm(n_samples=400, family="poisson", random_state=0)
     poisson = MixtureOfExpertsRegressor(
-        expert=GLMExpert("poisson"), alpha=0.5, n_init=1
+        expert=GLMExpert("poisson"), alpha=0.5, n_init=1, random_state=0
     ).fit(X, y)
     assert poisson.model_.expert.alpha == 0.5
-    relu = MixtureOfExpertsRegressor(expert=ReLUExpert(), alpha=0.5, n_init=1)
+    X, y, _ = make_moe_regression(n_samples=400, random_state=0)
+    relu = MixtureOfExpertsRegressor(
+        expert=ReLUExpert(), alpha=0.5, n_init=1, random_state=0
+    )
     assert relu.fit(X, y).model_.expert == ReLUExpert()
     assert relu.model_.gate.alpha == 0.5
 

@@ -11,6 +11,7 @@ from scipy.special import expit
 
 from moestat._math import logsumexp_rows
 from moestat.gates._base import GateParams
+from moestat.protocols import Penalised
 
 __all__ = ["SharedGateParams", "SharedExpertsGate"]
 
@@ -115,7 +116,7 @@ class SharedExpertsGate:
     @property
     def alpha(self) -> float:
         """The routed gate's ridge strength (the shared weights are free)."""
-        return float(getattr(self.routed, "alpha", 0.0))
+        return float(self.routed.alpha) if isinstance(self.routed, Penalised) else 0.0
 
     # -- design and counts -------------------------------------------------
     def design(self, X: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from moestat.model import MixtureOfExperts
+from moestat.protocols import CompositeExpertFamily, CompositeGate
 
 # Response families the density losses integrate over.
 _FAMILIES = ("gaussian", "poisson", "bernoulli", "categorical")
@@ -108,16 +109,14 @@ def _expert_parts(expert: Any) -> tuple[Any, ...]:
     A composite family (shared experts of one family beside routed experts
     of another) holds its parts as ``shared`` and ``routed``.
     """
-    shared = getattr(expert, "shared", None)
-    routed = getattr(expert, "routed", None)
-    if shared is None or routed is None:
-        return (expert,)
-    return (shared, routed)
+    if isinstance(expert, CompositeExpertFamily):
+        return (expert.shared, expert.routed)
+    return (expert,)
 
 
 def _routed_gate(gate: Any) -> Any | None:
     """The routed gate of a gate with shared experts beside it; else None."""
-    return getattr(gate, "routed", None)
+    return gate.routed if isinstance(gate, CompositeGate) else None
 
 
 def _expert_family(expert: Any) -> str | None:
