@@ -209,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "what fits the cells: 'numpy' one cell at a time, each in one task of "
             "--parallel; 'torch' many cells of a fit in one batch on --device, "
-            "from the same samples and starts (needs PyTorch; not for scenarios "
-            "with ReLU or stacked experts). Default: numpy"
+            "from the same samples and starts (needs PyTorch). Default: numpy"
         ),
     )
     sim.add_argument(

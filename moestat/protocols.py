@@ -61,6 +61,7 @@ __all__ = [
     "ExpertAtoms",
     "ExpertDeclarations",
     "CompositeExpertFamily",
+    "BatchedExpertFamily",
     "HasLogMean",
     "HasClassProbabilities",
     "CountsDegreesOfFreedom",
@@ -1125,6 +1126,71 @@ class CompositeExpertFamily(ExpertFamily, Protocol):
     shared: Any
     routed: Any
     n_shared: int
+
+
+@runtime_checkable
+class BatchedExpertFamily(Protocol, metaclass=_ProtocolMembers):
+    """An expert family whose kernel runs on batches, in numpy or torch.
+
+    Written over the Python array API standard (``array_api_compat``), the
+    two hooks take packed parameters with leading batch axes, in the layout
+    of the family's ``pack``, and arrays of any namespace: the numpy
+    engines call them on numpy arrays, the torch engine
+    (:mod:`moestat.torch`) on torch tensors of a batch of data sets (the
+    family then runs there with no torch code of its own).
+    """
+
+    def batch_log_density(
+        self, theta: Any, Phi: Any, y: Any, var_floor: Any, n_experts: int
+    ) -> Any:
+        """``log f(y_t | x_t; theta_i)`` of every data set of the batch.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+            Packed parameters.
+        Phi : array of shape (..., n, p)
+            Expert designs.
+        y : array of shape (..., n)
+            Responses.
+        var_floor : array of shape (...)
+            Each data set's variance floor.
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., n, m)
+        """
+        ...
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Phi: Any,
+        y: Any,
+        resp: Any,
+        var_floor: Any,
+        n_experts: int,
+    ) -> Any:
+        """The M-step from the current packed parameters, packed.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+            Current packed parameters (experts with no responsibility keep
+            theirs).
+        Phi : array of shape (..., n, p)
+        y : array of shape (..., n)
+        resp : array of shape (..., n, m)
+            Responsibilities (zero on padding rows).
+        var_floor : array of shape (...)
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., P)
+        """
+        ...
 
 
 # -- optional capabilities -----------------------------------------------------

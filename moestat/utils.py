@@ -57,7 +57,12 @@ random soft labels gives parameters ``check_params`` accepts), ``sample``
 penalty``), ``m_step`` (does not decrease that objective from
 ``previous``), ``permute``, ``atoms``, and the optional capabilities
 ``log_mean`` (its exponential is ``mean``), ``class_probabilities``
-(probabilities summing to one), ``degrees_of_freedom``.
+(probabilities summing to one), ``degrees_of_freedom``, and ``batch``
+for a family with batched kernels
+(:class:`~moestat.protocols.BatchedExpertFamily`): on a batch of two
+copies of the data, ``batch_log_density`` is ``log_density`` and
+``batch_m_step`` reaches the ``sum r log f`` of ``m_step`` from the same
+parameters.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from numpy.typing import NDArray
 
 from moestat._validation import as_generator
 from moestat.protocols import (
+    BatchedExpertFamily,
     CompositeExpertFamily,
     CompositeGate,
     CountsDegreesOfFreedom,
@@ -687,6 +693,49 @@ def check_expert_family(
     _check_expert_m_step(expert, params, Phi, y, resp, var_floor)
     _check_expert_permute(expert, params, Phi, y, log_f, m, rng)
     _check_expert_capabilities(expert, params, Phi, y, log_f, m)
+    if isinstance(expert, BatchedExpertFamily):
+        _check_expert_batches(expert, params, Phi, y, resp, m, var_floor)
+
+
+def _check_expert_batches(expert, params, Phi, y, resp, m, floor):
+    """The batch hooks, on a batch of two copies, are the family's own hooks."""
+    rule = "batch"
+    theta = np.asarray(expert.pack(params, floor), dtype=float)
+    thetas, Phis, ys = np.stack([theta, theta]), np.stack([Phi, Phi]), np.stack([y, y])
+    floors = np.full(2, floor)
+    log_f = _call(expert, rule, "batch_log_density", thetas, Phis, ys, floors, m)
+    own = np.asarray(expert.log_density(params, Phi, y), dtype=float)
+    _require(
+        np.shape(log_f) == (2, *own.shape)
+        and _same_logs(np.asarray(log_f[1]), own, 1e-10, 1e-10),
+        expert,
+        rule,
+        "batch_log_density on a batch of copies differs from log_density.",
+    )
+    stepped = _call(
+        expert,
+        rule,
+        "batch_m_step",
+        thetas,
+        Phis,
+        ys,
+        np.stack([resp, resp]),
+        floors,
+        m,
+    )
+    new = expert.m_step(Phi, y, resp, floor, previous=params)
+    objective = float(np.sum(resp * expert.log_density(new, Phi, y)))
+    p = Phi.shape[1]
+    batched = expert.unpack(np.asarray(stepped[1]), m, p, floor)
+    batched_objective = float(np.sum(resp * expert.log_density(batched, Phi, y)))
+    _require(
+        np.shape(stepped) == thetas.shape
+        and np.isclose(batched_objective, objective, rtol=1e-8, atol=1e-10),
+        expert,
+        rule,
+        f"batch_m_step reaches sum r log f = {batched_objective!r}; m_step from "
+        f"the same parameters reaches {objective!r}.",
+    )
 
 
 def _expert_data(expert, Phi, m, rng):

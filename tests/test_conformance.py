@@ -187,9 +187,25 @@ class PermuteForgetsTheVariances(GaussianExpert):
         return GaussianExpertParams(params.coef[np.asarray(perm)], params.var)
 
 
+class BatchedDensityOffByOne(ReLUExpert):
+    """Batched kernels that disagree with the family's own density."""
+
+    def batch_log_density(self, theta, Phi, y, var_floor, n_experts):
+        return super().batch_log_density(theta, Phi, y, var_floor, n_experts) - 1.0
+
+
+class BatchedMStepStandsStill(ReLUExpert):
+    """A batched M-step that returns its start (the family's own one moves)."""
+
+    def batch_m_step(self, theta, Phi, y, resp, var_floor, n_experts):
+        return theta
+
+
 @pytest.mark.parametrize(
     ("expert", "rule"),
     [
+        (BatchedDensityOffByOne(), "batch"),
+        (BatchedMStepStandsStill(), "batch"),
         (ExpertGradientSignError(), "gradient"),
         (ExpertUnpackDropsAVariance(), "pack"),
         (TransposedLogDensity(), "log_density"),

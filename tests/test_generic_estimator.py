@@ -291,9 +291,28 @@ def test_alpha_penalises_the_experts_only_where_the_family_has_a_penalty():
     assert relu.model_.gate.alpha == 0.5
 
 
-def test_the_torch_backend_refuses_pieces_it_does_not_have_by_name():
+def test_relu_experts_fit_on_the_torch_backend_as_on_numpy():
     pytest.importorskip("torch")
     X, y, _ = make_moe_regression(n_samples=200, random_state=0)
-    est = MixtureOfExpertsRegressor(expert=ReLUExpert(), backend="torch", n_init=1)
-    with pytest.raises(ValueError, match="torch backend has no ReLUExpert"):
+    fits = {
+        backend: MixtureOfExpertsRegressor(
+            expert=ReLUExpert(), backend=backend, n_init=1, random_state=0
+        ).fit(X, y)
+        for backend in ("numpy", "torch")
+    }
+    # the same start; plain EM on torch, SQUAREM on numpy: the same maximum
+    assert fits["torch"].log_likelihood_ == pytest.approx(
+        fits["numpy"].log_likelihood_, rel=1e-4
+    )
+
+
+def test_the_torch_backend_refuses_a_family_without_batched_kernels_by_name():
+    pytest.importorskip("torch")
+    from tests.custom_pieces import UnitGaussianExpert
+
+    X, y, _ = make_moe_regression(n_samples=200, random_state=0)
+    est = MixtureOfExpertsRegressor(
+        expert=UnitGaussianExpert(), backend="torch", n_init=1
+    )
+    with pytest.raises(ValueError, match="torch backend has no UnitGaussianExpert"):
         est.fit(X, y)

@@ -24,6 +24,7 @@ from moestat.experts import (  # noqa: E402
     MultinomialExpertParams,
     MultinomialLogisticExpert,
     ReLUExpert,
+    ReLUExpertParams,
 )
 from moestat.fit import em as numpy_em  # noqa: E402
 from moestat.fit import mle as numpy_mle  # noqa: E402
@@ -31,6 +32,7 @@ from moestat.gates import GateParams, SoftmaxGate  # noqa: E402
 from moestat.model import MixtureOfExperts, MoEParams  # noqa: E402
 from moestat.torch._device import resolve_device, resolve_dtype  # noqa: E402
 from moestat.torch.fit import fit_batched, stack_data  # noqa: E402
+from tests.custom_pieces import LocationParams, UnitGaussianExpert  # noqa: E402
 from tests.helpers import two_expert_truth  # noqa: E402
 
 
@@ -275,13 +277,35 @@ def test_unknown_backend_is_refused(rng):
         GaussianMoE(backend="jax").fit(*_regression(rng))
 
 
-def test_pieces_without_a_torch_version_are_refused(rng):
+def test_a_family_without_batched_kernels_is_refused_naming_what_would_run(rng):
+    """A user-written family runs on torch once it has batched kernels."""
     X, y = _regression(rng)
-    start = _start(GaussianMoE(2), X, y).params_
+    model = MixtureOfExperts(SoftmaxGate(), UnitGaussianExpert())
+    design = model.design(X)
+    start = MoEParams(
+        GateParams(np.zeros((2, 2))), LocationParams(np.array([-1.0, 1.0]))
+    )
+    with pytest.raises(ValueError, match="no UnitGaussianExpert experts") as error:
+        fit_batched(model, [design], [y], [start])
+    assert "BatchedExpertFamily" in str(error.value)
+    assert "ReLUExpert" in str(error.value) and "StackedExperts" in str(error.value)
+
+
+def test_relu_experts_fit_on_the_torch_backend(rng):
+    X, y = _regression(rng)
     model = MixtureOfExperts(SoftmaxGate(), ReLUExpert())
     design = model.design(X)
-    with pytest.raises(ValueError, match="no ReLUExpert experts"):
-        fit_batched(model, [design], [y], [start])
+    start = MoEParams(
+        GateParams(np.array([[0.0, 0.0], [0.0, 2.0]])),
+        ReLUExpertParams(np.array([[0.5, 1.0, 1.0], [-0.5, -1.0, 1.0]]), np.ones(2)),
+    )
+    floor = ReLUExpert().variance_floor(y, 1e-6)
+    (result,) = fit_batched(model, [design], [y], [start], var_floor=floor)
+    reference = numpy_em(
+        model.with_params(start), design, y, var_floor=floor, accelerate=False
+    )
+    assert result.converged and result.monotone
+    assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-10)
 
 
 def test_one_start_per_data_set_is_required(rng):

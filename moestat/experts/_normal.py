@@ -10,23 +10,19 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
+from moestat.kernels.experts import log_excess_variance as log_excess
+from moestat.kernels.experts import normal_log_density
 
-
-def normal_log_density(
-    mean: NDArray[np.float64], var: NDArray[np.float64], y: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """``log N(y_t | mean_ti, var_i)`` of shape (n, m).
-
-    Computed in place on ``mean`` (the experts' fresh (n, m) means): the
-    E-step then allocates one array, not two.
-    """
-    resid = np.subtract(y[:, None], mean, out=mean)
-    resid *= resid
-    resid /= var
-    resid += np.log(var) + _LOG_2PI
-    resid *= -0.5
-    return resid
+__all__ = [
+    "normal_log_density",
+    "normal_sample",
+    "variance_score",
+    "log_excess",
+    "natural_variances",
+    "variance_floor",
+    "at_floor",
+    "unbounded",
+]
 
 
 def normal_sample(
@@ -49,11 +45,6 @@ def variance_score(
     """Gradient of ``sum r log f`` in ``u = log(nu - nu_min)``, one per expert."""
     grad_var = 0.5 * np.sum(resp * (resid * resid / var - 1.0), axis=0) / var
     return grad_var * (var - var_floor)
-
-
-def log_excess(var: NDArray[np.float64], var_floor: float) -> NDArray[np.float64]:
-    """Packed variances ``log(nu - nu_min)``, kept finite at the floor."""
-    return np.log(np.maximum(var - var_floor, 1e-12 * max(var_floor, 1e-300)))
 
 
 def natural_variances(

@@ -8,12 +8,12 @@ routed expert ``h_2`` has none (theory.md section 2.4).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from moestat._math import solve_spd
+from moestat._math import array_namespace, solve_spd
 from moestat.experts._basis import polynomial_design, polynomial_names
 from moestat.experts._normal import (
     at_floor,
@@ -24,6 +24,13 @@ from moestat.experts._normal import (
     unbounded,
     variance_floor,
     variance_score,
+)
+from moestat.kernels.experts import (
+    EMPTY_EXPERT,
+    excess_variance,
+    relu_m_step,
+    relu_squared_error,
+    relu_unit,
 )
 
 __all__ = ["ReLUExpert", "ReLUExpertParams"]
@@ -179,16 +186,11 @@ class ReLUExpert:
         return Phi if self.bias else Phi[:, 1:]
 
     # -- density -----------------------------------------------------------
-    def _unit(self, coef, Pin):
-        """Inner activations ``z`` and ``max(0, z)``, shape (n, m) each."""
-        z = (coef[:, :-1] @ Pin.T).T  # experts-major storage
-        return z, np.maximum(z, 0.0)
-
     def mean(
         self, params: ReLUExpertParams, Phi: NDArray[np.float64]
     ) -> NDArray[np.float64]:
         """Conditional mean of each expert, shape (n, n_experts)."""
-        _, relu = self._unit(params.coef, self._inner_design(Phi))
+        _, relu = relu_unit(params.coef, self._inner_design(Phi))
         relu *= params.coef[:, -1]
         return relu
 
@@ -218,39 +220,6 @@ class ReLUExpert:
         """Nothing to precompute: the Jacobian changes with the parameters."""
         return None
 
-    def _squared_error(self, coef, Pin, y, resp):
-        """Each expert's ``sum_t r_ti (y_t - h(x_t; eta_i))^2``, shape (m,)."""
-        _, relu = self._unit(coef, Pin)
-        resid = y[:, None] - relu * coef[:, -1]
-        return np.sum(resp * resid * resid, axis=0)
-
-    def _gauss_newton(self, coef, Pin, y, resp, current):
-        """One damped Gauss-Newton step for every expert; new coef and S."""
-        z, relu = self._unit(coef, Pin)
-        outer = coef[:, -1]
-        resid = y[:, None] - relu * outer
-        # Jacobian of h, (m, n, q): eta_2 1[z > 0] Pin, then max(0, z)
-        slope = (outer * (z > 0)).T[:, :, None] * Pin[None, :, :]
-        jac = np.concatenate([slope, relu.T[:, :, None]], axis=2)
-        weighted = resp.T[:, :, None] * jac
-        gram = np.matmul(weighted.transpose(0, 2, 1), jac)
-        rhs = np.einsum("ina,in->ia", weighted, resid.T)
-        direction = solve_spd(gram, rhs, ridge=1e-9)
-        new, value_new = coef.copy(), current.copy()
-        step = np.ones(coef.shape[0])
-        accepted = np.zeros(coef.shape[0], dtype=bool)
-        for _ in range(self.max_halvings + 1):
-            candidate = coef + step[:, None] * direction
-            value = self._squared_error(candidate, Pin, y, resp)
-            better = ~accepted & (value <= current)
-            new[better] = candidate[better]
-            value_new[better] = value[better]
-            accepted |= better
-            if accepted.all():
-                break
-            step = np.where(accepted, step, 0.5 * step)
-        return new, value_new
-
     def _start(self, Pin, y, resp):
         """Deterministic start from each expert's weighted least-squares line."""
         p = Pin.shape[1]
@@ -263,7 +232,7 @@ class ReLUExpert:
         for sign in (1.0, -1.0):
             outer = sign * size
             candidate = np.column_stack([line / outer[:, None], outer])
-            value = self._squared_error(candidate, Pin, y, resp)
+            value = relu_squared_error(candidate, Pin, y, resp)
             if best is None:
                 best, best_value = candidate, value
             else:
@@ -271,7 +240,7 @@ class ReLUExpert:
                 best[better] = candidate[better]
         # A unit inactive on every sample (a zero line) would never move:
         # restart it active (inner weights (1, 0, ...)) with outer weight 0.
-        _, relu = self._unit(best, Pin)
+        _, relu = relu_unit(best, Pin)
         dead = np.sum(resp * relu, axis=0) <= 0
         if dead.any():
             fallback = np.zeros(p + 1)
@@ -314,24 +283,108 @@ class ReLUExpert:
         """
         n = Phi.shape[0]
         Pin = self._inner_design(Phi)
-        weight = resp.sum(axis=0)
-        empty = weight <= 1e-10 * n
-        if empty.any():
-            # An expert with no data has no M-step: hold it (or pool it).
-            resp = np.where(empty, 1.0, resp)
-            weight = np.where(empty, n, weight)
         if previous is None:
-            coef, steps = self._start(Pin, y, resp), self.initial_steps
+            weight = resp.sum(axis=0)
+            pooled = np.where(weight <= EMPTY_EXPERT * n, 1.0, resp)
+            coef, steps = self._start(Pin, y, pooled), self.initial_steps
+            var = np.ones(resp.shape[1])
         else:
-            coef, steps = np.array(previous.coef, dtype=float), self.newton_steps
-        value = self._squared_error(coef, Pin, y, resp)
-        for _ in range(steps):
-            coef, value = self._gauss_newton(coef, Pin, y, resp, value)
-        var = np.maximum(value / weight, var_floor)
-        if previous is not None and empty.any():
-            coef[empty] = previous.coef[empty]
-            var[empty] = previous.var[empty]
+            coef, var = np.array(previous.coef, dtype=float), previous.var
+            steps = self.newton_steps
+        coef, var = relu_m_step(
+            coef,
+            var,
+            Pin,
+            y,
+            resp,
+            var_floor,
+            float(n),
+            steps=steps,
+            max_halvings=self.max_halvings,
+            hold_empty=previous is not None,
+        )
         return ReLUExpertParams(coef, var)
+
+    # -- the kernel on batches (numpy or torch) ----------------------------
+    def _batch_unpack(
+        self, theta: Any, n_experts: int, n_design: int, var_floor: Any
+    ) -> tuple[Any, Any]:
+        """Coefficients (..., m, w) and variances (..., m) from packed rows."""
+        xp = array_namespace(theta)
+        rows, width = self.coef_shape(n_experts, n_design)
+        k = rows * width
+        coef = xp.reshape(theta[..., :k], (*theta.shape[:-1], rows, width))
+        return coef, excess_variance(theta[..., k:], var_floor)
+
+    def _batch_inner_design(self, Phi: Any) -> Any:
+        return Phi if self.bias else Phi[..., 1:]
+
+    def batch_log_density(
+        self, theta: Any, Phi: Any, y: Any, var_floor: Any, n_experts: int
+    ) -> Any:
+        """``log f`` of a batch of data sets from packed parameters.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+            Packed parameters (:meth:`pack`'s layout).
+        Phi : array of shape (..., n, d + 1)
+            Expert designs ``[1, x]``.
+        y : array of shape (..., n)
+        var_floor : array of shape (...)
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., n, m)
+        """
+        coef, var = self._batch_unpack(theta, n_experts, Phi.shape[-1], var_floor)
+        _, relu = relu_unit(coef, self._batch_inner_design(Phi))
+        return normal_log_density(relu * coef[..., None, :, -1], var, y)
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Phi: Any,
+        y: Any,
+        resp: Any,
+        var_floor: Any,
+        n_experts: int,
+    ) -> Any:
+        """:meth:`m_step` from current parameters on a batch, packed.
+
+        ``newton_steps`` Gauss-Newton steps from ``theta``; experts with no
+        responsibility keep their parameters.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+        Phi : array of shape (..., n, d + 1)
+        y : array of shape (..., n)
+        resp : array of shape (..., n, m)
+            Responsibilities (zero on padding rows).
+        var_floor : array of shape (...)
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., P)
+        """
+        xp = array_namespace(theta, Phi, y, resp)
+        coef, var = self._batch_unpack(theta, n_experts, Phi.shape[-1], var_floor)
+        coef, var = relu_m_step(
+            coef,
+            var,
+            self._batch_inner_design(Phi),
+            y,
+            resp,
+            var_floor,
+            xp.sum(resp, axis=(-2, -1)),
+            steps=self.newton_steps,
+            max_halvings=self.max_halvings,
+        )
+        flat = xp.reshape(coef, (*coef.shape[:-2], -1))
+        return xp.concat([flat, log_excess(var, var_floor)], axis=-1)
 
     def gradient(
         self,
@@ -347,7 +400,7 @@ class ReLUExpert:
         weights.
         """
         Pin = self._inner_design(Phi)
-        z, relu = self._unit(params.coef, Pin)
+        z, relu = relu_unit(params.coef, Pin)
         outer = params.coef[:, -1]
         resid = y[:, None] - relu * outer
         scaled = resp * resid / params.var

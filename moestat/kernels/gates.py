@@ -19,6 +19,8 @@ from typing import Any
 
 import array_api_compat
 
+from moestat._math import array_namespace
+
 __all__ = [
     "affine_scores",
     "log_sum_exp",
@@ -90,7 +92,7 @@ def affine_scores(Z: Any, coef: Any) -> Any:
     >>> affine_scores(Z, coef).tolist()
     [[0.0, 2.5], [0.0, -0.5]]
     """
-    xp = array_api_compat.array_namespace(Z, coef)
+    xp = array_namespace(Z, coef)
     return xp.matrix_transpose(xp.matmul(coef, xp.matrix_transpose(Z)))
 
 
@@ -119,7 +121,7 @@ def log_sum_exp(a: Any) -> Any:
     >>> float(log_sum_exp(np.array([1000.0, 1000.0]))[0])  # 1000 + log 2
     1000.6931471805599
     """
-    xp = array_api_compat.array_namespace(a)
+    xp = array_namespace(a)
     if array_api_compat.is_torch_namespace(xp):
         return _torch_function("logsumexp")(a, dim=-1, keepdim=True)
     a_max = xp.max(a, axis=-1, keepdims=True)
@@ -168,7 +170,7 @@ def log_sigmoid(scores: Any) -> Any:
     >>> log_sigmoid(np.array([0.0, -800.0])).tolist() == [-np.log(2.0), -800.0]
     True
     """
-    xp = array_api_compat.array_namespace(scores)
+    xp = array_namespace(scores)
     if array_api_compat.is_torch_namespace(xp):
         return _torch_function("nn.functional.logsigmoid")(scores)
     return xp.minimum(scores, 0.0) - xp.log1p(xp.exp(-xp.abs(scores)))
@@ -200,7 +202,7 @@ def top_k_mask(scores: Any, k: int) -> Any:
     >>> top_k_mask(np.array([[3.0, 1.0, 3.0, 3.0]]), 2).tolist()
     [[True, False, True, False]]
     """
-    xp = array_api_compat.array_namespace(scores)
+    xp = array_namespace(scores)
     m = scores.shape[-1]
     if k >= m:
         return xp.ones_like(scores, dtype=xp.bool)
@@ -263,7 +265,7 @@ def normalized_sigmoid_log_weights(scores: Any, selected: Any = None) -> Any:
     >>> np.exp(normalized_sigmoid_log_weights(s, top_k_mask(s, 1))).tolist()
     [[1.0, 0.0, 0.0]]
     """
-    xp = array_api_compat.array_namespace(scores)
+    xp = array_namespace(scores)
     log_sigma = log_sigmoid(scores)
     if selected is not None:
         log_sigma = xp.where(selected, log_sigma, -xp.inf)

@@ -312,8 +312,8 @@ class TorchEngine:
 
         As :meth:`SweepEngine.check`: without PyTorch (ImportError), for a
         device or dtype torch cannot use, or for a fit whose gate or expert
-        family the torch backend lacks (ReLU or stacked experts: DS-1,
-        DS-3, DS-4; ValueError, naming the pieces it has).
+        family the torch backend lacks (a user-written piece without
+        batched kernels; ValueError, naming the pieces it has).
         """
         _check_torch(scenario, specs, self.device, self.dtype)
 

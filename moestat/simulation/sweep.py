@@ -241,9 +241,9 @@ def simulate(
         in one task of ``parallel``. ``"torch"`` fits many cells of one
         fit in one batch (:func:`moestat.torch.fit.fit_batched`, see
         :func:`plan_batches`) on ``device``, from the same samples and
-        starts as the numpy engine; scenarios with pieces the torch
-        backend lacks (ReLU or stacked experts: DS-1, DS-3, DS-4) are
-        refused with a ValueError.
+        starts as the numpy engine; it runs every built-in scenario, and
+        refuses with a ValueError a scenario whose pieces the torch backend
+        lacks (a user-written family without batched kernels).
     parallel : {"loky", "threading", "sequential", "dask"}, default="loky"
         Where the tasks run, through joblib: ``"loky"`` worker processes,
         ``"threading"`` threads, ``"sequential"`` this process one after

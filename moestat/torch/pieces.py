@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from moestat._math import REFINEMENT_STEPS
+from moestat._math import solve_spd
 from moestat.experts import (
     GaussianExpert,
     GLMExpert,
     MultinomialLogisticExpert,
 )
 from moestat.gates import NormalizedSigmoidGate, SharedExpertsGate, SoftmaxGate
+from moestat.protocols import BatchedExpertFamily, CompositeExpertFamily
+from moestat.torch._generic import FamilyOnBatches, StackOnBatches
 
 __all__ = [
     "torch_gate",
@@ -635,23 +637,8 @@ def _halve_per_expert(
 def _solve_spd(
     matrix: Tensor, rhs: Tensor, ridge: float = 1e-10, refine: bool = False
 ) -> Tensor:
-    """Jacobi-equilibrated SPD solves with a refined tiny ridge (numpy's solve_spd)."""
-    diag = torch.diagonal(matrix, dim1=-2, dim2=-1)
-    scale = 1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
-    scaled = matrix * scale[..., :, None] * scale[..., None, :]
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    ridged = scaled + ridge * eye
-    target = (rhs * scale).unsqueeze(-1)
-    chol, info = torch.linalg.cholesky_ex(ridged)
-    solution = torch.cholesky_solve(target, chol)
-    # iterative refinement against the system without the ridge (as numpy)
-    for _ in range(REFINEMENT_STEPS if refine else 0):
-        solution = solution + torch.cholesky_solve(target - scaled @ solution, chol)
-    solution = solution.squeeze(-1)
-    if bool((info != 0).any()):
-        fallback = torch.linalg.lstsq(ridged, target).solution
-        solution = torch.where((info != 0)[..., None], fallback.squeeze(-1), solution)
-    return solution * scale
+    """The numpy engine's solve (:func:`moestat._math.solve_spd`) on tensors."""
+    return solve_spd(matrix, rhs, ridge=ridge, refine=refine)
 
 
 _GATES: list[tuple[type, type]] = [
@@ -667,8 +654,13 @@ _EXPERTS: list[tuple[type, type]] = [
 #: Names of the numpy gate classes the torch backend has (subclasses
 #: included, such as ``ModifiedSoftmaxGate``).
 SUPPORTED_GATES = tuple(numpy_type.__name__ for numpy_type, _ in _GATES)
-#: Names of the numpy expert families the torch backend has.
-SUPPORTED_EXPERTS = tuple(numpy_type.__name__ for numpy_type, _ in _EXPERTS)
+#: Names of the numpy expert families the torch backend has: these, stacks
+#: of them, and every family with batched kernels (``ReLUExpert``).
+SUPPORTED_EXPERTS = (
+    *(numpy_type.__name__ for numpy_type, _ in _EXPERTS),
+    "ReLUExpert",
+    "StackedExperts",
+)
 
 
 def torch_gate(gate: Any, n_experts: int, n_design: int) -> Any:
@@ -711,7 +703,11 @@ def torch_expert(expert: Any, n_experts: int, n_design: int) -> Any:
     ----------
     expert : expert family
         A numpy expert family of one of the classes of
-        :data:`SUPPORTED_EXPERTS` (exactly; subclasses are refused).
+        :data:`SUPPORTED_EXPERTS` (exactly; subclasses are refused), a
+        family with batched kernels
+        (:class:`~moestat.protocols.BatchedExpertFamily`, such as
+        :class:`~moestat.experts.ReLUExpert`), or a stack of shared and
+        routed experts of such families.
     n_experts : int
         Number of experts ``m``.
     n_design : int
@@ -728,10 +724,21 @@ def torch_expert(expert: Any, n_experts: int, n_design: int) -> Any:
     ValueError
         For a family the torch backend does not have.
     """
+    if isinstance(expert, CompositeExpertFamily):
+        n_shared = int(expert.n_shared)
+        return StackOnBatches(
+            torch_expert(expert.shared, n_shared, n_design),
+            torch_expert(expert.routed, n_experts - n_shared, n_design),
+            n_shared,
+        )
     for numpy_type, torch_type in _EXPERTS:
         if type(expert) is numpy_type:
             return torch_type(expert, n_experts, n_design)
+    if isinstance(expert, BatchedExpertFamily):
+        return FamilyOnBatches(expert, n_experts, n_design)
     raise ValueError(
         f"The torch backend has no {type(expert).__name__} experts; it supports "
-        f"{', '.join(SUPPORTED_EXPERTS)}. Use backend='numpy'."
+        f"{', '.join(SUPPORTED_EXPERTS)}, stacks of them (StackedExperts) and "
+        "any family with batched kernels (moestat.protocols.BatchedExpertFamily). "
+        "Use backend='numpy'."
     )

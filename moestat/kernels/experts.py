@@ -1,0 +1,291 @@
+"""Expert densities and M-steps written once for numpy and torch.
+
+The Gaussian noise of the regression experts and the one-unit ReLU mean of
+DeepSeekMoE's experts, as functions of the Python array API standard
+(through ``array_api_compat``). The numpy families of
+:mod:`moestat.experts` call them on one data set: parameters of shape
+``(m, ...)``, a design ``(n, q)``, responses ``(n,)`` and responsibilities
+``(n, m)``. The torch engine (:mod:`moestat.torch`) calls the same
+functions on a batch of data sets, with a leading axis ``B`` on every
+argument: ``(B, m, ...)``, ``(B, n, q)``, ``(B, n)``, ``(B, n, m)``. Any
+leading axes are batch axes.
+
+Per-sample arrays are ``(..., n, m)``: with numpy they are stored
+experts-major, the layout of the E-step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+
+from moestat._math import array_namespace, solve_spd
+from moestat.kernels.gates import affine_scores
+
+__all__ = [
+    "normal_log_density",
+    "relu_unit",
+    "relu_squared_error",
+    "relu_gauss_newton_step",
+    "relu_m_step",
+    "log_excess_variance",
+    "excess_variance",
+    "EMPTY_EXPERT",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+#: An expert whose total responsibility is at most this fraction of the
+#: sample size has no M-step: it keeps its parameters.
+EMPTY_EXPERT = 1e-10
+
+
+def normal_log_density(mean: Any, var: Any, y: Any) -> Any:
+    """``log N(y_t | mean_ti, var_i)`` of every sample and expert.
+
+    Parameters
+    ----------
+    mean : array of shape (..., n, m)
+        The experts' conditional means. With numpy it is overwritten (the
+        E-step's fresh means: one (n, m) array allocated, not two).
+    var : array of shape (..., m)
+        The experts' variances.
+    y : array of shape (..., n)
+        Responses.
+
+    Returns
+    -------
+    array of shape (..., n, m)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(normal_log_density(np.zeros((1, 1)), np.ones(1), np.zeros(1))[0, 0])
+    -0.9189385332046727
+    """
+    xp = array_namespace(mean, var, y)
+    if array_api_compat.is_numpy_namespace(xp):
+        resid = xp.subtract(y[..., None], mean, out=mean)
+        resid *= resid
+        resid /= var[..., None, :]
+        resid += xp.log(var[..., None, :]) + _LOG_2PI
+        resid *= -0.5
+        return resid
+    resid = y[..., None] - mean
+    var = var[..., None, :]
+    return -0.5 * (resid * resid / var + (xp.log(var) + _LOG_2PI))
+
+
+def log_excess_variance(var: Any, var_floor: Any) -> Any:
+    """Packed variances ``u = log(nu - nu_min)``, kept finite at the floor.
+
+    Parameters
+    ----------
+    var : array of shape (..., m)
+        Variances, at least the floor.
+    var_floor : float or array of shape (...)
+        The floor ``nu_min``.
+
+    Returns
+    -------
+    array of shape (..., m)
+    """
+    xp = array_namespace(var)
+    floor = xp.asarray(var_floor, dtype=var.dtype, device=_device(var))[..., None]
+    tiny = 1e-12 * xp.maximum(
+        floor, xp.asarray(1e-300, dtype=var.dtype, device=_device(var))
+    )
+    return xp.log(xp.maximum(var - floor, tiny))
+
+
+def excess_variance(u: Any, var_floor: Any) -> Any:
+    """Variances ``nu = nu_min + exp(u)`` from their packed values.
+
+    Parameters
+    ----------
+    u : array of shape (..., k)
+        Packed variances.
+    var_floor : float or array of shape (...)
+
+    Returns
+    -------
+    array of shape (..., k)
+    """
+    xp = array_namespace(u)
+    floor = xp.asarray(var_floor, dtype=u.dtype, device=_device(u))[..., None]
+    return floor + xp.exp(u)
+
+
+# -- ReLU experts ----------------------------------------------------------------
+def relu_unit(coef: Any, inner_design: Any) -> tuple[Any, Any]:
+    """Inner activations ``z_ti = eta_1i^T x_t (+ eta_0i)`` and ``max(0, z)``.
+
+    Parameters
+    ----------
+    coef : array of shape (..., m, q + 1)
+        Each expert's inner weights, then its outer weight (not used here).
+    inner_design : array of shape (..., n, q)
+        The columns the inner weights multiply.
+
+    Returns
+    -------
+    z, relu : arrays of shape (..., n, m)
+    """
+    xp = array_namespace(coef, inner_design)
+    z = affine_scores(inner_design, coef[..., :-1])
+    return z, xp.maximum(z, 0.0)
+
+
+def relu_squared_error(coef: Any, inner_design: Any, y: Any, resp: Any) -> Any:
+    """Each expert's ``sum_t r_ti (y_t - eta_2i max(0, z_ti))^2``.
+
+    Parameters
+    ----------
+    coef : array of shape (..., m, q + 1)
+    inner_design : array of shape (..., n, q)
+    y : array of shape (..., n)
+    resp : array of shape (..., n, m)
+        Responsibilities (weights of the squared errors).
+
+    Returns
+    -------
+    array of shape (..., m)
+    """
+    xp = array_namespace(coef, inner_design, y, resp)
+    _, relu = relu_unit(coef, inner_design)
+    resid = y[..., None] - relu * coef[..., None, :, -1]
+    return xp.sum(resp * resid * resid, axis=-2)
+
+
+def relu_gauss_newton_step(
+    coef: Any,
+    inner_design: Any,
+    y: Any,
+    resp: Any,
+    current: Any,
+    max_halvings: int,
+) -> tuple[Any, Any]:
+    """One damped Gauss-Newton step on every expert's weighted squared error.
+
+    The direction solves the Gauss-Newton system of each expert (the
+    Jacobian of ``h = eta_2 max(0, z)``: ``eta_2 1[z > 0] x`` for the inner
+    weights, ``max(0, z)`` for the outer one); the step is halved, expert
+    by expert, until the squared error does not increase, at most
+    ``max_halvings`` times (then the expert keeps its coefficients).
+
+    Parameters
+    ----------
+    coef : array of shape (..., m, q + 1)
+    inner_design : array of shape (..., n, q)
+    y : array of shape (..., n)
+    resp : array of shape (..., n, m)
+    current : array of shape (..., m)
+        :func:`relu_squared_error` at ``coef``.
+    max_halvings : int
+
+    Returns
+    -------
+    coef, value : arrays of shape (..., m, q + 1) and (..., m)
+        The new coefficients and their squared errors.
+    """
+    xp = array_namespace(coef, inner_design, y, resp, current)
+    z, relu = relu_unit(coef, inner_design)
+    outer = coef[..., -1]
+    resid = y[..., None] - relu * outer[..., None, :]
+    # Jacobian of h, (..., m, n, q + 1): eta_2 1[z > 0] Pin, then max(0, z)
+    active = xp.astype(z > 0, coef.dtype) * outer[..., None, :]
+    slope = xp.matrix_transpose(active)[..., None] * inner_design[..., None, :, :]
+    jac = xp.concat([slope, xp.matrix_transpose(relu)[..., None]], axis=-1)
+    weighted = xp.matrix_transpose(resp)[..., None] * jac
+    gram = xp.matmul(xp.matrix_transpose(weighted), jac)
+    rhs = xp.matmul(
+        xp.matrix_transpose(weighted), xp.matrix_transpose(resid)[..., None]
+    )
+    rhs = rhs[..., 0]
+    direction = solve_spd(gram, rhs, ridge=1e-9)
+    new, value_new = coef, current
+    step = xp.ones_like(current)
+    accepted = xp.zeros_like(current, dtype=xp.bool)
+    for _ in range(max_halvings + 1):
+        candidate = coef + step[..., None] * direction
+        value = relu_squared_error(candidate, inner_design, y, resp)
+        better = ~accepted & (value <= current)
+        new = xp.where(better[..., None], candidate, new)
+        value_new = xp.where(better, value, value_new)
+        accepted = accepted | better
+        if bool(xp.all(accepted)):
+            break
+        step = xp.where(accepted, step, 0.5 * step)
+    return new, value_new
+
+
+def relu_m_step(
+    coef: Any,
+    var: Any,
+    inner_design: Any,
+    y: Any,
+    resp: Any,
+    var_floor: Any,
+    n_samples: Any,
+    *,
+    steps: int,
+    max_halvings: int,
+    hold_empty: bool = True,
+) -> tuple[Any, Any]:
+    """The ReLU experts' M-step from their current parameters.
+
+    ``steps`` damped Gauss-Newton steps (:func:`relu_gauss_newton_step`) on
+    each expert's weighted squared error, then the weighted variance,
+    clamped at the floor. An expert whose total responsibility is at most
+    :data:`EMPTY_EXPERT` times the sample size keeps ``coef`` and ``var``.
+
+    Parameters
+    ----------
+    coef : array of shape (..., m, q + 1)
+        Current coefficients: the start of the steps.
+    var : array of shape (..., m)
+        Current variances (kept by empty experts).
+    inner_design : array of shape (..., n, q)
+    y : array of shape (..., n)
+    resp : array of shape (..., n, m)
+    var_floor : float or array of shape (...)
+        Lower bound ``nu_min`` on the variances.
+    n_samples : float or array of shape (...)
+        The sample size (sum of the weights) that "empty" is relative to.
+    steps, max_halvings : int
+    hold_empty : bool, default=True
+        Whether empty experts keep ``coef`` and ``var``; False leaves them
+        the fit to the pooled data (a fit from a start, with no current
+        parameters to keep).
+
+    Returns
+    -------
+    coef, var : arrays of shape (..., m, q + 1) and (..., m)
+    """
+    xp = array_namespace(coef, var, inner_design, y, resp)
+    var_floor = xp.asarray(var_floor, dtype=var.dtype, device=_device(var))
+    n_samples = xp.asarray(n_samples, dtype=var.dtype, device=_device(var))
+    weight = xp.sum(resp, axis=-2)
+    empty = weight <= EMPTY_EXPERT * n_samples[..., None]
+    if bool(xp.any(empty)):
+        # An expert with no data has no M-step: fit it to the pooled data
+        # (the value is discarded below; it keeps the arrays finite).
+        resp = xp.where(empty[..., None, :], xp.ones_like(resp), resp)
+        weight = xp.where(empty, n_samples[..., None] * xp.ones_like(weight), weight)
+    value = relu_squared_error(coef, inner_design, y, resp)
+    new = coef
+    for _ in range(steps):
+        new, value = relu_gauss_newton_step(
+            new, inner_design, y, resp, value, max_halvings
+        )
+    new_var = xp.maximum(value / weight, var_floor[..., None])
+    if hold_empty:
+        new = xp.where(empty[..., None], coef, new)
+        new_var = xp.where(empty, var, new_var)
+    return new, new_var
+
+
+def _device(x: Any) -> Any:
+    return array_api_compat.device(x)
