@@ -133,7 +133,9 @@ def statistics_size(m: int, p_gate: int, p_expert: int) -> int:
     """
     k = m - 1
     q_gate, q_expert = p_gate * (p_gate + 1) // 2, p_expert * (p_expert + 1) // 2
-    return 1 + m + m * q_expert + m * p_expert + m + k * p_gate + k * (k + 1) // 2 * q_gate
+    return (
+        1 + m + m * q_expert + m * p_expert + m + k * p_gate + k * (k + 1) // 2 * q_gate
+    )
 
 
 def _symmetric_from_pairs(xp: Any, packed: Any, p: int) -> Any:
@@ -143,7 +145,9 @@ def _symmetric_from_pairs(xp: Any, packed: Any, p: int) -> Any:
     return xp.reshape(full, (*packed.shape[:-1], p, p))
 
 
-def unflatten_statistics(flat: Any, m: int, p_gate: int, p_expert: int) -> SweepStatistics:
+def unflatten_statistics(
+    flat: Any, m: int, p_gate: int, p_expert: int
+) -> SweepStatistics:
     """Split flattened sums (the output of :func:`chunk_statistics`) into their parts.
 
     Parameters
@@ -178,7 +182,9 @@ def unflatten_statistics(flat: Any, m: int, p_gate: int, p_expert: int) -> Sweep
     info = xp.reshape(info, (*batch, q_free, p_gate * p_gate))
     info = _symmetric_from_pairs(xp, xp.matrix_transpose(info), k)  # (..., pp, k, k)
     info = xp.reshape(info, (*batch, p_gate, p_gate, k, k))
-    info = xp.permute_dims(info, (*range(len(batch)), *(len(batch) + a for a in (2, 0, 3, 1))))
+    info = xp.permute_dims(
+        info, (*range(len(batch)), *(len(batch) + a for a in (2, 0, 3, 1)))
+    )
     info = xp.reshape(info, (*batch, k * p_gate, k * p_gate))
     return SweepStatistics(
         log_likelihood=ll[..., 0],
@@ -192,10 +198,19 @@ def unflatten_statistics(flat: Any, m: int, p_gate: int, p_expert: int) -> Sweep
 
 
 # -- the per-chunk work --------------------------------------------------------
+def _device(x: Any) -> Any:
+    """The array's device (None for numpy before 2.0, whose arrays have none).
+
+    Read as an attribute, not with ``array_api_compat.device``, which
+    ``torch.compile`` cannot trace.
+    """
+    return getattr(x, "device", None)
+
+
 def _pairs(xp: Any, At: Any) -> Any:
     """Products ``A_a A_b`` (a <= b) of the rows of ``At`` (..., p, c): (..., q, c)."""
     rows, cols = _upper_triangle(At.shape[-2])
-    device = array_api_compat.device(At)
+    device = _device(At)
     first = xp.take(At, xp.asarray(rows, device=device), axis=At.ndim - 2)
     second = xp.take(At, xp.asarray(cols, device=device), axis=At.ndim - 2)
     return first * second
@@ -210,6 +225,7 @@ def chunk_statistics(
     expert_coef: Any,
     var: Any,
     accumulate_dtype: Any = None,
+    xp: Any = None,
 ) -> Any:
     """The statistics of one chunk of rows, flattened to (..., S).
 
@@ -232,6 +248,10 @@ def chunk_statistics(
         Expert variances.
     accumulate_dtype : dtype, optional
         Dtype of the result (the chunk's own by default).
+    xp : namespace, optional
+        The arrays' ``array_api_compat`` namespace, found from them by
+        default (``torch.compile`` needs it given: it cannot trace the
+        look-up).
 
     Returns
     -------
@@ -244,7 +264,8 @@ def chunk_statistics(
     Pure array code without branches on values, so that ``torch.compile``
     can fuse it. Rows without a finite density get no responsibility.
     """
-    xp = array_api_compat.array_namespace(Z, y, gate_coef)
+    if xp is None:
+        xp = array_api_compat.array_namespace(Z, y, gate_coef)
     shared = Phi is Z
     m = gate_coef.shape[-2]
     # experts-major (..., m, c): reductions over the experts run along
@@ -285,7 +306,7 @@ def chunk_statistics(
     rho_g = xp.sum(resp, axis=-2, keepdims=True) * g
     score = resp[..., 1:, :] - rho_g
     rows, cols = _upper_triangle(m - 1)
-    device = array_api_compat.device(g)
+    device = _device(g)
     g_cols = xp.take(g, xp.asarray(cols, device=device), axis=g.ndim - 2)
     diagonal = xp.asarray(
         [[float(a == b)] for a, b in zip(rows, cols, strict=True)],
