@@ -106,6 +106,11 @@ def _upper_triangle(p: int) -> tuple[list[int], list[int]]:
     return rows, cols
 
 
+def _index(xp: Any, values: list[int], device: Any) -> Any:
+    """Integer indices as an array (int64 also when ``values`` is empty)."""
+    return xp.asarray(values, dtype=xp.int64, device=device)
+
+
 def _pair_lookup(p: int) -> list[int]:
     """For each entry of a p x p matrix (row-major), its upper-triangle position."""
     position = {}
@@ -140,7 +145,7 @@ def statistics_size(m: int, p_gate: int, p_expert: int) -> int:
 
 def _symmetric_from_pairs(xp: Any, packed: Any, p: int) -> Any:
     """(..., p, p) symmetric matrices from (..., p(p+1)/2) upper triangles."""
-    lookup = xp.asarray(_pair_lookup(p), device=array_api_compat.device(packed))
+    lookup = _index(xp, _pair_lookup(p), array_api_compat.device(packed))
     full = xp.take(packed, lookup, axis=packed.ndim - 1)
     return xp.reshape(full, (*packed.shape[:-1], p, p))
 
@@ -211,8 +216,8 @@ def _pairs(xp: Any, At: Any) -> Any:
     """Products ``A_a A_b`` (a <= b) of the rows of ``At`` (..., p, c): (..., q, c)."""
     rows, cols = _upper_triangle(At.shape[-2])
     device = _device(At)
-    first = xp.take(At, xp.asarray(rows, device=device), axis=At.ndim - 2)
-    second = xp.take(At, xp.asarray(cols, device=device), axis=At.ndim - 2)
+    first = xp.take(At, _index(xp, rows, device), axis=At.ndim - 2)
+    second = xp.take(At, _index(xp, cols, device), axis=At.ndim - 2)
     return first * second
 
 
@@ -307,13 +312,16 @@ def chunk_statistics(
     score = resp[..., 1:, :] - rho_g
     rows, cols = _upper_triangle(m - 1)
     device = _device(g)
-    g_cols = xp.take(g, xp.asarray(cols, device=device), axis=g.ndim - 2)
-    diagonal = xp.asarray(
-        [[float(a == b)] for a, b in zip(rows, cols, strict=True)],
-        dtype=g.dtype,
-        device=device,
+    g_cols = xp.take(g, _index(xp, cols, device), axis=g.ndim - 2)
+    diagonal = xp.reshape(
+        xp.asarray(
+            [float(a == b) for a, b in zip(rows, cols, strict=True)],
+            dtype=g.dtype,
+            device=device,
+        ),
+        (len(rows), 1),
     )
-    gate_weights = xp.take(rho_g, xp.asarray(rows, device=device), axis=g.ndim - 2) * (
+    gate_weights = xp.take(rho_g, _index(xp, rows, device), axis=g.ndim - 2) * (
         diagonal - g_cols
     )
     z_pairs = _pairs(xp, Zt)
