@@ -278,37 +278,42 @@ def chunk_statistics(
     Zt = xp.matrix_transpose(Z)
     Pt = Zt if shared else xp.matrix_transpose(Phi)
     var = var[..., None]
-    # softmax and log-softmax with one exp
+    # softmax with one exp; log g = scores - log(gate_sum), whose row
+    # constant log(gate_sum) is left out of the joint and subtracted from
+    # the per-sample log-likelihood
     scores = xp.matmul(gate_coef, Zt)
     scores = scores - xp.max(scores, axis=-2, keepdims=True)
     gate_exp = xp.exp(scores)
     gate_sum = xp.sum(gate_exp, axis=-2, keepdims=True)
     resid = y[..., None, :] - xp.matmul(expert_coef, Pt)
-    joint = scores + (
-        (-0.5 * (xp.log(var) + _LOG_2PI) - xp.log(gate_sum))
-        - (0.5 / var) * (resid * resid)
-    )
+    joint = (scores + (-0.5 * (xp.log(var) + _LOG_2PI))) - (0.5 / var) * (resid * resid)
     # r = e / sum(e) for e = exp(joint - max): one exp; rows without a
     # finite density get r = 0
     top = xp.max(joint, axis=-2, keepdims=True)
     top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
     joint_exp = xp.exp(joint - top)
     joint_sum = xp.sum(joint_exp, axis=-2, keepdims=True)
-    per_sample = (top + xp.log(joint_sum))[..., 0, :]
-    resp = joint_exp / joint_sum
+    per_sample = (top + xp.log(joint_sum) - xp.log(gate_sum))[..., 0, :]
+    # row factors (c values, not m c): 1 / sum(e) times the sample weight
+    alive = xp.isfinite(joint_sum) & (joint_sum > 0)
+    safe_sum = xp.where(alive, joint_sum, xp.ones_like(joint_sum))
     if weight is None:
         counted = per_sample
+        row_factor = xp.where(alive, 1.0 / safe_sum, xp.zeros_like(joint_sum))
     else:
-        resp = resp * weight[..., None, :]
         counted = xp.where(weight > 0, weight * per_sample, xp.zeros_like(per_sample))
-    resp = xp.where(xp.isnan(resp), xp.zeros_like(resp), resp)
+        row_factor = xp.where(
+            alive, weight[..., None, :] / safe_sum, xp.zeros_like(joint_sum)
+        )
+    resp = joint_exp * row_factor
     if accumulate_dtype is not None:
         counted = xp.astype(counted, accumulate_dtype)
     log_lik = xp.sum(counted, axis=-1, keepdims=True)
 
-    # gate: soft-label gradient and Fisher pair weights rho g_i (delta_ij - g_j)
-    g = (gate_exp / gate_sum)[..., 1:, :]
-    rho_g = xp.sum(resp, axis=-2, keepdims=True) * g
+    # gate: soft-label gradient and Fisher pair weights rho g_i (delta_ij - g_j),
+    # with rho = sum_i r_i = sum(e) * row_factor
+    g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
+    rho_g = (joint_sum * row_factor) * g
     score = resp[..., 1:, :] - rho_g
     rows, cols = _upper_triangle(m - 1)
     device = _device(g)
