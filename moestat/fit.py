@@ -35,8 +35,8 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 
+from moestat._sweep_em import start_from_labels, sweep_steps
 from moestat._sweep_em import supports as supports_sweeps
-from moestat._sweep_em import sweep_steps
 from moestat.boundary import (
     boundary_message,
     diverging_parameters,
@@ -840,11 +840,19 @@ def _lbfgs_verdict(
 
 # -- initialisation ---------------------------------------------------------
 def _standardize(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Centre and scale the columns of ``a`` in place (and return it)."""
     sd = a.std(axis=0)
-    return (a - a.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    a -= a.mean(axis=0)
+    a /= np.where(sd > 0, sd, 1.0)
+    return a
 
 
-def _smoothed_one_hot(labels: NDArray[np.intp], m: int, eps: float = 0.05):
+#: Share of a start's hard labels spread over all experts, so that no gate
+#: logit starts infinite.
+LABEL_SMOOTHING = 0.05
+
+
+def _smoothed_one_hot(labels: NDArray[np.intp], m: int, eps: float = LABEL_SMOOTHING):
     resp = np.full((labels.size, m), eps / m)
     resp[np.arange(labels.size), labels] += 1.0 - eps
     return resp
@@ -875,17 +883,28 @@ def initial_responsibilities(
     ndarray of shape (n, n_experts)
         Hard labels smoothed by 5% so that no gate logit starts infinite.
     """
+    return _smoothed_one_hot(_initial_labels(X, y, n_experts, method, rng), n_experts)
+
+
+#: Rows of the distances to the random start's centres computed at once.
+_LABEL_CHUNK = 65536
+
+
+def _initial_labels(X, y, n_experts, method, rng):
+    """Hard labels of :func:`initial_responsibilities` (before the smoothing)."""
     points = _standardize(np.column_stack([X, y]))
     if method == "kmeans":
         seed = int(rng.integers(2**31 - 1))
-        labels = KMeans(n_experts, n_init=1, random_state=seed).fit_predict(points)
-    elif method == "random":
-        centres = points[rng.choice(len(points), n_experts, replace=False)]
-        dist = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
-        labels = dist.argmin(axis=1)
-    else:
+        return KMeans(n_experts, n_init=1, random_state=seed).fit_predict(points)
+    if method != "random":
         raise ValueError(f"Unknown init method {method!r}; use 'kmeans' or 'random'.")
-    return _smoothed_one_hot(labels, n_experts)
+    centres = points[rng.choice(len(points), n_experts, replace=False)]
+    labels = np.empty(len(points), dtype=np.intp)
+    for start in range(0, len(points), _LABEL_CHUNK):
+        part = points[start : start + _LABEL_CHUNK]
+        dist = ((part[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+        labels[start : start + _LABEL_CHUNK] = dist.argmin(axis=1)
+    return labels
 
 
 def initial_params(
@@ -927,7 +946,19 @@ def initial_params(
     -------
     MoEParams
         The starting parameters.
+
+    Notes
+    -----
+    Where :func:`em` would sweep the data in chunks (a softmax gate with
+    Gaussian experts and ``n * n_experts >= CHUNKED_ENTRIES``), both
+    M-steps are taken from sums over chunks of rows, so no (n, m) labels
+    are stored.
     """
+    if n_experts * design.n_samples >= CHUNKED_ENTRIES and supports_sweeps(model):
+        labels = _initial_labels(X, y, n_experts, method, rng)
+        return start_from_labels(
+            model, design, y, labels, n_experts, LABEL_SMOOTHING, var_floor
+        )
     resp = initial_responsibilities(X, y, n_experts, method, rng)
     expert = model.expert.m_step(design.expert, y, resp, var_floor)
     gate = model.gate.init_params(design.gate, resp)

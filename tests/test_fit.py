@@ -20,6 +20,7 @@ from moestat import (
     MixtureOfExperts,
     SoftmaxGate,
 )
+from moestat import _sweep_em as sweep_em
 from moestat import fit as fit_module
 from moestat.fit import (
     ConvergenceMonitor,
@@ -482,3 +483,26 @@ def test_chunked_em_stores_nothing_of_size_n_times_m(rng):
     finally:
         tracemalloc.stop()
     assert peak < 400_000 * 4 * 8, peak
+
+
+@pytest.mark.parametrize("expert_name", sorted(CHUNKED_EXPERTS))
+@pytest.mark.parametrize("method", ["kmeans", "random"])
+def test_the_start_from_sums_over_chunks_is_the_start_from_whole_arrays(
+    rng, monkeypatch, method, expert_name
+):
+    """From CHUNKED_ENTRIES on, initial_params stores no (n, m) labels: same start."""
+    spec = MixtureOfExperts(GATES["modified_tanh"], CHUNKED_EXPERTS[expert_name])
+    X, y = simulate(three_quadratic_truth(), 2500, 1, rng)
+    design = spec.design(X)
+    seed = int(rng.integers(2**31))
+    monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
+
+    def start(entries):
+        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        draws = np.random.default_rng(seed)
+        return spec.with_params(
+            initial_params(spec, design, X, y, 3, method, draws, var_floor=1e-3)
+        )
+
+    whole, chunked = start(10**9), start(1)
+    np.testing.assert_allclose(pack(chunked, 1e-3), pack(whole, 1e-3), rtol=1e-8)

@@ -47,6 +47,8 @@ import array_api_compat
 __all__ = [
     "SweepStatistics",
     "chunk_statistics",
+    "soft_label_statistics",
+    "unflatten_soft_label",
     "statistics_size",
     "unflatten_statistics",
     "sweep",
@@ -150,6 +152,23 @@ def _symmetric_from_pairs(xp: Any, packed: Any, p: int) -> Any:
     return xp.reshape(full, (*packed.shape[:-1], p, p))
 
 
+def _information_from_pairs(xp: Any, packed: Any, k: int, p_gate: int) -> Any:
+    """The (..., k p, k p) gate information from its (..., q_free q_gate) pair sums.
+
+    ``information[(i, a), (j, b)] = sum rho g_i (delta_ij - g_j) z_a z_b``.
+    """
+    batch = tuple(packed.shape[:-1])
+    q_free, q_gate = k * (k + 1) // 2, p_gate * (p_gate + 1) // 2
+    info = _symmetric_from_pairs(
+        xp, xp.reshape(packed, (*batch, q_free, q_gate)), p_gate
+    )
+    info = xp.reshape(info, (*batch, q_free, p_gate * p_gate))
+    info = _symmetric_from_pairs(xp, xp.matrix_transpose(info), k)  # (..., pp, k, k)
+    info = xp.reshape(info, (*batch, p_gate, p_gate, k, k))
+    axes = (*range(len(batch)), *(len(batch) + a for a in (2, 0, 3, 1)))
+    return xp.reshape(xp.permute_dims(info, axes), (*batch, k * p_gate, k * p_gate))
+
+
 def unflatten_statistics(
     flat: Any, m: int, p_gate: int, p_expert: int
 ) -> SweepStatistics:
@@ -182,15 +201,7 @@ def unflatten_statistics(
         start += size
     ll, weight, gram, score, ss, grad, info = parts
     gram = _symmetric_from_pairs(xp, xp.reshape(gram, (*batch, m, q_expert)), p_expert)
-    # information[(i, a), (j, b)] = sum rho g_i (delta_ij - g_j) z_a z_b
-    info = _symmetric_from_pairs(xp, xp.reshape(info, (*batch, q_free, q_gate)), p_gate)
-    info = xp.reshape(info, (*batch, q_free, p_gate * p_gate))
-    info = _symmetric_from_pairs(xp, xp.matrix_transpose(info), k)  # (..., pp, k, k)
-    info = xp.reshape(info, (*batch, p_gate, p_gate, k, k))
-    info = xp.permute_dims(
-        info, (*range(len(batch)), *(len(batch) + a for a in (2, 0, 3, 1)))
-    )
-    info = xp.reshape(info, (*batch, k * p_gate, k * p_gate))
+    info = _information_from_pairs(xp, info, k, p_gate)
     return SweepStatistics(
         log_likelihood=ll[..., 0],
         expert_weight=weight,
@@ -219,6 +230,28 @@ def _pairs(xp: Any, At: Any) -> Any:
     first = xp.take(At, _index(xp, rows, device), axis=At.ndim - 2)
     second = xp.take(At, _index(xp, cols, device), axis=At.ndim - 2)
     return first * second
+
+
+def _fisher_pair_weights(xp: Any, rho_g: Any, g: Any) -> Any:
+    """Weights ``rho g_i (delta_ij - g_j)`` of the free rows' pairs ``i <= j``.
+
+    ``rho_g`` and ``g`` are (..., m - 1, c); the result is (..., q, c) with
+    ``q = (m - 1) m / 2``, in the order of :func:`_upper_triangle`.
+    """
+    rows, cols = _upper_triangle(g.shape[-2])
+    device = _device(g)
+    g_cols = xp.take(g, _index(xp, cols, device), axis=g.ndim - 2)
+    diagonal = xp.reshape(
+        xp.asarray(
+            [float(a == b) for a, b in zip(rows, cols, strict=True)],
+            dtype=g.dtype,
+            device=device,
+        ),
+        (len(rows), 1),
+    )
+    return xp.take(rho_g, _index(xp, rows, device), axis=g.ndim - 2) * (
+        diagonal - g_cols
+    )
 
 
 def chunk_statistics(
@@ -272,7 +305,6 @@ def chunk_statistics(
     if xp is None:
         xp = array_api_compat.array_namespace(Z, y, gate_coef)
     shared = Phi is Z
-    m = gate_coef.shape[-2]
     # experts-major (..., m, c): reductions over the experts run along
     # contiguous rows, and each statistic is a (., c) @ (c, .) product
     Zt = xp.matrix_transpose(Z)
@@ -314,21 +346,7 @@ def chunk_statistics(
     # with rho = sum_i r_i = sum(e) * row_factor
     g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
     rho_g = (joint_sum * row_factor) * g
-    score = resp[..., 1:, :] - rho_g
-    rows, cols = _upper_triangle(m - 1)
-    device = _device(g)
-    g_cols = xp.take(g, _index(xp, cols, device), axis=g.ndim - 2)
-    diagonal = xp.reshape(
-        xp.asarray(
-            [float(a == b) for a, b in zip(rows, cols, strict=True)],
-            dtype=g.dtype,
-            device=device,
-        ),
-        (len(rows), 1),
-    )
-    gate_weights = xp.take(rho_g, _index(xp, rows, device), axis=g.ndim - 2) * (
-        diagonal - g_cols
-    )
+    gate_weights = _fisher_pair_weights(xp, rho_g, g)
     z_pairs = _pairs(xp, Zt)
     phi_pairs = z_pairs if shared else _pairs(xp, Pt)
     weighted_resid = resp * resid
@@ -338,7 +356,7 @@ def chunk_statistics(
         xp.matmul(resp, xp.matrix_transpose(phi_pairs)),
         xp.matmul(weighted_resid, Phi),
         xp.sum(weighted_resid * resid, axis=-1),
-        xp.matmul(score, Z),
+        xp.matmul(resp[..., 1:, :] - rho_g, Z),
         xp.matmul(gate_weights, xp.matrix_transpose(z_pairs)),
     )
     batch = tuple(Z.shape[:-2])
@@ -346,6 +364,75 @@ def chunk_statistics(
     if accumulate_dtype is not None:
         flat = [xp.astype(part, accumulate_dtype) for part in flat]
     return xp.concat(flat, axis=-1)
+
+
+def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
+    """A softmax gate's fit to given soft labels, on one chunk of rows.
+
+    The sums of the gate's Fisher-scoring steps on fixed labels ``r`` (its
+    initialisation): ``Q = sum_t sum_i r_ti log g_i(z_t)``, and the
+    gradient and information of :class:`SweepStatistics` with ``r`` the
+    labels.
+
+    Parameters
+    ----------
+    Z : array of shape (..., c, p_gate)
+        The chunk's gate design rows.
+    resp : array of shape (..., m, c)
+        Soft labels, experts first.
+    gate_coef : array of shape (..., m, p_gate)
+        Every gate row, the reference row (zeros) first.
+
+    Returns
+    -------
+    array of shape (..., S)
+        ``Q``, the gradient and the information's pair sums; add the
+        chunks' arrays and read them with :func:`unflatten_soft_label`.
+    """
+    xp = array_api_compat.array_namespace(Z, resp, gate_coef)
+    Zt = xp.matrix_transpose(Z)
+    scores = xp.matmul(gate_coef, Zt)
+    scores = scores - xp.max(scores, axis=-2, keepdims=True)
+    gate_exp = xp.exp(scores)
+    gate_sum = xp.sum(gate_exp, axis=-2, keepdims=True)
+    rho = xp.sum(resp, axis=-2, keepdims=True)
+    objective = xp.sum(
+        xp.sum(resp * scores, axis=-2) - rho[..., 0, :] * xp.log(gate_sum[..., 0, :]),
+        axis=-1,
+    )
+    g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
+    rho_g = rho * g
+    parts = (
+        objective[..., None],
+        xp.matmul(resp[..., 1:, :] - rho_g, Z),
+        xp.matmul(
+            _fisher_pair_weights(xp, rho_g, g), xp.matrix_transpose(_pairs(xp, Zt))
+        ),
+    )
+    batch = tuple(Z.shape[:-2])
+    return xp.concat([xp.reshape(part, (*batch, -1)) for part in parts], axis=-1)
+
+
+def unflatten_soft_label(flat: Any, m: int, p_gate: int) -> tuple[Any, Any, Any]:
+    """``(Q, gradient, information)`` from summed :func:`soft_label_statistics`.
+
+    Parameters
+    ----------
+    flat : array of shape (..., S)
+    m, p_gate : int
+        Experts and the gate design's width.
+
+    Returns
+    -------
+    tuple of arrays
+        Shapes (...), (..., (m - 1) p_gate) and
+        (..., (m - 1) p_gate, (m - 1) p_gate).
+    """
+    xp = array_api_compat.array_namespace(flat)
+    k = m - 1
+    gradient = flat[..., 1 : 1 + k * p_gate]
+    information = _information_from_pairs(xp, flat[..., 1 + k * p_gate :], k, p_gate)
+    return flat[..., 0], gradient, information
 
 
 def chunk_rows(
