@@ -18,6 +18,10 @@ is kept, which cannot lower the likelihood (the expert step maximises the
 expected complete-data log-likelihood in the experts). The log-likelihood
 therefore never decreases. The gate takes one Fisher step per iteration,
 whatever its ``newton_steps``.
+
+Starting values (:func:`start_from_labels`) take the M-steps of
+:func:`moestat.fit.initial_params` from sums over chunks of their labels,
+so no (n, m) array is made before the fit either.
 """
 
 from __future__ import annotations
@@ -193,7 +197,7 @@ def sweep_steps(
     weight: NDArray[np.float64] | None,
     var_floor: float,
     chunk_size: int | None,
-) -> Any:
+) -> tuple[Any, Any]:
     """``(e_step, em_step)`` of the chunked path (see :class:`SweepSteps`)."""
     steps = SweepSteps(model, design, y, weight, var_floor, chunk_size)
     return steps.e_step, steps.em_step

@@ -153,14 +153,17 @@ else:
 
 
 # -- the EM sweep ----------------------------------------------------------------
+@pytest.mark.parametrize("n_experts", [3, 9])
 @pytest.mark.parametrize("chunk_size", [7, 64, 500])
-def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(rng, chunk_size):
+def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
+    rng, chunk_size, n_experts
+):
     """Chunk by chunk, the sums of a sweep equal the (n, m) arrays' sums."""
     from moestat import GaussianExpert, GaussianExpertParams
     from moestat._math import fisher_information, pair_products
     from moestat.kernels.sweep import sweep
 
-    n, m = 500, 3
+    n, m = 500, n_experts
     X = rng.uniform(-1, 1, size=(n, 2))
     Z = np.column_stack([np.ones(n), X])
     Phi = GaussianExpert(degree=2).design(X)

@@ -139,10 +139,36 @@ def statistics_size(m: int, p_gate: int, p_expert: int) -> int:
     20
     """
     k = m - 1
-    q_gate, q_expert = p_gate * (p_gate + 1) // 2, p_expert * (p_expert + 1) // 2
+    q_expert = p_expert * (p_expert + 1) // 2
     return (
-        1 + m + m * q_expert + m * p_expert + m + k * p_gate + k * (k + 1) // 2 * q_gate
+        1
+        + m
+        + m * q_expert
+        + m * p_expert
+        + m
+        + k * p_gate
+        + _information_size(k, p_gate)
     )
+
+
+def _khatri_rao(k: int, p_gate: int) -> bool:
+    """Whether the gate information is summed in Khatri-Rao form.
+
+    With ``k`` free rows and ``p`` design columns the pair weights
+    ``rho g_i (delta_ij - g_j)`` take ``k(k+1)/2`` numbers per sample; from
+    ``k >= 2p`` on, the ``k p`` entries ``sqrt(rho) g_i z`` of the low-rank
+    part are fewer and their product ``U^T U`` is one matrix product (the
+    rule of :func:`moestat._math.fisher_information`).
+    """
+    return k >= 2 * p_gate
+
+
+def _information_size(k: int, p_gate: int) -> int:
+    """Numbers of a chunk's gate-information sums."""
+    q_gate = p_gate * (p_gate + 1) // 2
+    if _khatri_rao(k, p_gate):
+        return k * q_gate + (k * p_gate) ** 2
+    return k * (k + 1) // 2 * q_gate
 
 
 def _symmetric_from_pairs(xp: Any, packed: Any, p: int) -> Any:
@@ -169,6 +195,20 @@ def _information_from_pairs(xp: Any, packed: Any, k: int, p_gate: int) -> Any:
     return xp.reshape(xp.permute_dims(info, axes), (*batch, k * p_gate, k * p_gate))
 
 
+def _information(xp: Any, packed: Any, k: int, p_gate: int) -> Any:
+    """The (..., k p, k p) gate information from a sweep's information sums."""
+    if not _khatri_rao(k, p_gate):
+        return _information_from_pairs(xp, packed, k, p_gate)
+    batch = tuple(packed.shape[:-1])
+    q_gate, size = p_gate * (p_gate + 1) // 2, k * p_gate
+    blocks = xp.reshape(packed[..., : k * q_gate], (*batch, k, q_gate))
+    blocks = _symmetric_from_pairs(xp, blocks, p_gate)  # (..., k, p, p)
+    eye = xp.eye(k, dtype=packed.dtype, device=array_api_compat.device(packed))
+    diagonal = blocks[..., :, :, None, :] * eye[:, None, :, None]
+    low_rank = xp.reshape(packed[..., k * q_gate :], (*batch, size, size))
+    return xp.reshape(diagonal, (*batch, size, size)) - low_rank
+
+
 def unflatten_statistics(
     flat: Any, m: int, p_gate: int, p_expert: int
 ) -> SweepStatistics:
@@ -188,12 +228,16 @@ def unflatten_statistics(
     """
     xp = array_api_compat.array_namespace(flat)
     k = m - 1
-    q_gate, q_expert, q_free = (
-        p_gate * (p_gate + 1) // 2,
-        p_expert * (p_expert + 1) // 2,
-        k * (k + 1) // 2,
-    )
-    sizes = [1, m, m * q_expert, m * p_expert, m, k * p_gate, q_free * q_gate]
+    q_expert = p_expert * (p_expert + 1) // 2
+    sizes = [
+        1,
+        m,
+        m * q_expert,
+        m * p_expert,
+        m,
+        k * p_gate,
+        _information_size(k, p_gate),
+    ]
     batch = tuple(flat.shape[:-1])
     parts, start = [], 0
     for size in sizes:
@@ -201,7 +245,7 @@ def unflatten_statistics(
         start += size
     ll, weight, gram, score, ss, grad, info = parts
     gram = _symmetric_from_pairs(xp, xp.reshape(gram, (*batch, m, q_expert)), p_expert)
-    info = _information_from_pairs(xp, info, k, p_gate)
+    info = _information(xp, info, k, p_gate)
     return SweepStatistics(
         log_likelihood=ll[..., 0],
         expert_weight=weight,
@@ -252,6 +296,28 @@ def _fisher_pair_weights(xp: Any, rho_g: Any, g: Any) -> Any:
     return xp.take(rho_g, _index(xp, rows, device), axis=g.ndim - 2) * (
         diagonal - g_cols
     )
+
+
+def _information_parts(xp: Any, rho: Any, g: Any, Zt: Any, z_pairs: Any) -> tuple:
+    """A chunk's sums of the gate information (layout of :func:`_information`).
+
+    ``rho`` is (..., 1, c), ``g`` the free rows' weights (..., k, c), ``Zt``
+    the design (..., p, c) and ``z_pairs`` its column products (..., q, c).
+    """
+    k, p_gate = g.shape[-2], Zt.shape[-2]
+    rho_g = rho * g
+    if not _khatri_rao(k, p_gate):
+        weights = _fisher_pair_weights(xp, rho_g, g)
+        return (xp.matmul(weights, xp.matrix_transpose(z_pairs)),)
+    # diag(rho g) kron z z^T block by block, less U^T U with rows
+    # kron(sqrt(rho) g, z)
+    blocks = xp.matmul(rho_g, xp.matrix_transpose(z_pairs))
+    root = xp.sqrt(rho) * g
+    batch, c = tuple(g.shape[:-2]), g.shape[-1]
+    Ut = xp.reshape(
+        root[..., :, None, :] * Zt[..., None, :, :], (*batch, k * p_gate, c)
+    )
+    return blocks, xp.matmul(Ut, xp.matrix_transpose(Ut))
 
 
 def chunk_statistics(
@@ -345,8 +411,8 @@ def chunk_statistics(
     # gate: soft-label gradient and Fisher pair weights rho g_i (delta_ij - g_j),
     # with rho = sum_i r_i = sum(e) * row_factor
     g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
-    rho_g = (joint_sum * row_factor) * g
-    gate_weights = _fisher_pair_weights(xp, rho_g, g)
+    rho = joint_sum * row_factor
+    rho_g = rho * g
     z_pairs = _pairs(xp, Zt)
     phi_pairs = z_pairs if shared else _pairs(xp, Pt)
     weighted_resid = resp * resid
@@ -357,7 +423,7 @@ def chunk_statistics(
         xp.matmul(weighted_resid, Phi),
         xp.sum(weighted_resid * resid, axis=-1),
         xp.matmul(resp[..., 1:, :] - rho_g, Z),
-        xp.matmul(gate_weights, xp.matrix_transpose(z_pairs)),
+        *_information_parts(xp, rho, g, Zt, z_pairs),
     )
     batch = tuple(Z.shape[:-2])
     flat = [xp.reshape(part, (*batch, -1)) for part in parts]
@@ -401,13 +467,10 @@ def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
         axis=-1,
     )
     g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
-    rho_g = rho * g
     parts = (
         objective[..., None],
-        xp.matmul(resp[..., 1:, :] - rho_g, Z),
-        xp.matmul(
-            _fisher_pair_weights(xp, rho_g, g), xp.matrix_transpose(_pairs(xp, Zt))
-        ),
+        xp.matmul(resp[..., 1:, :] - rho * g, Z),
+        *_information_parts(xp, rho, g, Zt, _pairs(xp, Zt)),
     )
     batch = tuple(Z.shape[:-2])
     return xp.concat([xp.reshape(part, (*batch, -1)) for part in parts], axis=-1)
@@ -431,7 +494,7 @@ def unflatten_soft_label(flat: Any, m: int, p_gate: int) -> tuple[Any, Any, Any]
     xp = array_api_compat.array_namespace(flat)
     k = m - 1
     gradient = flat[..., 1 : 1 + k * p_gate]
-    information = _information_from_pairs(xp, flat[..., 1 + k * p_gate :], k, p_gate)
+    information = _information(xp, flat[..., 1 + k * p_gate :], k, p_gate)
     return flat[..., 0], gradient, information
 
 
@@ -473,9 +536,10 @@ def chunk_rows(
     7936
     """
     k = m - 1
+    information = k * p_gate if _khatri_rao(k, p_gate) else k * (k + 1) // 2
     width = (
         12 * m
-        + k * (k + 1) // 2
+        + information
         + p_gate * (p_gate + 1) // 2
         + p_expert * (p_expert + 1) // 2
     )
