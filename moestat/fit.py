@@ -291,9 +291,11 @@ def em(
         either way.
     chunk_size : int or None, default=None
         The path: ``None`` sweeps the data in chunks (the chunked path,
-        below) when the model allows it and ``n * m >=``
-        :data:`CHUNKED_ENTRIES`, and keeps the (n, m) arrays whole
-        otherwise; a positive number takes the chunked path with that many
+        below) when the model allows it and the full path would store at
+        least :data:`CHUNKED_ENTRIES` numbers (``n (m + q_gate +
+        q_expert)``, ``q = p (p + 1) / 2`` the products of a design's
+        columns), and keeps the (n, m) arrays whole otherwise; a positive
+        number takes the chunked path with that many
         rows per chunk (``ValueError`` if the model does not allow it);
         ``0`` takes the full path.
 
@@ -376,18 +378,33 @@ def em(
     )
 
 
-#: Entries ``n * m`` of the (n, m) arrays from which :func:`em` sweeps the
-#: data in chunks by default (when the model allows it): from about two
-#: million (n = 500,000 with m = 4), where the full path's arrays outgrow
-#: the caches and the chunked sweep is the faster.
+#: Numbers per fit, ``n (m + q_gate + q_expert)``, from which :func:`em`
+#: sweeps the data in chunks by default (when the model allows it): the
+#: (n, m) responsibilities and the per-sample products of design columns
+#: (``q = p (p + 1) / 2`` per design) that the full path stores. About two
+#: million: n = 131,072 with m = 4 and linear experts on two covariates
+#: (``q = 6`` for both designs), or n = 489 with 64 covariates; there
+#: the full path's arrays outgrow the caches and the sweep is the faster.
 CHUNKED_ENTRIES = 2**21
+
+
+def _full_path_entries(design: Design, n_experts: int) -> int:
+    """Numbers the full path stores: (n, m) arrays and products of design columns."""
+    p_gate, p_expert = design.gate.shape[1], design.expert.shape[1]
+    per_sample = n_experts + p_gate * (p_gate + 1) // 2 + p_expert * (p_expert + 1) // 2
+    return design.n_samples * per_sample
+
+
+def _sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) -> bool:
+    """Whether the data are large enough, and the model fit, for the chunked path."""
+    large = _full_path_entries(design, n_experts) >= CHUNKED_ENTRIES
+    return large and supports_sweeps(model)
 
 
 def _chunked(model: MixtureOfExperts, design: Design, chunk_size: int | None) -> bool:
     """Whether :func:`em` takes the chunked path (see its ``chunk_size``)."""
     if chunk_size is None:
-        entries = design.n_samples * model.params.n_experts
-        return entries >= CHUNKED_ENTRIES and supports_sweeps(model)
+        return _sweeps_by_default(model, design, model.params.n_experts)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer):
         raise ValueError(f"chunk_size must be None or an int >= 0; got {chunk_size!r}.")
     if chunk_size < 0:
@@ -950,11 +967,11 @@ def initial_params(
     Notes
     -----
     Where :func:`em` would sweep the data in chunks (a softmax gate with
-    Gaussian experts and ``n * n_experts >= CHUNKED_ENTRIES``), both
+    Gaussian experts on data of at least :data:`CHUNKED_ENTRIES` numbers), both
     M-steps are taken from sums over chunks of rows, so no (n, m) labels
     are stored.
     """
-    if n_experts * design.n_samples >= CHUNKED_ENTRIES and supports_sweeps(model):
+    if _sweeps_by_default(model, design, n_experts):
         labels = _initial_labels(X, y, n_experts, method, rng)
         return start_from_labels(
             model, design, y, labels, n_experts, LABEL_SMOOTHING, var_floor

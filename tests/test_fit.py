@@ -444,7 +444,10 @@ def test_chunked_em_with_sample_weights_reaches_the_weighted_maximum(rng):
 
 
 def test_em_sweeps_in_chunks_from_chunked_entries_on(rng, monkeypatch):
-    """chunk_size=None: the full path below n * m = CHUNKED_ENTRIES, chunks from it."""
+    """chunk_size=None: the full path below CHUNKED_ENTRIES numbers, chunks from it.
+
+    Here n (m + q_gate + q_expert) = 500 (2 + 3 + 3) = 4000.
+    """
     truth = two_expert_truth()
     X, y = simulate(truth, 500, 1, rng)
     model, design = start_for(truth, X, y, rng)
@@ -452,9 +455,9 @@ def test_em_sweeps_in_chunks_from_chunked_entries_on(rng, monkeypatch):
     def trace(chunk_size):
         return em(model, design, y, tol=0.0, max_iter=8, chunk_size=chunk_size).trace
 
-    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 1001)
+    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 4001)
     np.testing.assert_array_equal(trace(None), trace(0))
-    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 1000)
+    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 4000)
     np.testing.assert_array_equal(trace(None), trace(500))
     assert not np.array_equal(trace(0), trace(500))
 
