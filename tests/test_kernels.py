@@ -153,12 +153,16 @@ else:
 
 
 # -- the EM sweep ----------------------------------------------------------------
-@pytest.mark.parametrize("n_experts", [3, 9])
+@pytest.mark.parametrize(("n_experts", "degree"), [(3, 2), (9, 2), (3, 3), (9, 3)])
 @pytest.mark.parametrize("chunk_size", [7, 64, 500])
 def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
-    rng, chunk_size, n_experts
+    rng, chunk_size, n_experts, degree
 ):
-    """Chunk by chunk, the sums of a sweep equal the (n, m) arrays' sums."""
+    """Chunk by chunk, the sums of a sweep equal the (n, m) arrays' sums.
+
+    Narrow and wide expert designs (6 and 10 columns), few and many experts
+    (the information's pair and Khatri-Rao forms).
+    """
     from moestat import GaussianExpert, GaussianExpertParams
     from moestat._math import fisher_information, pair_products
     from moestat.kernels.sweep import sweep
@@ -166,7 +170,7 @@ def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
     n, m = 500, n_experts
     X = rng.uniform(-1, 1, size=(n, 2))
     Z = np.column_stack([np.ones(n), X])
-    Phi = GaussianExpert(degree=2).design(X)
+    Phi = GaussianExpert(degree=degree).design(X)
     y = rng.normal(size=n)
     weight = rng.uniform(0.5, 2.0, size=n)
     gate_coef = np.vstack([np.zeros(3), rng.normal(size=(m - 1, 3))])
@@ -174,7 +178,7 @@ def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
     stats = sweep(Z, Phi, y, weight, gate_coef, coef, var, chunk_size)
 
     log_g = log_softmax(Z @ gate_coef.T, axis=1)
-    log_f = GaussianExpert(degree=2).log_density(
+    log_f = GaussianExpert(degree=degree).log_density(
         GaussianExpertParams(coef, var), Phi, y
     )
     per_sample = logsumexp_rows(log_g + log_f)

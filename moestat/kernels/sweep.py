@@ -276,6 +276,45 @@ def _pairs(xp: Any, At: Any) -> Any:
     return first * second
 
 
+#: From this many design columns on, weighted Gram matrices are formed as
+#: ``(A * w)^T A`` per weight vector (matrix products, no gathered column
+#: products); below it as ``w @ pairs(A)`` (fewer operations for narrow
+#: designs).
+WIDE_DESIGN = 8
+
+
+class _Grams:
+    """Weighted Gram matrices ``sum_t w_t a_t a_t^T`` of one chunk's design.
+
+    ``At`` is the design (..., p, c), experts-major. Each call takes
+    weights (..., w, c) and returns the upper triangles (..., w, q),
+    ``q = p (p + 1) / 2``, in the order of :func:`_upper_triangle`.
+    """
+
+    def __init__(self, xp: Any, At: Any) -> None:
+        self.xp, self.At = xp, At
+        p = At.shape[-2]
+        self.wide = p >= WIDE_DESIGN
+        self.pairs = None
+        if self.wide:
+            rows, cols = _upper_triangle(p)
+            self.upper = _index(
+                xp, [a * p + b for a, b in zip(rows, cols, strict=True)], _device(At)
+            )
+
+    def __call__(self, weights: Any) -> Any:
+        xp, At = self.xp, self.At
+        if not self.wide:
+            if self.pairs is None:
+                self.pairs = _pairs(xp, At)
+            return xp.matmul(weights, xp.matrix_transpose(self.pairs))
+        p = At.shape[-2]
+        weighted = At[..., None, :, :] * weights[..., :, None, :]
+        full = xp.matmul(weighted, xp.matrix_transpose(At)[..., None, :, :])
+        full = xp.reshape(full, (*full.shape[:-2], p * p))
+        return xp.take(full, self.upper, axis=full.ndim - 1)
+
+
 def _fisher_pair_weights(xp: Any, rho_g: Any, g: Any) -> Any:
     """Weights ``rho g_i (delta_ij - g_j)`` of the free rows' pairs ``i <= j``.
 
@@ -298,20 +337,20 @@ def _fisher_pair_weights(xp: Any, rho_g: Any, g: Any) -> Any:
     )
 
 
-def _information_parts(xp: Any, rho: Any, g: Any, Zt: Any, z_pairs: Any) -> tuple:
+def _information_parts(xp: Any, rho: Any, g: Any, Zt: Any, grams: Any) -> tuple:
     """A chunk's sums of the gate information (layout of :func:`_information`).
 
     ``rho`` is (..., 1, c), ``g`` the free rows' weights (..., k, c), ``Zt``
-    the design (..., p, c) and ``z_pairs`` its column products (..., q, c).
+    the design (..., p, c) and ``grams`` its :class:`_Grams`.
     """
     k, p_gate = g.shape[-2], Zt.shape[-2]
     rho_g = rho * g
     if not _khatri_rao(k, p_gate):
         weights = _fisher_pair_weights(xp, rho_g, g)
-        return (xp.matmul(weights, xp.matrix_transpose(z_pairs)),)
+        return (grams(weights),)
     # diag(rho g) kron z z^T block by block, less U^T U with rows
     # kron(sqrt(rho) g, z)
-    blocks = xp.matmul(rho_g, xp.matrix_transpose(z_pairs))
+    blocks = grams(rho_g)
     root = xp.sqrt(rho) * g
     batch, c = tuple(g.shape[:-2]), g.shape[-1]
     Ut = xp.reshape(
@@ -413,17 +452,17 @@ def chunk_statistics(
     g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
     rho = joint_sum * row_factor
     rho_g = rho * g
-    z_pairs = _pairs(xp, Zt)
-    phi_pairs = z_pairs if shared else _pairs(xp, Pt)
+    gate_grams = _Grams(xp, Zt)
+    expert_grams = gate_grams if shared else _Grams(xp, Pt)
     weighted_resid = resp * resid
     parts = (
         log_lik,
         xp.sum(resp, axis=-1),
-        xp.matmul(resp, xp.matrix_transpose(phi_pairs)),
+        expert_grams(resp),
         xp.matmul(weighted_resid, Phi),
         xp.sum(weighted_resid * resid, axis=-1),
         xp.matmul(resp[..., 1:, :] - rho_g, Z),
-        *_information_parts(xp, rho, g, Zt, z_pairs),
+        *_information_parts(xp, rho, g, Zt, gate_grams),
     )
     batch = tuple(Z.shape[:-2])
     flat = [xp.reshape(part, (*batch, -1)) for part in parts]
@@ -470,7 +509,7 @@ def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
     parts = (
         objective[..., None],
         xp.matmul(resp[..., 1:, :] - rho * g, Z),
-        *_information_parts(xp, rho, g, Zt, _pairs(xp, Zt)),
+        *_information_parts(xp, rho, g, Zt, _Grams(xp, Zt)),
     )
     batch = tuple(Z.shape[:-2])
     return xp.concat([xp.reshape(part, (*batch, -1)) for part in parts], axis=-1)
@@ -533,16 +572,15 @@ def chunk_rows(
     Examples
     --------
     >>> chunk_rows(1_000_000, 4, 3, 3, 8, 2**22)
-    7936
+    8064
     """
     k = m - 1
     information = k * p_gate if _khatri_rao(k, p_gate) else k * (k + 1) // 2
-    width = (
-        12 * m
-        + information
-        + p_gate * (p_gate + 1) // 2
-        + p_expert * (p_expert + 1) // 2
-    )
+    width = 12 * m + information
+    # the column products of a narrow design, or the weighted copies of a
+    # wide one (one per weight vector)
+    for p, n_weights in ((p_gate, k + information), (p_expert, m)):
+        width += p * n_weights if p >= WIDE_DESIGN else p * (p + 1) // 2
     rows = max(min_rows, budget // (batch * width * itemsize))
     n_chunks = max(1, -(-n // rows))
     rows = -(-n // n_chunks)
