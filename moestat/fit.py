@@ -35,6 +35,8 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 
+from moestat._sweep_em import start_from_labels, sweep_steps
+from moestat._sweep_em import supports as supports_sweeps
 from moestat.boundary import (
     boundary_message,
     diverging_parameters,
@@ -230,6 +232,11 @@ class _EMState:
     resp: NDArray[np.float64]
     log_likelihood: float
 
+    @property
+    def expert_weight(self) -> NDArray[np.float64]:
+        """Total responsibility of each expert."""
+        return self.resp.sum(axis=0)
+
 
 def em(
     model: MixtureOfExperts,
@@ -242,6 +249,7 @@ def em(
     sample_weight: NDArray[np.float64] | None = None,
     accelerate: bool = True,
     stop_on_ridge: bool = True,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit by the EM algorithm from ``model.params``.
 
@@ -281,12 +289,26 @@ def em(
         iterations). False walks on to the stopping rule or ``max_iter``
         (as the batched torch engine does); the boundary is reported
         either way.
+    chunk_size : int or None, default=None
+        The path: ``None`` sweeps the data in chunks (the chunked path,
+        below) when the model allows it and the full path would store at
+        least :data:`CHUNKED_ENTRIES` numbers (``n (m + q_gate +
+        q_expert)``, ``q = p (p + 1) / 2`` the products of a design's
+        columns), and keeps the (n, m) arrays whole otherwise; a positive
+        number takes the chunked path with that many
+        rows per chunk (``ValueError`` if the model does not allow it);
+        ``0`` takes the full path.
 
     Returns
     -------
     FitResult
         With weights, ``log_likelihood`` and ``trace`` are weighted sums and
         ``expert_weight`` the weighted responsibilities.
+
+    Raises
+    ------
+    ValueError
+        For bad ``sample_weight`` or ``chunk_size``.
 
     Notes
     -----
@@ -301,15 +323,107 @@ def em(
     ``accelerate`` the stopping rule is applied to the likelihood at the
     start of each SQUAREM cycle (three E-steps), whose increments shrink
     geometrically as plain EM's do.
+
+    The chunked path serves a softmax gate (plain or modified, ``alpha=0``)
+    with Gaussian experts. Each iteration is one pass over the data in
+    chunks of a few thousand rows (:mod:`moestat.kernels.sweep`, the code
+    the torch engine :func:`moestat.torch.fused.em_softmax_gaussian` runs
+    too): the chunk's log-likelihood and its share of the weighted sums
+    both M-steps need. Nothing of size ``n * m`` or ``n * p^2`` is stored,
+    so memory beyond the data and designs stays a few megabytes. The gate
+    takes one Fisher step per iteration, judged by the next sweep and
+    halved while the log-likelihood falls (:mod:`moestat._sweep_em`), so
+    the likelihood is still non-decreasing; SQUAREM applies as on the
+    full path. Both paths climb to the same maximum, along slightly
+    different paths where the full path takes more Newton steps or halves
+    a gate step.
     """
-    gate, expert = model.gate, model.expert
     weight = _check_sample_weight(sample_weight, design.n_samples)
     n = design.n_samples if weight is None else float(weight.sum())
     monitor = ConvergenceMonitor(tol, n)
+    penalised = _is_penalised(model)
+    if _chunked(model, design, chunk_size):
+        e_step, em_step = sweep_steps(model, design, y, weight, var_floor, chunk_size)
+    else:
+        e_step, em_step = _full_steps(model, design, y, weight, var_floor, penalised)
+
+    def on_ridge(previous, current):
+        if penalised or not stop_on_ridge:
+            return False
+        return walking_the_ridge(model, previous, current, design)
+
+    state = e_step(model.params)
+    monitor.report(state.log_likelihood)
+    run = _squarem if accelerate else _plain_em
+    state, n_iter, converged = run(
+        state, em_step, e_step, monitor, model, design, var_floor, max_iter, on_ridge
+    )
+    fitted = model.with_params(state.params)
+    boundary = _boundary(fitted, design)
+    if boundary:
+        stop_reason = DIVERGE
+    else:
+        stop_reason = "" if converged else f"EM reached max_iter={max_iter}"
+    return FitResult(
+        model=fitted,
+        log_likelihood=state.log_likelihood,
+        trace=np.asarray(monitor.history),
+        n_iter=n_iter,
+        converged=converged and not boundary,
+        monotone=not monitor.decreased,
+        expert_weight=state.expert_weight,
+        stop_reason=stop_reason,
+        boundary=boundary,
+        capped=not converged and n_iter >= max_iter,
+    )
+
+
+#: Numbers per fit, ``n (m + q_gate + q_expert)``, from which :func:`em`
+#: sweeps the data in chunks by default (when the model allows it): the
+#: (n, m) responsibilities and the per-sample products of design columns
+#: (``q = p (p + 1) / 2`` per design) that the full path stores. About two
+#: million: n = 131,072 with m = 4 and linear experts on two covariates
+#: (``q = 6`` for both designs), or n = 489 with 64 covariates; there
+#: the full path's arrays outgrow the caches and the sweep is the faster.
+CHUNKED_ENTRIES = 2**21
+
+
+def _full_path_entries(design: Design, n_experts: int) -> int:
+    """Numbers the full path stores: (n, m) arrays and products of design columns."""
+    p_gate, p_expert = design.gate.shape[1], design.expert.shape[1]
+    per_sample = n_experts + p_gate * (p_gate + 1) // 2 + p_expert * (p_expert + 1) // 2
+    return design.n_samples * per_sample
+
+
+def _sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) -> bool:
+    """Whether the data are large enough, and the model fit, for the chunked path."""
+    large = _full_path_entries(design, n_experts) >= CHUNKED_ENTRIES
+    return large and supports_sweeps(model)
+
+
+def _chunked(model: MixtureOfExperts, design: Design, chunk_size: int | None) -> bool:
+    """Whether :func:`em` takes the chunked path (see its ``chunk_size``)."""
+    if chunk_size is None:
+        return _sweeps_by_default(model, design, model.params.n_experts)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer):
+        raise ValueError(f"chunk_size must be None or an int >= 0; got {chunk_size!r}.")
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size must be None or an int >= 0; got {chunk_size}.")
+    if chunk_size > 0 and not supports_sweeps(model):
+        raise ValueError(
+            "em(chunk_size > 0) sweeps a softmax gate (plain or modified, "
+            "alpha=0) with Gaussian experts; got "
+            f"{model.gate.describe()} and {type(model.expert).__name__}. "
+            "Use chunk_size=None or 0."
+        )
+    return chunk_size > 0
+
+
+def _full_steps(model, design, y, weight, var_floor, penalised):
+    """``(e_step, em_step)`` of the full path: (n, m) arrays kept whole."""
+    gate, expert = model.gate, model.expert
     gate_features = gate.sufficient_features(design.gate)
     expert_features = expert.sufficient_features(design.expert, y)
-
-    penalised = _is_penalised(model)
 
     def e_step(params, log_g=None, log_f=None):
         if log_g is None:
@@ -321,11 +435,6 @@ def em(
         if penalised:
             objective -= penalty(model, params, design)
         return _EMState(params, log_g, resp, objective)
-
-    def on_ridge(previous, current):
-        if penalised or not stop_on_ridge:
-            return False
-        return walking_the_ridge(model, previous, current, design)
 
     def em_step(state):
         expert_params = expert.m_step(
@@ -347,30 +456,7 @@ def em(
         )
         return e_step(MoEParams(gate_params, expert_params), log_g, log_f)
 
-    state = e_step(model.params)
-    monitor.report(state.log_likelihood)
-    run = _squarem if accelerate else _plain_em
-    state, n_iter, converged = run(
-        state, em_step, e_step, monitor, model, design, var_floor, max_iter, on_ridge
-    )
-    fitted = model.with_params(state.params)
-    boundary = _boundary(fitted, design)
-    if boundary:
-        stop_reason = DIVERGE
-    else:
-        stop_reason = "" if converged else f"EM reached max_iter={max_iter}"
-    return FitResult(
-        model=fitted,
-        log_likelihood=state.log_likelihood,
-        trace=np.asarray(monitor.history),
-        n_iter=n_iter,
-        converged=converged and not boundary,
-        monotone=not monitor.decreased,
-        expert_weight=state.resp.sum(axis=0),
-        stop_reason=stop_reason,
-        boundary=boundary,
-        capped=not converged and n_iter >= max_iter,
-    )
+    return e_step, em_step
 
 
 def _is_penalised(model: MixtureOfExperts) -> bool:
@@ -771,11 +857,19 @@ def _lbfgs_verdict(
 
 # -- initialisation ---------------------------------------------------------
 def _standardize(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Centre and scale the columns of ``a`` in place (and return it)."""
     sd = a.std(axis=0)
-    return (a - a.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    a -= a.mean(axis=0)
+    a /= np.where(sd > 0, sd, 1.0)
+    return a
 
 
-def _smoothed_one_hot(labels: NDArray[np.intp], m: int, eps: float = 0.05):
+#: Share of a start's hard labels spread over all experts, so that no gate
+#: logit starts infinite.
+LABEL_SMOOTHING = 0.05
+
+
+def _smoothed_one_hot(labels: NDArray[np.intp], m: int, eps: float = LABEL_SMOOTHING):
     resp = np.full((labels.size, m), eps / m)
     resp[np.arange(labels.size), labels] += 1.0 - eps
     return resp
@@ -806,17 +900,28 @@ def initial_responsibilities(
     ndarray of shape (n, n_experts)
         Hard labels smoothed by 5% so that no gate logit starts infinite.
     """
+    return _smoothed_one_hot(_initial_labels(X, y, n_experts, method, rng), n_experts)
+
+
+#: Rows of the distances to the random start's centres computed at once.
+_LABEL_CHUNK = 65536
+
+
+def _initial_labels(X, y, n_experts, method, rng):
+    """Hard labels of :func:`initial_responsibilities` (before the smoothing)."""
     points = _standardize(np.column_stack([X, y]))
     if method == "kmeans":
         seed = int(rng.integers(2**31 - 1))
-        labels = KMeans(n_experts, n_init=1, random_state=seed).fit_predict(points)
-    elif method == "random":
-        centres = points[rng.choice(len(points), n_experts, replace=False)]
-        dist = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
-        labels = dist.argmin(axis=1)
-    else:
+        return KMeans(n_experts, n_init=1, random_state=seed).fit_predict(points)
+    if method != "random":
         raise ValueError(f"Unknown init method {method!r}; use 'kmeans' or 'random'.")
-    return _smoothed_one_hot(labels, n_experts)
+    centres = points[rng.choice(len(points), n_experts, replace=False)]
+    labels = np.empty(len(points), dtype=np.intp)
+    for start in range(0, len(points), _LABEL_CHUNK):
+        part = points[start : start + _LABEL_CHUNK]
+        dist = ((part[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+        labels[start : start + _LABEL_CHUNK] = dist.argmin(axis=1)
+    return labels
 
 
 def initial_params(
@@ -858,7 +963,19 @@ def initial_params(
     -------
     MoEParams
         The starting parameters.
+
+    Notes
+    -----
+    Where :func:`em` would sweep the data in chunks (a softmax gate with
+    Gaussian experts on data of at least :data:`CHUNKED_ENTRIES` numbers), both
+    M-steps are taken from sums over chunks of rows, so no (n, m) labels
+    are stored.
     """
+    if _sweeps_by_default(model, design, n_experts):
+        labels = _initial_labels(X, y, n_experts, method, rng)
+        return start_from_labels(
+            model, design, y, labels, n_experts, LABEL_SMOOTHING, var_floor
+        )
     resp = initial_responsibilities(X, y, n_experts, method, rng)
     expert = model.expert.m_step(design.expert, y, resp, var_floor)
     gate = model.gate.init_params(design.gate, resp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -11,7 +12,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import approx_fprime
 
-from moestat import ConvergenceWarning, DegenerateFitWarning, GaussianMoE
+from moestat import (
+    ConvergenceWarning,
+    DegenerateFitWarning,
+    GaussianExpert,
+    GaussianMoE,
+    MixtureOfExperts,
+    SoftmaxGate,
+)
+from moestat import _sweep_em as sweep_em
+from moestat import fit as fit_module
 from moestat.fit import (
     ConvergenceMonitor,
     em,
@@ -353,3 +363,149 @@ def test_bad_sample_weights_are_refused(rng):
     ]:
         with pytest.raises(ValueError, match=match):
             em(model, design, y, sample_weight=weights)
+
+
+# -- the chunked path (one sweep over the data per iteration) -----------------
+CHUNKED_EXPERTS = {
+    "per_expert": GaussianExpert(),
+    "shared": GaussianExpert(shared_variance=True),
+    "known": GaussianExpert(variance=0.16),
+    "quadratic": GaussianExpert(degree=2),
+}
+
+
+@pytest.mark.parametrize("expert_name", sorted(CHUNKED_EXPERTS))
+@pytest.mark.parametrize("gate_name", ["softmax", "modified_tanh"])
+def test_chunked_em_reaches_the_full_paths_maximum_from_the_same_start(
+    rng, gate_name, expert_name
+):
+    """Chunks of 256 rows and the whole (n, m) arrays: one maximum, to 1e-8."""
+    truth = two_expert_truth()
+    spec = MixtureOfExperts(GATES[gate_name], CHUNKED_EXPERTS[expert_name])
+    X, y = simulate(truth, 3000, 1, rng)
+    design = spec.design(X)
+    start = initial_params(spec, design, X, y, 2, "kmeans", rng)
+    model = spec.with_params(start)
+    full = em(model, design, y, tol=1e-13, max_iter=3000, chunk_size=0)
+    chunked = em(model, design, y, tol=1e-13, max_iter=3000, chunk_size=256)
+    assert full.converged and chunked.converged and chunked.monotone
+    np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-8)
+    np.testing.assert_allclose(
+        pack(chunked.model, 0.0), pack(full.model, 0.0), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(chunked.expert_weight, full.expert_weight, rtol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_experts=st.integers(1, 5),
+    n_features=st.integers(1, 3),
+    degree=st.integers(0, 2),
+    n_samples=st.integers(40, 400),
+    chunk_size=st.integers(1, 200),
+    accelerate=st.booleans(),
+)
+def test_chunked_em_log_likelihood_never_decreases(
+    seed, n_experts, n_features, degree, n_samples, chunk_size, accelerate
+):
+    """The lazily halved gate step keeps every recorded likelihood non-decreasing."""
+    rng = np.random.default_rng(seed)
+    truth = random_model(rng, n_experts, n_features, degree, False, SoftmaxGate())
+    X, y = simulate(truth, n_samples, n_features, rng)
+    model, design = start_for(truth, X, y, rng)
+    result = em(
+        model,
+        design,
+        y,
+        tol=0.0,
+        max_iter=40,
+        var_floor=1e-6 * np.var(y),
+        chunk_size=chunk_size,
+        accelerate=accelerate,
+    )
+    steps = np.diff(result.trace)
+    assert np.all(steps >= -1e-10 * np.abs(result.trace[:-1])), steps.min()
+    assert result.monotone
+    assert np.all(np.isfinite(result.trace))
+
+
+def test_chunked_em_with_sample_weights_reaches_the_weighted_maximum(rng):
+    truth = two_expert_truth()
+    X, y = simulate(truth, 1500, 1, rng)
+    weights = rng.uniform(0.2, 2.0, size=len(y))
+    model, design = start_for(truth, X, y, rng, "kmeans")
+    options = {"tol": 1e-13, "max_iter": 3000, "sample_weight": weights}
+    full = em(model, design, y, chunk_size=0, **options)
+    chunked = em(model, design, y, chunk_size=100, **options)
+    assert full.converged and chunked.converged
+    np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-8)
+    np.testing.assert_allclose(chunked.expert_weight, full.expert_weight, rtol=1e-4)
+
+
+def test_em_sweeps_in_chunks_from_chunked_entries_on(rng, monkeypatch):
+    """chunk_size=None: the full path below CHUNKED_ENTRIES numbers, chunks from it.
+
+    Here n (m + q_gate + q_expert) = 500 (2 + 3 + 3) = 4000.
+    """
+    truth = two_expert_truth()
+    X, y = simulate(truth, 500, 1, rng)
+    model, design = start_for(truth, X, y, rng)
+
+    def trace(chunk_size):
+        return em(model, design, y, tol=0.0, max_iter=8, chunk_size=chunk_size).trace
+
+    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 4001)
+    np.testing.assert_array_equal(trace(None), trace(0))
+    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 4000)
+    np.testing.assert_array_equal(trace(None), trace(500))
+    assert not np.array_equal(trace(0), trace(500))
+
+
+def test_chunk_size_is_refused_where_the_model_has_no_sweep(rng):
+    truth = random_model(rng, 2, 1, gate=GATES["normalized_sigmoid"])
+    X, y = simulate(truth, 100, 1, rng)
+    model, design = start_for(truth, X, y, rng)
+    with pytest.raises(ValueError, match="softmax gate"):
+        em(model, design, y, chunk_size=50)
+    with pytest.raises(ValueError, match="int >= 0"):
+        em(model, design, y, chunk_size=-1)
+    assert em(model, design, y, max_iter=3, chunk_size=0).n_iter > 0
+
+
+def test_chunked_em_stores_nothing_of_size_n_times_m(rng):
+    """Peak allocations of a fit at n = 400,000, m = 4: below one (n, m) array."""
+    truth = random_model(rng, 4, 2, gate=SoftmaxGate())
+    X, y = simulate(truth, 400_000, 2, rng)
+    model, design = start_for(truth, X, y, rng)
+    design.gate_spreads, design.expert_spreads  # noqa: B018 -- cached before
+    tracemalloc.start()
+    try:
+        em(model, design, y, tol=0.0, max_iter=3, chunk_size=8192)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 400_000 * 4 * 8, peak
+
+
+@pytest.mark.parametrize("expert_name", sorted(CHUNKED_EXPERTS))
+@pytest.mark.parametrize("method", ["kmeans", "random"])
+def test_the_start_from_sums_over_chunks_is_the_start_from_whole_arrays(
+    rng, monkeypatch, method, expert_name
+):
+    """From CHUNKED_ENTRIES on, initial_params stores no (n, m) labels: same start."""
+    spec = MixtureOfExperts(GATES["modified_tanh"], CHUNKED_EXPERTS[expert_name])
+    X, y = simulate(three_quadratic_truth(), 2500, 1, rng)
+    design = spec.design(X)
+    seed = int(rng.integers(2**31))
+    monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
+
+    def start(entries):
+        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        draws = np.random.default_rng(seed)
+        return spec.with_params(
+            initial_params(spec, design, X, y, 3, method, draws, var_floor=1e-3)
+        )
+
+    whole, chunked = start(10**9), start(1)
+    np.testing.assert_allclose(pack(chunked, 1e-3), pack(whole, 1e-3), rtol=1e-8)

@@ -150,3 +150,53 @@ else:
     raise AssertionError("moestat.routing imported without torch")
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the EM sweep ----------------------------------------------------------------
+@pytest.mark.parametrize(("n_experts", "degree"), [(3, 2), (9, 2), (3, 3), (9, 3)])
+@pytest.mark.parametrize("chunk_size", [7, 64, 500])
+def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
+    rng, chunk_size, n_experts, degree
+):
+    """Chunk by chunk, the sums of a sweep equal the (n, m) arrays' sums.
+
+    Narrow and wide expert designs (6 and 10 columns), few and many experts
+    (the information's pair and Khatri-Rao forms).
+    """
+    from moestat import GaussianExpert, GaussianExpertParams
+    from moestat._math import fisher_information, pair_products
+    from moestat.kernels.sweep import sweep
+
+    n, m = 500, n_experts
+    X = rng.uniform(-1, 1, size=(n, 2))
+    Z = np.column_stack([np.ones(n), X])
+    Phi = GaussianExpert(degree=degree).design(X)
+    y = rng.normal(size=n)
+    weight = rng.uniform(0.5, 2.0, size=n)
+    gate_coef = np.vstack([np.zeros(3), rng.normal(size=(m - 1, 3))])
+    coef, var = rng.normal(size=(m, Phi.shape[1])), rng.uniform(0.2, 1.0, size=m)
+    stats = sweep(Z, Phi, y, weight, gate_coef, coef, var, chunk_size)
+
+    log_g = log_softmax(Z @ gate_coef.T, axis=1)
+    log_f = GaussianExpert(degree=degree).log_density(
+        GaussianExpertParams(coef, var), Phi, y
+    )
+    per_sample = logsumexp_rows(log_g + log_f)
+    resp = np.exp(log_g + log_f - per_sample[:, None]) * weight[:, None]
+    resid = y[:, None] - Phi @ coef.T
+    g = np.exp(log_g)
+    rho_g = resp.sum(axis=1)[:, None] * g
+    rows = np.arange(1, m)
+    root_rho_g = np.sqrt(resp.sum(axis=1))[:, None] * g
+    information = fisher_information(Z, pair_products(Z), rho_g, root_rho_g, rows)
+    expected = {
+        "log_likelihood": weight @ per_sample,
+        "expert_weight": resp.sum(axis=0),
+        "expert_gram": np.einsum("ti,ta,tb->iab", resp, Phi, Phi),
+        "expert_score": (resp * resid).T @ Phi,
+        "expert_ss": (resp * resid**2).sum(axis=0),
+        "gate_gradient": ((resp - rho_g)[:, 1:].T @ Z).ravel(),
+        "gate_information": information,
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(getattr(stats, name), value, rtol=1e-10, atol=1e-9)

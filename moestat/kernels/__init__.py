@@ -11,6 +11,11 @@ weights.
 - :func:`softmax_log_weights`: the softmax gate's ``log g``.
 - :func:`normalized_sigmoid_log_weights`: the normalized sigmoid gate's
   ``log g``, dense or over a selection such as :func:`top_k_mask`.
+
+:mod:`moestat.kernels.sweep` holds one EM sweep of a softmax-gated
+Gaussian MoE (the weighted sums of both M-steps, chunk by chunk, and the
+M-steps from them), which the numpy EM at large ``n`` and the fused torch
+EM share.
 """
 
 from __future__ import annotations

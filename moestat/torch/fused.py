@@ -4,35 +4,26 @@
 per-sample (B, n, m, p) products for every M-step. For a softmax gate with
 Gaussian experts both M-steps need only a few hundred weighted sums per data
 set, so :func:`em_softmax_gaussian` makes *one* pass over the data per
-iteration, chunk by chunk, and never stores the responsibilities:
+iteration, chunk by chunk, and never stores the responsibilities.
+
+The sweep and the M-step are those of :mod:`moestat.kernels.sweep`, written
+once over the Python array API, which the numpy EM (:func:`moestat.fit.em`
+at large ``n``) runs too:
 
 sweep
     At the current parameters each chunk computes ``log g``, ``log f``, the
     responsibilities ``r`` and the log-likelihood, and adds its share of the
-    statistics: per expert ``sum_t r_ti``, ``sum_t r_ti phi_t phi_t^T``,
-    ``sum_t r_ti e_ti phi_t`` and ``sum_t r_ti e_ti^2``, with ``e_ti`` the
-    residual at the expert's current coefficients; for the gate the
-    Fisher-scoring gradient ``sum_t (r_t - rho_t g_t) kron z_t`` and the
-    information ``sum_t rho_t [diag(g_t) - g_t g_t^T] kron z_t z_t^T`` over
-    the free rows, ``rho_t = sum_i r_ti``. Each sum with a design factor is
-    one matrix product over the chunk's rows (per-sample weights times
-    per-sample pair products of the design columns), so GPUs run them as
-    GEMMs.
+    statistics (:class:`SweepStatistics`): per expert ``sum_t r_ti``,
+    ``sum_t r_ti phi_t phi_t^T``, ``sum_t r_ti e_ti phi_t`` and
+    ``sum_t r_ti e_ti^2``, with ``e_ti`` the residual at the expert's
+    current coefficients; for the gate the Fisher-scoring gradient and
+    information over the free rows. Each sum with a design factor is one
+    matrix product over the chunk's rows, so GPUs run them as GEMMs.
 M-step
-    On the host, in ``accumulate_dtype``, from the (B, S) statistics: the
-    experts' weighted least squares (the closed form of
-    ``TorchGaussianExpert.m_step`` in :mod:`moestat.torch.pieces`, with its
-    empty-expert hold, shared or known variance and variance floor)
-    and one Fisher-scoring step of the gate, solved as
-    :func:`moestat.torch.fit.em` solves it.
-
-The expert sums are the usual ``sum r phi y`` and ``sum r y^2`` taken about
-the current coefficients ``a`` (``sum r phi y = S_e + G a``,
-``sum r y^2 = s_e + 2 a^T S_e + a^T G a`` with ``G`` the weighted Gram
-matrix, ``S_e`` and ``s_e`` the residual sums). This avoids the cancellation
-of ``sum r y^2 - b^T G^{-1} b`` when ``y`` is large against its noise (fatal
-in float32): the update is ``a + d`` with ``d = G^{-1} S_e`` and the new
-residual sum of squares ``s_e - 2 d^T S_e + d^T G d``.
+    On the host, in ``accumulate_dtype``, from the (B, ...) statistics: the
+    experts' weighted least squares about the current coefficients (with
+    the empty-expert hold, shared or known variance and variance floor)
+    and one Fisher-scoring step of the gate.
 
 Monotonicity (generalised EM, checked lazily)
     The expert step maximises ``Q`` in the experts, so only the gate step can
@@ -66,16 +57,25 @@ both climb to the same maximum along different paths.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat.torch
 import torch
 from torch import Tensor
 
+from moestat.kernels.sweep import (
+    SweepStatistics,
+    chunk_rows,
+    chunk_statistics,
+    gaussian_expert_step,
+    sweep,
+)
+from moestat.kernels.sweep import gate_direction as _gate_direction
 from moestat.torch._batch import BatchedData, BatchedFit, BatchedModel, _converged
-from moestat.torch.pieces import TorchGaussianExpert, TorchSoftmaxGate, _solve_spd
+from moestat.torch.pieces import TorchGaussianExpert, TorchSoftmaxGate
 
 __all__ = [
     "SweepStatistics",
@@ -84,7 +84,6 @@ __all__ = [
     "default_chunk_size",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 # Bytes of per-chunk intermediates a default chunk may hold: small enough to
 # stay in a CPU's cache, large enough that a GPU launches few kernels per
 # sweep (n = 10^7, m = 8: six chunks).
@@ -92,171 +91,20 @@ _CHUNK_BYTES = {"cpu": 2**22, "cuda": 2**30}
 _MIN_CHUNK = 1024
 
 
-@dataclass(frozen=True)
-class SweepStatistics:
-    """The weighted sums of one sweep, one entry per data set.
-
-    The expert sums are taken with the residuals ``e_ti = y_t - phi_t^T a_i``
-    at the coefficients ``a_i`` the sweep ran at; the gate's are over its
-    free rows ``1..m-1``, flattened row by row as its packed parameters.
-
-    Parameters
-    ----------
-    log_likelihood : Tensor of shape (B,)
-        ``sum_t w_t log p(y_t | x_t)``.
-    expert_weight : Tensor of shape (B, m)
-        ``sum_t r_ti`` (responsibilities include the sample weights).
-    expert_gram : Tensor of shape (B, m, p_expert, p_expert)
-        ``sum_t r_ti phi_t phi_t^T``.
-    expert_score : Tensor of shape (B, m, p_expert)
-        ``sum_t r_ti e_ti phi_t``.
-    expert_ss : Tensor of shape (B, m)
-        ``sum_t r_ti e_ti^2``.
-    gate_gradient : Tensor of shape (B, (m - 1) p_gate)
-        ``sum_t (r_ti - rho_t g_ti) z_t``.
-    gate_information : Tensor of shape (B, (m - 1) p_gate, (m - 1) p_gate)
-        ``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T``.
-    """
-
-    log_likelihood: Tensor
-    expert_weight: Tensor
-    expert_gram: Tensor
-    expert_score: Tensor
-    expert_ss: Tensor
-    gate_gradient: Tensor
-    gate_information: Tensor
-
-
-# -- the per-chunk work ------------------------------------------------------
-def _chunk_statistics(
-    Z: Tensor,
-    Phi: Tensor,
-    y: Tensor,
-    w: Tensor,
-    gate_coef: Tensor,
-    expert_coef: Tensor,
-    inv_var: Tensor,
-    log_norm: Tensor,
-    pairs_gate: Tensor,
-    pairs_expert: Tensor,
-    pairs_free: Tensor,
-    diag_free: Tensor,
-    shared: bool,
-    accumulate_dtype: torch.dtype,
-) -> Tensor:
-    """The statistics of one chunk, flattened to (B, S) in ``accumulate_dtype``.
-
-    Pure tensor code (no Python branches on values), so that ``torch.compile``
-    can fuse it. ``pairs_*`` are (2, q) column indices of upper triangles;
-    ``diag_free`` marks the diagonal pairs of the free gate rows.
-    """
-    # experts-major (B, m, c): reductions over experts run along contiguous
-    # rows, and each statistic is a (B, ., c) @ (B, c, .) product
-    Zt = Z.transpose(1, 2).contiguous()
-    Pt = Zt if shared else Phi.transpose(1, 2).contiguous()
-    # softmax and log-softmax with one exp (scores are finite)
-    scores = torch.bmm(gate_coef, Zt)
-    scores = scores - scores.amax(dim=1, keepdim=True)
-    gate_exp = scores.exp()
-    gate_sum = gate_exp.sum(dim=1, keepdim=True)
-    log_g = scores - gate_sum.log()
-    resid = y.unsqueeze(1) - torch.bmm(expert_coef, Pt)
-    joint = log_g + (
-        log_norm.unsqueeze(-1) - 0.5 * inv_var.unsqueeze(-1) * resid * resid
-    )
-    # the E-step of moestat.torch.fit._e_step with one exp: r = e / sum(e) for
-    # e = exp(joint - max); rows without a finite density get r = 0
-    top = joint.amax(dim=1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    joint_exp = (joint - top).exp()
-    joint_sum = joint_exp.sum(dim=1, keepdim=True)
-    per_sample = (top + joint_sum.log()).squeeze(1)
-    resp = torch.nan_to_num(joint_exp / joint_sum * w.unsqueeze(1), nan=0.0)
-    counted = torch.where(w > 0, w * per_sample, torch.zeros_like(per_sample))
-    log_lik = counted.to(accumulate_dtype).sum(dim=1, keepdim=True)
-
-    # gate: soft-label gradient and Fisher pair weights rho g_i (delta_ij - g_j)
-    g = (gate_exp / gate_sum)[:, 1:]
-    rho = resp.sum(dim=1, keepdim=True)
-    rho_g = rho * g
-    score = resp[:, 1:] - rho_g
-    gate_weights = rho_g.index_select(1, pairs_free[0]) * (
-        diag_free.unsqueeze(-1) - g.index_select(1, pairs_free[1])
-    )
-    z_pairs = Zt.index_select(1, pairs_gate[0]) * Zt.index_select(1, pairs_gate[1])
-    phi_pairs = (
-        z_pairs
-        if shared
-        else Pt.index_select(1, pairs_expert[0]) * Pt.index_select(1, pairs_expert[1])
-    )
-    weighted_resid = resp * resid
-    parts = (
-        log_lik,
-        resp.sum(dim=-1),
-        torch.bmm(resp, phi_pairs.transpose(1, 2)),
-        torch.bmm(weighted_resid, Pt.transpose(1, 2)),
-        (weighted_resid * resid).sum(dim=-1),
-        torch.bmm(score, Zt.transpose(1, 2)),
-        torch.bmm(gate_weights, z_pairs.transpose(1, 2)),
-    )
-    batch = Z.shape[0]
-    return torch.cat([t.reshape(batch, -1).to(accumulate_dtype) for t in parts], 1)
-
-
 _COMPILED: dict[str, Any] = {}
 
 
 def _compiled_chunk_statistics() -> Any:
-    """``torch.compile`` of :func:`_chunk_statistics`, made once per process."""
+    """``torch.compile`` of the shared per-chunk statistics, made once per process."""
     if "fn" not in _COMPILED:
         # fullgraph: a graph break raises instead of silently running eager
         # pieces; static shapes: one graph for full chunks, one for the last
         _COMPILED["fn"] = torch.compile(
-            _chunk_statistics, fullgraph=True, dynamic=False
+            functools.partial(chunk_statistics, xp=array_api_compat.torch),
+            fullgraph=True,
+            dynamic=False,
         )
     return _COMPILED["fn"]
-
-
-# -- layout of the flattened statistics ---------------------------------------
-def _pair_index(p: int, device: torch.device) -> Tensor:
-    """(2, p(p+1)/2) indices of the upper triangle, row by row."""
-    return torch.triu_indices(p, p, device=device)
-
-
-def _symmetric_from_pairs(packed: Tensor, p: int) -> Tensor:
-    """(..., p, p) symmetric matrices from (..., p(p+1)/2) upper triangles."""
-    lookup = torch.zeros(p, p, dtype=torch.long)
-    rows, cols = _pair_index(p, torch.device("cpu"))
-    lookup[rows, cols] = torch.arange(rows.numel())
-    lookup[cols, rows] = torch.arange(rows.numel())
-    return packed[..., lookup.to(packed.device)]
-
-
-def _unflatten(flat: Tensor, m: int, p_gate: int, p_expert: int) -> SweepStatistics:
-    """Split (B, S) flattened statistics into a :class:`SweepStatistics`."""
-    k = m - 1
-    q_gate, q_expert, q_free = (
-        p_gate * (p_gate + 1) // 2,
-        p_expert * (p_expert + 1) // 2,
-        k * (k + 1) // 2,
-    )
-    sizes = [1, m, m * q_expert, m * p_expert, m, k * p_gate, q_free * q_gate]
-    batch = flat.shape[0]
-    ll, weight, gram, score, ss, grad, info = torch.split(flat, sizes, dim=1)
-    gram = _symmetric_from_pairs(gram.reshape(batch, m, q_expert), p_expert)
-    # information[(i, a), (j, b)] = sum rho g_i (delta_ij - g_j) z_a z_b
-    info = _symmetric_from_pairs(info.reshape(batch, q_free, q_gate), p_gate)
-    info = _symmetric_from_pairs(info.transpose(1, -1), k)  # (B, p, p, k, k)
-    info = info.permute(0, 3, 1, 4, 2).reshape(batch, k * p_gate, k * p_gate)
-    return SweepStatistics(
-        log_likelihood=ll[:, 0],
-        expert_weight=weight,
-        expert_gram=gram,
-        expert_score=score.reshape(batch, m, p_expert),
-        expert_ss=ss,
-        gate_gradient=grad,
-        gate_information=info,
-    )
 
 
 # -- one sweep ----------------------------------------------------------------
@@ -273,16 +121,6 @@ class _Sweeper:
     ) -> None:
         self.model, self.data = model, data
         self.m, self.p_gate, self.p_expert = model.shapes
-        device = data.y.device
-        self.shared = data.gate is data.expert
-        k = self.m - 1
-        pairs_free = _pair_index(k, device)
-        self.index = (
-            _pair_index(self.p_gate, device),
-            _pair_index(self.p_expert, device),
-            pairs_free,
-            (pairs_free[0] == pairs_free[1]).to(data.y.dtype),
-        )
         self.chunk = chunk_size or default_chunk_size(
             data.y.shape[0],
             data.y.shape[1],
@@ -290,11 +128,11 @@ class _Sweeper:
             self.p_gate,
             self.p_expert,
             data.y.dtype,
-            device,
+            data.y.device,
         )
         self.floor = data.var_floor.detach().to("cpu", accumulate_dtype)
         self.compile = compile
-        self.fn = _compiled_chunk_statistics() if compile else _chunk_statistics
+        self.fn = _compiled_chunk_statistics() if compile else chunk_statistics
         self.accumulate_dtype = accumulate_dtype
 
     def __call__(self, theta_gate: Tensor, theta_expert: Tensor) -> SweepStatistics:
@@ -306,28 +144,21 @@ class _Sweeper:
         # the reference row 0 and the free rows (written out: m = 1 has none)
         free = theta_gate.reshape(theta_gate.shape[0], self.m - 1, self.p_gate)
         gate_coef = torch.cat([free.new_zeros(free.shape[0], 1, self.p_gate), free], 1)
-        args = (
+        stats = sweep(
+            data.gate,
+            data.expert,
+            data.y,
+            data.weight,
             gate_coef.to(**to_device),
             coef.to(**to_device),
-            (1.0 / var).to(**to_device),
-            (-0.5 * (var.log() + _LOG_2PI)).to(**to_device),
-            *self.index,
-            self.shared,
+            var.to(**to_device),
+            self.chunk,
             self.accumulate_dtype,
+            kernel=self._call,
         )
-        n = data.y.shape[1]
-        total = None
-        for start in range(0, n, self.chunk):
-            rows = slice(start, start + self.chunk)
-            part = self._call(
-                data.gate[:, rows],
-                data.expert[:, rows],
-                data.y[:, rows],
-                data.weight[:, rows],
-                *args,
-            )
-            total = part if total is None else total + part
-        return _unflatten(total.cpu(), self.m, self.p_gate, self.p_expert)
+        return SweepStatistics(
+            **{name: value.cpu() for name, value in vars(stats).items()}
+        )
 
     def _call(self, *args: Any) -> Tensor:
         if not self.compile:
@@ -381,20 +212,11 @@ def default_chunk_size(
     ...                    torch.device("cuda"))
     1666688
     """
-    k = m - 1
-    width = (
-        12 * m
-        + k * (k + 1) // 2
-        + p_gate * (p_gate + 1) // 2
-        + p_expert * (p_expert + 1) // 2
-    )
-    row_bytes = batch * width * torch.finfo(dtype).bits // 8
     budget = _CHUNK_BYTES.get(torch.device(device).type, _CHUNK_BYTES["cuda"])
-    rows = max(_MIN_CHUNK, budget // row_bytes)
-    n_chunks = max(1, -(-n // rows))
-    rows = -(-n // n_chunks)
-    # whole multiples of 128 rows keep every chunk's start aligned
-    return min(n, -(-rows // 128) * 128) if n > 0 else 1
+    itemsize = torch.finfo(dtype).bits // 8
+    return chunk_rows(
+        n, m, p_gate, p_expert, itemsize, budget, batch=batch, min_rows=_MIN_CHUNK
+    )
 
 
 def sufficient_statistics(
@@ -449,26 +271,26 @@ def _expert_step(
     var_floor: Tensor,
 ) -> Tensor:
     """Closed-form expert M-step from the sweep's statistics (packed)."""
-    weight = stats.expert_weight
-    total = weight.sum(dim=1).clamp(min=1.0)
-    empty = weight <= 1e-10 * total[:, None]
-    delta = _solve_spd(stats.expert_gram, stats.expert_score, refine=True)
-    delta = torch.where(empty[..., None], torch.zeros_like(delta), delta)
+    total = stats.expert_weight.sum(dim=1).clamp(min=1.0)
     old_coef, old_var = expert.unpack(theta, var_floor)
-    coef = old_coef + delta
-    quad = torch.einsum("bmp,bmpq,bmq->bm", delta, stats.expert_gram, delta)
-    ss = stats.expert_ss - 2.0 * (delta * stats.expert_score).sum(-1) + quad
-    ss = ss.clamp(min=0.0)
-    return expert.pack_fit(coef, ss, weight, empty, old_var, var_floor)
-
-
-def _gate_direction(stats: SweepStatistics, n: Tensor) -> Tensor:
-    """Fisher-scoring direction of the gate; zero where no ascent is predicted."""
-    grad = stats.gate_gradient
-    direction = _solve_spd(stats.gate_information, grad, ridge=1e-9)
-    gain = (grad * direction).sum(dim=-1)
-    move = gain > 1e-14 * n
-    return torch.where(move[:, None], direction, torch.zeros_like(direction))
+    family = expert.expert
+    variance = (
+        "known"
+        if family.known_variance
+        else "shared"
+        if family.shared_variance
+        else "per_expert"
+    )
+    coef, var = gaussian_expert_step(
+        stats, old_coef, old_var, var_floor, total, variance
+    )
+    packed = coef.reshape(-1, expert.m * expert.p)
+    if expert.n_var == 0:
+        return packed
+    # the packed variances log(nu - nu_min), finite at the floor
+    tiny = 1e-12 * var_floor.clamp(min=1e-300)
+    excess = torch.maximum(var[:, : expert.n_var] - var_floor[:, None], tiny[:, None])
+    return torch.cat([packed, excess.log()], dim=1)
 
 
 # -- EM -----------------------------------------------------------------------

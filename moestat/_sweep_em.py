@@ -1,0 +1,337 @@
+"""EM steps from sweeps: the chunked path of :func:`moestat.fit.em`.
+
+For a softmax gate (plain or modified, without a ridge penalty) and
+Gaussian experts, an EM iteration needs only the weighted sums of
+:mod:`moestat.kernels.sweep`, which one pass over the data adds up chunk by
+chunk. The (n, m) arrays of the full path and the per-sample products of
+design columns are then never stored: beside the data and their designs,
+a fit holds one chunk's intermediates (:data:`CHUNK_BYTES`) and a few
+hundred sums.
+
+An EM step here is the experts' closed-form M-step and one Fisher-scoring
+step of the gate, both from the sums at the current point, followed by the
+sweep at the new point, which gives its log-likelihood and the next sums.
+The gate step is judged by that sweep (lazy halving): if the
+log-likelihood fell beyond round-off, the step is halved and the sweep
+repeated, up to the gate's ``max_halvings`` times, and then the old gate
+is kept, which cannot lower the likelihood (the expert step maximises the
+expected complete-data log-likelihood in the experts). The log-likelihood
+therefore never decreases. The gate takes one Fisher step per iteration,
+whatever its ``newton_steps``.
+
+Starting values (:func:`start_from_labels`) take the M-steps of
+:func:`moestat.fit.initial_params` from sums over chunks of their labels,
+so no (n, m) array is made before the fit either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+from numpy.typing import NDArray
+
+from moestat._math import solve_spd
+from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
+from moestat.gates._base import GateParams
+from moestat.gates.softmax import ModifiedSoftmaxGate, SoftmaxGate
+from moestat.kernels.sweep import (
+    SweepStatistics,
+    _pairs,
+    _symmetric_from_pairs,
+    chunk_rows,
+    gate_direction,
+    gaussian_expert_step,
+    soft_label_statistics,
+    sweep,
+    unflatten_soft_label,
+)
+from moestat.model import Design, MixtureOfExperts, MoEParams
+
+#: Bytes of one chunk's intermediates: small enough to stay in a CPU's cache.
+CHUNK_BYTES = 2**22
+
+#: Relative round-off of a per-sample log-likelihood: a fall smaller than
+#: this (times ``max(|l|, 1)``) is no fall.
+ROUND_OFF = 1e-10
+
+
+def supports(model: MixtureOfExperts) -> bool:
+    """Whether the chunked path fits ``model``.
+
+    A softmax gate (plain or modified) without a ridge penalty and Gaussian
+    experts (any degree; per-expert, shared or known variance).
+    """
+    gate, expert = model.gate, model.expert
+    return (
+        type(gate) in (SoftmaxGate, ModifiedSoftmaxGate)
+        and not gate.alpha
+        and type(expert) is GaussianExpert
+    )
+
+
+def default_chunk_size(n: int, m: int, p_gate: int, p_expert: int) -> int:
+    """Rows per chunk of a numpy sweep (:data:`CHUNK_BYTES` of intermediates)."""
+    return chunk_rows(n, m, p_gate, p_expert, 8, CHUNK_BYTES)
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """One point of a chunked EM run: parameters and the sums of its sweep."""
+
+    params: MoEParams
+    stats: SweepStatistics
+    log_likelihood: float
+
+    @property
+    def expert_weight(self) -> NDArray[np.float64]:
+        """Total responsibility of each expert."""
+        return np.asarray(self.stats.expert_weight)
+
+
+class SweepSteps:
+    """The E-step (a sweep) and the EM step of the chunked path for one data set.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        A model :func:`supports` accepts.
+    design : Design
+    y : ndarray of shape (n,)
+    weight : ndarray of shape (n,) or None
+        Sample weights.
+    var_floor : float
+    chunk_size : int or None
+        Rows per chunk; None for :func:`default_chunk_size`.
+    """
+
+    def __init__(
+        self,
+        model: MixtureOfExperts,
+        design: Design,
+        y: NDArray[np.float64],
+        weight: NDArray[np.float64] | None,
+        var_floor: float,
+        chunk_size: int | None,
+    ) -> None:
+        self.gate, self.expert = model.gate, model.expert
+        Z, Phi = design.gate, design.expert
+        # equal designs (an affine gate with linear experts): one array, so
+        # a chunk forms its products of design columns once
+        if Phi.shape == Z.shape and np.array_equal(Phi, Z):
+            Phi = Z
+        self.Z, self.Phi, self.y, self.weight = Z, Phi, y, weight
+        self.var_floor = var_floor
+        self.n = float(design.n_samples)
+        m = model.params.n_experts
+        self.chunk = chunk_size or default_chunk_size(
+            design.n_samples, m, Z.shape[1], Phi.shape[1]
+        )
+        self.variance = (
+            "known"
+            if self.expert.known_variance
+            else "shared"
+            if self.expert.shared_variance
+            else "per_expert"
+        )
+        self.rows = self.gate.free_rows(m)
+        total = self.n if weight is None else float(weight.sum())
+        self.n_total = total
+
+    def e_step(self, params: MoEParams) -> SweepState:
+        """The sweep at ``params``: its log-likelihood and sums."""
+        stats = sweep(
+            self.Z,
+            self.Phi,
+            self.y,
+            self.weight,
+            params.gate.coef,
+            params.expert.coef,
+            params.expert.var,
+            self.chunk,
+        )
+        return SweepState(params, stats, float(stats.log_likelihood))
+
+    def em_step(self, state: SweepState) -> SweepState:
+        """The M-step from ``state``'s sums, then the sweep at the new point.
+
+        The gate step is halved while the log-likelihood falls, and given
+        up after the gate's ``max_halvings`` (module docstring).
+        """
+        expert = state.params.expert
+        coef, var = gaussian_expert_step(
+            state.stats, expert.coef, expert.var, self.var_floor, self.n, self.variance
+        )
+        expert_params = GaussianExpertParams(coef, var)
+        old = state.params.gate.coef
+        direction = np.zeros_like(old)
+        direction[self.rows] = gate_direction(state.stats, self.n).reshape(
+            len(self.rows), old.shape[1]
+        )
+        moved = bool(np.any(direction != 0))
+        step, halvings = 1.0, 0
+        while True:
+            gate_coef = self.gate._project(old + step * direction) if step else old
+            candidate = self.e_step(MoEParams(GateParams(gate_coef), expert_params))
+            if not (moved and step) or not self._fell(state, candidate):
+                return candidate
+            if halvings < self.gate.max_halvings:
+                step, halvings = 0.5 * step, halvings + 1
+            else:
+                step = 0.0
+
+    def _fell(self, before: SweepState, after: SweepState) -> bool:
+        """Whether the per-sample log-likelihood fell beyond round-off."""
+        prev = before.log_likelihood / self.n_total
+        curr = after.log_likelihood / self.n_total
+        scale = max(abs(prev), abs(curr), 1.0)
+        return not curr >= prev - ROUND_OFF * scale
+
+
+def sweep_steps(
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    weight: NDArray[np.float64] | None,
+    var_floor: float,
+    chunk_size: int | None,
+) -> tuple[Any, Any]:
+    """``(e_step, em_step)`` of the chunked path (see :class:`SweepSteps`)."""
+    steps = SweepSteps(model, design, y, weight, var_floor, chunk_size)
+    return steps.e_step, steps.em_step
+
+
+# -- starting values from labels, chunk by chunk -------------------------------
+def _soft_labels(labels: NDArray[np.intp], m: int, smoothing: float) -> NDArray:
+    """(m, c) labels smoothed by ``smoothing``, experts first."""
+    resp = np.full((m, labels.size), smoothing / m)
+    resp[labels, np.arange(labels.size)] += 1.0 - smoothing
+    return resp
+
+
+def start_from_labels(
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    labels: NDArray[np.intp],
+    n_experts: int,
+    smoothing: float,
+    var_floor: float,
+    chunk_size: int | None = None,
+) -> MoEParams:
+    """The start of :func:`moestat.fit.initial_params` from hard labels, in chunks.
+
+    The experts' weighted least squares and the gate's fit to the labels
+    smoothed by ``smoothing`` (at most ten Fisher-scoring steps from zero,
+    each halved until the gate's objective does not fall, stopping once it
+    gains less than ``1e-6 (|Q| + n)``), as the full path's M-steps take
+    them, from sums over chunks: no (n, m) labels are stored.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        A model :func:`supports` accepts.
+    design : Design
+    y : ndarray of shape (n,)
+    labels : ndarray of int, shape (n,)
+        Each sample's expert.
+    n_experts : int
+    smoothing : float
+        Label smoothing (the share spread over all experts).
+    var_floor : float
+    chunk_size : int, optional
+        Rows per chunk; default :func:`default_chunk_size`.
+
+    Returns
+    -------
+    MoEParams
+    """
+    gate, expert = model.gate, model.expert
+    Z, Phi = design.gate, design.expert
+    n, m, p = design.n_samples, n_experts, Phi.shape[1]
+    chunk = chunk_size or default_chunk_size(n, m, Z.shape[1], p)
+    xp = array_api_compat.array_namespace(Phi)
+    # the experts: weighted sums about zero coefficients, then the closed form
+    q = p * (p + 1) // 2
+    sums = np.zeros(m + m * q + m * p + m)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        resp = _soft_labels(labels[rows], m, smoothing)
+        Pt, y_part = Phi[rows].T, y[rows]
+        sums += np.concatenate(
+            [
+                resp.sum(axis=1),
+                (resp @ _pairs(xp, Pt).T).ravel(),
+                ((resp * y_part) @ Phi[rows]).ravel(),
+                resp @ (y_part * y_part),
+            ]
+        )
+    weight, gram, score, ss = np.split(sums, np.cumsum([m, m * q, m * p]))
+    stats = SweepStatistics(
+        log_likelihood=0.0,
+        expert_weight=weight,
+        expert_gram=_symmetric_from_pairs(xp, gram.reshape(m, q), p),
+        expert_score=score.reshape(m, p),
+        expert_ss=ss,
+        gate_gradient=None,
+        gate_information=None,
+    )
+    known = expert.variance if expert.known_variance else 1.0
+    coef, var = gaussian_expert_step(
+        stats,
+        np.zeros((m, p)),
+        np.full(m, known),
+        var_floor,
+        float(n),
+        _variance(expert),
+    )
+    return MoEParams(
+        _gate_from_labels(gate, Z, labels, m, smoothing, chunk),
+        GaussianExpertParams(coef, var),
+    )
+
+
+def _variance(expert: GaussianExpert) -> str:
+    if expert.known_variance:
+        return "known"
+    return "shared" if expert.shared_variance else "per_expert"
+
+
+def _gate_from_labels(gate, Z, labels, m, smoothing, chunk, max_steps=10, tol=1e-6):
+    """The gate's fit to smoothed labels from zero (``init_params``), in chunks."""
+    n = Z.shape[0]
+    rows = gate.free_rows(m)
+
+    def sums(coef):
+        total = 0.0
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            resp = _soft_labels(labels[part], m, smoothing)
+            total = total + soft_label_statistics(Z[part], resp, coef)
+        return unflatten_soft_label(total, m, Z.shape[1])
+
+    coef = np.zeros((m, Z.shape[1]))
+    objective, grad, information = sums(coef)
+    for _ in range(max_steps):
+        step_free = solve_spd(information, grad, ridge=1e-9)
+        if not float(grad @ step_free) > 1e-14 * n:
+            break
+        direction = np.zeros_like(coef)
+        direction[rows] = step_free.reshape(len(rows), -1)
+        step = 1.0
+        for _ in range(gate.max_halvings):
+            candidate = gate._project(coef + step * direction)
+            new_objective, new_grad, new_information = sums(candidate)
+            if new_objective >= objective:
+                break
+            step *= 0.5
+        else:
+            break
+        gain = float(new_objective - objective)
+        coef, objective = candidate, new_objective
+        grad, information = new_grad, new_information
+        if gain <= tol * (abs(objective) + n):
+            break
+    return GateParams(coef)

@@ -1,0 +1,730 @@
+"""One EM sweep of a softmax-gated Gaussian MoE, written once for numpy and torch.
+
+Both M-steps of a softmax gate with Gaussian experts need only a few
+hundred weighted sums over the data. A *sweep* makes one pass over the
+rows, chunk by chunk, and adds up each chunk's share of them; nothing of
+size ``n * m`` or ``n * p^2`` is kept. The functions use only the Python
+array API standard (through ``array_api_compat``), so the numpy EM
+(:func:`moestat.fit.em` at large ``n``) and the torch one
+(:func:`moestat.torch.fused.em_softmax_gaussian`) run the same code. Any
+leading axes are batch axes (data sets fitted together).
+
+The sums (:class:`SweepStatistics`), at the current gate coefficients
+``beta`` and expert coefficients ``a_i`` and variances ``nu_i``:
+
+- ``sum_t w_t log p(y_t | x_t)``, the (weighted) log-likelihood;
+- per expert ``sum_t r_ti``, ``sum_t r_ti phi_t phi_t^T``,
+  ``sum_t r_ti e_ti phi_t`` and ``sum_t r_ti e_ti^2``, with
+  ``e_ti = y_t - a_i^T phi_t`` the residual at the current coefficients;
+- for the gate's free rows ``1..m-1`` the Fisher-scoring gradient
+  ``sum_t (r_ti - rho_t g_ti) z_t`` and information
+  ``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T``, ``rho_t = sum_i r_ti``.
+
+Each sum with a design factor is one matrix product over the chunk's rows:
+per-sample weights times the chunk's products of design columns
+(``c x p(p+1)/2`` for a chunk of ``c`` rows).
+
+The M-step from the sums (:func:`gaussian_expert_step`,
+:func:`gate_direction`): the experts' weighted least squares, taken about
+the current coefficients (``sum r phi y = S_e + G a`` and
+``sum r y^2 = s_e + 2 a^T S_e + a^T G a`` with ``G`` the weighted Gram
+matrix, ``S_e`` and ``s_e`` the residual sums), so the update is ``a + d``
+with ``d = G^{-1} S_e`` and the new residual sum of squares
+``s_e - 2 d^T S_e + d^T G d``; this avoids the cancellation of
+``sum r y^2 - b^T G^{-1} b`` when ``y`` is large against its noise. The
+gate takes one Fisher-scoring step, solved as
+:func:`moestat._math.fisher_direction` solves it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+from moestat._math import solve_spd
+
+__all__ = [
+    "SweepStatistics",
+    "chunk_statistics",
+    "soft_label_statistics",
+    "unflatten_soft_label",
+    "statistics_size",
+    "unflatten_statistics",
+    "sweep",
+    "gaussian_expert_step",
+    "gate_direction",
+    "chunk_rows",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class SweepStatistics:
+    """The weighted sums of one sweep (leading axes: data sets).
+
+    The expert sums are taken with the residuals ``e_ti = y_t - phi_t^T a_i``
+    at the coefficients ``a_i`` the sweep ran at; the gate's are over its
+    free rows ``1..m-1``, flattened row by row as its packed parameters.
+
+    Parameters
+    ----------
+    log_likelihood : array of shape (...)
+        ``sum_t w_t log p(y_t | x_t)``.
+    expert_weight : array of shape (..., m)
+        ``sum_t r_ti`` (responsibilities include the sample weights).
+    expert_gram : array of shape (..., m, p_expert, p_expert)
+        ``sum_t r_ti phi_t phi_t^T``.
+    expert_score : array of shape (..., m, p_expert)
+        ``sum_t r_ti e_ti phi_t``.
+    expert_ss : array of shape (..., m)
+        ``sum_t r_ti e_ti^2``.
+    gate_gradient : array of shape (..., (m - 1) p_gate)
+        ``sum_t (r_ti - rho_t g_ti) z_t``.
+    gate_information : array of shape (..., (m - 1) p_gate, (m - 1) p_gate)
+        ``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T``.
+    """
+
+    log_likelihood: Any
+    expert_weight: Any
+    expert_gram: Any
+    expert_score: Any
+    expert_ss: Any
+    gate_gradient: Any
+    gate_information: Any
+
+
+# -- layout of the flattened statistics ---------------------------------------
+def _upper_triangle(p: int) -> tuple[list[int], list[int]]:
+    """Row and column indices of the upper triangle of a p x p matrix, row by row."""
+    rows = [a for a in range(p) for _ in range(a, p)]
+    cols = [b for a in range(p) for b in range(a, p)]
+    return rows, cols
+
+
+def _index(xp: Any, values: list[int], device: Any) -> Any:
+    """Integer indices as an array (int64 also when ``values`` is empty)."""
+    return xp.asarray(values, dtype=xp.int64, device=device)
+
+
+def _pair_lookup(p: int) -> list[int]:
+    """For each entry of a p x p matrix (row-major), its upper-triangle position."""
+    position = {}
+    for index, (a, b) in enumerate(zip(*_upper_triangle(p), strict=True)):
+        position[a, b] = position[b, a] = index
+    return [position[a, b] for a in range(p) for b in range(p)]
+
+
+def statistics_size(m: int, p_gate: int, p_expert: int) -> int:
+    """Length of the flattened statistics of one data set.
+
+    Parameters
+    ----------
+    m, p_gate, p_expert : int
+        Experts and the widths of the gate's and the experts' designs.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> statistics_size(2, 2, 2)  # 1 + 2 + 2*3 + 2*2 + 2 + 1*2 + 1*3
+    20
+    """
+    k = m - 1
+    q_expert = p_expert * (p_expert + 1) // 2
+    return (
+        1
+        + m
+        + m * q_expert
+        + m * p_expert
+        + m
+        + k * p_gate
+        + _information_size(k, p_gate)
+    )
+
+
+def _khatri_rao(k: int, p_gate: int) -> bool:
+    """Whether the gate information is summed in Khatri-Rao form.
+
+    With ``k`` free rows and ``p`` design columns the pair weights
+    ``rho g_i (delta_ij - g_j)`` take ``k(k+1)/2`` numbers per sample; from
+    ``k >= 2p`` on, the ``k p`` entries ``sqrt(rho) g_i z`` of the low-rank
+    part are fewer and their product ``U^T U`` is one matrix product (the
+    rule of :func:`moestat._math.fisher_information`).
+    """
+    return k >= 2 * p_gate
+
+
+def _information_size(k: int, p_gate: int) -> int:
+    """Numbers of a chunk's gate-information sums."""
+    q_gate = p_gate * (p_gate + 1) // 2
+    if _khatri_rao(k, p_gate):
+        return k * q_gate + (k * p_gate) ** 2
+    return k * (k + 1) // 2 * q_gate
+
+
+def _symmetric_from_pairs(xp: Any, packed: Any, p: int) -> Any:
+    """(..., p, p) symmetric matrices from (..., p(p+1)/2) upper triangles."""
+    lookup = _index(xp, _pair_lookup(p), array_api_compat.device(packed))
+    full = xp.take(packed, lookup, axis=packed.ndim - 1)
+    return xp.reshape(full, (*packed.shape[:-1], p, p))
+
+
+def _information_from_pairs(xp: Any, packed: Any, k: int, p_gate: int) -> Any:
+    """The (..., k p, k p) gate information from its (..., q_free q_gate) pair sums.
+
+    ``information[(i, a), (j, b)] = sum rho g_i (delta_ij - g_j) z_a z_b``.
+    """
+    batch = tuple(packed.shape[:-1])
+    q_free, q_gate = k * (k + 1) // 2, p_gate * (p_gate + 1) // 2
+    info = _symmetric_from_pairs(
+        xp, xp.reshape(packed, (*batch, q_free, q_gate)), p_gate
+    )
+    info = xp.reshape(info, (*batch, q_free, p_gate * p_gate))
+    info = _symmetric_from_pairs(xp, xp.matrix_transpose(info), k)  # (..., pp, k, k)
+    info = xp.reshape(info, (*batch, p_gate, p_gate, k, k))
+    axes = (*range(len(batch)), *(len(batch) + a for a in (2, 0, 3, 1)))
+    return xp.reshape(xp.permute_dims(info, axes), (*batch, k * p_gate, k * p_gate))
+
+
+def _information(xp: Any, packed: Any, k: int, p_gate: int) -> Any:
+    """The (..., k p, k p) gate information from a sweep's information sums."""
+    if not _khatri_rao(k, p_gate):
+        return _information_from_pairs(xp, packed, k, p_gate)
+    batch = tuple(packed.shape[:-1])
+    q_gate, size = p_gate * (p_gate + 1) // 2, k * p_gate
+    blocks = xp.reshape(packed[..., : k * q_gate], (*batch, k, q_gate))
+    blocks = _symmetric_from_pairs(xp, blocks, p_gate)  # (..., k, p, p)
+    eye = xp.eye(k, dtype=packed.dtype, device=array_api_compat.device(packed))
+    diagonal = blocks[..., :, :, None, :] * eye[:, None, :, None]
+    low_rank = xp.reshape(packed[..., k * q_gate :], (*batch, size, size))
+    return xp.reshape(diagonal, (*batch, size, size)) - low_rank
+
+
+def unflatten_statistics(
+    flat: Any, m: int, p_gate: int, p_expert: int
+) -> SweepStatistics:
+    """Split flattened sums (the output of :func:`chunk_statistics`) into their parts.
+
+    Parameters
+    ----------
+    flat : array of shape (..., S)
+        ``S = statistics_size(m, p_gate, p_expert)``.
+    m, p_gate, p_expert : int
+        Experts and design widths.
+
+    Returns
+    -------
+    SweepStatistics
+        Symmetric matrices rebuilt from their upper triangles.
+    """
+    xp = array_api_compat.array_namespace(flat)
+    k = m - 1
+    q_expert = p_expert * (p_expert + 1) // 2
+    sizes = [
+        1,
+        m,
+        m * q_expert,
+        m * p_expert,
+        m,
+        k * p_gate,
+        _information_size(k, p_gate),
+    ]
+    batch = tuple(flat.shape[:-1])
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(flat[..., start : start + size])
+        start += size
+    ll, weight, gram, score, ss, grad, info = parts
+    gram = _symmetric_from_pairs(xp, xp.reshape(gram, (*batch, m, q_expert)), p_expert)
+    info = _information(xp, info, k, p_gate)
+    return SweepStatistics(
+        log_likelihood=ll[..., 0],
+        expert_weight=weight,
+        expert_gram=gram,
+        expert_score=xp.reshape(score, (*batch, m, p_expert)),
+        expert_ss=ss,
+        gate_gradient=grad,
+        gate_information=info,
+    )
+
+
+# -- the per-chunk work --------------------------------------------------------
+def _device(x: Any) -> Any:
+    """The array's device (None for numpy before 2.0, whose arrays have none).
+
+    Read as an attribute, not with ``array_api_compat.device``, which
+    ``torch.compile`` cannot trace.
+    """
+    return getattr(x, "device", None)
+
+
+def _pairs(xp: Any, At: Any) -> Any:
+    """Products ``A_a A_b`` (a <= b) of the rows of ``At`` (..., p, c): (..., q, c)."""
+    rows, cols = _upper_triangle(At.shape[-2])
+    device = _device(At)
+    first = xp.take(At, _index(xp, rows, device), axis=At.ndim - 2)
+    second = xp.take(At, _index(xp, cols, device), axis=At.ndim - 2)
+    return first * second
+
+
+#: From this many design columns on, weighted Gram matrices are formed as
+#: ``(A * w)^T A`` per weight vector (matrix products, no gathered column
+#: products); below it as ``w @ pairs(A)`` (fewer operations for narrow
+#: designs).
+WIDE_DESIGN = 8
+
+
+class _Grams:
+    """Weighted Gram matrices ``sum_t w_t a_t a_t^T`` of one chunk's design.
+
+    ``At`` is the design (..., p, c), experts-major. Each call takes
+    weights (..., w, c) and returns the upper triangles (..., w, q),
+    ``q = p (p + 1) / 2``, in the order of :func:`_upper_triangle`.
+    """
+
+    def __init__(self, xp: Any, At: Any) -> None:
+        self.xp, self.At = xp, At
+        p = At.shape[-2]
+        self.wide = p >= WIDE_DESIGN
+        self.pairs = None
+        if self.wide:
+            rows, cols = _upper_triangle(p)
+            self.upper = _index(
+                xp, [a * p + b for a, b in zip(rows, cols, strict=True)], _device(At)
+            )
+
+    def __call__(self, weights: Any) -> Any:
+        xp, At = self.xp, self.At
+        if not self.wide:
+            if self.pairs is None:
+                self.pairs = _pairs(xp, At)
+            return xp.matmul(weights, xp.matrix_transpose(self.pairs))
+        p = At.shape[-2]
+        weighted = At[..., None, :, :] * weights[..., :, None, :]
+        full = xp.matmul(weighted, xp.matrix_transpose(At)[..., None, :, :])
+        full = xp.reshape(full, (*full.shape[:-2], p * p))
+        return xp.take(full, self.upper, axis=full.ndim - 1)
+
+
+def _fisher_pair_weights(xp: Any, rho_g: Any, g: Any) -> Any:
+    """Weights ``rho g_i (delta_ij - g_j)`` of the free rows' pairs ``i <= j``.
+
+    ``rho_g`` and ``g`` are (..., m - 1, c); the result is (..., q, c) with
+    ``q = (m - 1) m / 2``, in the order of :func:`_upper_triangle`.
+    """
+    rows, cols = _upper_triangle(g.shape[-2])
+    device = _device(g)
+    g_cols = xp.take(g, _index(xp, cols, device), axis=g.ndim - 2)
+    diagonal = xp.reshape(
+        xp.asarray(
+            [float(a == b) for a, b in zip(rows, cols, strict=True)],
+            dtype=g.dtype,
+            device=device,
+        ),
+        (len(rows), 1),
+    )
+    return xp.take(rho_g, _index(xp, rows, device), axis=g.ndim - 2) * (
+        diagonal - g_cols
+    )
+
+
+def _information_parts(xp: Any, rho: Any, g: Any, Zt: Any, grams: Any) -> tuple:
+    """A chunk's sums of the gate information (layout of :func:`_information`).
+
+    ``rho`` is (..., 1, c), ``g`` the free rows' weights (..., k, c), ``Zt``
+    the design (..., p, c) and ``grams`` its :class:`_Grams`.
+    """
+    k, p_gate = g.shape[-2], Zt.shape[-2]
+    rho_g = rho * g
+    if not _khatri_rao(k, p_gate):
+        weights = _fisher_pair_weights(xp, rho_g, g)
+        return (grams(weights),)
+    # diag(rho g) kron z z^T block by block, less U^T U with rows
+    # kron(sqrt(rho) g, z)
+    blocks = grams(rho_g)
+    root = xp.sqrt(rho) * g
+    batch, c = tuple(g.shape[:-2]), g.shape[-1]
+    Ut = xp.reshape(
+        root[..., :, None, :] * Zt[..., None, :, :], (*batch, k * p_gate, c)
+    )
+    return blocks, xp.matmul(Ut, xp.matrix_transpose(Ut))
+
+
+def chunk_statistics(
+    Z: Any,
+    Phi: Any,
+    y: Any,
+    weight: Any,
+    gate_coef: Any,
+    expert_coef: Any,
+    var: Any,
+    accumulate_dtype: Any = None,
+    xp: Any = None,
+) -> Any:
+    """The statistics of one chunk of rows, flattened to (..., S).
+
+    Parameters
+    ----------
+    Z : array of shape (..., c, p_gate)
+        The chunk's gate design rows.
+    Phi : array of shape (..., c, p_expert)
+        The chunk's expert design rows; pass ``Z`` itself when both designs
+        are equal, and their products are formed once.
+    y : array of shape (..., c)
+        Responses.
+    weight : array of shape (..., c) or None
+        Sample weights (rows of weight zero do not count); None for none.
+    gate_coef : array of shape (..., m, p_gate)
+        Every gate row, the reference row (zeros) first.
+    expert_coef : array of shape (..., m, p_expert)
+        Expert coefficients.
+    var : array of shape (..., m)
+        Expert variances.
+    accumulate_dtype : dtype, optional
+        Dtype of the result (the chunk's own by default).
+    xp : namespace, optional
+        The arrays' ``array_api_compat`` namespace, found from them by
+        default (``torch.compile`` needs it given: it cannot trace the
+        look-up).
+
+    Returns
+    -------
+    array of shape (..., S)
+        The chunk's sums, laid out as :func:`unflatten_statistics` reads
+        them; add the chunks' arrays for a sweep.
+
+    Notes
+    -----
+    Pure array code without branches on values, so that ``torch.compile``
+    can fuse it. Rows without a finite density get no responsibility.
+    """
+    if xp is None:
+        xp = array_api_compat.array_namespace(Z, y, gate_coef)
+    shared = Phi is Z
+    # experts-major (..., m, c): reductions over the experts run along
+    # contiguous rows, and each statistic is a (., c) @ (c, .) product
+    Zt = xp.matrix_transpose(Z)
+    Pt = Zt if shared else xp.matrix_transpose(Phi)
+    var = var[..., None]
+    # softmax with one exp; log g = scores - log(gate_sum), whose row
+    # constant log(gate_sum) is left out of the joint and subtracted from
+    # the per-sample log-likelihood
+    scores = xp.matmul(gate_coef, Zt)
+    scores = scores - xp.max(scores, axis=-2, keepdims=True)
+    gate_exp = xp.exp(scores)
+    gate_sum = xp.sum(gate_exp, axis=-2, keepdims=True)
+    resid = y[..., None, :] - xp.matmul(expert_coef, Pt)
+    joint = (scores + (-0.5 * (xp.log(var) + _LOG_2PI))) - (0.5 / var) * (resid * resid)
+    # r = e / sum(e) for e = exp(joint - max): one exp; rows without a
+    # finite density get r = 0
+    top = xp.max(joint, axis=-2, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    joint_exp = xp.exp(joint - top)
+    joint_sum = xp.sum(joint_exp, axis=-2, keepdims=True)
+    per_sample = (top + xp.log(joint_sum) - xp.log(gate_sum))[..., 0, :]
+    # row factors (c values, not m c): 1 / sum(e) times the sample weight
+    alive = xp.isfinite(joint_sum) & (joint_sum > 0)
+    safe_sum = xp.where(alive, joint_sum, xp.ones_like(joint_sum))
+    if weight is None:
+        counted = per_sample
+        row_factor = xp.where(alive, 1.0 / safe_sum, xp.zeros_like(joint_sum))
+    else:
+        counted = xp.where(weight > 0, weight * per_sample, xp.zeros_like(per_sample))
+        row_factor = xp.where(
+            alive, weight[..., None, :] / safe_sum, xp.zeros_like(joint_sum)
+        )
+    resp = joint_exp * row_factor
+    if accumulate_dtype is not None:
+        counted = xp.astype(counted, accumulate_dtype)
+    log_lik = xp.sum(counted, axis=-1, keepdims=True)
+
+    # gate: soft-label gradient and Fisher pair weights rho g_i (delta_ij - g_j),
+    # with rho = sum_i r_i = sum(e) * row_factor
+    g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
+    rho = joint_sum * row_factor
+    rho_g = rho * g
+    gate_grams = _Grams(xp, Zt)
+    expert_grams = gate_grams if shared else _Grams(xp, Pt)
+    weighted_resid = resp * resid
+    parts = (
+        log_lik,
+        xp.sum(resp, axis=-1),
+        expert_grams(resp),
+        xp.matmul(weighted_resid, Phi),
+        xp.sum(weighted_resid * resid, axis=-1),
+        xp.matmul(resp[..., 1:, :] - rho_g, Z),
+        *_information_parts(xp, rho, g, Zt, gate_grams),
+    )
+    batch = tuple(Z.shape[:-2])
+    flat = [xp.reshape(part, (*batch, -1)) for part in parts]
+    if accumulate_dtype is not None:
+        flat = [xp.astype(part, accumulate_dtype) for part in flat]
+    return xp.concat(flat, axis=-1)
+
+
+def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
+    """A softmax gate's fit to given soft labels, on one chunk of rows.
+
+    The sums of the gate's Fisher-scoring steps on fixed labels ``r`` (its
+    initialisation): ``Q = sum_t sum_i r_ti log g_i(z_t)``, and the
+    gradient and information of :class:`SweepStatistics` with ``r`` the
+    labels.
+
+    Parameters
+    ----------
+    Z : array of shape (..., c, p_gate)
+        The chunk's gate design rows.
+    resp : array of shape (..., m, c)
+        Soft labels, experts first.
+    gate_coef : array of shape (..., m, p_gate)
+        Every gate row, the reference row (zeros) first.
+
+    Returns
+    -------
+    array of shape (..., S)
+        ``Q``, the gradient and the information's pair sums; add the
+        chunks' arrays and read them with :func:`unflatten_soft_label`.
+    """
+    xp = array_api_compat.array_namespace(Z, resp, gate_coef)
+    Zt = xp.matrix_transpose(Z)
+    scores = xp.matmul(gate_coef, Zt)
+    scores = scores - xp.max(scores, axis=-2, keepdims=True)
+    gate_exp = xp.exp(scores)
+    gate_sum = xp.sum(gate_exp, axis=-2, keepdims=True)
+    rho = xp.sum(resp, axis=-2, keepdims=True)
+    objective = xp.sum(
+        xp.sum(resp * scores, axis=-2) - rho[..., 0, :] * xp.log(gate_sum[..., 0, :]),
+        axis=-1,
+    )
+    g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
+    parts = (
+        objective[..., None],
+        xp.matmul(resp[..., 1:, :] - rho * g, Z),
+        *_information_parts(xp, rho, g, Zt, _Grams(xp, Zt)),
+    )
+    batch = tuple(Z.shape[:-2])
+    return xp.concat([xp.reshape(part, (*batch, -1)) for part in parts], axis=-1)
+
+
+def unflatten_soft_label(flat: Any, m: int, p_gate: int) -> tuple[Any, Any, Any]:
+    """``(Q, gradient, information)`` from summed :func:`soft_label_statistics`.
+
+    Parameters
+    ----------
+    flat : array of shape (..., S)
+    m, p_gate : int
+        Experts and the gate design's width.
+
+    Returns
+    -------
+    tuple of arrays
+        Shapes (...), (..., (m - 1) p_gate) and
+        (..., (m - 1) p_gate, (m - 1) p_gate).
+    """
+    xp = array_api_compat.array_namespace(flat)
+    k = m - 1
+    gradient = flat[..., 1 : 1 + k * p_gate]
+    information = _information(xp, flat[..., 1 + k * p_gate :], k, p_gate)
+    return flat[..., 0], gradient, information
+
+
+def chunk_rows(
+    n: int,
+    m: int,
+    p_gate: int,
+    p_expert: int,
+    itemsize: int,
+    budget: int,
+    batch: int = 1,
+    min_rows: int = 1024,
+) -> int:
+    """Rows per chunk so that a chunk's intermediates stay within ``budget`` bytes.
+
+    The chunks of a sweep are made about equal, each a whole multiple of 128
+    rows (aligned starts for compiled kernels).
+
+    Parameters
+    ----------
+    n, m, p_gate, p_expert : int
+        Rows, experts and design widths.
+    itemsize : int
+        Bytes per number.
+    budget : int
+        Bytes a chunk's intermediates may take.
+    batch : int, default=1
+        Data sets swept together.
+    min_rows : int, default=1024
+        Fewest rows per chunk.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> chunk_rows(1_000_000, 4, 3, 3, 8, 2**22)
+    8064
+    """
+    k = m - 1
+    information = k * p_gate if _khatri_rao(k, p_gate) else k * (k + 1) // 2
+    width = 12 * m + information
+    # the column products of a narrow design, or the weighted copies of a
+    # wide one (one per weight vector)
+    for p, n_weights in ((p_gate, k + information), (p_expert, m)):
+        width += p * n_weights if p >= WIDE_DESIGN else p * (p + 1) // 2
+    rows = max(min_rows, budget // (batch * width * itemsize))
+    n_chunks = max(1, -(-n // rows))
+    rows = -(-n // n_chunks)
+    return min(n, -(-rows // 128) * 128) if n > 0 else 1
+
+
+def sweep(
+    Z: Any,
+    Phi: Any,
+    y: Any,
+    weight: Any,
+    gate_coef: Any,
+    expert_coef: Any,
+    var: Any,
+    chunk_size: int,
+    accumulate_dtype: Any = None,
+    kernel: Any = chunk_statistics,
+) -> SweepStatistics:
+    """One pass over the rows, chunk by chunk: the sums of :class:`SweepStatistics`.
+
+    Parameters
+    ----------
+    Z, Phi, y, weight, gate_coef, expert_coef, var
+        As for :func:`chunk_statistics`, over all ``n`` rows (the rows are
+        the axis before the last of ``Z`` and ``Phi``, the last of ``y``).
+    chunk_size : int
+        Rows per chunk.
+    accumulate_dtype : dtype, optional
+        Dtype of the sums across chunks (the data's by default).
+    kernel : callable, default=chunk_statistics
+        The per-chunk function (a compiled :func:`chunk_statistics`, say).
+
+    Returns
+    -------
+    SweepStatistics
+        In the namespace and on the device of the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Z = np.column_stack([np.ones(4), [-1.0, -0.5, 0.5, 1.0]])
+    >>> y = np.array([-1.0, -0.4, 0.6, 1.0])
+    >>> stats = sweep(Z, Z, y, None, np.zeros((2, 2)),
+    ...               np.array([[0.0, 1.0], [0.0, -1.0]]), np.ones(2), 3)
+    >>> stats.expert_gram.shape, stats.gate_information.shape
+    ((2, 2, 2), (2, 2))
+    """
+    m, p_gate, p_expert = gate_coef.shape[-2], Z.shape[-1], Phi.shape[-1]
+    n = y.shape[-1]
+    shared = Phi is Z
+    total = None
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        Z_part = Z[..., start:stop, :]
+        part = kernel(
+            Z_part,
+            Z_part if shared else Phi[..., start:stop, :],
+            y[..., start:stop],
+            None if weight is None else weight[..., start:stop],
+            gate_coef,
+            expert_coef,
+            var,
+            accumulate_dtype,
+        )
+        total = part if total is None else total + part
+    return unflatten_statistics(total, m, p_gate, p_expert)
+
+
+# -- the M-step from the statistics -------------------------------------------
+def gaussian_expert_step(
+    stats: SweepStatistics,
+    coef: Any,
+    var: Any,
+    var_floor: Any,
+    n: Any,
+    variance: str = "per_expert",
+) -> tuple[Any, Any]:
+    """Closed-form M-step of Gaussian experts from a sweep's statistics.
+
+    Parameters
+    ----------
+    stats : SweepStatistics
+        Taken at ``coef``.
+    coef : array of shape (..., m, p_expert)
+        The coefficients the sweep ran at.
+    var : array of shape (..., m)
+        The current variances (kept by an empty expert, and when known).
+    var_floor : float or array of shape (...)
+        Lower bound on the estimated variances.
+    n : float or array of shape (...)
+        The data's size: an expert whose total responsibility is at most
+        ``1e-10 n`` is empty and keeps its parameters.
+    variance : {"per_expert", "shared", "known"}
+        One variance per expert, one shared by all, or none estimated.
+
+    Returns
+    -------
+    coef, var : arrays of the shapes of the inputs
+        The maximisers of the expected complete-data log-likelihood.
+    """
+    xp = array_api_compat.array_namespace(coef, stats.expert_gram)
+    weight = stats.expert_weight
+    if not hasattr(n, "shape"):
+        n = xp.asarray(n, dtype=weight.dtype, device=array_api_compat.device(weight))
+    empty = weight <= 1e-10 * n[..., None]
+    gram, score = stats.expert_gram, stats.expert_score
+    delta = solve_spd(gram, score, refine=True)
+    delta = xp.where(empty[..., None], xp.zeros_like(delta), delta)
+    new_coef = coef + delta
+    if variance == "known":
+        return new_coef, var
+    quad = xp.sum(delta * xp.matmul(gram, delta[..., None])[..., 0], axis=-1)
+    ss = stats.expert_ss - 2.0 * xp.sum(delta * score, axis=-1) + quad
+    ss = xp.where(ss > 0, ss, xp.zeros_like(ss))
+    if variance == "shared":
+        kept = xp.astype(~empty, ss.dtype)
+        pooled = xp.sum(ss * kept, axis=-1, keepdims=True) / xp.sum(
+            weight * kept, axis=-1, keepdims=True
+        )
+        new_var = xp.broadcast_to(pooled, ss.shape)
+    else:
+        safe = xp.where(empty, xp.ones_like(weight), weight)
+        new_var = xp.where(empty, var, ss / safe)
+    floor = var_floor if not hasattr(var_floor, "shape") else var_floor[..., None]
+    return new_coef, xp.maximum(new_var, xp.zeros_like(new_var) + floor)
+
+
+def gate_direction(stats: SweepStatistics, n: Any) -> Any:
+    """Fisher-scoring direction of the gate's free rows; zero where no ascent is due.
+
+    Parameters
+    ----------
+    stats : SweepStatistics
+    n : float or array of shape (...)
+        The data's size: a step whose first-order gain is at most
+        ``1e-14 n`` is not taken.
+
+    Returns
+    -------
+    array of shape (..., (m - 1) p_gate)
+        Flattened row by row, as the gate's packed parameters.
+    """
+    xp = array_api_compat.array_namespace(stats.gate_gradient)
+    grad = stats.gate_gradient
+    direction = solve_spd(stats.gate_information, grad, ridge=1e-9)
+    gain = xp.sum(grad * direction, axis=-1, keepdims=True)
+    if not hasattr(n, "shape"):
+        n = xp.asarray(n, dtype=grad.dtype, device=array_api_compat.device(grad))
+    move = gain > 1e-14 * n[..., None]
+    return xp.where(move, direction, xp.zeros_like(direction))
