@@ -1138,7 +1138,16 @@ class BatchedExpertFamily(Protocol, metaclass=_ProtocolMembers):
     engines call them on numpy arrays, the torch engine
     (:mod:`moestat.torch`) on torch tensors of a batch of data sets (the
     family then runs there with no torch code of its own).
+
+    Attributes
+    ----------
+    runs_batched : bool
+        Whether this configuration of the family has batched kernels (a
+        GLM family with a ridge, whose weights come from one data set's
+        design, has not).
     """
+
+    runs_batched: bool
 
     def batch_log_density(
         self, theta: Any, Phi: Any, y: Any, var_floor: Any, n_experts: int

@@ -59,8 +59,8 @@ penalty``), ``m_step`` (does not decrease that objective from
 ``log_mean`` (its exponential is ``mean``), ``class_probabilities``
 (probabilities summing to one), ``degrees_of_freedom``, and ``batch``
 for a family with batched kernels
-(:class:`~moestat.protocols.BatchedExpertFamily`): on a batch of two
-copies of the data, ``batch_log_density`` is ``log_density`` and
+(:class:`~moestat.protocols.BatchedExpertFamily`, where ``runs_batched``):
+on a batch of two copies of the data, ``batch_log_density`` is ``log_density`` and
 ``batch_m_step`` reaches the ``sum r log f`` of ``m_step`` from the same
 parameters.
 """
@@ -693,7 +693,7 @@ def check_expert_family(
     _check_expert_m_step(expert, params, Phi, y, resp, var_floor)
     _check_expert_permute(expert, params, Phi, y, log_f, m, rng)
     _check_expert_capabilities(expert, params, Phi, y, log_f, m)
-    if isinstance(expert, BatchedExpertFamily):
+    if isinstance(expert, BatchedExpertFamily) and expert.runs_batched:
         _check_expert_batches(expert, params, Phi, y, resp, m, var_floor)
 
 

@@ -153,7 +153,9 @@ def test_statistics_match_a_direct_computation(problem, iterations):
     log_g = model.log_weights(theta_gate, data)
     resp, ll = _e_step(log_g + model.log_density(theta_expert, data), data.weight)
     Phi = data.expert
-    coef, _ = model.expert.unpack(theta_expert, data.var_floor)
+    coef, _ = model.spec.expert.batch_unpack(
+        theta_expert, *model.shapes[::2], data.var_floor
+    )
     resid = data.y.unsqueeze(-1) - torch.einsum("bnp,bmp->bnm", Phi, coef)
     weights = model.gate.fisher_weights(theta_gate, data.gate, resp, log_g)
     grad, information = fisher_information(data.gate, *weights, slice(1, M))
@@ -213,7 +215,9 @@ def test_a_binding_variance_floor_and_an_empty_expert_are_held():
     assert fit.expert_weight[0, 2] == 0.0
     held = slice(2 * (D + 1), 3 * (D + 1))
     torch.testing.assert_close(fit.theta_expert[:, held], theta_expert[:, held])
-    _, var = model.expert.unpack(fit.theta_expert, data.var_floor)
+    _, var = model.spec.expert.batch_unpack(
+        fit.theta_expert, *model.shapes[::2], data.var_floor
+    )
     assert (var >= 0.2 - 1e-12).all()
     assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-8
 

@@ -12,12 +12,12 @@ free parameters (used by direct MLE, by Fisher's identity).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from moestat._math import pair_products, solve_spd, unpack_symmetric
+from moestat._math import array_namespace, pair_products, solve_spd, unpack_symmetric
 from moestat.experts._basis import polynomial_design, polynomial_names
 from moestat.experts._normal import (
     at_floor,
@@ -29,6 +29,9 @@ from moestat.experts._normal import (
     variance_floor,
     variance_score,
 )
+from moestat.kernels.experts import excess_variance
+from moestat.kernels.gates import affine_scores
+from moestat.kernels.sweep import SweepStatistics, gaussian_expert_step
 
 __all__ = ["GaussianExpert", "GaussianExpertParams"]
 
@@ -252,6 +255,136 @@ class GaussianExpert:
             coef[empty] = previous.coef[empty]
             var[empty] = previous.var[empty]
         return GaussianExpertParams(coef, np.maximum(var, var_floor))
+
+    # -- the kernel on batches (numpy or torch) ----------------------------
+    #: The batch hooks apply to every configuration.
+    runs_batched: ClassVar[bool] = True
+
+    @property
+    def variance_kind(self) -> str:
+        """``"known"``, ``"shared"`` or ``"per_expert"``: the variances estimated."""
+        if self.known_variance:
+            return "known"
+        return "shared" if self.shared_variance else "per_expert"
+
+    def batch_unpack(
+        self, theta: Any, n_experts: int, n_design: int, var_floor: Any
+    ) -> tuple[Any, Any]:
+        """Coefficients and variances of a batch from packed rows.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+            Packed parameters (:meth:`pack`'s layout).
+        n_experts, n_design : int
+        var_floor : float or array of shape (...)
+
+        Returns
+        -------
+        coef : array of shape (..., m, p)
+        var : array of shape (..., m)
+        """
+        xp = array_namespace(theta)
+        k = n_experts * n_design
+        coef = xp.reshape(theta[..., :k], (*theta.shape[:-1], n_experts, n_design))
+        if self.known_variance:
+            return coef, xp.full_like(coef[..., 0], self.variance)
+        var = excess_variance(theta[..., k:], var_floor)
+        if self.shared_variance:
+            var = xp.broadcast_to(var, coef.shape[:-1])
+        return coef, var
+
+    def batch_pack(self, coef: Any, var: Any, var_floor: Any) -> Any:
+        """Inverse of :meth:`batch_unpack`: packed rows (..., P).
+
+        Parameters
+        ----------
+        coef : array of shape (..., m, p)
+        var : array of shape (..., m)
+        var_floor : float or array of shape (...)
+
+        Returns
+        -------
+        array of shape (..., P)
+        """
+        xp = array_namespace(coef, var)
+        flat = xp.reshape(coef, (*coef.shape[:-2], -1))
+        if self.known_variance:
+            return flat
+        var = var[..., :1] if self.shared_variance else var
+        return xp.concat([flat, log_excess(var, var_floor)], axis=-1)
+
+    def batch_log_density(
+        self, theta: Any, Phi: Any, y: Any, var_floor: Any, n_experts: int
+    ) -> Any:
+        """``log f`` of a batch of data sets from packed parameters.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+        Phi : array of shape (..., n, p)
+        y : array of shape (..., n)
+        var_floor : array of shape (...)
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., n, m)
+        """
+        coef, var = self.batch_unpack(theta, n_experts, Phi.shape[-1], var_floor)
+        return normal_log_density(affine_scores(Phi, coef), var, y)
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Phi: Any,
+        y: Any,
+        resp: Any,
+        var_floor: Any,
+        n_experts: int,
+    ) -> Any:
+        """Weighted least squares and variances on a batch, packed.
+
+        Each expert's weighted sums about its current coefficients (Gram
+        matrix, score, squared residuals) go through the closed-form step
+        of the chunked EM (:func:`moestat.kernels.sweep.gaussian_expert_step`):
+        the exact least-squares solution, its variance (per expert, pooled
+        or known) at the floor at least; empty experts keep ``theta``.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+        Phi : array of shape (..., n, p)
+        y : array of shape (..., n)
+        resp : array of shape (..., n, m)
+            Responsibilities (zero on padding rows).
+        var_floor : array of shape (...)
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., P)
+        """
+        xp = array_namespace(theta, Phi, y, resp)
+        coef, var = self.batch_unpack(theta, n_experts, Phi.shape[-1], var_floor)
+        resid = y[..., None] - affine_scores(Phi, coef)
+        weighted = xp.matrix_transpose(resp)[..., None] * Phi[..., None, :, :]
+        stats = SweepStatistics(
+            log_likelihood=None,
+            expert_weight=xp.sum(resp, axis=-2),
+            expert_gram=xp.matmul(xp.matrix_transpose(weighted), Phi[..., None, :, :]),
+            expert_score=xp.matmul(
+                xp.matrix_transpose(weighted), xp.matrix_transpose(resid)[..., None]
+            )[..., 0],
+            expert_ss=xp.sum(resp * resid * resid, axis=-2),
+            gate_gradient=None,
+            gate_information=None,
+        )
+        n = xp.sum(stats.expert_weight, axis=-1)
+        coef, var = gaussian_expert_step(
+            stats, coef, var, var_floor, n, self.variance_kind
+        )
+        return self.batch_pack(coef, var, var_floor)
 
     def gradient(
         self,

@@ -8,15 +8,20 @@ degree at most ``k`` (the polynomial experts of Mendes and Jiang).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import expit, gammaln
 
-from moestat._math import solve_spd, unpack_symmetric
+from moestat._math import array_namespace
 from moestat.boundary import check_alpha, ridge_weights
 from moestat.experts._base import CoefficientExpert
+from moestat.kernels.experts import (
+    glm_log_density,
+    glm_mean,
+    glm_newton_step,
+)
+from moestat.kernels.gates import affine_scores
 
 __all__ = ["GLMExpert", "GLMExpertParams", "GLM_FAMILIES"]
 
@@ -41,23 +46,6 @@ class GLMExpertParams:
     def n_experts(self) -> int:
         """Number of experts."""
         return self.coef.shape[0]
-
-
-def _cumulant(family: str, eta: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``b(eta)``: ``exp(eta)`` (Poisson) or ``log(1 + exp(eta))`` (Bernoulli)."""
-    if family == "poisson":
-        return np.exp(eta)
-    return np.logaddexp(0.0, eta)
-
-
-def _mean(family: str, eta: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``b'(eta)``, the conditional mean."""
-    return np.exp(eta) if family == "poisson" else expit(eta)
-
-
-def _variance(family: str, mu: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``b''(eta)`` written in the mean."""
-    return mu if family == "poisson" else mu * (1.0 - mu)
 
 
 def _plain_values(values: NDArray[np.float64], limit: int = 5) -> str:
@@ -179,7 +167,7 @@ class GLMExpert(CoefficientExpert):
     ) -> NDArray[np.float64]:
         """Conditional mean of each expert, shape (n, n_experts)."""
         with np.errstate(over="ignore"):
-            return _mean(self.family, self.linear_predictor(params, Phi))
+            return glm_mean(self.family, self.linear_predictor(params, Phi))
 
     def log_mean(
         self, params: GLMExpertParams, Phi: NDArray[np.float64]
@@ -199,12 +187,7 @@ class GLMExpert(CoefficientExpert):
         y: NDArray[np.float64],
     ) -> NDArray[np.float64]:
         """``log f(y_t | x_t; c_i)`` of shape (n, n_experts)."""
-        eta = self.linear_predictor(params, Phi)
-        with np.errstate(over="ignore"):
-            out = y[:, None] * eta - _cumulant(self.family, eta)
-        if self.family == "poisson":
-            out -= gammaln(y + 1.0)[:, None]
-        return out
+        return glm_log_density(self.family, self.linear_predictor(params, Phi), y)
 
     def sample(
         self,
@@ -220,44 +203,9 @@ class GLMExpert(CoefficientExpert):
         return (rng.random(len(mu)) < mu).astype(float)
 
     # -- fitting -----------------------------------------------------------
-    def _objective(self, coef, Phi, y, resp, eta=None):
-        """Each expert's ``sum_t r_ti [y eta - b(eta)]`` minus its penalty, (m,)."""
-        if eta is None:
-            eta = (coef @ Phi.T).T
-        with np.errstate(over="ignore", invalid="ignore"):
-            values = resp * (y[:, None] * eta - _cumulant(self.family, eta))
-            totals = values.sum(axis=0)
-        if self.alpha:
-            totals -= 0.5 * (ridge_weights(Phi, self.alpha) * coef**2).sum(axis=1)
-        return np.where(np.isfinite(totals), totals, -np.inf)
-
-    def _newton(self, coef, Phi, y, resp, features):
-        p = Phi.shape[1]
-        eta = (coef @ Phi.T).T
-        with np.errstate(over="ignore"):
-            mu = _mean(self.family, eta)
-        grad = (resp * (y[:, None] - mu)).T @ Phi
-        weights = resp * _variance(self.family, mu)
-        hessian = unpack_symmetric(weights.T @ features, p)
-        if self.alpha:
-            ridge = ridge_weights(Phi, self.alpha)
-            grad -= coef * ridge
-            hessian[:, np.arange(p), np.arange(p)] += ridge
-        direction = solve_spd(hessian, grad, ridge=1e-9)
-        current = self._objective(coef, Phi, y, resp, eta)
-        step = np.ones(coef.shape[0])
-        accepted = np.zeros(coef.shape[0], dtype=bool)
-        new = coef.copy()
-        for _ in range(self.max_halvings):
-            candidate = coef + step[:, None] * direction
-            value = self._objective(candidate, Phi, y, resp)
-            better = ~accepted & (value >= current)
-            new[better] = candidate[better]
-            accepted |= better
-            if accepted.all():
-                break
-            step = np.where(accepted, step, 0.5 * step)
-        return new
+    def _ridge(self, Phi: NDArray[np.float64]) -> NDArray[np.float64] | None:
+        """The penalty's weights on the coefficients (None without ``alpha``)."""
+        return ridge_weights(Phi, self.alpha) if self.alpha else None
 
     def _start(self, Phi, y, resp):
         """Intercept-only start at the pooled mean response."""
@@ -308,9 +256,94 @@ class GLMExpert(CoefficientExpert):
             coef, steps = self._start(Phi, y, resp), 25
         else:
             coef, steps = previous.coef, self.newton_steps
+        ridge = self._ridge(Phi)
         for _ in range(steps):
-            coef = self._newton(coef, Phi, y, resp, features)
+            coef = glm_newton_step(
+                self.family,
+                coef,
+                Phi,
+                y,
+                resp,
+                self.max_halvings,
+                ridge=ridge,
+                features=features,
+            )
         return GLMExpertParams(coef)
+
+    # -- the kernel on batches (numpy or torch) ----------------------------
+    @property
+    def runs_batched(self) -> bool:
+        """Whether the batch hooks apply: without a ridge (``alpha = 0``)."""
+        return not self.alpha
+
+    def batch_log_density(
+        self, theta: Any, Phi: Any, y: Any, var_floor: Any, n_experts: int
+    ) -> Any:
+        """``log f`` of a batch of data sets from packed coefficients.
+
+        Parameters
+        ----------
+        theta : array of shape (..., m p)
+            Packed coefficients (:meth:`pack`'s layout).
+        Phi : array of shape (..., n, p)
+        y : array of shape (..., n)
+        var_floor : array of shape (...)
+            Not used (no variance).
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., n, m)
+        """
+        coef = self._batch_coef(theta, n_experts, Phi.shape[-1])
+        return glm_log_density(self.family, affine_scores(Phi, coef), y)
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Phi: Any,
+        y: Any,
+        resp: Any,
+        var_floor: Any,
+        n_experts: int,
+    ) -> Any:
+        """``newton_steps`` damped IRLS steps from ``theta`` on a batch, packed.
+
+        Parameters
+        ----------
+        theta : array of shape (..., m p)
+        Phi : array of shape (..., n, p)
+        y : array of shape (..., n)
+        resp : array of shape (..., n, m)
+            Responsibilities (zero on padding rows).
+        var_floor : array of shape (...)
+            Not used.
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., m p)
+
+        Raises
+        ------
+        ValueError
+            With ``alpha > 0``: the ridge's weights come from one data set's
+            design, so a batch of data sets is fitted without it only.
+        """
+        if self.alpha:
+            raise ValueError(
+                "A GLM expert with alpha > 0 is fitted one data set at a time "
+                "(m_step); batch_m_step takes alpha = 0."
+            )
+        xp = array_namespace(theta, Phi, y, resp)
+        coef = self._batch_coef(theta, n_experts, Phi.shape[-1])
+        for _ in range(self.newton_steps):
+            coef = glm_newton_step(self.family, coef, Phi, y, resp, self.max_halvings)
+        return xp.reshape(coef, theta.shape)
+
+    def _batch_coef(self, theta: Any, n_experts: int, n_design: int) -> Any:
+        xp = array_namespace(theta)
+        return xp.reshape(theta, (*theta.shape[:-1], n_experts, n_design))
 
     def gradient(
         self,

@@ -306,6 +306,9 @@ class ReLUExpert:
         return ReLUExpertParams(coef, var)
 
     # -- the kernel on batches (numpy or torch) ----------------------------
+    #: The batch hooks apply to every configuration.
+    runs_batched: ClassVar[bool] = True
+
     def _batch_unpack(
         self, theta: Any, n_experts: int, n_design: int, var_floor: Any
     ) -> tuple[Any, Any]:

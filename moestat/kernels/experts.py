@@ -16,12 +16,14 @@ experts-major, the layout of the E-step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
-from moestat._math import array_namespace, solve_spd
+from moestat._math import array_namespace, solve_spd, unpack_symmetric
 from moestat.kernels.gates import affine_scores
 
 __all__ = [
@@ -30,6 +32,11 @@ __all__ = [
     "relu_squared_error",
     "relu_gauss_newton_step",
     "relu_m_step",
+    "glm_cumulant",
+    "glm_mean",
+    "glm_log_density",
+    "glm_objective",
+    "glm_newton_step",
     "log_excess_variance",
     "excess_variance",
     "EMPTY_EXPERT",
@@ -289,3 +296,183 @@ def relu_m_step(
 
 def _device(x: Any) -> Any:
     return array_api_compat.device(x)
+
+
+# -- GLM experts (Poisson, Bernoulli) --------------------------------------------
+def _quiet(xp: Any) -> Any:
+    """Numpy's overflow warnings off (an overflowing ``exp`` is dealt with)."""
+    if xp is np:
+        return np.errstate(over="ignore", invalid="ignore")
+    return contextlib.nullcontext()
+
+
+def _special(xp: Any, name: str) -> Any:
+    """``expit`` or ``gammaln`` of the namespace: scipy's for numpy, torch's own."""
+    if xp is np:
+        import scipy.special
+
+        return getattr(scipy.special, name)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        return {"expit": torch.sigmoid, "gammaln": torch.lgamma}[name]
+    raise TypeError(f"no {name} for the array namespace {xp.__name__}.")
+
+
+def glm_cumulant(family: str, eta: Any) -> Any:
+    """``b(eta)``: ``exp(eta)`` (Poisson) or ``log(1 + exp(eta))`` (Bernoulli).
+
+    Parameters
+    ----------
+    family : {"poisson", "bernoulli"}
+    eta : array
+        Linear predictors.
+
+    Returns
+    -------
+    array of the shape of ``eta``
+    """
+    xp = array_namespace(eta)
+    if family == "poisson":
+        return xp.exp(eta)
+    return xp.logaddexp(xp.zeros_like(eta), eta)
+
+
+def glm_mean(family: str, eta: Any) -> Any:
+    """``b'(eta)``: the conditional mean ``exp(eta)`` or ``expit(eta)``.
+
+    Parameters
+    ----------
+    family : {"poisson", "bernoulli"}
+    eta : array
+
+    Returns
+    -------
+    array of the shape of ``eta``
+    """
+    xp = array_namespace(eta)
+    return xp.exp(eta) if family == "poisson" else _special(xp, "expit")(eta)
+
+
+def glm_log_density(family: str, eta: Any, y: Any) -> Any:
+    """``y eta - b(eta)`` (minus ``log y!`` for Poisson) of every expert.
+
+    Parameters
+    ----------
+    family : {"poisson", "bernoulli"}
+    eta : array of shape (..., n, m)
+    y : array of shape (..., n)
+
+    Returns
+    -------
+    array of shape (..., n, m)
+    """
+    xp = array_namespace(eta, y)
+    with _quiet(xp):
+        out = y[..., None] * eta - glm_cumulant(family, eta)
+    if family == "poisson":
+        out = out - _special(xp, "gammaln")(y + 1.0)[..., None]
+    return out
+
+
+def glm_objective(
+    family: str, coef: Any, Phi: Any, y: Any, resp: Any, ridge: Any = None
+) -> Any:
+    """Each expert's ``sum_t r_ti [y_t eta_ti - b(eta_ti)]`` minus its ridge.
+
+    Parameters
+    ----------
+    family : {"poisson", "bernoulli"}
+    coef : array of shape (..., m, p)
+    Phi : array of shape (..., n, p)
+    y : array of shape (..., n)
+    resp : array of shape (..., n, m)
+    ridge : array of shape (p,), optional
+        Weights of the penalty ``0.5 sum_j ridge_j c_ij^2`` (None: none).
+
+    Returns
+    -------
+    array of shape (..., m)
+        ``-inf`` where the objective is not finite.
+    """
+    xp = array_namespace(coef, Phi, y, resp)
+    eta = affine_scores(Phi, coef)
+    with _quiet(xp):
+        values = resp * (y[..., None] * eta - glm_cumulant(family, eta))
+        totals = xp.sum(values, axis=-2)
+    if ridge is not None:
+        totals = totals - 0.5 * xp.sum(ridge * coef**2, axis=-1)
+    return xp.where(xp.isfinite(totals), totals, -math.inf)
+
+
+def glm_newton_step(
+    family: str,
+    coef: Any,
+    Phi: Any,
+    y: Any,
+    resp: Any,
+    max_halvings: int,
+    ridge: Any = None,
+    features: Any = None,
+) -> Any:
+    """One damped IRLS (Newton) step on every expert's weighted GLM objective.
+
+    The direction solves each expert's weighted normal equations
+    ``(Phi^T W_i Phi + diag(ridge)) d = Phi^T R_i (y - mu_i) - ridge c_i``
+    with ``W_i = diag(r_ti b''(eta_ti))``; the step is halved, expert by
+    expert, until :func:`glm_objective` does not decrease, at most
+    ``max_halvings`` times (then the expert keeps its coefficients).
+
+    Parameters
+    ----------
+    family : {"poisson", "bernoulli"}
+    coef : array of shape (..., m, p)
+    Phi : array of shape (..., n, p)
+    y : array of shape (..., n)
+    resp : array of shape (..., n, m)
+    max_halvings : int
+    ridge : array of shape (p,), optional
+    features : ndarray of shape (n, p (p + 1) / 2), optional
+        numpy, one data set: the products of design columns
+        (:func:`moestat._math.pair_products`, computed once per fit), so that
+        every expert's weighted Gram matrix is one matrix product. Without
+        them each expert's ``Phi^T W_i Phi`` is formed directly.
+
+    Returns
+    -------
+    array of shape (..., m, p)
+    """
+    xp = array_namespace(coef, Phi, y, resp)
+    eta = affine_scores(Phi, coef)
+    with _quiet(xp):
+        mu = glm_mean(family, eta)
+    variance = mu if family == "poisson" else mu * (1.0 - mu)
+    grad = xp.matmul(xp.matrix_transpose(resp * (y[..., None] - mu)), Phi)
+    weights = resp * variance
+    if features is not None:
+        hessian = unpack_symmetric(
+            xp.matmul(xp.matrix_transpose(weights), features), Phi.shape[-1]
+        )
+    else:
+        weighted = xp.matrix_transpose(weights)[..., None] * Phi[..., None, :, :]
+        hessian = xp.matmul(xp.matrix_transpose(weighted), Phi[..., None, :, :])
+    if ridge is not None:
+        grad = grad - coef * ridge
+        hessian = hessian + ridge * xp.eye(
+            Phi.shape[-1], dtype=Phi.dtype, device=_device(Phi)
+        )
+    direction = solve_spd(hessian, grad, ridge=1e-9)
+    current = glm_objective(family, coef, Phi, y, resp, ridge)
+    step = xp.ones_like(current)
+    accepted = xp.zeros_like(current, dtype=xp.bool)
+    new = coef
+    for _ in range(max_halvings):
+        candidate = coef + step[..., None] * direction
+        value = glm_objective(family, candidate, Phi, y, resp, ridge)
+        better = ~accepted & (value >= current)
+        new = xp.where(better[..., None], candidate, new)
+        accepted = accepted | better
+        if bool(xp.all(accepted)):
+            break
+        step = xp.where(accepted, step, 0.5 * step)
+    return new

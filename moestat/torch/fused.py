@@ -66,6 +66,7 @@ import array_api_compat.torch
 import torch
 from torch import Tensor
 
+from moestat.experts import GaussianExpert
 from moestat.kernels.sweep import (
     SweepStatistics,
     chunk_rows,
@@ -75,7 +76,7 @@ from moestat.kernels.sweep import (
 )
 from moestat.kernels.sweep import gate_direction as _gate_direction
 from moestat.torch._batch import BatchedData, BatchedFit, BatchedModel, _converged
-from moestat.torch.pieces import TorchGaussianExpert, TorchSoftmaxGate
+from moestat.torch.pieces import TorchSoftmaxGate
 
 __all__ = [
     "SweepStatistics",
@@ -139,7 +140,10 @@ class _Sweeper:
         """Statistics at packed parameters given in ``accumulate_dtype`` on the host."""
         model, data = self.model, self.data
         dtype, device = data.y.dtype, data.y.device
-        coef, var = model.expert.unpack(theta_expert, self.floor)
+        m, _, p_expert = model.shapes
+        coef, var = model.spec.expert.batch_unpack(
+            theta_expert, m, p_expert, self.floor
+        )
         to_device = {"dtype": dtype, "device": device}
         # the reference row 0 and the free rows (written out: m = 1 has none)
         free = theta_gate.reshape(theta_gate.shape[0], self.m - 1, self.p_gate)
@@ -265,32 +269,20 @@ def sufficient_statistics(
 
 # -- the M-step from the statistics ------------------------------------------
 def _expert_step(
-    expert: TorchGaussianExpert,
+    model: BatchedModel,
     stats: SweepStatistics,
     theta: Tensor,
     var_floor: Tensor,
 ) -> Tensor:
     """Closed-form expert M-step from the sweep's statistics (packed)."""
+    family: GaussianExpert = model.spec.expert
+    m, _, p_expert = model.shapes
     total = stats.expert_weight.sum(dim=1).clamp(min=1.0)
-    old_coef, old_var = expert.unpack(theta, var_floor)
-    family = expert.expert
-    variance = (
-        "known"
-        if family.known_variance
-        else "shared"
-        if family.shared_variance
-        else "per_expert"
-    )
+    old_coef, old_var = family.batch_unpack(theta, m, p_expert, var_floor)
     coef, var = gaussian_expert_step(
-        stats, old_coef, old_var, var_floor, total, variance
+        stats, old_coef, old_var, var_floor, total, family.variance_kind
     )
-    packed = coef.reshape(-1, expert.m * expert.p)
-    if expert.n_var == 0:
-        return packed
-    # the packed variances log(nu - nu_min), finite at the floor
-    tiny = 1e-12 * var_floor.clamp(min=1e-300)
-    excess = torch.maximum(var[:, : expert.n_var] - var_floor[:, None], tiny[:, None])
-    return torch.cat([packed, excess.log()], dim=1)
+    return family.batch_pack(coef, var, var_floor)
 
 
 # -- EM -----------------------------------------------------------------------
@@ -425,7 +417,7 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
     def propose(stats, theta_expert):
         """The M-step from the statistics at (the gate, ``theta_expert``)."""
         return (
-            _expert_step(model.expert, stats, theta_expert, floor),
+            _expert_step(model, stats, theta_expert, floor),
             _gate_direction(stats, n),
         )
 
@@ -480,8 +472,9 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
 
 # -- argument checks ----------------------------------------------------------
 def _check_model(model: BatchedModel) -> None:
-    if not isinstance(model.gate, TorchSoftmaxGate) or not isinstance(
-        model.expert, TorchGaussianExpert
+    if (
+        not isinstance(model.gate, TorchSoftmaxGate)
+        or type(model.spec.expert) is not GaussianExpert
     ):
         raise ValueError(
             "em_softmax_gaussian needs a softmax gate and Gaussian experts; got "

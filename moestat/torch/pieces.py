@@ -20,8 +20,6 @@ from torch import Tensor
 
 from moestat._math import solve_spd
 from moestat.experts import (
-    GaussianExpert,
-    GLMExpert,
     MultinomialLogisticExpert,
 )
 from moestat.gates import NormalizedSigmoidGate, SharedExpertsGate, SoftmaxGate
@@ -386,156 +384,6 @@ class TorchSharedExpertsGate:
         return torch.cat([shared, log_rest[:, None, None] + routed_log_g], dim=-1)
 
 
-class TorchGaussianExpert:
-    """Gaussian experts with polynomial means (per-expert, shared or known variance)."""
-
-    def __init__(self, expert: GaussianExpert, n_experts: int, n_design: int) -> None:
-        self.expert, self.m, self.p = expert, n_experts, n_design
-        self.n_var = (
-            0 if expert.known_variance else (1 if expert.shared_variance else n_experts)
-        )
-        self.n_params = n_experts * n_design + self.n_var
-        self.max_halvings = 12
-
-    def unpack(self, theta: Tensor, var_floor: Tensor) -> tuple[Tensor, Tensor]:
-        """Coefficients (B, m, p) and variances (B, m)."""
-        k = self.m * self.p
-        coef = theta[:, :k].reshape(-1, self.m, self.p)
-        if self.n_var == 0:
-            var = torch.full_like(coef[..., 0], self.expert.variance)
-        else:
-            var = var_floor[:, None] + theta[:, k:].exp()
-            var = var.expand(-1, self.m)
-        return coef, var
-
-    def log_density(
-        self, theta: Tensor, Phi: Tensor, y: Tensor, var_floor: Tensor
-    ) -> Tensor:
-        """``log N(y_t | phi_t^T coef_i, var_i)`` of shape (B, n, m)."""
-        coef, var = self.unpack(theta, var_floor)
-        resid = y.unsqueeze(-1) - _scores(coef, Phi)
-        var = var.unsqueeze(1)
-        return -0.5 * (resid * resid / var + var.log() + _LOG_2PI)
-
-    def m_step(
-        self,
-        theta: Tensor,
-        Phi: Tensor,
-        y: Tensor,
-        resp: Tensor,
-        var_floor: Tensor,
-    ) -> Tensor:
-        """Weighted least squares and weighted variances, as packed parameters.
-
-        Experts with (numerically) no responsibility keep their parameters,
-        as in the numpy M-step.
-        """
-        weight = resp.sum(dim=1)  # (B, m)
-        total = weight.sum(dim=1).clamp(min=1.0)
-        empty = weight <= 1e-10 * total[:, None]
-        gram = torch.einsum("bnm,bnp,bnq->bmpq", resp, Phi, Phi)
-        rhs = torch.einsum("bnm,bnp,bn->bmp", resp, Phi, y)
-        coef = _solve_spd(gram, rhs, refine=True)
-        old_coef, old_var = self.unpack(theta, var_floor)
-        coef = torch.where(empty[..., None], old_coef, coef)
-        resid = y.unsqueeze(-1) - _scores(coef, Phi)
-        ss = (resp * resid * resid).sum(dim=1)
-        return self.pack_fit(coef, ss, weight, empty, old_var, var_floor)
-
-    def pack_fit(
-        self,
-        coef: Tensor,
-        ss: Tensor,
-        weight: Tensor,
-        empty: Tensor,
-        old_var: Tensor,
-        var_floor: Tensor,
-    ) -> Tensor:
-        """Packed parameters from new coefficients and weighted squared residuals.
-
-        Parameters
-        ----------
-        coef : Tensor of shape (B, m, p)
-        ss, weight : Tensor of shape (B, m)
-            ``sum_t r_ti (y_t - phi_t^T coef_i)^2`` and ``sum_t r_ti``.
-        empty : Tensor of shape (B, m), bool
-            Experts with no responsibility: they keep ``old_var``.
-        old_var : Tensor of shape (B, m)
-        var_floor : Tensor of shape (B,)
-        """
-        k = self.m * self.p
-        if self.n_var == 0:
-            return coef.reshape(-1, k)
-        if self.expert.shared_variance:
-            keep = ~empty
-            var = (ss * keep).sum(1, keepdim=True) / (weight * keep).sum(
-                1, keepdim=True
-            ).clamp(min=1e-300)
-        else:
-            var = torch.where(empty, old_var, ss / weight.clamp(min=1e-300))
-        var = torch.maximum(var, var_floor[:, None])
-        tiny = 1e-12 * var_floor.clamp(min=1e-300)
-        u = torch.log(torch.maximum(var - var_floor[:, None], tiny[:, None]))
-        return torch.cat([coef.reshape(-1, k), u], dim=1)
-
-
-class TorchGLMExpert:
-    """Poisson or Bernoulli GLM experts with a polynomial linear predictor."""
-
-    def __init__(self, expert: GLMExpert, n_experts: int, n_design: int) -> None:
-        self.expert, self.m, self.p = expert, n_experts, n_design
-        self.n_params = n_experts * n_design
-        self.max_halvings = expert.max_halvings
-        self.newton_steps = expert.newton_steps
-
-    def log_density(
-        self, theta: Tensor, Phi: Tensor, y: Tensor, var_floor: Tensor
-    ) -> Tensor:
-        """``y eta - b(eta)`` (minus ``log y!`` for Poisson), (B, n, m)."""
-        eta = _scores(theta.reshape(-1, self.m, self.p), Phi)
-        y = y.unsqueeze(-1)
-        out = y * eta - self._cumulant(eta)
-        if self.expert.family == "poisson":
-            out = out - torch.lgamma(y + 1.0)
-        return out
-
-    def _cumulant(self, eta: Tensor) -> Tensor:
-        """``b(eta)``: ``exp(eta)`` (Poisson) or ``log(1 + exp(eta))``."""
-        if self.expert.family == "poisson":
-            return eta.exp()
-        return torch.nn.functional.softplus(eta)
-
-    def _objective(self, eta: Tensor, y: Tensor, resp: Tensor) -> Tensor:
-        """Each expert's ``sum_t r_ti [y eta - b(eta)]``, (B, m)."""
-        totals = (resp * (y.unsqueeze(-1) * eta - self._cumulant(eta))).sum(dim=1)
-        return torch.where(torch.isfinite(totals), totals, -math.inf)
-
-    def m_step(
-        self, theta: Tensor, Phi: Tensor, y: Tensor, resp: Tensor, var_floor: Tensor
-    ) -> Tensor:
-        """Damped IRLS (Newton) steps for every expert, as the numpy M-step."""
-        coef = theta.reshape(-1, self.m, self.p)
-        for _ in range(self.newton_steps):
-            eta = _scores(coef, Phi)
-            if self.expert.family == "poisson":
-                mu = eta.exp()
-                variance = mu
-            else:
-                mu = torch.sigmoid(eta)
-                variance = mu * (1.0 - mu)
-            grad = torch.einsum("bnm,bnp->bmp", resp * (y.unsqueeze(-1) - mu), Phi)
-            hessian = torch.einsum("bnm,bnp,bnq->bmpq", resp * variance, Phi, Phi)
-            direction = _solve_spd(hessian, grad, ridge=1e-9)
-            coef = _halve_per_expert(
-                lambda c: self._objective(_scores(c, Phi), y, resp),
-                coef,
-                direction,
-                self.max_halvings,
-                self._objective(eta, y, resp),
-            )
-        return coef.reshape(theta.shape)
-
-
 class TorchMultinomialExpert:
     """Multinomial logistic experts (class 0 the reference)."""
 
@@ -647,8 +495,6 @@ _GATES: list[tuple[type, type]] = [
     (SoftmaxGate, TorchSoftmaxGate),
 ]
 _EXPERTS: list[tuple[type, type]] = [
-    (GaussianExpert, TorchGaussianExpert),
-    (GLMExpert, TorchGLMExpert),
     (MultinomialLogisticExpert, TorchMultinomialExpert),
 ]
 #: Names of the numpy gate classes the torch backend has (subclasses
@@ -658,6 +504,8 @@ SUPPORTED_GATES = tuple(numpy_type.__name__ for numpy_type, _ in _GATES)
 #: of them, and every family with batched kernels (``ReLUExpert``).
 SUPPORTED_EXPERTS = (
     *(numpy_type.__name__ for numpy_type, _ in _EXPERTS),
+    "GaussianExpert",
+    "GLMExpert",
     "ReLUExpert",
     "StackedExperts",
 )
@@ -734,7 +582,7 @@ def torch_expert(expert: Any, n_experts: int, n_design: int) -> Any:
     for numpy_type, torch_type in _EXPERTS:
         if type(expert) is numpy_type:
             return torch_type(expert, n_experts, n_design)
-    if isinstance(expert, BatchedExpertFamily):
+    if isinstance(expert, BatchedExpertFamily) and expert.runs_batched:
         return FamilyOnBatches(expert, n_experts, n_design)
     raise ValueError(
         f"The torch backend has no {type(expert).__name__} experts; it supports "
