@@ -28,6 +28,7 @@ from moestat.kernels.gates import affine_scores
 
 __all__ = [
     "normal_log_density",
+    "halve_per_expert",
     "relu_unit",
     "relu_squared_error",
     "relu_gauss_newton_step",
@@ -47,6 +48,56 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: An expert whose total responsibility is at most this fraction of the
 #: sample size has no M-step: it keeps its parameters.
 EMPTY_EXPERT = 1e-10
+
+
+def halve_per_expert(
+    objective: Any,
+    coef: Any,
+    direction: Any,
+    current: Any,
+    *,
+    tries: int,
+    maximise: bool,
+) -> tuple[Any, Any]:
+    """Step halving, expert by expert: ``coef + t d`` with the first good ``t``.
+
+    Each expert (of each data set) takes the first of the steps ``1, 1/2,
+    1/4, ...`` (``tries`` of them) at which its objective is no worse than
+    ``current``; an expert none of them suits keeps its coefficients.
+
+    Parameters
+    ----------
+    objective : callable
+        Coefficients (..., m, q) to each expert's objective (..., m).
+    coef, direction : arrays of shape (..., m, q)
+    current : array of shape (..., m)
+        ``objective(coef)``.
+    tries : int
+        Steps tried at most.
+    maximise : bool
+        Whether the objective is to rise (True) or fall (False).
+
+    Returns
+    -------
+    coef, value : arrays of shape (..., m, q) and (..., m)
+        The kept coefficients and their objective.
+    """
+    xp = array_namespace(coef, direction, current)
+    new, value_new = coef, current
+    step = xp.ones_like(current)
+    accepted = xp.zeros_like(current, dtype=xp.bool)
+    for _ in range(tries):
+        candidate = coef + step[..., None] * direction
+        value = objective(candidate)
+        good = value >= current if maximise else value <= current
+        better = ~accepted & good
+        new = xp.where(better[..., None], candidate, new)
+        value_new = xp.where(better, value, value_new)
+        accepted = accepted | better
+        if bool(xp.all(accepted)):
+            break
+        step = xp.where(accepted, step, 0.5 * step)
+    return new, value_new
 
 
 def normal_log_density(mean: Any, var: Any, y: Any) -> Any:
@@ -212,20 +263,14 @@ def relu_gauss_newton_step(
     )
     rhs = rhs[..., 0]
     direction = solve_spd(gram, rhs, ridge=1e-9)
-    new, value_new = coef, current
-    step = xp.ones_like(current)
-    accepted = xp.zeros_like(current, dtype=xp.bool)
-    for _ in range(max_halvings + 1):
-        candidate = coef + step[..., None] * direction
-        value = relu_squared_error(candidate, inner_design, y, resp)
-        better = ~accepted & (value <= current)
-        new = xp.where(better[..., None], candidate, new)
-        value_new = xp.where(better, value, value_new)
-        accepted = accepted | better
-        if bool(xp.all(accepted)):
-            break
-        step = xp.where(accepted, step, 0.5 * step)
-    return new, value_new
+    return halve_per_expert(
+        lambda candidate: relu_squared_error(candidate, inner_design, y, resp),
+        coef,
+        direction,
+        current,
+        tries=max_halvings + 1,
+        maximise=False,
+    )
 
 
 def relu_m_step(
@@ -463,16 +508,12 @@ def glm_newton_step(
         )
     direction = solve_spd(hessian, grad, ridge=1e-9)
     current = glm_objective(family, coef, Phi, y, resp, ridge)
-    step = xp.ones_like(current)
-    accepted = xp.zeros_like(current, dtype=xp.bool)
-    new = coef
-    for _ in range(max_halvings):
-        candidate = coef + step[..., None] * direction
-        value = glm_objective(family, candidate, Phi, y, resp, ridge)
-        better = ~accepted & (value >= current)
-        new = xp.where(better[..., None], candidate, new)
-        accepted = accepted | better
-        if bool(xp.all(accepted)):
-            break
-        step = xp.where(accepted, step, 0.5 * step)
+    new, _ = halve_per_expert(
+        lambda candidate: glm_objective(family, candidate, Phi, y, resp, ridge),
+        coef,
+        direction,
+        current,
+        tries=max_halvings,
+        maximise=True,
+    )
     return new

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -43,12 +43,12 @@ from moestat.fit import (
 from moestat.model import Design, MixtureOfExperts, MoEParams
 from moestat.simulation.plan import Cell, plan_batches
 from moestat.simulation.prepare import PreparedCell, finish_cell, prepare_cell
-from moestat.simulation.runners import _IN_PROCESS, CellWorkers
 from moestat.simulation.scenarios import FitSpec, Scenario
 
 __all__ = [
     "ENGINES",
     "SweepEngine",
+    "CellWorkers",
     "NumpyEngine",
     "TorchEngine",
     "make_engine",
@@ -56,6 +56,53 @@ __all__ = [
 
 #: Engines of :func:`~moestat.simulation.simulate` (``engine=``).
 ENGINES = ("numpy", "torch")
+
+
+@runtime_checkable
+class CellWorkers(Protocol):
+    """Where an engine runs the work of single cells: in parallel, or here."""
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        arguments: Iterable[tuple[Any, ...]],
+        *,
+        ordered: bool = True,
+    ) -> Iterator[Any]:
+        """``function(*args)`` for each tuple of ``arguments``.
+
+        Parameters
+        ----------
+        function : callable
+            A picklable function.
+        arguments : iterable of tuple
+            The positional arguments of each call.
+        ordered : bool, default=True
+            Give the results in the order of ``arguments``; False gives
+            each as soon as it is done.
+
+        Returns
+        -------
+        iterator
+            The results.
+        """
+        ...
+
+
+class _InProcess:
+    """Every task here, one after the other."""
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        arguments: Iterable[tuple[Any, ...]],
+        *,
+        ordered: bool = True,
+    ) -> Iterator[Any]:
+        return (function(*args) for args in arguments)
+
+
+_IN_PROCESS = _InProcess()
 
 
 @runtime_checkable

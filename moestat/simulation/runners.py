@@ -24,73 +24,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 from joblib import Parallel, delayed, parallel_config
 
 from moestat._progress import progress_bar
 from moestat._threads import limit_blas_threads
 from moestat.exceptions import SweepInterrupted
+from moestat.simulation.engines import CellWorkers, SweepEngine
 from moestat.simulation.plan import Cell
 from moestat.simulation.scenarios import Scenario
 from moestat.simulation.store import ResultStore
 from moestat.simulation.truth import population_fit
-
-if TYPE_CHECKING:
-    from moestat.simulation.engines import SweepEngine
 
 __all__ = ["PARALLEL_BACKENDS", "CellWorkers", "run_sweep"]
 
 #: Ways of running the cells of :func:`~moestat.simulation.simulate`
 #: (``parallel=``): joblib's backends.
 PARALLEL_BACKENDS = ("sequential", "loky", "threading", "dask")
-
-
-@runtime_checkable
-class CellWorkers(Protocol):
-    """Where an engine runs the work of single cells: in parallel, or here."""
-
-    def map(
-        self,
-        function: Callable[..., Any],
-        arguments: Iterable[tuple[Any, ...]],
-        *,
-        ordered: bool = True,
-    ) -> Iterator[Any]:
-        """``function(*args)`` for each tuple of ``arguments``.
-
-        Parameters
-        ----------
-        function : callable
-            A picklable function.
-        arguments : iterable of tuple
-            The positional arguments of each call.
-        ordered : bool, default=True
-            Give the results in the order of ``arguments``; False gives
-            each as soon as it is done.
-
-        Returns
-        -------
-        iterator
-            The results.
-        """
-        ...
-
-
-class _InProcess:
-    """Every task here, one after the other."""
-
-    def map(
-        self,
-        function: Callable[..., Any],
-        arguments: Iterable[tuple[Any, ...]],
-        *,
-        ordered: bool = True,
-    ) -> Iterator[Any]:
-        return (function(*args) for args in arguments)
-
-
-_IN_PROCESS = _InProcess()
 
 
 # -- worker processes end with the sweep -------------------------------------------
