@@ -8,14 +8,19 @@ first class as reference (``a_i1 = 0``), so each expert has
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from moestat._math import fisher_direction
+from moestat._math import array_namespace, fisher_direction
 from moestat.boundary import check_alpha, ridge_penalty, ridge_weights
 from moestat.experts._base import CoefficientExpert
+from moestat.kernels.experts import (
+    multinomial_fisher_step,
+    multinomial_log_density,
+    multinomial_log_probabilities,
+)
 
 __all__ = ["MultinomialLogisticExpert", "MultinomialExpertParams"]
 
@@ -256,6 +261,72 @@ class MultinomialLogisticExpert(CoefficientExpert):
                     coef[i], Phi, codes, one_hot, weights, features
                 )
         return MultinomialExpertParams(coef)
+
+    # -- the kernel on batches (numpy or torch) ----------------------------
+    @property
+    def runs_batched(self) -> bool:
+        """Whether the batch hooks apply: without a ridge (``alpha = 0``)."""
+        return not self.alpha
+
+    def _batch_coef(self, theta: Any, n_experts: int, n_design: int) -> Any:
+        xp = array_namespace(theta)
+        shape = (*theta.shape[:-1], n_experts, self.n_classes - 1, n_design)
+        return xp.reshape(theta, shape)
+
+    def batch_log_density(
+        self, theta: Any, Phi: Any, y: Any, var_floor: Any, n_experts: int
+    ) -> Any:
+        """``log p_i(y_t | x_t)`` of a batch of data sets from packed coefficients.
+
+        Parameters
+        ----------
+        theta : array of shape (..., m (K - 1) p)
+            Packed coefficients (:meth:`pack`'s layout).
+        Phi : array of shape (..., n, p)
+        y : array of shape (..., n)
+            Class codes.
+        var_floor : array of shape (...)
+            Not used (no variance).
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., n, m)
+        """
+        coef = self._batch_coef(theta, n_experts, Phi.shape[-1])
+        return multinomial_log_density(multinomial_log_probabilities(coef, Phi), y)
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Phi: Any,
+        y: Any,
+        resp: Any,
+        var_floor: Any,
+        n_experts: int,
+    ) -> Any:
+        """``newton_steps`` damped Fisher steps from ``theta`` on a batch, packed.
+
+        Parameters
+        ----------
+        theta : array of shape (..., m (K - 1) p)
+        Phi : array of shape (..., n, p)
+        y : array of shape (..., n)
+        resp : array of shape (..., n, m)
+            Responsibilities (zero on padding rows).
+        var_floor : array of shape (...)
+            Not used.
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., m (K - 1) p)
+        """
+        xp = array_namespace(theta, Phi, y, resp)
+        coef = self._batch_coef(theta, n_experts, Phi.shape[-1])
+        for _ in range(self.newton_steps):
+            coef = multinomial_fisher_step(coef, Phi, y, resp, self.max_halvings)
+        return xp.reshape(coef, theta.shape)
 
     def gradient(
         self,

@@ -16,8 +16,9 @@ weights.
 Gaussian MoE (the weighted sums of both M-steps, chunk by chunk, and the
 M-steps from them), which the numpy EM at large ``n`` and the fused torch
 EM share. :mod:`moestat.kernels.experts` holds the expert families'
-densities and M-steps (Gaussian noise, GLM and ReLU experts), which the
-numpy families call on one data set and the torch engine on a batch.
+densities and M-steps (Gaussian noise, GLM, multinomial and ReLU experts),
+which the numpy families call on one data set and the torch engine on a
+batch.
 """
 
 from __future__ import annotations

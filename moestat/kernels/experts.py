@@ -24,7 +24,7 @@ import array_api_compat
 import numpy as np
 
 from moestat._math import array_namespace, solve_spd, unpack_symmetric
-from moestat.kernels.gates import affine_scores
+from moestat.kernels.gates import affine_scores, log_sum_exp
 
 __all__ = [
     "normal_log_density",
@@ -38,6 +38,9 @@ __all__ = [
     "glm_log_density",
     "glm_objective",
     "glm_newton_step",
+    "multinomial_log_probabilities",
+    "multinomial_log_density",
+    "multinomial_fisher_step",
     "log_excess_variance",
     "excess_variance",
     "EMPTY_EXPERT",
@@ -517,3 +520,137 @@ def glm_newton_step(
         maximise=True,
     )
     return new
+
+
+# -- multinomial logistic experts -------------------------------------------------
+def multinomial_log_probabilities(coef: Any, Phi: Any) -> Any:
+    """``log p_i(c | x_t)`` of every sample, expert and class (class 0 the reference).
+
+    Parameters
+    ----------
+    coef : array of shape (..., m, K - 1, p)
+        Each expert's coefficients of the classes ``1 .. K-1``.
+    Phi : array of shape (..., n, p)
+
+    Returns
+    -------
+    array of shape (..., n, m, K)
+    """
+    xp = array_namespace(coef, Phi)
+    m, k1, p = coef.shape[-3:]
+    flat = xp.reshape(coef, (*coef.shape[:-3], m * k1, p))
+    scores = affine_scores(Phi, flat)
+    scores = xp.reshape(scores, (*scores.shape[:-1], m, k1))
+    scores = xp.concat([xp.zeros_like(scores[..., :1]), scores], axis=-1)
+    return scores - log_sum_exp(scores)
+
+
+def _class_indicators(codes: Any, n_classes: int, dtype: Any) -> Any:
+    """One-hot rows (..., n, K) of class codes (..., n)."""
+    xp = array_namespace(codes)
+    classes = xp.arange(n_classes, dtype=codes.dtype, device=_device(codes))
+    return xp.astype(codes[..., None] == classes, dtype)
+
+
+def multinomial_log_density(log_probs: Any, codes: Any) -> Any:
+    """Each expert's log probability of the observed class, (..., n, m).
+
+    Parameters
+    ----------
+    log_probs : array of shape (..., n, m, K)
+        :func:`multinomial_log_probabilities`.
+    codes : array of shape (..., n)
+        Class codes ``0 .. K-1`` (a float array of whole numbers).
+
+    Returns
+    -------
+    array of shape (..., n, m)
+    """
+    xp = array_namespace(log_probs, codes)
+    observed = _class_indicators(codes, log_probs.shape[-1], log_probs.dtype)
+    picked = xp.where(observed[..., None, :] > 0, log_probs, xp.zeros_like(log_probs))
+    return xp.sum(picked, axis=-1)
+
+
+def _multinomial_objective(coef: Any, Phi: Any, codes: Any, resp: Any) -> Any:
+    """Each expert's ``sum_t r_ti log p_i(y_t | x_t)``, (..., m)."""
+    xp = array_namespace(coef, resp)
+    log_f = multinomial_log_density(multinomial_log_probabilities(coef, Phi), codes)
+    return xp.sum(resp * log_f, axis=-2)
+
+
+def multinomial_fisher_step(
+    coef: Any, Phi: Any, codes: Any, resp: Any, max_halvings: int
+) -> Any:
+    """One damped Fisher-scoring step of every expert's weighted multinomial logit.
+
+    The direction solves, per expert, the Fisher information of the free
+    classes ``1 .. K-1``, ``sum_t r_ti [diag(p_t) - p_t p_t^T] kron
+    phi_t phi_t^T``, against the score ``sum_t r_ti (e_{y_t} - p_t) kron
+    phi_t`` (with a relative ridge of 1e-9); where no ascent is predicted the
+    expert stays. The step is halved, expert by expert, until the weighted
+    log-likelihood does not decrease (:func:`halve_per_expert`).
+
+    Parameters
+    ----------
+    coef : array of shape (..., m, K - 1, p)
+    Phi : array of shape (..., n, p)
+    codes : array of shape (..., n)
+    resp : array of shape (..., n, m)
+    max_halvings : int
+
+    Returns
+    -------
+    array of shape (..., m, K - 1, p)
+    """
+    xp = array_namespace(coef, Phi, codes, resp)
+    m, k1, p = coef.shape[-3:]
+    lead = coef.shape[:-3]
+    probs = xp.exp(multinomial_log_probabilities(coef, Phi))[..., 1:]  # (.., n, m, K-1)
+    observed = _class_indicators(codes, k1 + 1, coef.dtype)[..., 1:]  # (.., n, K-1)
+    weight = resp[..., None]  # (..., n, m, 1)
+    # per expert: move the experts ahead of the samples, (..., m, n, K-1)
+    residual = xp.permute_dims(
+        weight * (observed[..., None, :] - probs), _experts_first(len(lead))
+    )
+    weighted = xp.permute_dims(weight * probs, _experts_first(len(lead)))
+    root = xp.permute_dims(xp.sqrt(weight) * probs, _experts_first(len(lead)))
+    design = Phi[..., None, :, None, :]  # (..., 1, n, 1, p)
+    grad = xp.sum(residual[..., None] * design, axis=-3)  # (..., m, K-1, p)
+    kron = xp.reshape(root[..., None] * design, (*lead, m, -1, k1 * p))
+    outer = xp.matmul(xp.matrix_transpose(kron), kron)
+    # the block diagonal sum_t r p_c phi phi^T of every class c
+    per_class = xp.permute_dims(
+        weighted, (*range(len(lead) + 1), len(lead) + 2, len(lead) + 1)
+    )
+    scaled = per_class[..., None] * Phi[..., None, None, :, :]  # (..., m, K-1, n, p)
+    blocks = xp.matmul(xp.matrix_transpose(scaled), Phi[..., None, None, :, :])
+    eye = xp.eye(k1, dtype=coef.dtype, device=_device(coef))
+    diagonal = eye[:, None, :, None] * blocks[..., :, :, None, :]
+    information = xp.reshape(diagonal, (*lead, m, k1 * p, k1 * p)) - outer
+    flat_grad = xp.reshape(grad, (*lead, m, k1 * p))
+    direction = solve_spd(information, flat_grad, ridge=1e-9)
+    gain = xp.sum(flat_grad * direction, axis=-1)
+    direction = xp.where((gain > 0)[..., None], direction, xp.zeros_like(direction))
+
+    def objective(flat: Any) -> Any:
+        return _multinomial_objective(
+            xp.reshape(flat, (*lead, m, k1, p)), Phi, codes, resp
+        )
+
+    flat_coef = xp.reshape(coef, (*lead, m, k1 * p))
+    new, _ = halve_per_expert(
+        objective,
+        flat_coef,
+        direction,
+        objective(flat_coef),
+        tries=max_halvings,
+        maximise=True,
+    )
+    return xp.reshape(new, coef.shape)
+
+
+def _experts_first(n_lead: int) -> tuple[int, ...]:
+    """Axes that turn (..., n, m, K) into (..., m, n, K)."""
+    lead = tuple(range(n_lead))
+    return (*lead, n_lead + 1, n_lead, n_lead + 2)

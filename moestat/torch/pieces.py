@@ -1,8 +1,11 @@
-"""The gates and expert families in torch, batched, on packed parameters.
+"""The gates in torch, batched, on packed parameters; the families' dispatch.
 
-Each torch piece mirrors one numpy piece of :mod:`moestat.gates` or
-:mod:`moestat.experts` and reads the *same* packed vector (the numpy piece's
-``pack``): the gate's free rows, variances as ``log(nu - nu_min)``. Batched
+Each torch gate mirrors one numpy gate of :mod:`moestat.gates` and reads
+the *same* packed vector (the numpy gate's ``pack``: its free rows). The
+expert families need no torch code: :func:`torch_expert` hands a family
+with batched kernels (:class:`~moestat.protocols.BatchedExpertFamily`) to
+:mod:`moestat.torch._generic`, which calls the family's own array-API
+hooks on tensors in its packed layout (variances as ``log(nu - nu_min)``). Batched
 arrays have a leading dimension ``B`` (replications, restarts or cells):
 parameters (B, P), designs (B, n, p), responses (B, n), log densities
 (B, n, m). Converting a torch fit back to numpy is the numpy piece's
@@ -19,9 +22,6 @@ import torch
 from torch import Tensor
 
 from moestat._math import solve_spd
-from moestat.experts import (
-    MultinomialLogisticExpert,
-)
 from moestat.gates import NormalizedSigmoidGate, SharedExpertsGate, SoftmaxGate
 from moestat.protocols import BatchedExpertFamily, CompositeExpertFamily
 from moestat.torch._generic import FamilyOnBatches, StackOnBatches
@@ -384,104 +384,6 @@ class TorchSharedExpertsGate:
         return torch.cat([shared, log_rest[:, None, None] + routed_log_g], dim=-1)
 
 
-class TorchMultinomialExpert:
-    """Multinomial logistic experts (class 0 the reference)."""
-
-    def __init__(
-        self, expert: MultinomialLogisticExpert, n_experts: int, n_design: int
-    ) -> None:
-        self.expert, self.m, self.p = expert, n_experts, n_design
-        self.k = expert.n_classes
-        self.n_params = n_experts * (self.k - 1) * n_design
-        self.max_halvings = expert.max_halvings
-        self.newton_steps = expert.newton_steps
-
-    def log_density(
-        self, theta: Tensor, Phi: Tensor, y: Tensor, var_floor: Tensor
-    ) -> Tensor:
-        """``log p_i(y_t | x_t)`` of shape (B, n, m)."""
-        return self._pick(self._log_probs(theta, Phi), y)
-
-    def _log_probs(self, theta: Tensor, Phi: Tensor) -> Tensor:
-        """``log p_i(c | x_t)`` of shape (B, n, m, K)."""
-        coef = theta.reshape(-1, self.m * (self.k - 1), self.p)
-        scores = _scores(coef, Phi).reshape(*Phi.shape[:2], self.m, self.k - 1)
-        scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], dim=-1)
-        return torch.log_softmax(scores, dim=-1)
-
-    def _pick(self, log_probs: Tensor, y: Tensor) -> Tensor:
-        """Each expert's log probability of the observed class, (B, n, m)."""
-        codes = y.long().clamp(0, self.k - 1)[..., None, None].expand(-1, -1, self.m, 1)
-        return log_probs.gather(-1, codes).squeeze(-1)
-
-    def m_step(
-        self, theta: Tensor, Phi: Tensor, y: Tensor, resp: Tensor, var_floor: Tensor
-    ) -> Tensor:
-        """One damped Fisher step per expert on its weighted multinomial logit."""
-        batch, n, p = Phi.shape
-        m, k = self.m, self.k
-        coef = theta.reshape(batch, m, k - 1, p)
-        codes = y.long().clamp(0, k - 1)
-        one_hot = torch.nn.functional.one_hot(codes, k).to(Phi.dtype)
-        flat_phi = Phi.unsqueeze(1).expand(batch, m, n, p).reshape(batch * m, n, p)
-
-        def objective_at(log_probs):
-            return (resp * self._pick(log_probs, y)).sum(dim=1)
-
-        def objective(c):
-            return objective_at(self._log_probs(c.reshape(batch, -1), Phi))
-
-        for _ in range(self.newton_steps):
-            log_probs = self._log_probs(coef.reshape(batch, -1), Phi)
-            current = objective_at(log_probs)
-            probs = log_probs.exp().transpose(1, 2)  # (B, m, n, K)
-            weight = resp.transpose(1, 2).unsqueeze(-1)  # (B, m, n, 1)
-            score_grad = weight * (one_hot.unsqueeze(1) - probs)
-            grad, information = fisher_information(
-                flat_phi,
-                score_grad.reshape(batch * m, n, k),
-                (weight * probs).reshape(batch * m, n, k),
-                (weight.sqrt() * probs).reshape(batch * m, n, k),
-                slice(1, k),
-            )
-            direction = _solve_spd(information, grad, ridge=1e-9)
-            gain = (grad * direction).sum(dim=-1).reshape(batch, m)
-            direction = direction.reshape(batch, m, k - 1, p)
-            direction = torch.where(
-                (gain > 0)[..., None, None], direction, torch.zeros_like(direction)
-            )
-            coef = _halve_per_expert(
-                objective, coef, direction, self.max_halvings, current
-            )
-        return coef.reshape(theta.shape)
-
-
-def _halve_per_expert(
-    objective, coef: Tensor, direction: Tensor, max_halvings: int, current: Tensor
-) -> Tensor:
-    """Per-expert step halving: keep ``coef + t d`` where ``objective`` (B, m) holds.
-
-    Each expert of each data set keeps the first of ``1, 1/2, 1/4, ...``
-    whose objective is not below ``current`` (its value at ``coef``), or
-    its old value.
-    """
-    lead = direction.dim() - 2
-    step = torch.ones_like(current)
-    accepted = torch.zeros_like(current, dtype=torch.bool)
-    new = coef.clone()
-    for _ in range(max_halvings):
-        shape = (*step.shape, *([1] * lead))
-        candidate = coef + step.reshape(shape) * direction
-        value = objective(candidate)
-        better = ~accepted & (value >= current)
-        new = torch.where(better.reshape(shape), candidate, new)
-        accepted |= better
-        if bool(accepted.all()):
-            break
-        step = torch.where(accepted, step, 0.5 * step)
-    return new
-
-
 def _solve_spd(
     matrix: Tensor, rhs: Tensor, ridge: float = 1e-10, refine: bool = False
 ) -> Tensor:
@@ -494,18 +396,16 @@ _GATES: list[tuple[type, type]] = [
     (NormalizedSigmoidGate, TorchNormalizedSigmoidGate),
     (SoftmaxGate, TorchSoftmaxGate),
 ]
-_EXPERTS: list[tuple[type, type]] = [
-    (MultinomialLogisticExpert, TorchMultinomialExpert),
-]
 #: Names of the numpy gate classes the torch backend has (subclasses
 #: included, such as ``ModifiedSoftmaxGate``).
 SUPPORTED_GATES = tuple(numpy_type.__name__ for numpy_type, _ in _GATES)
-#: Names of the numpy expert families the torch backend has: these, stacks
-#: of them, and every family with batched kernels (``ReLUExpert``).
+#: The numpy expert families the torch backend runs: every family with
+#: batched kernels (:class:`~moestat.protocols.BatchedExpertFamily`), and
+#: stacks of them.
 SUPPORTED_EXPERTS = (
-    *(numpy_type.__name__ for numpy_type, _ in _EXPERTS),
     "GaussianExpert",
     "GLMExpert",
+    "MultinomialLogisticExpert",
     "ReLUExpert",
     "StackedExperts",
 )
@@ -550,12 +450,11 @@ def torch_expert(expert: Any, n_experts: int, n_design: int) -> Any:
     Parameters
     ----------
     expert : expert family
-        A numpy expert family of one of the classes of
-        :data:`SUPPORTED_EXPERTS` (exactly; subclasses are refused), a
-        family with batched kernels
-        (:class:`~moestat.protocols.BatchedExpertFamily`, such as
-        :class:`~moestat.experts.ReLUExpert`), or a stack of shared and
-        routed experts of such families.
+        A family with batched kernels
+        (:class:`~moestat.protocols.BatchedExpertFamily`: every family of
+        :data:`SUPPORTED_EXPERTS` but a GLM or multinomial family with a
+        ridge, and user-written families with the two hooks), or a stack of
+        shared and routed experts of such families.
     n_experts : int
         Number of experts ``m``.
     n_design : int
@@ -579,14 +478,11 @@ def torch_expert(expert: Any, n_experts: int, n_design: int) -> Any:
             torch_expert(expert.routed, n_experts - n_shared, n_design),
             n_shared,
         )
-    for numpy_type, torch_type in _EXPERTS:
-        if type(expert) is numpy_type:
-            return torch_type(expert, n_experts, n_design)
     if isinstance(expert, BatchedExpertFamily) and expert.runs_batched:
         return FamilyOnBatches(expert, n_experts, n_design)
     raise ValueError(
-        f"The torch backend has no {type(expert).__name__} experts; it supports "
-        f"{', '.join(SUPPORTED_EXPERTS)}, stacks of them (StackedExperts) and "
-        "any family with batched kernels (moestat.protocols.BatchedExpertFamily). "
+        f"The torch backend has no {type(expert).__name__} experts; it runs "
+        "every family with batched kernels (moestat.protocols.BatchedExpertFamily:"
+        f" {', '.join(SUPPORTED_EXPERTS)}, without a ridge) and stacks of them. "
         "Use backend='numpy'."
     )
