@@ -172,8 +172,8 @@ fig.tight_layout()
 # the mixture identifies :math:`P(Y \mid x)`, and the parameters only
 # through the shapes of the gate and the experts, so the likelihood is
 # nearly flat along some directions. Hence the mean slopes above: -2.4
-# for m = 2, with an interval from -3.6 to -0.3 whose ``pass`` says
-# nothing, and -2.1 for m = 3, set by the fits that drifted at n = 2,000
+# for m = 2, with an interval from -3.6 to -0.3 too wide for a verdict
+# (``inconclusive``), and -2.1 for m = 3, set by the fits that drifted at n = 2,000
 # (losses up to 209 there, and up to :math:`5 \cdot 10^{11}` with 1,000
 # EM iterations).
 #
