@@ -43,10 +43,22 @@ def data():
 
 @pytest.fixture
 def two_threads_outside():
-    """BLAS at two threads around the test, as on a machine with two cores."""
+    """BLAS at two threads around the test, as on a machine with two cores.
+
+    The tests that use it tell a fit's one thread from the caller's two, so
+    they need a BLAS that can run two threads. The numpy and scipy wheels the
+    project installs carry a threaded OpenBLAS, where this always holds (CI
+    and every machine the suite has run on); only a BLAS built
+    single-threaded (a distribution's reference BLAS) cannot show the
+    difference, and there the tests are skipped, naming why: the behaviour
+    they check, lowering two threads to one, cannot occur with it.
+    """
     with threadpool_limits(limits=2, user_api="blas"):
         if blas_threads_now() != 2:
-            pytest.skip("this BLAS cannot be set to two threads")
+            pytest.skip(
+                "this BLAS is single-threaded (threadpoolctl cannot set two "
+                "threads), so a fit's one thread cannot be told from the caller's"
+            )
         yield
     RECORDED.clear()
 
