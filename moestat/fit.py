@@ -27,6 +27,7 @@ above one), the predicted gain is large and the fit goes on. Reaching
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +36,10 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 
+from moestat._batched import batched_expert, batched_gate
+from moestat._batched_em import BatchedFit, stack_arrays
+from moestat._batched_em import em as batched_em
+from moestat._stopping import ROUNDOFF, aitken_converged
 from moestat._sweep_em import start_from_labels, sweep_steps
 from moestat._sweep_em import supports as supports_sweeps
 from moestat.boundary import (
@@ -61,6 +66,10 @@ __all__ = [
     "log_likelihood_and_gradient",
     "fit_restarts",
     "BatchEngine",
+    "batch_em_engine",
+    "batched_em_fits",
+    "batched_fit_results",
+    "runs_batched",
     "restart_starts",
     "best_restart",
     "is_degenerate",
@@ -73,47 +82,6 @@ __all__ = [
 
 #: ``FitResult.stop_reason`` of a fit whose coefficients walk to infinity.
 DIVERGE = "the coefficients diverge (no interior maximum)"
-
-#: Relative size of round-off in a total log-likelihood: a change below
-#: ``ROUNDOFF * (|L| + n)`` is no change (an exact fixed point).
-ROUNDOFF = 1e-12
-
-
-def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
-    """The stopping rule on three consecutive total log-likelihoods.
-
-    Written with arithmetic and comparisons only, so it applies elementwise
-    to floats, numpy arrays and torch tensors alike (the torch engines use
-    it on a batch).
-
-    Parameters
-    ----------
-    l0, l1, l2 : float, ndarray or Tensor
-        ``L_{t-2}``, ``L_{t-1}`` and ``L_t``; ``l0 = -inf`` when there is no
-        earlier value (only an exact fixed point then counts).
-    n : float, ndarray or Tensor
-        Number of samples (the sum of the weights for weighted fits).
-    tol : float
-        Largest predicted gain per sample (module docstring).
-
-    Returns
-    -------
-    bool or boolean array
-        Whether the rule fired.
-
-    Examples
-    --------
-    >>> aitken_converged(-100.0, -99.0, -98.5, 10, 1e-6)  # gain ~0.5 to come
-    False
-    >>> aitken_converged(-98.001, -98.0, -98.0 + 1e-8, 10, 1e-6)
-    True
-    """
-    d1, d2 = l1 - l0, l2 - l1
-    fixed_point = abs(d2) <= ROUNDOFF * (abs(l2) + n)
-    geometric = (d2 >= 0) & (d2 < d1) & (d1 < float("inf"))
-    # d2 / (1 - d2/d1) <= eps  <=>  d2 * d1 <= eps * (d1 - d2)  when d1 > d2
-    small_gain = d2 * d1 <= tol * n * (d1 - d2)
-    return fixed_point | (geometric & small_gain)
 
 
 @dataclass
@@ -1005,22 +973,45 @@ def screened_start(
 
     The short-run screening of Biernacki, Celeux and Govaert (2003): many
     cheap EM runs from random starts, of which only the most promising is
-    run to convergence.
+    run to convergence. The candidates are drawn first, in order; a model
+    whose pieces have batched kernels (:func:`runs_batched`) then runs all
+    short EM runs as one batch of plain EM steps (:func:`batched_em_fits`)
+    while the batch holds fewer than ``CHUNKED_ENTRIES`` numbers per array;
+    other models and larger data run one candidate at a time.
     """
-    best, best_ll = None, -np.inf
-    for _ in range(n_candidates):
-        start = initial_params(model, design, X, y, n_experts, method, rng, var_floor)
-        short = em(
-            model.with_params(start),
-            design,
-            y,
+    candidates = [
+        initial_params(model, design, X, y, n_experts, method, rng, var_floor)
+        for _ in range(n_candidates)
+    ]
+    if not candidates:
+        raise ValueError(f"n_candidates must be at least 1; got {n_candidates}.")
+    if _batches(model, design, n_experts, len(candidates)):
+        short_runs = batched_em_fits(
+            model,
+            [design] * len(candidates),
+            [y] * len(candidates),
+            candidates,
             tol=0.0,
             max_iter=screen_iter,
             var_floor=var_floor,
         )
+    else:
+        short_runs = [
+            em(
+                model.with_params(start),
+                design,
+                y,
+                tol=0.0,
+                max_iter=screen_iter,
+                var_floor=var_floor,
+            )
+            for start in candidates
+        ]
+    best, best_ll = candidates[-1], -np.inf
+    for short in short_runs:
         if short.log_likelihood > best_ll:
             best, best_ll = short.model.params, short.log_likelihood
-    return best if best is not None else start
+    return best
 
 
 # Split-and-merge moves tried per round by init="auto"; EM iterations that
@@ -1034,7 +1025,8 @@ def _runner(model, design, y, solver, options, batch_engine, speed=None):
 
     ``max_iter=None`` runs the fit's engine with its own options; a number
     runs exactly that many EM iterations. With a batch engine all starts
-    are fitted together.
+    are fitted together; without one, the short runs of a model with
+    batched kernels are one numpy batch (as in :func:`screened_start`).
     """
 
     def run(starts, max_iter):
@@ -1044,6 +1036,12 @@ def _runner(model, design, y, solver, options, batch_engine, speed=None):
             name, opts = "em", {**options, "tol": 0.0, "max_iter": max_iter}
         if batch_engine is not None:
             return batch_engine(model, design, y, list(starts), solver=name, **opts)
+        if max_iter is not None and _batches(
+            model, design, starts[0].n_experts, len(starts)
+        ):
+            return batch_em_engine()(
+                model, design, y, list(starts), solver=name, **opts
+            )
         engine = ENGINES[name]
         if name == "em":
             opts = {**opts, **(speed or {})}
@@ -1096,6 +1094,215 @@ class BatchEngine(Protocol):
             One per start, in order.
         """
         ...
+
+
+def batched_fit_results(
+    model: MixtureOfExperts,
+    fit: BatchedFit,
+    shapes: tuple[int, int, int],
+    var_floor: NDArray[np.float64],
+    designs: Sequence[Design] | None = None,
+    max_iter: int | None = None,
+) -> list[FitResult]:
+    """One :class:`FitResult` per row of a batched fit of numpy arrays.
+
+    With the data sets' ``designs``, a fit whose coefficients walk to
+    infinity gets its ``boundary`` and ``converged=False``, as :func:`em`
+    reports it (the batched EM does not stop on the ridge early).
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The gate and expert family of the fit.
+    fit : BatchedFit
+        numpy arrays (:func:`moestat._batched_em.em`).
+    shapes : tuple of int
+        ``(m, p_gate, p_expert)``.
+    var_floor : ndarray of shape (B,)
+        Each problem's variance floor.
+    designs : sequence of Design, optional
+        Each problem's designs (for the boundary check).
+    max_iter : int, optional
+        The iteration cap the fit ran under.
+
+    Returns
+    -------
+    list of FitResult
+    """
+    m, p_gate, p_expert = shapes
+    results = []
+    for b in range(len(fit.log_likelihood)):
+        params = MoEParams(
+            model.gate.unpack(fit.theta_gate[b], m, p_gate),
+            model.expert.unpack(fit.theta_expert[b], m, p_expert, float(var_floor[b])),
+        )
+        column = fit.trace[:, b]
+        fitted = model.with_params(params)
+        boundary = () if designs is None else _boundary(fitted, designs[b])
+        converged, n_iter = bool(fit.converged[b]), int(fit.n_iter[b])
+        capped = not converged and max_iter is not None and n_iter >= max_iter
+        results.append(
+            FitResult(
+                model=fitted,
+                log_likelihood=float(fit.log_likelihood[b]),
+                trace=column[np.isfinite(column)],
+                n_iter=n_iter,
+                converged=converged and not boundary,
+                monotone=bool(fit.monotone[b]),
+                expert_weight=np.asarray(fit.expert_weight[b]),
+                stop_reason=_batched_stop_reason(converged, boundary, capped, max_iter),
+                capped=capped,
+                boundary=boundary,
+            )
+        )
+    return results
+
+
+def _batched_stop_reason(
+    converged: bool, boundary: tuple, capped: bool, max_iter: int | None
+) -> str:
+    """Why a batched fit stopped without converging, as numpy's engines say."""
+    if boundary:
+        return DIVERGE
+    if converged:
+        return ""
+    if capped:
+        return f"the batched engine reached max_iter={max_iter}"
+    return "the batched L-BFGS line search failed with gain still resolvable"
+
+
+def _batches(
+    model: MixtureOfExperts, design: Design, n_experts: int, batch: int
+) -> bool:
+    """Whether ``batch`` short runs go in one numpy batch.
+
+    When the model's pieces have batched kernels and the batch's arrays
+    hold fewer than :data:`CHUNKED_ENTRIES` numbers (larger data run one
+    start at a time, in chunks where the model allows).
+    """
+    entries = batch * _full_path_entries(design, n_experts)
+    return batch > 1 and entries < CHUNKED_ENTRIES and runs_batched(model)
+
+
+def runs_batched(model: MixtureOfExperts) -> bool:
+    """Whether the model's gate and expert family both have batched kernels.
+
+    Such a model can fit several starts as one batch
+    (:func:`batched_em_fits`); others are fitted start by start.
+    """
+    try:
+        batched_gate(model.gate, 2, 1)
+        batched_expert(model.expert, 2, 1)
+    except ValueError:
+        return False
+    return True
+
+
+def batched_em_fits(
+    model: MixtureOfExperts,
+    designs: Sequence[Design],
+    ys: Sequence[NDArray[np.float64]],
+    starts: Sequence[MoEParams],
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    var_floor: float | Sequence[float] = 0.0,
+    sample_weight: Sequence[NDArray[np.float64] | None] | None = None,
+) -> list[FitResult]:
+    """Plain EM from B starts on B data sets, as one numpy batch.
+
+    The loop of :func:`moestat._batched_em.em` on numpy arrays: the same
+    steps as ``em(..., accelerate=False, stop_on_ridge=False)`` from each
+    start, taken for the whole batch at once (one call per step instead of
+    B), which is what pays at small n where each call costs more than its
+    arithmetic. Problems of different sizes are padded with rows of weight
+    zero.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The gate and expert family (:func:`runs_batched`; its parameters are
+        not used).
+    designs : sequence of Design
+        ``model.design(X_b)`` per problem (the same columns for all).
+    ys : sequence of ndarray
+        Responses per problem.
+    starts : sequence of MoEParams
+        Starting parameters per problem.
+    tol, max_iter
+        As for :func:`em`.
+    var_floor : float or sequence of float, default=0.0
+    sample_weight : sequence of (ndarray or None), optional
+
+    Returns
+    -------
+    list of FitResult
+        One per problem, in order.
+
+    Raises
+    ------
+    ValueError
+        For a model whose pieces have no batched kernels, or one start per
+        problem missing.
+    """
+    if len(starts) != len(designs):
+        raise ValueError(
+            f"Need one start per data set; got {len(starts)} starts for "
+            f"{len(designs)} data sets."
+        )
+    m = starts[0].n_experts
+    shapes = (m, designs[0].gate.shape[1], designs[0].expert.shape[1])
+    gate = batched_gate(model.gate, m, shapes[1])
+    expert = batched_expert(model.expert, m, shapes[2])
+    data = stack_arrays(designs, ys, var_floor=var_floor, sample_weight=sample_weight)
+    theta_gate = np.stack([model.gate.pack(start.gate) for start in starts])
+    theta_expert = np.stack(
+        [
+            model.expert.pack(start.expert, float(floor))
+            for start, floor in zip(starts, data.var_floor, strict=True)
+        ]
+    )
+    fit = batched_em(
+        gate, expert, data, theta_gate, theta_expert, tol=tol, max_iter=max_iter
+    )
+    return batched_fit_results(model, fit, shapes, data.var_floor, designs, max_iter)
+
+
+def batch_em_engine() -> BatchEngine:
+    """A numpy :class:`BatchEngine`: every EM start in one batch.
+
+    ``solver="em"`` fits all starts together (:func:`batched_em_fits`);
+    ``solver="mle"`` fits them one by one (:func:`mle`).
+
+    Returns
+    -------
+    BatchEngine
+    """
+
+    def engine(model, design, y, starts, *, solver, tol, max_iter, var_floor):
+        if solver != "em":
+            return [
+                ENGINES[solver](
+                    model.with_params(start),
+                    design,
+                    y,
+                    tol=tol,
+                    max_iter=max_iter,
+                    var_floor=var_floor,
+                )
+                for start in starts
+            ]
+        return batched_em_fits(
+            model,
+            [design] * len(starts),
+            [y] * len(starts),
+            starts,
+            tol=tol,
+            max_iter=max_iter,
+            var_floor=var_floor,
+        )
+
+    return engine
 
 
 def fit_restarts(

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from moestat import (
     GateParams,
     GaussianExpert,
     GaussianExpertParams,
+    GaussianMoE,
     MixtureOfExperts,
     ModifiedSoftmaxGate,
     MoEParams,
+    MultinomialLogisticMoE,
     NormalizedSigmoidGate,
+    PolynomialMoE,
     SharedExpertsGate,
     SharedGateParams,
     SoftmaxGate,
+)
+from moestat.experts import (
+    GLMExpert,
+    GLMExpertParams,
+    MultinomialExpertParams,
+    MultinomialLogisticExpert,
 )
 
 
@@ -82,3 +93,76 @@ GATES = {
         NormalizedSigmoidGate(top_k=2), 1, shared_weight="learned"
     ),
 }
+
+
+def regression_data(rng, n=400):
+    # a smooth softmax gate: every maximum in the comparisons below is finite
+    X = rng.uniform(-1, 1, (n, 1))
+    return X, two_expert_truth().sample(X, rng)[0]
+
+
+def count_data(rng, n=400):
+    # two Poisson experts under the smooth gate: the maximum is finite
+    truth = _glm_truth(
+        GLMExpert(family="poisson"),
+        GLMExpertParams(np.array([[1.0, 1.0], [0.5, -1.0]])),
+    )
+    X = rng.uniform(-1, 1, (n, 1))
+    return X, truth.sample(X, rng)[0]
+
+
+def _glm_truth(expert, expert_coef):
+    gate = GateParams(np.array([[0.0, 0.0], [0.5, 4.0]]))
+    return MixtureOfExperts(SoftmaxGate(), expert, MoEParams(gate, expert_coef))
+
+
+def binary_data(rng, n=400):
+    # two well-separated Bernoulli experts under a smooth gate
+    truth = _glm_truth(
+        GLMExpert(family="bernoulli"),
+        GLMExpertParams(np.array([[3.0, 5.0], [-3.0, -5.0]])),
+    )
+    X = rng.uniform(-1, 1, (2 * n, 1))
+    return X, truth.sample(X, rng)[0]
+
+
+def class_data(rng, n=400):
+    truth = _glm_truth(
+        MultinomialLogisticExpert(n_classes=3),
+        MultinomialExpertParams(
+            np.array([[[2.0, 3.0], [-1.0, 0.0]], [[-2.0, 0.0], [1.0, -3.0]]])
+        ),
+    )
+    X = rng.uniform(-1, 1, (2 * n, 1))
+    return X, truth.sample(X, rng)[0].astype(int)
+
+
+# (estimator, data) pairs covering every gate and expert family with batched kernels
+BATCH_CASES = {
+    "softmax": (GaussianMoE(2), regression_data),
+    "modified_softmax": (GaussianMoE(2, gate="modified_softmax"), regression_data),
+    "normalized_sigmoid": (GaussianMoE(2, gate="normalized_sigmoid"), regression_data),
+    "sigmoid_top2": (
+        GaussianMoE(3, gate=NormalizedSigmoidGate(top_k=2)),
+        regression_data,
+    ),
+    "shared_fixed": (GaussianMoE(2, n_shared_experts=1), regression_data),
+    "shared_learned": (
+        GaussianMoE(2, n_shared_experts=1, shared_weight="learned"),
+        regression_data,
+    ),
+    "shared_variance": (GaussianMoE(2, shared_variance=True), regression_data),
+    "polynomial": (PolynomialMoE(2, degree=2), regression_data),
+    "poisson": (PolynomialMoE(2, degree=1, family="poisson"), count_data),
+    "bernoulli": (PolynomialMoE(2, degree=1, family="bernoulli"), binary_data),
+    "multinomial": (MultinomialLogisticMoE(2), class_data),
+}
+
+
+def fitted_start(estimator, X, y):
+    """A fitted model a few EM iterations in: the common start of both backends."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = estimator.set_params(n_init=1, max_iter=3, polish=False, random_state=0)
+        est.fit(X, y)
+    return est

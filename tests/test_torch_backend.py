@@ -15,16 +15,9 @@ torch = pytest.importorskip("torch")
 
 from moestat import (  # noqa: E402
     GaussianMoE,
-    MultinomialLogisticMoE,
-    NormalizedSigmoidGate,
-    PolynomialMoE,
 )
 from moestat.experts import (  # noqa: E402
     GaussianExpert,
-    GLMExpert,
-    GLMExpertParams,
-    MultinomialExpertParams,
-    MultinomialLogisticExpert,
     ReLUExpert,
     ReLUExpertParams,
 )
@@ -35,77 +28,9 @@ from moestat.model import MixtureOfExperts, MoEParams  # noqa: E402
 from moestat.torch._device import resolve_device, resolve_dtype  # noqa: E402
 from moestat.torch.fit import fit_batched, stack_data  # noqa: E402
 from tests.custom_pieces import LocationParams, UnitGaussianExpert  # noqa: E402
-from tests.helpers import two_expert_truth  # noqa: E402
-
-
-def _regression(rng, n=400):
-    # a smooth softmax gate: every maximum in the comparisons below is finite
-    X = rng.uniform(-1, 1, (n, 1))
-    return X, two_expert_truth().sample(X, rng)[0]
-
-
-def _counts(rng, n=400):
-    # two Poisson experts under the smooth gate: the maximum is finite
-    truth = _truth(
-        GLMExpert(family="poisson"),
-        GLMExpertParams(np.array([[1.0, 1.0], [0.5, -1.0]])),
-    )
-    X = rng.uniform(-1, 1, (n, 1))
-    return X, truth.sample(X, rng)[0]
-
-
-def _truth(expert, expert_coef):
-    gate = GateParams(np.array([[0.0, 0.0], [0.5, 4.0]]))
-    return MixtureOfExperts(SoftmaxGate(), expert, MoEParams(gate, expert_coef))
-
-
-def _binary(rng, n=400):
-    # two well-separated Bernoulli experts under a smooth gate
-    truth = _truth(
-        GLMExpert(family="bernoulli"),
-        GLMExpertParams(np.array([[3.0, 5.0], [-3.0, -5.0]])),
-    )
-    X = rng.uniform(-1, 1, (2 * n, 1))
-    return X, truth.sample(X, rng)[0]
-
-
-def _classes(rng, n=400):
-    truth = _truth(
-        MultinomialLogisticExpert(n_classes=3),
-        MultinomialExpertParams(
-            np.array([[[2.0, 3.0], [-1.0, 0.0]], [[-2.0, 0.0], [1.0, -3.0]]])
-        ),
-    )
-    X = rng.uniform(-1, 1, (2 * n, 1))
-    return X, truth.sample(X, rng)[0].astype(int)
-
-
-# (estimator, data) pairs covering every gate and expert family with a torch piece
-CASES = {
-    "softmax": (GaussianMoE(2), _regression),
-    "modified_softmax": (GaussianMoE(2, gate="modified_softmax"), _regression),
-    "normalized_sigmoid": (GaussianMoE(2, gate="normalized_sigmoid"), _regression),
-    "sigmoid_top2": (GaussianMoE(3, gate=NormalizedSigmoidGate(top_k=2)), _regression),
-    "shared_fixed": (GaussianMoE(2, n_shared_experts=1), _regression),
-    "shared_learned": (
-        GaussianMoE(2, n_shared_experts=1, shared_weight="learned"),
-        _regression,
-    ),
-    "shared_variance": (GaussianMoE(2, shared_variance=True), _regression),
-    "polynomial": (PolynomialMoE(2, degree=2), _regression),
-    "poisson": (PolynomialMoE(2, degree=1, family="poisson"), _counts),
-    "bernoulli": (PolynomialMoE(2, degree=1, family="bernoulli"), _binary),
-    "multinomial": (MultinomialLogisticMoE(2), _classes),
-}
-
-
-def _start(estimator, X, y):
-    """A fitted model a few EM iterations in: the common start of both backends."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est = estimator.set_params(n_init=1, max_iter=3, polish=False, random_state=0)
-        est.fit(X, y)
-    return est
+from tests.helpers import BATCH_CASES as CASES  # noqa: E402
+from tests.helpers import fitted_start as _start  # noqa: E402
+from tests.helpers import regression_data as _regression  # noqa: E402
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -25,6 +25,7 @@ parameters; gradients by autograd.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,12 +34,14 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from moestat._batched_em import e_step as _e_step
+from moestat._batched_em import em as shared_em
+from moestat._stopping import aitken_converged as _converged
 from moestat.fit import (
-    DIVERGE,
     LINE_SEARCH_RESOLUTION,
     BatchEngine,
     FitResult,
-    _boundary,
+    batched_fit_results,
     parameter_scales,
 )
 from moestat.model import Design, MixtureOfExperts, MoEParams
@@ -46,9 +49,6 @@ from moestat.torch._batch import (
     BatchedData,
     BatchedFit,
     BatchedModel,
-    _converged,
-    _decreased,
-    _e_step,
     stack_data,
 )
 from moestat.torch._device import resolve_device
@@ -112,84 +112,14 @@ def em(
             max_iter=max_iter,
             chunk_size=chunk_size,
         )
-    n = data.n_samples.double()
-    log_g = model.log_weights(theta_gate, data)
-    log_f = model.log_density(theta_expert, data)
-    resp, ll = _e_step(log_g + log_f, data.weight)
-    batch = ll.shape[0]
-    history = [ll]
-    # full-size results; the loop works on the data sets still running only
-    # (finished ones are dropped from the batch, so they cost nothing more)
-    final_gate, final_expert = theta_gate.clone(), theta_expert.clone()
-    final_ll, final_weight = ll.clone(), resp.sum(dim=1)
-    converged = torch.zeros(batch, dtype=torch.bool, device=ll.device)
-    decreased = torch.zeros_like(converged)
-    n_iter = torch.zeros(batch, dtype=torch.long, device=ll.device)
-    rows = torch.arange(batch, device=ll.device)
-    ll_before = torch.full_like(ll, float("-inf"))
-    for iteration in range(1, max_iter + 1):
-        theta_expert = model.expert.m_step(
-            theta_expert, data.expert, data.y, resp, data.var_floor
-        )
-        log_f = model.log_density(theta_expert, data)
-        theta_gate, log_g = model.gate.m_step(
-            theta_gate, data.gate, data.weight, resp, log_g, log_f
-        )
-        resp, ll_new = _e_step(log_g + log_f, data.weight)
-        decreased[rows] |= _decreased(ll, ll_new, n)
-        done = _converged(ll_before, ll, ll_new, n, tol)
-        ll_before, ll = ll, ll_new
-        n_iter[rows] = iteration
-        record = torch.full_like(final_ll, float("nan"))
-        record[rows] = ll
-        history.append(record)
-        finished = done | (iteration == max_iter)
-        if bool(finished.any()):
-            index = rows[finished]
-            final_gate[index], final_expert[index] = (
-                theta_gate[finished],
-                theta_expert[finished],
-            )
-            final_ll[index] = ll[finished]
-            final_weight[index] = resp[finished].sum(dim=1)
-            converged[rows[done]] = True
-            if bool(finished.all()):
-                break
-            keep = ~finished
-            rows = rows[keep]
-            data = _take(data, keep)
-            theta_gate, theta_expert = theta_gate[keep], theta_expert[keep]
-            resp, log_g, log_f, ll, ll_before, n = (
-                resp[keep][:, : data.y.shape[1]],
-                log_g[keep][:, : data.y.shape[1]],
-                log_f[keep][:, : data.y.shape[1]],
-                ll[keep],
-                ll_before[keep],
-                n[keep],
-            )
-    return BatchedFit(
-        theta_gate=final_gate.detach(),
-        theta_expert=final_expert.detach(),
-        log_likelihood=final_ll.detach(),
-        trace=torch.stack(history).detach(),
-        n_iter=n_iter,
-        converged=converged,
-        monotone=~decreased,
-        expert_weight=final_weight.detach(),
-    )
-
-
-def _take(data: BatchedData, keep: Tensor) -> BatchedData:
-    """The data sets ``keep`` selects, with padding no longer needed cut off."""
-    weight = data.weight[keep]
-    counted = (weight > 0).any(dim=0).nonzero()
-    length = int(counted.max()) + 1 if counted.numel() else 1
-    return BatchedData(
-        data.gate[keep][:, :length],
-        data.expert[keep][:, :length],
-        data.y[keep][:, :length],
-        weight[:, :length],
-        data.var_floor[keep],
+    return shared_em(
+        model.gate,
+        model.expert,
+        data,
+        theta_gate,
+        theta_expert,
+        tol=tol,
+        max_iter=max_iter,
     )
 
 
@@ -488,75 +418,20 @@ def to_fit_results(
     designs: Sequence[Design] | None = None,
     max_iter: int | None = None,
 ) -> list[FitResult]:
-    """One numpy :class:`~moestat.fit.FitResult` per row of a batched fit.
+    """One numpy :class:`~moestat.fit.FitResult` per row of a batched torch fit.
 
-    With the data sets' ``designs``, a fit whose coefficients walk to
-    infinity gets its ``boundary`` and ``converged=False``, as numpy's
-    engines report it (the batched engines do not stop on the ridge early).
+    The tensors are brought to the host (float64) and read as numpy's
+    :func:`moestat.fit.batched_fit_results` reads a numpy batch.
     """
-    m, p_gate, p_expert = shapes
 
     def host(t):
-        return (
-            t.detach().cpu().double().numpy()
-            if t.is_floating_point()
-            else (t.detach().cpu().numpy())
-        )
+        t = t.detach().cpu()
+        return (t.double() if t.is_floating_point() else t).numpy()
 
-    gates, experts = host(fit.theta_gate), host(fit.theta_expert)
-    ll, trace, weight = (
-        host(fit.log_likelihood),
-        host(fit.trace),
-        host(fit.expert_weight),
+    on_host = BatchedFit(
+        *(host(getattr(fit, field.name)) for field in dataclasses.fields(fit))
     )
-    n_iter, converged, monotone = (
-        host(fit.n_iter),
-        host(fit.converged),
-        host(fit.monotone),
-    )
-    results = []
-    for b in range(len(ll)):
-        params = MoEParams(
-            model.gate.unpack(gates[b], m, p_gate),
-            model.expert.unpack(experts[b], m, p_expert, float(var_floor[b])),
-        )
-        column = trace[:, b]
-        fitted = model.with_params(params)
-        boundary = () if designs is None else _boundary(fitted, designs[b])
-        results.append(
-            FitResult(
-                model=fitted,
-                log_likelihood=float(ll[b]),
-                trace=column[np.isfinite(column)],
-                n_iter=int(n_iter[b]),
-                converged=bool(converged[b]) and not boundary,
-                monotone=bool(monotone[b]),
-                expert_weight=weight[b],
-                stop_reason=_stop_reason(
-                    bool(converged[b]), boundary, int(n_iter[b]), max_iter
-                ),
-                capped=(
-                    not converged[b]
-                    and max_iter is not None
-                    and int(n_iter[b]) >= max_iter
-                ),
-                boundary=boundary,
-            )
-        )
-    return results
-
-
-def _stop_reason(
-    converged: bool, boundary: tuple, n_iter: int, max_iter: int | None
-) -> str:
-    """Why a batched fit stopped without converging, as numpy's engines say."""
-    if boundary:
-        return DIVERGE
-    if converged:
-        return ""
-    if max_iter is not None and n_iter >= max_iter:
-        return f"the batched engine reached max_iter={max_iter}"
-    return "the batched L-BFGS line search failed with gain still resolvable"
+    return batched_fit_results(model, on_host, shapes, var_floor, designs, max_iter)
 
 
 def batch_engine(device: Any = None, dtype: Any = None) -> BatchEngine:

@@ -66,6 +66,7 @@ import array_api_compat.torch
 import torch
 from torch import Tensor
 
+from moestat._stopping import aitken_converged as _converged
 from moestat.experts import GaussianExpert
 from moestat.kernels.sweep import (
     SweepStatistics,
@@ -75,7 +76,7 @@ from moestat.kernels.sweep import (
     sweep,
 )
 from moestat.kernels.sweep import gate_direction as _gate_direction
-from moestat.torch._batch import BatchedData, BatchedFit, BatchedModel, _converged
+from moestat.torch._batch import BatchedData, BatchedFit, BatchedModel
 from moestat.torch.pieces import TorchSoftmaxGate
 
 __all__ = [
