@@ -759,10 +759,11 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
 
     Notes
     -----
-    ``backend="torch"`` fits the pieces the torch backend has
-    (:data:`moestat.torch.pieces.SUPPORTED_GATES` and
-    :data:`~moestat.torch.pieces.SUPPORTED_EXPERTS`) and refuses others by
-    name. ``alpha > 0`` needs a gate with a ridge penalty
+    ``backend="torch"`` fits the pieces with batched kernels
+    (:class:`moestat.protocols.BatchedGate` and
+    :class:`~moestat.protocols.BatchedExpertFamily`: every gate and expert
+    family of moestat without a ridge, and user-written pieces with the
+    hooks) and refuses others by name. ``alpha > 0`` needs a gate with a ridge penalty
     (:class:`moestat.protocols.Penalised`); expert families with one get the
     same ``alpha``, others are fitted without a penalty.
 

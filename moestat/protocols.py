@@ -35,6 +35,9 @@ back to a documented default without it.
   :class:`CountsDegreesOfFreedom`, :class:`Penalised`,
   :class:`CompositeGate`, :class:`CompositeExpertFamily`,
   :class:`GLMFamily`, :class:`MultinomialFamily`.
+- :class:`BatchedGate`, :class:`BatchedExpertFamily`: kernels on batches of
+  data sets, in numpy or torch (the torch engine runs the pieces that have
+  them).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ __all__ = [
     "ExpertDeclarations",
     "CompositeExpertFamily",
     "BatchedExpertFamily",
+    "BatchedGate",
     "HasLogMean",
     "HasClassProbabilities",
     "CountsDegreesOfFreedom",
@@ -1198,6 +1202,97 @@ class BatchedExpertFamily(Protocol, metaclass=_ProtocolMembers):
         Returns
         -------
         array of shape (..., P)
+        """
+        ...
+
+
+@runtime_checkable
+class BatchedGate(Protocol, metaclass=_ProtocolMembers):
+    """A gate whose kernel runs on batches, in numpy or torch.
+
+    Written over the Python array API standard (``array_api_compat``), the
+    hooks take packed parameters with a leading batch axis, in the layout
+    of the gate's ``pack``, and arrays of any namespace: the torch engine
+    (:mod:`moestat.torch`) calls them on torch tensors of a batch of data
+    sets, so the gate runs there with no torch code of its own.
+
+    Attributes
+    ----------
+    runs_batched : bool
+        Whether this configuration of the gate has batched kernels (a gate
+        with a ridge, ``alpha > 0``, whose weights come from one data set's
+        design, has not).
+    """
+
+    runs_batched: bool
+
+    def batch_log_weights(self, theta: Any, Z: Any, n_experts: int) -> Any:
+        """``log g(x_t)`` of every data set of the batch.
+
+        Parameters
+        ----------
+        theta : array of shape (B, P)
+            Packed parameters (the gate's ``pack``).
+        Z : array of shape (B, n, p)
+            Gate designs.
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (B, n, m)
+        """
+        ...
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Z: Any,
+        weight: Any,
+        resp: Any,
+        log_weights: Any,
+        log_f: Any,
+        n_experts: int,
+        log_background: Any = None,
+    ) -> tuple[Any, Any]:
+        """The gate's M-step from the current packed parameters, packed.
+
+        Parameters
+        ----------
+        theta : array of shape (B, P)
+            Current packed parameters.
+        Z : array of shape (B, n, p)
+        weight : array of shape (B, n)
+            Sample weights, zero on padding rows.
+        resp : array of shape (B, n, m)
+            Responsibilities (zero on padding rows).
+        log_weights : array of shape (B, n, m)
+            ``log g`` at ``theta``.
+        log_f : array of shape (B, n, m)
+            The experts' log densities at their new parameters (a top-K
+            gate judges its step by the observed log-likelihood).
+        n_experts : int
+        log_background : array of shape (B, n), optional
+            Log density of components outside this gate (shared experts).
+
+        Returns
+        -------
+        theta : array of shape (B, P)
+            Parameters whose objective is not below the start's.
+        log_weights : array of shape (B, n, m)
+            ``log g`` at them.
+        """
+        ...
+
+    def batch_project(self, theta: Any) -> Any:
+        """Packed parameters moved into the parameter space (a box clip).
+
+        Parameters
+        ----------
+        theta : array of shape (B, P)
+
+        Returns
+        -------
+        array of shape (B, P)
         """
         ...
 

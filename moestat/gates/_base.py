@@ -8,8 +8,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from moestat._math import fisher_direction, logsumexp_rows, pair_products
+from moestat._math import (
+    array_namespace,
+    fisher_direction,
+    logsumexp_rows,
+    pair_products,
+)
 from moestat.boundary import check_alpha, ridge_penalty, ridge_weights
+from moestat.kernels.gates import affine_scores, fisher_scoring_m_step
 
 __all__ = ["GateParams", "affine_design", "gate_objective", "observed_objective"]
 
@@ -391,6 +397,134 @@ class _AffineGate:
         if self.bound is None:
             return coef
         return np.clip(coef, -self.bound, self.bound)
+
+    # -- the kernel on batches (numpy or torch) ----------------------------
+    @property
+    def runs_batched(self) -> bool:
+        """Whether the batch hooks apply: without a ridge (``alpha = 0``)."""
+        return not self.alpha
+
+    def batch_log_weights(self, theta: Any, Z: Any, n_experts: int) -> Any:
+        """``log g`` of a batch of data sets from packed parameters.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+            Packed parameters (:meth:`pack`'s layout).
+        Z : array of shape (..., n, p)
+            Gate designs.
+        n_experts : int
+
+        Returns
+        -------
+        array of shape (..., n, m)
+        """
+        coef = self._batch_coef(theta, n_experts, Z.shape[-1])
+        return self._log_weights_from_scores(affine_scores(Z, coef))
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Z: Any,
+        weight: Any,
+        resp: Any,
+        log_weights: Any,
+        log_f: Any,
+        n_experts: int,
+        log_background: Any = None,
+    ) -> tuple[Any, Any]:
+        """:meth:`m_step` on a batch of data sets, packed.
+
+        The kernel :func:`~moestat.kernels.gates.fisher_scoring_m_step`:
+        the same direction, step halving and objective as :meth:`m_step`.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+            Current packed parameters.
+        Z : array of shape (..., n, p)
+            Gate designs.
+        weight : array of shape (..., n)
+            Sample weights, zero on padding rows.
+        resp : array of shape (..., n, m)
+            Responsibilities (zero on padding rows).
+        log_weights : array of shape (..., n, m)
+            ``log g`` at ``theta``.
+        log_f : array of shape (..., n, m)
+            The experts' log densities at their new parameters.
+        n_experts : int
+        log_background : array of shape (..., n), optional
+            Log density of components outside this gate (shared experts).
+
+        Returns
+        -------
+        theta : array of shape (..., P)
+        log_weights : array of shape (..., n, m)
+            ``log g`` at the returned parameters.
+
+        Raises
+        ------
+        ValueError
+            With ``alpha > 0``: the ridge's weights come from one data set's
+            design, so a batch of data sets is fitted without it only.
+        """
+        if self.alpha:
+            raise ValueError(
+                f"A {type(self).__name__} with alpha > 0 is fitted one data set "
+                "at a time (m_step); batch_m_step takes alpha = 0."
+            )
+        p = Z.shape[-1]
+        return fisher_scoring_m_step(
+            theta,
+            Z,
+            weight,
+            resp,
+            log_weights,
+            log_f,
+            log_weights=lambda t: self.batch_log_weights(t, Z, n_experts),
+            fisher_weights=lambda t, r, lg: self._batch_fisher_weights(
+                self._batch_coef(t, n_experts, p), Z, r, lg
+            ),
+            rows=self._batch_rows(n_experts),
+            project=self.batch_project,
+            newton_steps=self.newton_steps,
+            max_halvings=self._halvings(),
+            ecme=self._ecme(),
+            log_background=log_background,
+        )
+
+    def batch_project(self, theta: Any) -> Any:
+        """Packed parameters clipped into the box ``[-bound, bound]`` (if any).
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+
+        Returns
+        -------
+        array of shape (..., P)
+        """
+        if self.bound is None:
+            return theta
+        xp = array_namespace(theta)
+        return xp.clip(theta, min=-self.bound, max=self.bound)
+
+    def _batch_coef(self, theta: Any, n_experts: int, n_design: int) -> Any:
+        """Coefficients (..., m, p) from packed parameters (every row free)."""
+        xp = array_namespace(theta)
+        return xp.reshape(theta, (*theta.shape[:-1], n_experts, n_design))
+
+    def _batch_rows(self, n_experts: int) -> slice:
+        """The free rows, as a slice."""
+        return slice(0, n_experts)
+
+    def _batch_fisher_weights(self, coef, Z, resp, log_g):
+        """Score gradient and Fisher weights (diag, vec) on a batch."""
+        raise NotImplementedError
+
+    def _ecme(self) -> bool:
+        """Whether a step is judged by the observed log-likelihood."""
+        return False
 
     # -- parametrisation ---------------------------------------------------
     def pack_bounds(

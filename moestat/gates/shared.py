@@ -9,15 +9,23 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
-from moestat._math import logsumexp_rows
+from moestat._math import array_namespace, logsumexp_rows
 from moestat.gates._base import GateParams
-from moestat.protocols import Penalised
+from moestat.kernels.gates import (
+    SHARE_MIN,
+    log_sigmoid,
+    log_sum_exp,
+    shared_expert_weights,
+    shared_gate_log_weights,
+    softmax_log_weights,
+)
+from moestat.protocols import BatchedGate, Penalised
 
 __all__ = ["SharedGateParams", "SharedExpertsGate"]
 
 
 # the learned share of the shared block stays inside (0, 1), as in the M-step
-_SHARE_MIN = 1e-12
+_SHARE_MIN = SHARE_MIN
 
 
 @dataclass(frozen=True)
@@ -220,11 +228,10 @@ class SharedExpertsGate:
         return self.routed.sufficient_features(Z)
 
     def _closed_form(self, resp):
-        shared_mass = resp[:, : self.n_shared].sum(axis=0)
-        omega = shared_mass / shared_mass.sum()
-        omega = np.maximum(omega, 1e-300)
-        share = float(shared_mass.sum() / resp.shape[0]) if self.learned else 0.5
-        return omega / omega.sum(), float(np.clip(share, _SHARE_MIN, 1 - _SHARE_MIN))
+        omega, share = shared_expert_weights(
+            resp[:, : self.n_shared], resp.shape[0], self.learned
+        )
+        return omega, float(share)
 
     def init_params(
         self, Z: NDArray[np.float64], resp: NDArray[np.float64]
@@ -275,6 +282,133 @@ class SharedExpertsGate:
         )
         new = SharedGateParams(routed, omega, share)
         return new, self._assemble(routed_log, omega, share)
+
+    # -- the kernel on batches (numpy or torch) ----------------------------
+    @property
+    def runs_batched(self) -> bool:
+        """Whether the routed gate has batch hooks that apply."""
+        return isinstance(self.routed, BatchedGate) and bool(self.routed.runs_batched)
+
+    def _routed_size(self, n_experts: int, n_design: int) -> int:
+        return self.routed.n_free_parameters(self.n_routed(n_experts), n_design)
+
+    def _batch_log_shares(self, theta: Any) -> tuple[Any, Any]:
+        """``(log lambda, log(1 - lambda))`` of each data set, (...,) each."""
+        xp = array_namespace(theta)
+        if self.learned:
+            last = theta[..., -1]
+            return log_sigmoid(last), log_sigmoid(-last)
+        half = xp.full_like(theta[..., 0], float(np.log(0.5)))
+        return half, half
+
+    def batch_log_weights(self, theta: Any, Z: Any, n_experts: int) -> Any:
+        """``log g`` of a batch of data sets from packed parameters.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+            Packed parameters (:meth:`pack`'s layout).
+        Z : array of shape (..., n, p)
+            The routed gate's designs.
+        n_experts : int
+            Experts in all, shared ones included.
+
+        Returns
+        -------
+        array of shape (..., n, m)
+            The shared experts first.
+        """
+        xp = array_namespace(theta, Z)
+        r = self._routed_size(n_experts, Z.shape[-1])
+        routed = self.routed.batch_log_weights(
+            theta[..., :r], Z, self.n_routed(n_experts)
+        )
+        logits = xp.concat(
+            [xp.zeros_like(theta[..., :1]), theta[..., r : r + self.n_shared - 1]],
+            axis=-1,
+        )
+        return shared_gate_log_weights(
+            routed, softmax_log_weights(logits), *self._batch_log_shares(theta)
+        )
+
+    def batch_m_step(
+        self,
+        theta: Any,
+        Z: Any,
+        weight: Any,
+        resp: Any,
+        log_weights: Any,
+        log_f: Any,
+        n_experts: int,
+        log_background: Any = None,
+    ) -> tuple[Any, Any]:
+        """:meth:`m_step` on a batch of data sets, packed.
+
+        The exact ``omega`` and ``lambda``
+        (:func:`~moestat.kernels.gates.shared_expert_weights`), then the
+        routed gate's ``batch_m_step`` on the routed responsibilities, the
+        shared experts as its background density.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+        Z : array of shape (..., n, p)
+        weight : array of shape (..., n)
+            Sample weights, zero on padding rows.
+        resp, log_weights, log_f : arrays of shape (..., n, m)
+            Responsibilities, ``log g`` at ``theta`` and the experts' new
+            log densities.
+        n_experts : int
+        log_background : array of shape (..., n), optional
+            Not used (the shared experts are this gate's own background).
+
+        Returns
+        -------
+        theta : array of shape (..., P)
+        log_weights : array of shape (..., n, m)
+        """
+        xp = array_namespace(theta, Z, resp)
+        k = self.n_shared
+        r = self._routed_size(n_experts, Z.shape[-1])
+        routed_log_g = (
+            log_weights[..., k:] - self._batch_log_shares(theta)[1][..., None, None]
+        )
+        omega, share = shared_expert_weights(
+            resp[..., :k], xp.sum(weight, axis=-1), self.learned
+        )
+        log_omega, log_share, log_rest = xp.log(omega), xp.log(share), xp.log1p(-share)
+        shared_terms = log_f[..., :k] + (log_share[..., None] + log_omega)[..., None, :]
+        routed, routed_log_g = self.routed.batch_m_step(
+            theta[..., :r],
+            Z,
+            weight,
+            resp[..., k:],
+            routed_log_g,
+            log_f[..., k:] + log_rest[..., None, None],
+            self.n_routed(n_experts),
+            log_sum_exp(shared_terms)[..., 0],
+        )
+        parts = [routed, xp.log(omega[..., 1:] / omega[..., :1])]
+        if self.learned:
+            parts.append(xp.log(share / (1.0 - share))[..., None])
+        log_g = shared_gate_log_weights(routed_log_g, log_omega, log_share, log_rest)
+        return xp.concat(parts, axis=-1), log_g
+
+    def batch_project(self, theta: Any) -> Any:
+        """The routed gate's box on its entries; the shared weights are free.
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+
+        Returns
+        -------
+        array of shape (..., P)
+        """
+        xp = array_namespace(theta)
+        r = theta.shape[-1] - self.n_shared + 1 - int(self.learned)
+        routed = self.routed.batch_project(theta[..., :r])
+        return xp.concat([routed, theta[..., r:]], axis=-1)
 
     def gradient(
         self,

@@ -16,6 +16,7 @@ from moestat.kernels import (
     normalized_sigmoid_log_weights,
     top_k_mask,
 )
+from moestat.kernels.gates import normalized_sigmoid_fisher_weights
 
 __all__ = ["NormalizedSigmoidGate"]
 
@@ -137,11 +138,11 @@ class NormalizedSigmoidGate(_AffineGate):
         return 0 if n_experts == 1 else n_experts * n_design
 
     def selection(self, s: NDArray[np.float64]) -> NDArray[np.bool_] | None:
-        """Mask of the ``top_k`` highest scores per row (None when dense).
+        """Mask of the ``top_k`` highest scores on the last axis (None when dense).
 
         :func:`~moestat.kernels.top_k_mask`: ties go to the lower index.
         """
-        if self.top_k is None or self.top_k >= s.shape[1]:
+        if self.top_k is None or self.top_k >= s.shape[-1]:
             return None
         return top_k_mask(s, self.top_k)
 
@@ -194,22 +195,11 @@ class NormalizedSigmoidGate(_AffineGate):
         return normalized_sigmoid_log_weights(s, self.selection(s))
 
     def _score_gradient_and_fisher(self, params, Z, resp, log_g):
-        # In-place arithmetic on (n, m) arrays: this runs at every M-step.
-        a = self.scores(params, Z)
-        with np.errstate(over="ignore"):
-            np.exp(a, out=a)
-        a += 1.0
-        np.reciprocal(a, out=a)  # a = 1 - sigma(s) = 1 / (1 + exp(s))
-        g = np.exp(np.maximum(log_g, -700.0))  # ~0 outside a top-K selection
-        rho = resp.sum(axis=1)[:, None]
-        excess = np.multiply(g, rho)
-        np.subtract(resp, excess, out=excess)  # r - rho g
-        score_grad = excess * a
-        # Expected information plus |sigma a (r - rho g)| on the diagonal: a
-        # positive semi-definite matrix that dominates the observed one, so a
-        # full step rarely overshoots.
-        ga = np.multiply(g, a, out=g)
-        diag = np.abs(score_grad)
-        diag *= 1.0 - a
-        diag += ga * a * rho
-        return score_grad, diag, ga * np.sqrt(rho)
+        return normalized_sigmoid_fisher_weights(self.scores(params, Z), resp, log_g)
+
+    def _batch_fisher_weights(self, coef, Z, resp, log_g):
+        return normalized_sigmoid_fisher_weights(affine_scores(Z, coef), resp, log_g)
+
+    def _ecme(self) -> bool:
+        # top-K: the soft labels cannot bring an expert into a selection
+        return self.top_k is not None

@@ -6,12 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import array_api_compat
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
+from moestat._math import array_namespace
 from moestat.gates._base import GateParams, _AffineGate
 from moestat.kernels import affine_scores, softmax_log_weights
+from moestat.kernels.gates import softmax_fisher_weights
 
 __all__ = ["SoftmaxGate", "ModifiedSoftmaxGate", "TRANSFORMS"]
 
@@ -91,10 +94,25 @@ class SoftmaxGate(_AffineGate):
         return np.log(mass)
 
     def _score_gradient_and_fisher(self, params, Z, resp, log_g):
-        g = np.exp(log_g)
-        rho = resp.sum(axis=1)
-        rho_g = rho[:, None] * g
-        return resp - rho_g, rho_g, np.sqrt(rho)[:, None] * g
+        return softmax_fisher_weights(resp, log_g)
+
+    def _batch_fisher_weights(self, coef, Z, resp, log_g):
+        return softmax_fisher_weights(resp, log_g)
+
+    def _batch_coef(self, theta: Any, n_experts: int, n_design: int) -> Any:
+        """Coefficients (..., m, p) from packed parameters, the first row zero."""
+        xp = array_namespace(theta)
+        lead = theta.shape[:-1]
+        free = xp.reshape(theta, (*lead, n_experts - 1, n_design))
+        zero = xp.zeros(
+            (*lead, 1, n_design),
+            dtype=theta.dtype,
+            device=array_api_compat.device(theta),
+        )
+        return xp.concat([zero, free], axis=-2)
+
+    def _batch_rows(self, n_experts: int) -> slice:
+        return slice(1, n_experts)
 
     def permute(self, params: GateParams, perm: ArrayLike) -> GateParams:
         """Reorder the experts and re-anchor on the new first expert."""

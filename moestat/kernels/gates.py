@@ -1,4 +1,4 @@
-"""Gate weights from affine scores, written once for numpy and torch.
+"""Gate weights and gate M-steps, written once for numpy and torch.
 
 The softmax gate and the normalized sigmoid gate (dense or top-K) map the
 affine scores ``s = Z @ coef.T`` of ``m`` experts to log gate weights. The
@@ -11,15 +11,29 @@ device of the input.
 
 The experts are the last axis; any leading axes are batch axes (samples,
 tokens, groups).
+
+The M-step kernels serve the gates' batched hooks
+(:class:`~moestat.protocols.BatchedGate`), which the torch engine calls on
+a batch of data sets (arrays of shape (B, n, m)) and the numpy gates on
+one: the Fisher weights of the softmax and normalized sigmoid gates
+(:func:`softmax_fisher_weights`, :func:`normalized_sigmoid_fisher_weights`),
+the gradient and information of a softmax-like block
+(:func:`block_fisher_information`), the damped Fisher ascent of an affine
+gate (:func:`fisher_scoring_m_step`: generalised EM on ``sum r log g``, ECME
+on the observed log-likelihood for top-K) and the closed-form weights of
+shared experts (:func:`shared_expert_weights`,
+:func:`shared_gate_log_weights`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
-from moestat._math import array_namespace
+from moestat._math import array_namespace, solve_spd
 
 __all__ = [
     "affine_scores",
@@ -28,13 +42,27 @@ __all__ = [
     "log_sigmoid",
     "top_k_mask",
     "normalized_sigmoid_log_weights",
+    "softmax_fisher_weights",
+    "normalized_sigmoid_fisher_weights",
+    "block_fisher_information",
+    "q_objective",
+    "observed_log_likelihood",
+    "halve_until_no_decrease",
+    "fisher_scoring_m_step",
+    "shared_expert_weights",
+    "shared_gate_log_weights",
     "UNDERFLOW",
+    "SHARE_MIN",
 ]
 
 #: Log terms this far below their row's largest are raised to it before
 #: ``exp``: they cannot change the sum, and ``exp`` of values that
 #: underflow takes a slow path in numpy.
 UNDERFLOW = -700.0
+
+#: The share of a shared-expert block stays inside ``[SHARE_MIN, 1 - SHARE_MIN]``
+#: (a share at 0 or 1 has an infinite logit).
+SHARE_MIN = 1e-12
 
 #: Up to this many experts :func:`top_k_mask` ranks the scores by column
 #: comparisons (``m^2`` of them, without sorting); above it, it sorts for the
@@ -270,3 +298,463 @@ def normalized_sigmoid_log_weights(scores: Any, selected: Any = None) -> Any:
     if selected is not None:
         log_sigma = xp.where(selected, log_sigma, -xp.inf)
     return log_sigma - log_sum_exp(log_sigma)
+
+
+# -- the gates' M-steps ----------------------------------------------------------
+def _floor(xp: Any, a: Any, low: float) -> Any:
+    """``max(a, low)`` elementwise (numpy's ufunc; ``clip`` elsewhere)."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return np.maximum(a, low)
+    return xp.clip(a, min=low)
+
+
+def _sigmoid_complement(xp: Any, scores: Any) -> Any:
+    """``a = 1 - sigma(s) = 1 / (1 + exp(s))``.
+
+    In place for numpy (it runs at every M-step); torch's fused
+    ``sigmoid(-s)``.
+    """
+    if array_api_compat.is_torch_namespace(xp):
+        return _torch_function("sigmoid")(-scores)
+    if not array_api_compat.is_numpy_namespace(xp):
+        return 1.0 / (1.0 + xp.exp(scores))
+    with np.errstate(over="ignore"):
+        a = np.exp(scores)
+    a += 1.0
+    return np.reciprocal(a, out=a)
+
+
+def softmax_fisher_weights(resp: Any, log_g: Any) -> tuple[Any, Any, Any]:
+    """Score gradient ``r - rho g`` and Fisher weights ``(rho g, sqrt(rho) g)``.
+
+    For ``Q = sum_t sum_i r_ti log g_ti`` of a softmax gate, with soft labels
+    summing to ``rho_t`` per sample: the gradient in the score of row ``i``
+    is ``r_ti - rho_t g_ti`` and the information in the scores is
+    ``rho_t [diag(g_t) - g_t g_t^T]``, i.e. ``diag(d_t) - v_t v_t^T`` with
+    ``d = rho g`` and ``v = sqrt(rho) g``.
+
+    Parameters
+    ----------
+    resp : array of shape (..., n, m)
+        Responsibilities (soft labels).
+    log_g : array of shape (..., n, m)
+        Log gate weights.
+
+    Returns
+    -------
+    score_grad, diag, vec : arrays of shape (..., n, m)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grad, diag, vec = softmax_fisher_weights(
+    ...     np.array([[1.0, 0.0]]), np.log([[0.5, 0.5]])
+    ... )
+    >>> grad.tolist(), diag.tolist()
+    ([[0.5, -0.5]], [[0.5, 0.5]])
+    """
+    xp = array_namespace(resp, log_g)
+    g = xp.exp(log_g)
+    rho = xp.sum(resp, axis=-1, keepdims=True)
+    rho_g = rho * g
+    return resp - rho_g, rho_g, xp.sqrt(rho) * g
+
+
+def normalized_sigmoid_fisher_weights(
+    scores: Any, resp: Any, log_g: Any
+) -> tuple[Any, Any, Any]:
+    """Score gradient and positive semi-definite Fisher weights of the sigmoid gate.
+
+    With ``a = 1 - sigma(s)``, the gradient of ``Q`` in the scores is
+    ``a (r - rho g)`` and its negative Hessian ``rho [diag(g a^2) - (g a)(g
+    a)^T] + diag(sigma a (r - rho g))``. The weights use ``|r - rho g|`` in
+    the last term: ``d = |a (r - rho g)| (1 - a) + rho g a^2`` and ``v =
+    sqrt(rho) g a``, a positive semi-definite matrix that dominates the
+    observed one.
+
+    Parameters
+    ----------
+    scores : array of shape (..., n, m)
+        Affine scores.
+    resp : array of shape (..., n, m)
+        Responsibilities.
+    log_g : array of shape (..., n, m)
+        Log gate weights (``-inf`` outside a top-K selection).
+
+    Returns
+    -------
+    score_grad, diag, vec : arrays of shape (..., n, m)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grad, diag, vec = normalized_sigmoid_fisher_weights(
+    ...     np.zeros((1, 2)), np.array([[1.0, 0.0]]), np.log([[0.5, 0.5]])
+    ... )
+    >>> grad.tolist(), vec.tolist()
+    ([[0.25, -0.25]], [[0.25, 0.25]])
+    """
+    xp = array_namespace(scores, resp, log_g)
+    a = _sigmoid_complement(xp, scores)
+    g = xp.exp(_floor(xp, log_g, UNDERFLOW))  # ~0 outside a top-K selection
+    rho = xp.sum(resp, axis=-1, keepdims=True)
+    excess = g * rho
+    excess = _in_place_if_numpy(xp, xp.subtract, resp, excess, out=excess)
+    score_grad = excess * a
+    ga = _in_place_if_numpy(xp, xp.multiply, g, a, out=g)
+    diag = xp.abs(score_grad)
+    diag = _in_place_if_numpy(xp, xp.multiply, diag, 1.0 - a, out=diag)
+    diag = _in_place_if_numpy(xp, xp.add, diag, ga * a * rho, out=diag)
+    return score_grad, diag, ga * xp.sqrt(rho)
+
+
+def block_fisher_information(
+    Z: Any, score_grad: Any, diag: Any, vec: Any, rows: slice
+) -> tuple[Any, Any]:
+    """Gradient and information of a softmax-like block, over its free rows.
+
+    The information is ``sum_t (diag(d_t) - v_t v_t^T) kron z_t z_t^T`` on
+    the free rows, as :func:`moestat._math.fisher_information` computes it
+    for one data set; here over any leading batch axes, with matrix
+    products only.
+
+    Parameters
+    ----------
+    Z : array of shape (..., n, p)
+        Designs.
+    score_grad : array of shape (..., n, m)
+        Per-sample gradient of the objective in each row's score.
+    diag, vec : arrays of shape (..., n, m)
+        The Fisher weights ``d_t`` and ``v_t``.
+    rows : slice
+        The ``k`` free rows among the ``m``.
+
+    Returns
+    -------
+    gradient : array of shape (..., k p)
+        ``sum_t score_grad_t kron z_t`` over the free rows, row by row.
+    information : array of shape (..., k p, k p)
+        The information in the same layout: entry ``(a p + i, b p + j)``
+        couples row ``a``'s coefficient ``i`` with row ``b``'s ``j``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Z = np.ones((2, 1))
+    >>> w = np.full((2, 2), 0.5)
+    >>> grad, info = block_fisher_information(Z, w, w, w, slice(1, 2))
+    >>> grad.tolist(), info.tolist()
+    ([1.0], [[0.5]])
+    """
+    xp = array_namespace(Z, score_grad, diag, vec)
+    score_grad, diag, vec = score_grad[..., rows], diag[..., rows], vec[..., rows]
+    *lead, n, p = Z.shape
+    k = score_grad.shape[-1]
+    grad = xp.reshape(xp.matmul(xp.matrix_transpose(score_grad), Z), (*lead, k * p))
+    root = xp.reshape(vec[..., :, :, None] * Z[..., :, None, :], (*lead, n, k * p))
+    outer = xp.matmul(xp.matrix_transpose(root), root)
+    # the block sum_t d_ta z_t z_t^T of every free row a, (..., k, p, p)
+    scaled = xp.matrix_transpose(diag)[..., None] * Z[..., None, :, :]
+    blocks = xp.matmul(xp.matrix_transpose(scaled), Z[..., None, :, :])
+    eye = xp.eye(k, dtype=Z.dtype, device=array_api_compat.device(Z))
+    diagonal = eye[:, None, :, None] * blocks[..., :, :, None, :]
+    return grad, xp.reshape(diagonal, (*lead, k * p, k * p)) - outer
+
+
+def q_objective(resp: Any, log_g: Any) -> Any:
+    """``Q = sum_t sum_i r_ti log g_ti`` of each data set, with ``0 log 0 = 0``.
+
+    Parameters
+    ----------
+    resp, log_g : arrays of shape (..., n, m)
+
+    Returns
+    -------
+    array of shape (...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(q_objective(np.array([[1.0, 0.0]]), np.array([[-0.5, -np.inf]])))
+    -0.5
+    """
+    xp = array_namespace(resp, log_g)
+    terms = xp.where(resp > 0, log_g, xp.zeros_like(log_g)) * resp
+    return xp.sum(terms, axis=(-2, -1))
+
+
+def observed_log_likelihood(
+    log_g: Any, log_f: Any, weight: Any, log_background: Any = None
+) -> Any:
+    """``sum_t w_t log(sum_i g_ti f_ti + b_t)`` of each data set, in float64.
+
+    The log-likelihood as a gate sees it: the experts' densities are fixed,
+    ``b_t`` is the density of components outside the gate (shared
+    experts). Rows of weight zero (padding) count for nothing.
+
+    Parameters
+    ----------
+    log_g, log_f : arrays of shape (..., n, m)
+        Log gate weights and the experts' log densities.
+    weight : array of shape (..., n)
+        Sample weights.
+    log_background : array of shape (..., n), optional
+        ``log b_t``; None for none.
+
+    Returns
+    -------
+    array of shape (...)
+        Summed in float64 (the stopping rule compares small changes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> log_g = np.log([[0.5, 0.5]])
+    >>> float(observed_log_likelihood(log_g, np.zeros((1, 2)), np.ones(1)))
+    0.0
+    """
+    xp = array_namespace(log_g, log_f, weight)
+    per_sample = log_sum_exp(log_g + log_f)[..., 0]
+    if log_background is not None:
+        per_sample = xp.logaddexp(per_sample, log_background)
+    per_sample = xp.where(weight > 0, weight * per_sample, xp.zeros_like(per_sample))
+    return xp.sum(per_sample, axis=-1, dtype=xp.float64)
+
+
+def _fresh_responsibilities(log_g, log_f, weight, log_background):
+    """Weighted responsibilities at the experts' new densities (ECME)."""
+    xp = array_namespace(log_g, log_f, weight)
+    joint = log_g + log_f
+    total = log_sum_exp(joint)
+    if log_background is not None:
+        total = xp.logaddexp(total, log_background[..., None])
+    return xp.exp(_floor(xp, joint - total, UNDERFLOW)) * weight[..., None]
+
+
+def halve_until_no_decrease(
+    evaluate: Callable[[Any], Any],
+    score: Callable[[Any], Any],
+    theta: Any,
+    values: Any,
+    direction: Any,
+    todo: Any,
+    max_halvings: int,
+    project: Callable[[Any], Any],
+) -> tuple[Any, Any]:
+    """Step halving per data set: keep ``theta + t d`` where ``score`` does not fall.
+
+    Tries ``t = 1, 1/2, ...`` (``max_halvings`` tries) for the data sets in
+    ``todo``; a data set that finds no such ``t`` keeps ``theta``.
+
+    Parameters
+    ----------
+    evaluate : callable
+        Maps parameters (B, P) to the (B, n, m) array ``score`` reads
+        (``log g``).
+    score : callable
+        Maps that array to the objective of each data set, (B,).
+    theta : array of shape (B, P)
+        The start.
+    values : array of shape (B, n, m)
+        ``evaluate(theta)``.
+    direction : array of shape (B, P)
+        The ascent direction.
+    todo : bool array of shape (B,)
+        The data sets to move.
+    max_halvings : int
+        Candidates tried at most.
+    project : callable
+        Maps parameters into the parameter space (a box).
+
+    Returns
+    -------
+    theta : array of shape (B, P)
+    values : array of shape (B, n, m)
+        ``evaluate`` at the returned parameters (the caller need not
+        evaluate again).
+    """
+    xp = array_namespace(theta, direction)
+    current = score(values)
+    step = xp.ones(
+        current.shape, dtype=theta.dtype, device=array_api_compat.device(theta)
+    )
+    for _ in range(max_halvings):
+        if not bool(xp.any(todo)):
+            break
+        candidate = project(theta + step[..., None] * direction)
+        candidate_values = evaluate(candidate)
+        ok = todo & (score(candidate_values) >= current)
+        theta = xp.where(ok[..., None], candidate, theta)
+        values = xp.where(ok[..., None, None], candidate_values, values)
+        todo = todo & ~ok
+        step = xp.where(todo, 0.5 * step, step)
+    return theta, values
+
+
+def fisher_scoring_m_step(
+    theta: Any,
+    Z: Any,
+    weight: Any,
+    resp: Any,
+    log_g: Any,
+    log_f: Any,
+    *,
+    log_weights: Callable[[Any], Any],
+    fisher_weights: Callable[[Any, Any, Any], tuple[Any, Any, Any]],
+    rows: slice,
+    project: Callable[[Any], Any],
+    newton_steps: int,
+    max_halvings: int,
+    ecme: bool = False,
+    log_background: Any = None,
+) -> tuple[Any, Any]:
+    """Damped Fisher-scoring steps of an affine gate on a batch of data sets.
+
+    The direction solves the Fisher information of the free rows
+    (:func:`block_fisher_information`, a relative ridge of ``1e-9``); a
+    data set whose predicted gain ``grad . direction`` is at most ``1e-14
+    n`` stays. Each step is halved until the objective does not decrease
+    (:func:`halve_until_no_decrease`): ``Q = sum r log g`` (generalised EM),
+    or with ``ecme`` the observed log-likelihood with the experts' new
+    densities, the direction then coming from the responsibilities
+    recomputed at them (an ECME step, for a top-K gate).
+
+    Parameters
+    ----------
+    theta : array of shape (B, P)
+        Packed gate parameters.
+    Z : array of shape (B, n, p)
+        Gate designs.
+    weight : array of shape (B, n)
+        Sample weights, zero on padding rows.
+    resp : array of shape (B, n, m)
+        Responsibilities (zero on padding rows).
+    log_g : array of shape (B, n, m)
+        ``log g`` at ``theta``.
+    log_f : array of shape (B, n, m)
+        The experts' log densities at their new parameters (read with
+        ``ecme`` only).
+    log_weights : callable
+        Maps parameters (B, P) to ``log g``.
+    fisher_weights : callable
+        Maps ``(theta, resp, log_g)`` to the score gradient and the Fisher
+        weights ``(diag, vec)`` of :func:`block_fisher_information`.
+    rows : slice
+        The free rows of the gate's coefficients.
+    project : callable
+        Maps parameters into the parameter space.
+    newton_steps, max_halvings : int
+    ecme : bool, default=False
+    log_background : array of shape (B, n), optional
+        Log density of components outside the gate (shared experts).
+
+    Returns
+    -------
+    theta : array of shape (B, P)
+        Parameters whose objective is not below the start's.
+    log_g : array of shape (B, n, m)
+        ``log g`` at them.
+    """
+    xp = array_namespace(theta, Z, resp)
+    if theta.shape[-1] == 0:
+        return theta, log_g  # nothing free (a gate over one expert)
+    n = xp.sum(weight, axis=-1)
+    if ecme:
+        resp = _fresh_responsibilities(log_g, log_f, weight, log_background)
+
+        def score(values):
+            return observed_log_likelihood(values, log_f, weight, log_background)
+
+    else:
+
+        def score(values):
+            return q_objective(resp, values)
+
+    for _ in range(newton_steps):
+        grad, information = block_fisher_information(
+            Z, *fisher_weights(theta, resp, log_g), rows
+        )
+        direction = solve_spd(information, grad, ridge=1e-9)
+        todo = xp.sum(grad * direction, axis=-1) > 1e-14 * n
+        if not bool(xp.any(todo)):
+            break
+        theta, log_g = halve_until_no_decrease(
+            log_weights, score, theta, log_g, direction, todo, max_halvings, project
+        )
+    return theta, log_g
+
+
+def shared_expert_weights(
+    shared_resp: Any, n_samples: Any, learned: bool
+) -> tuple[Any, Any]:
+    """The exact maximisers ``omega`` and ``lambda`` of ``Q`` for shared experts.
+
+    ``omega_i = sum_t r_ti / sum_{shared} sum_t r_ti`` (floored at
+    ``1e-300`` and renormalised), and a learned share ``lambda`` is the mean
+    shared responsibility (``1/2`` when fixed), kept inside ``[SHARE_MIN,
+    1 - SHARE_MIN]``.
+
+    Parameters
+    ----------
+    shared_resp : array of shape (..., n, k)
+        Responsibilities of the ``k`` shared experts.
+    n_samples : array of shape (...)
+        Total sample weight of each data set.
+    learned : bool
+        Whether ``lambda`` is estimated.
+
+    Returns
+    -------
+    omega : array of shape (..., k)
+    share : array of shape (...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> omega, share = shared_expert_weights(
+    ...     np.array([[0.3, 0.1], [0.3, 0.1]]), 2.0, True
+    ... )
+    >>> omega.round(12).tolist(), round(float(share), 12)
+    ([0.75, 0.25], 0.4)
+    """
+    xp = array_namespace(shared_resp)
+    shared_mass = xp.sum(shared_resp, axis=-2)
+    total = xp.sum(shared_mass, axis=-1)
+    omega = _floor(xp, shared_mass / total[..., None], 1e-300)
+    omega = omega / xp.sum(omega, axis=-1, keepdims=True)
+    share = total / n_samples if learned else xp.full_like(total, 0.5)
+    return omega, xp.clip(share, min=SHARE_MIN, max=1.0 - SHARE_MIN)
+
+
+def shared_gate_log_weights(
+    routed_log_g: Any, log_omega: Any, log_share: Any, log_rest: Any
+) -> Any:
+    """``log(lambda omega_i)`` for the shared experts, ``log((1 - lambda) g_j)`` routed.
+
+    Parameters
+    ----------
+    routed_log_g : array of shape (..., n, m - k)
+        The routed gate's ``log g``.
+    log_omega : array of shape (..., k)
+        Log weights of the shared experts.
+    log_share, log_rest : arrays of shape (...)
+        ``log lambda`` and ``log(1 - lambda)``.
+
+    Returns
+    -------
+    array of shape (..., n, m)
+        The shared experts first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> half = np.log(np.array(0.5))
+    >>> out = shared_gate_log_weights(np.zeros((2, 1)), np.zeros(1), half, half)
+    >>> np.exp(out).tolist()
+    [[0.5, 0.5], [0.5, 0.5]]
+    """
+    xp = array_namespace(routed_log_g, log_omega, log_share, log_rest)
+    shared = (log_share[..., None] + log_omega)[..., None, :]
+    shape = (*routed_log_g.shape[:-1], log_omega.shape[-1])
+    shared = xp.broadcast_to(shared, shape)
+    return xp.concat([shared, log_rest[..., None, None] + routed_log_g], axis=-1)

@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from moestat._batched import batched_expert, batched_gate
 from moestat.fit import (
     POLISH_ITER,
     POLISH_TOL,
@@ -359,8 +360,8 @@ class TorchEngine:
 
         As :meth:`SweepEngine.check`: without PyTorch (ImportError), for a
         device or dtype torch cannot use, or for a fit whose gate or expert
-        family the torch backend lacks (a user-written piece without
-        batched kernels; ValueError, naming the pieces it has).
+        family without batched kernels (a user-written piece without the
+        hooks; ValueError, naming the piece and what it lacks).
         """
         _check_torch(scenario, specs, self.device, self.dtype)
 
@@ -521,12 +522,6 @@ def _check_torch(
     """Refuse, before any work, what the torch engine cannot run."""
     try:
         from moestat.torch._device import resolve_device, resolve_dtype
-        from moestat.torch.pieces import (
-            SUPPORTED_EXPERTS,
-            SUPPORTED_GATES,
-            torch_expert,
-            torch_gate,
-        )
     except ImportError as error:
         raise ImportError(
             "engine='torch' needs PyTorch: `pip install 'moestat[torch]'`, or "
@@ -539,16 +534,14 @@ def _check_torch(
         model = spec.model
         design = model.design(X)
         try:
-            torch_gate(model.gate, spec.n_experts, design.gate.shape[1])
-            torch_expert(model.expert, spec.n_experts, design.expert.shape[1])
+            batched_gate(model.gate, spec.n_experts, design.gate.shape[1])
+            batched_expert(model.expert, spec.n_experts, design.expert.shape[1])
         except ValueError as error:
             raise ValueError(
                 f"Scenario {scenario.id} (fit {spec.label!r}) cannot run with "
                 f"engine='torch': its model has a {model.gate.describe()} gate "
-                f"and {type(model.expert).__name__} experts. The torch backend "
-                f"supports the gates {', '.join(SUPPORTED_GATES)} and the experts "
-                f"{', '.join(SUPPORTED_EXPERTS)}; use engine='numpy' for "
-                f"{scenario.id}."
+                f"and {type(model.expert).__name__} experts. {error} Use "
+                f"engine='numpy' for {scenario.id}."
             ) from error
 
 

@@ -1,8 +1,9 @@
 """Batches of data sets, a model specification in torch, and batched results.
 
-The pieces both EM engines (:mod:`moestat.torch.fit` and
-:mod:`moestat.torch.fused`) share: padded data, the torch pieces of a numpy
-model, the result container, the weighted E-step and the stopping rule.
+What both EM engines (:mod:`moestat.torch.fit` and
+:mod:`moestat.torch.fused`) share: padded data, a numpy model's pieces on
+batches of tensors (their own array-API hooks, :mod:`moestat._batched`), the
+result container, the weighted E-step and the stopping rule.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from moestat._batched import batched_expert, batched_gate
 from moestat._batched_em import BatchedData, BatchedFit, stack_arrays
 from moestat._batched_em import e_step as _e_step
 from moestat.model import Design, MixtureOfExperts
 from moestat.torch._device import resolve_device, resolve_dtype
-from moestat.torch.pieces import torch_expert, torch_gate
 
 __all__ = ["BatchedData", "BatchedModel", "BatchedFit", "stack_data"]
 
@@ -85,8 +86,8 @@ class BatchedModel:
     ) -> None:
         self.spec = model
         self.shapes = (n_experts, n_gate_design, n_expert_design)
-        self.gate = torch_gate(model.gate, n_experts, n_gate_design)
-        self.expert = torch_expert(model.expert, n_experts, n_expert_design)
+        self.gate = batched_gate(model.gate, n_experts, n_gate_design)
+        self.expert = batched_expert(model.expert, n_experts, n_expert_design)
 
     def log_weights(self, theta_gate: Tensor, data: BatchedData) -> Tensor:
         """``log g`` (B, n, m)."""

@@ -11,12 +11,14 @@ accelerate=False)``). Data sets of different sizes are padded with rows of
 weight zero.
 
 EM: the E-step is a log-sum-exp over ``log g + log f``; then the pieces'
-own M-steps (:mod:`moestat.torch.pieces`), the numpy pieces' steps in
-torch: closed-form weighted least squares for Gaussian experts, damped
-IRLS or Fisher steps per expert for GLM and multinomial experts, and one
-Fisher-scoring gate step halved until ``Q = sum r log g`` does not decrease
-(generalised EM; for a top-K gate the observed log-likelihood decides, an
-ECME step as in numpy). Data sets that have converged leave the batch.
+own batched M-steps (:class:`~moestat.protocols.BatchedGate`,
+:class:`~moestat.protocols.BatchedExpertFamily`), the numpy pieces' steps
+written once over the array API and run on tensors: closed-form weighted
+least squares for Gaussian experts, damped IRLS or Fisher steps per expert
+for GLM and multinomial experts, and one Fisher-scoring gate step halved
+until ``Q = sum r log g`` does not decrease (generalised EM; for a top-K
+gate the observed log-likelihood decides, an ECME step as in numpy). Data
+sets that have converged leave the batch.
 
 MLE: L-BFGS with per-data-set curvature pairs and Armijo backtracking, on
 the mean negative log-likelihood in the numpy engine's scaled packed

@@ -68,6 +68,7 @@ from torch import Tensor
 
 from moestat._stopping import aitken_converged as _converged
 from moestat.experts import GaussianExpert
+from moestat.gates import SoftmaxGate
 from moestat.kernels.sweep import (
     SweepStatistics,
     chunk_rows,
@@ -77,7 +78,6 @@ from moestat.kernels.sweep import (
 )
 from moestat.kernels.sweep import gate_direction as _gate_direction
 from moestat.torch._batch import BatchedData, BatchedFit, BatchedModel
-from moestat.torch.pieces import TorchSoftmaxGate
 
 __all__ = [
     "SweepStatistics",
@@ -399,7 +399,7 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
     floor = data.var_floor.detach().to("cpu", dtype)
     n = data.n_samples.detach().to("cpu", dtype)
     round_off = max(1e-10, torch.finfo(data.y.dtype).eps)
-    max_halvings = model.gate.max_halvings
+    max_halvings = model.spec.gate.max_halvings
 
     stats = sweep(theta_gate, theta_expert)
     ll, weight = stats.log_likelihood, stats.expert_weight
@@ -474,7 +474,7 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
 # -- argument checks ----------------------------------------------------------
 def _check_model(model: BatchedModel) -> None:
     if (
-        not isinstance(model.gate, TorchSoftmaxGate)
+        not isinstance(model.spec.gate, SoftmaxGate)
         or type(model.spec.expert) is not GaussianExpert
     ):
         raise ValueError(
