@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 __all__ = ["ROUNDOFF", "aitken_converged"]
 
 #: Relative size of round-off in a total log-likelihood: a change below
@@ -44,9 +46,12 @@ def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
     >>> aitken_converged(-98.001, -98.0, -98.0 + 1e-8, 10, 1e-6)
     True
     """
-    d1, d2 = l1 - l0, l2 - l1
-    fixed_point = abs(d2) <= ROUNDOFF * (abs(l2) + n)
-    geometric = (d2 >= 0) & (d2 < d1) & (d1 < float("inf"))
-    # d2 / (1 - d2/d1) <= eps  <=>  d2 * d1 <= eps * (d1 - d2)  when d1 > d2
-    small_gain = d2 * d1 <= tol * n * (d1 - d2)
+    # with no earlier value d1 is infinite: tol * n * inf is NaN for tol = 0,
+    # a comparison that is False, and ``geometric`` excludes that case anyway
+    with np.errstate(invalid="ignore"):
+        d1, d2 = l1 - l0, l2 - l1
+        fixed_point = abs(d2) <= ROUNDOFF * (abs(l2) + n)
+        geometric = (d2 >= 0) & (d2 < d1) & (d1 < float("inf"))
+        # d2 / (1 - d2/d1) <= eps  <=>  d2 * d1 <= eps * (d1 - d2)  when d1 > d2
+        small_gain = d2 * d1 <= tol * n * (d1 - d2)
     return fixed_point | (geometric & small_gain)

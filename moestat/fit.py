@@ -355,6 +355,13 @@ def em(
 #: the full path's arrays outgrow the caches and the sweep is the faster.
 CHUNKED_ENTRIES = 2**21
 
+#: Short runs go in one numpy batch while the batch's (B, n, ...) arrays
+#: hold fewer numbers than this (``B n (m + q_gate + q_expert)``). There the
+#: cost of a call outweighs its arithmetic and one call for all starts pays
+#: (benchmarks/bench_batched.py: 5 starts x 10 iterations, d = 2, 2.4-3.2x
+#: faster at n = 200, 1.2-1.9x at n = 1000, 0.6-0.9x at n = 5000).
+BATCHED_ENTRIES = 2**17
+
 
 def _full_path_entries(design: Design, n_experts: int) -> int:
     """Numbers the full path stores: (n, m) arrays and products of design columns."""
@@ -976,8 +983,8 @@ def screened_start(
     run to convergence. The candidates are drawn first, in order; a model
     whose pieces have batched kernels (:func:`runs_batched`) then runs all
     short EM runs as one batch of plain EM steps (:func:`batched_em_fits`)
-    while the batch holds fewer than ``CHUNKED_ENTRIES`` numbers per array;
-    other models and larger data run one candidate at a time.
+    while the batch holds fewer than :data:`BATCHED_ENTRIES` numbers per
+    array; other models and larger data run one candidate at a time.
     """
     candidates = [
         initial_params(model, design, X, y, n_experts, method, rng, var_floor)
@@ -1177,11 +1184,11 @@ def _batches(
     """Whether ``batch`` short runs go in one numpy batch.
 
     When the model's pieces have batched kernels and the batch's arrays
-    hold fewer than :data:`CHUNKED_ENTRIES` numbers (larger data run one
+    hold fewer than :data:`BATCHED_ENTRIES` numbers (larger data run one
     start at a time, in chunks where the model allows).
     """
     entries = batch * _full_path_entries(design, n_experts)
-    return batch > 1 and entries < CHUNKED_ENTRIES and runs_batched(model)
+    return batch > 1 and entries < BATCHED_ENTRIES and runs_batched(model)
 
 
 def runs_batched(model: MixtureOfExperts) -> bool:

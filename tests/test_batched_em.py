@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
+import moestat.fit
 from moestat import GaussianMoE
 from moestat.experts import GLMExpert
 from moestat.fit import (
@@ -89,17 +90,20 @@ def test_each_problem_of_a_batch_takes_the_steps_it_takes_alone(case):
 
 def test_problems_stop_on_their_own_and_keep_their_counts():
     model, design, y, est = _case("softmax")
-    starts = [model.params, model.params]
-    results = batched_em_fits(
-        model, [design, design], [y, y], starts, tol=1e-3, max_iter=500
+    far = initial_params(
+        model, design, design.gate[:, 1:], y, 2, "random", np.random.default_rng(4)
     )
-    alone = _alone(model, design, y, model.params, 0.0, tol=1e-3, max_iter=500)
-    long_run = batched_em_fits(model, [design], [y], starts[:1], tol=1e-9)[0]
-    for result in results:
+    starts = [model.params, far]  # one start near the maximum, one far from it
+    results = batched_em_fits(
+        model, [design, design], [y, y], starts, tol=1e-8, max_iter=500
+    )
+    alone = [_alone(model, design, y, s, 0.0, tol=1e-8, max_iter=500) for s in starts]
+    assert results[0].n_iter < results[1].n_iter  # the first left the batch early
+    for result, reference in zip(results, alone, strict=True):
         assert result.converged and result.monotone
-        assert result.n_iter == alone.n_iter < long_run.n_iter
+        assert result.n_iter == reference.n_iter
         np.testing.assert_allclose(
-            result.log_likelihood, alone.log_likelihood, rtol=RTOL
+            result.log_likelihood, reference.log_likelihood, rtol=RTOL
         )
 
 
@@ -122,12 +126,26 @@ def test_data_sets_of_different_sizes_and_weights_fit_as_they_would_alone():
         )
 
 
-def test_screening_keeps_the_candidate_with_the_best_short_run():
+def _count_batches(monkeypatch):
+    """Record the batch size of every call of ``batched_em_fits``."""
+    sizes = []
+
+    def spy(model, designs, *args, **kwargs):
+        sizes.append(len(designs))
+        return batched_em_fits(model, designs, *args, **kwargs)
+
+    monkeypatch.setattr(moestat.fit, "batched_em_fits", spy)
+    return sizes
+
+
+def test_screening_keeps_the_candidate_with_the_best_short_run(monkeypatch):
     model, design, y, est = _case("softmax")
     X = design.gate[:, 1:]
+    batches = _count_batches(monkeypatch)
     chosen = screened_start(
         model, design, X, y, 2, "random", np.random.default_rng(7), 0.0, 5, 10
     )
+    assert batches == [5]  # all five short runs in one batch
     rng = np.random.default_rng(7)
     candidates = [
         initial_params(model, design, X, y, 2, "random", rng, 0.0) for _ in range(5)
@@ -137,6 +155,15 @@ def test_screening_keeps_the_candidate_with_the_best_short_run():
     np.testing.assert_allclose(
         model.gate.pack(chosen.gate), model.gate.pack(best.model.params.gate), rtol=1e-8
     )
+
+
+def test_larger_data_screen_one_run_at_a_time(monkeypatch):
+    model, design, y, _ = _case("softmax")
+    batches = _count_batches(monkeypatch)
+    monkeypatch.setattr(moestat.fit, "BATCHED_ENTRIES", 5 * design.n_samples)
+    X = design.gate[:, 1:]
+    screened_start(model, design, X, y, 2, "random", np.random.default_rng(7))
+    assert batches == []
 
 
 def test_a_model_without_batched_kernels_screens_one_run_at_a_time():
