@@ -328,7 +328,9 @@ def em(
     )
     fitted = model.with_params(state.params)
     boundary = _boundary(fitted, design)
-    if boundary:
+    if not np.isfinite(state.log_likelihood):
+        stop_reason = _not_finite(state.log_likelihood, n_iter, var_floor)
+    elif boundary:
         stop_reason = DIVERGE
     else:
         stop_reason = "" if converged else f"EM reached max_iter={max_iter}"
@@ -448,6 +450,20 @@ def _boundary(model: MixtureOfExperts, design: Design) -> tuple[str, ...]:
 RIDGE_CHECK_EVERY = 5
 
 
+def _not_finite(log_likelihood: float, n_iter: int, var_floor: float) -> str:
+    """The stop reason of a fit whose log-likelihood stopped being finite."""
+    cause = (
+        " (an expert's variance collapsed onto a few points: var_floor=0 lets "
+        "it reach zero; the estimators' reg_var keeps it above a floor)"
+        if var_floor <= 0
+        else ""
+    )
+    return (
+        f"the log-likelihood became {log_likelihood} at iteration {n_iter}"
+        f"{cause}"
+    )
+
+
 def _plain_em(
     state, em_step, e_step, monitor, model, design, var_floor, max_iter, on_ridge
 ):
@@ -460,6 +476,8 @@ def _plain_em(
         previous, state = state, em_step(state)
         if monitor.report(state.log_likelihood):
             return state, n_iter, True
+        if not np.isfinite(state.log_likelihood):
+            return state, n_iter, False  # nothing more to climb (see em)
         if n_iter % RIDGE_CHECK_EVERY == 0 and on_ridge(previous.params, state.params):
             return state, n_iter, False
     return state, max_iter, False
@@ -494,12 +512,14 @@ def _squarem(
         n_iter += 1
         monitor.report(first.log_likelihood)
         plain.append(first.log_likelihood)
-        if n_iter >= max_iter:
+        if n_iter >= max_iter or not np.isfinite(first.log_likelihood):
             return first, n_iter, _settled(plain, n, tol)
         second = em_step(first)
         n_iter += 1
         monitor.report(second.log_likelihood)
         plain.append(second.log_likelihood)
+        if not np.isfinite(second.log_likelihood):
+            return second, n_iter, False
         if _settled(plain, n, tol):
             return second, n_iter, True
         if on_ridge(first.params, second.params):

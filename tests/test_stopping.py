@@ -15,6 +15,7 @@ import pytest
 from moestat import GaussianMoE
 from moestat.datasets import make_moe_regression
 from moestat.exceptions import ConvergenceWarning
+from moestat.experts import GaussianExpert
 from moestat.fit import (
     ConvergenceMonitor,
     aitken_converged,
@@ -22,7 +23,9 @@ from moestat.fit import (
     initial_params,
     mle,
     polish_fit,
+    restart_starts,
 )
+from moestat.gates import SoftmaxGate
 from moestat.model import MixtureOfExperts
 
 
@@ -161,3 +164,24 @@ def test_a_cap_in_the_polish_is_not_convergence_and_is_named():
     assert "polish" in polished.stop_reason and "max_iter=2" in polished.stop_reason
     assert polished.n_iter == first.n_iter
     assert polished.n_iter_polish <= 2
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_a_log_likelihood_that_stops_being_finite_stops_em_and_is_named(accelerate):
+    # var_floor=0 lets a variance collapse onto a few points; the restart
+    # below reaches a NaN log-likelihood within a few iterations
+    X, y, _ = make_moe_regression(200, 4, 2, random_state=0)
+    model = MixtureOfExperts(SoftmaxGate(), GaussianExpert(degree=1))
+    design = model.design(X)
+    (start,) = restart_starts(
+        model, design, X, y, n_experts=4, init="random", rng=np.random.default_rng(0)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = em(
+            model.with_params(start), design, y, var_floor=0.0, accelerate=accelerate
+        )
+    assert not np.isfinite(result.log_likelihood)
+    assert result.n_iter < 100 and not result.converged and not result.capped
+    assert "log-likelihood became" in result.stop_reason
+    assert "var_floor=0" in result.stop_reason
