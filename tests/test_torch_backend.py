@@ -21,6 +21,7 @@ from moestat import (  # noqa: E402
 )
 from moestat.experts import (  # noqa: E402
     GaussianExpert,
+    GaussianExpertParams,
     GLMExpert,
     GLMExpertParams,
     MultinomialExpertParams,
@@ -34,7 +35,12 @@ from moestat.gates import GateParams, SoftmaxGate  # noqa: E402
 from moestat.model import MixtureOfExperts, MoEParams  # noqa: E402
 from moestat.torch._device import resolve_device, resolve_dtype  # noqa: E402
 from moestat.torch.fit import fit_batched, stack_data  # noqa: E402
-from tests.custom_pieces import LocationParams, UnitGaussianExpert  # noqa: E402
+from tests.custom_pieces import (  # noqa: E402
+    ConstantGate,
+    LocationParams,
+    ProportionParams,
+    UnitGaussianExpert,
+)
 from tests.helpers import two_expert_truth  # noqa: E402
 
 
@@ -413,3 +419,75 @@ def test_a_user_written_family_with_batched_kernels_runs_on_the_torch_engine(rng
     assert result.converged and reference.converged
     assert result.n_iter == reference.n_iter
     assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-10)
+
+
+class BatchedConstantGate(ConstantGate):
+    """The user-written constant gate with its kernel on batches."""
+
+    runs_batched = True
+
+    def batch_log_weights(self, theta, Z, n_experts):
+        xp = array_api_compat.array_namespace(theta, Z)
+        logits = xp.concat([xp.zeros_like(theta[..., :1]), theta], axis=-1)
+        top = xp.max(logits, axis=-1, keepdims=True)
+        log_pi = logits - top - xp.log(xp.sum(xp.exp(logits - top), axis=-1))[..., None]
+        return xp.broadcast_to(log_pi[..., None, :], (*Z.shape[:-1], n_experts))
+
+    def batch_m_step(
+        self, theta, Z, weight, resp, log_weights, log_f, n_experts, background=None
+    ):
+        xp = array_api_compat.array_namespace(theta, resp)
+        mass = xp.clip(xp.sum(resp, axis=-2), min=1e-300)
+        new = xp.log(mass[..., 1:]) - xp.log(mass[..., :1])
+        return new, self.batch_log_weights(new, Z, n_experts)
+
+    def batch_project(self, theta):
+        return theta
+
+
+def test_a_user_written_gate_with_batched_kernels_runs_on_the_torch_engine(rng):
+    """No torch code for the gate, no change to moestat: the hooks suffice."""
+    from moestat.utils import check_gate
+
+    gate = BatchedConstantGate()
+    check_gate(gate)
+    X, y = _regression(rng)
+    model = MixtureOfExperts(gate, GaussianExpert())
+    design = model.design(X)
+    start = MoEParams(
+        ProportionParams(np.zeros(2)),
+        GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
+    )
+    (result,) = fit_batched(model, [design], [y], [start], tol=1e-10)
+    reference = numpy_em(
+        model.with_params(start), design, y, tol=1e-10, accelerate=False
+    )
+    assert result.converged and reference.converged
+    assert result.n_iter == reference.n_iter
+    assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-10)
+
+
+def test_a_gate_without_batched_kernels_is_refused_naming_what_it_lacks(rng):
+    X, y = _regression(rng)
+    model = MixtureOfExperts(ConstantGate(), GaussianExpert())
+    design = model.design(X)
+    start = MoEParams(
+        ProportionParams(np.zeros(2)),
+        GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
+    )
+    with pytest.raises(ValueError, match="no ConstantGate gate") as error:
+        fit_batched(model, [design], [y], [start])
+    assert "batch_log_weights" in str(error.value)
+    assert "BatchedGate" in str(error.value)
+
+
+def test_a_gate_with_a_ridge_is_refused_saying_it_runs_one_data_set_at_a_time(rng):
+    X, y = _regression(rng)
+    model = MixtureOfExperts(SoftmaxGate(alpha=1.0), GaussianExpert())
+    design = model.design(X)
+    start = MoEParams(
+        GateParams(np.zeros((2, 2))),
+        GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
+    )
+    with pytest.raises(ValueError, match="no SoftmaxGate gate.*runs_batched"):
+        fit_batched(model, [design], [y], [start])
