@@ -30,6 +30,7 @@ from moestat.experts import (  # noqa: E402
     ReLUExpertParams,
 )
 from moestat.fit import em as numpy_em  # noqa: E402
+from moestat.fit import initial_params  # noqa: E402
 from moestat.fit import mle as numpy_mle  # noqa: E402
 from moestat.gates import GateParams, SoftmaxGate  # noqa: E402
 from moestat.model import MixtureOfExperts, MoEParams  # noqa: E402
@@ -491,3 +492,18 @@ def test_a_gate_with_a_ridge_is_refused_saying_it_runs_one_data_set_at_a_time(rn
     )
     with pytest.raises(ValueError, match="no SoftmaxGate gate.*runs_batched"):
         fit_batched(model, [design], [y], [start])
+
+
+def test_a_top_k_gate_fits_in_float32_with_the_float64_likelihood(rng):
+    """The ECME step's float64 objective does not leak into float32 parameters."""
+    X, y = _regression(rng)
+    model = MixtureOfExperts(NormalizedSigmoidGate(top_k=2), GaussianExpert())
+    design = model.design(X)
+    start = initial_params(model, design, X, y, 3, "kmeans", np.random.default_rng(1))
+    fits = {
+        dtype: fit_batched(model, [design], [y], [start], dtype=dtype, max_iter=50)[0]
+        for dtype in ("float32", "float64")
+    }
+    assert fits["float32"].log_likelihood == pytest.approx(
+        fits["float64"].log_likelihood, rel=1e-4
+    )
