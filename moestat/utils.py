@@ -46,6 +46,14 @@ Rules for a gate
     (Gates with :class:`~moestat.protocols.GateAtoms`.) One finite positive
     mass per expert; ``split_atoms`` with every expert kept once leaves the
     weights unchanged.
+``batch``
+    (Gates with batched kernels, :class:`~moestat.protocols.BatchedGate`,
+    where ``runs_batched``.) On a batch of two copies of the data,
+    ``batch_log_weights`` is ``log_weights``; given the same soft labels and
+    experts' log densities, ``batch_m_step`` returns the ``log g`` of its
+    parameters and reaches the soft-label objective and the observed
+    log-likelihood of ``m_step`` from the same parameters (not below
+    either).
 
 Rules for an expert family
 --------------------------
@@ -75,6 +83,7 @@ from numpy.typing import NDArray
 from moestat._validation import as_generator
 from moestat.protocols import (
     BatchedExpertFamily,
+    BatchedGate,
     CompositeExpertFamily,
     CompositeGate,
     CountsDegreesOfFreedom,
@@ -416,6 +425,71 @@ def check_gate(
     _check_gate_permute(gate, params, Z, log_g, m, rng)
     if isinstance(gate, GateAtoms):
         _check_gate_atoms(gate, params, Z, log_g, m)
+    if isinstance(gate, BatchedGate) and gate.runs_batched:
+        _check_gate_batches(gate, params, Z, log_g, m, rng)
+
+
+def _check_gate_batches(gate, params, Z, log_g, m, rng):
+    """The batch hooks, on a batch of two copies, are the gate's own hooks."""
+    rule = "batch"
+    n, p = Z.shape
+    theta = np.asarray(gate.pack(params), dtype=float)
+    thetas, Zs = np.stack([theta, theta]), np.stack([Z, Z])
+    batched_log_g = _call(gate, rule, "batch_log_weights", thetas, Zs, m)
+    _require(
+        np.shape(batched_log_g) == (2, n, m)
+        and _same_logs(np.asarray(batched_log_g[1], dtype=float), log_g, 1e-10, 1e-10),
+        gate,
+        rule,
+        "batch_log_weights on a batch of copies differs from log_weights.",
+    )
+    log_f = np.log(rng.uniform(0.1, 1.0, size=log_g.shape))
+    joint = log_g + log_f
+    resp = np.exp(joint - np.max(joint, axis=1, keepdims=True))
+    resp /= resp.sum(axis=1, keepdims=True)
+    own, _ = _call(gate, rule, "m_step", params, Z, resp, log_g, None, log_f)
+    stepped = _call(
+        gate,
+        rule,
+        "batch_m_step",
+        thetas,
+        Zs,
+        np.ones((2, n)),
+        np.stack([resp, resp]),
+        np.stack([log_g, log_g]),
+        np.stack([log_f, log_f]),
+        m,
+    )
+    _require(
+        len(stepped) == 2
+        and np.shape(stepped[0]) == thetas.shape
+        and np.shape(stepped[1]) == (2, n, m),
+        gate,
+        rule,
+        "batch_m_step must return packed parameters (B, P) and log g (B, n, m).",
+    )
+    batched = gate.unpack(np.asarray(stepped[0][1], dtype=float), m, p)
+    batched_log_g = np.asarray(gate.log_weights(batched, Z), dtype=float)
+    _require(
+        _same_logs(np.asarray(stepped[1][1], dtype=float), batched_log_g, 1e-9, 1e-9),
+        gate,
+        rule,
+        "the log weights batch_m_step returns are not those of its parameters.",
+    )
+    own_log_g = np.asarray(gate.log_weights(own, Z), dtype=float)
+    slack = 1e-9 * (abs(_observed(log_g, log_f)) + n)
+    for name, objective in (
+        ("soft-label objective", lambda lg: _soft_label_objective(resp, lg)),
+        ("observed log-likelihood", lambda lg: _observed(lg, log_f)),
+    ):
+        reached, target = objective(batched_log_g), objective(own_log_g)
+        _require(
+            reached >= target - slack,
+            gate,
+            rule,
+            f"batch_m_step reaches the {name} {reached:.10g}; m_step from the "
+            f"same parameters reaches {target:.10g}.",
+        )
 
 
 def _check_gate_parameters(gate, m, p, Z, rng):

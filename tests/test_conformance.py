@@ -117,9 +117,25 @@ class TooManyScales(SoftmaxGate):
         return np.ones(self.n_free_parameters(n_experts, len(column_scales)) + 1)
 
 
+class BatchedWeightsOffByOne(SoftmaxGate):
+    """Batched kernels that disagree with the gate's own weights."""
+
+    def batch_log_weights(self, theta, Z, n_experts):
+        return super().batch_log_weights(theta, Z, n_experts) - 1.0
+
+
+class BatchedGateStepStandsStill(NormalizedSigmoidGate):
+    """A batched M-step that returns its start (the gate's own one moves)."""
+
+    def batch_m_step(self, theta, Z, weight, resp, log_weights, log_f, *args):
+        return theta, log_weights
+
+
 @pytest.mark.parametrize(
     ("gate", "rule"),
     [
+        (BatchedWeightsOffByOne(), "batch"),
+        (BatchedGateStepStandsStill(), "batch"),
         (GradientSignError(), "gradient"),
         (GradientOffByOnePerMille(), "gradient"),
         (UnpackDropsAParameter(), "pack"),

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from scipy.special import expit, log_softmax
 
-from moestat import GateParams, NormalizedSigmoidGate, SoftmaxGate
+from moestat import (
+    GateParams,
+    ModifiedSoftmaxGate,
+    NormalizedSigmoidGate,
+    SharedExpertsGate,
+    SoftmaxGate,
+)
 from moestat._math import logsumexp_rows
 from moestat.kernels import (
     affine_scores,
@@ -19,6 +25,7 @@ from moestat.kernels import (
     softmax_log_weights,
     top_k_mask,
 )
+from moestat.kernels.gates import block_fisher_information
 
 
 def stable_top_k(scores, k):
@@ -200,3 +207,106 @@ def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
     }
     for name, value in expected.items():
         np.testing.assert_allclose(getattr(stats, name), value, rtol=1e-10, atol=1e-9)
+
+
+# -- the gates' M-step kernels, one data set and a batch ---------------------------
+BATCHED_GATES = {
+    "softmax": SoftmaxGate(),
+    "modified_softmax": ModifiedSoftmaxGate(),
+    "normalized_sigmoid": NormalizedSigmoidGate(),
+    "normalized_sigmoid_top2": NormalizedSigmoidGate(top_k=2),
+    "shared_softmax": SharedExpertsGate(SoftmaxGate(), 1),
+    "shared_sigmoid_top2_learned": SharedExpertsGate(
+        NormalizedSigmoidGate(top_k=2), 2, "learned"
+    ),
+}
+
+
+def gate_problem(gate, rng, n=120, m=5):
+    """Design, parameters, log weights, experts' log densities and soft labels."""
+    Z = gate.design(rng.uniform(-1, 1, size=(n, 2)))
+    params = gate.random_params(m, Z.shape[1], 1.0, rng)
+    log_g = np.asarray(gate.log_weights(params, Z))
+    log_f = np.log(rng.uniform(0.1, 1.0, size=log_g.shape))
+    joint = log_g + log_f
+    resp = np.exp(joint - logsumexp_rows(joint)[:, None])
+    return Z, params, log_g, log_f, resp
+
+
+@pytest.mark.parametrize("rows", [slice(1, 4), slice(0, 4)])
+def test_block_fisher_information_is_the_one_data_set_information_per_batch_row(
+    rng, rows
+):
+    from moestat._math import fisher_information, pair_products
+
+    Z = np.concatenate([np.ones((3, 60, 1)), rng.normal(size=(3, 60, 2))], axis=-1)
+    score_grad, diag, vec = (rng.normal(size=(3, 60, 4)) for _ in range(3))
+    grad, information = block_fisher_information(Z, score_grad, diag, vec, rows)
+    free = np.arange(4)[rows]
+    for b in range(3):
+        expected = fisher_information(Z[b], pair_products(Z[b]), diag[b], vec[b], free)
+        np.testing.assert_allclose(information[b], expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            grad[b], (score_grad[b][:, free].T @ Z[b]).ravel(), rtol=1e-12
+        )
+
+
+@pytest.mark.parametrize("name", BATCHED_GATES)
+def test_a_gates_batch_m_step_is_its_m_step_on_every_data_set(rng, name):
+    """Three data sets of one batch, one padded with rows of weight zero."""
+    gate = BATCHED_GATES[name]
+    # the information of an expert a top-K gate seldom selects is nearly
+    # singular: its direction carries the round-off of the two ways of summing
+    rtol = 1e-6 if "top2" in name else 1e-10
+    problems = [gate_problem(gate, rng, n) for n in (120, 90, 120)]
+    n_max, m = 120, 5
+    thetas, Zs, weights, resps, log_gs, log_fs = [], [], [], [], [], []
+    for Z, params, log_g, log_f, resp in problems:
+        pad = n_max - Z.shape[0]
+        thetas.append(gate.pack(params))
+        Zs.append(np.pad(Z, ((0, pad), (0, 0))))
+        weights.append(np.pad(np.ones(Z.shape[0]), (0, pad)))
+        resps.append(np.pad(resp, ((0, pad), (0, 0))))
+        log_gs.append(np.pad(log_g, ((0, pad), (0, 0))))
+        log_fs.append(np.pad(log_f, ((0, pad), (0, 0))))
+    Zs = np.stack(Zs)
+    np.testing.assert_allclose(
+        gate.batch_log_weights(np.stack(thetas), Zs, m)[1, :90], problems[1][2]
+    )
+    theta, log_g = gate.batch_m_step(
+        np.stack(thetas),
+        Zs,
+        np.stack(weights),
+        np.stack(resps),
+        np.stack(log_gs),
+        np.stack(log_fs),
+        m,
+    )
+    for b, (Z, params, start_log_g, log_f, resp) in enumerate(problems):
+        new, new_log_g = gate.m_step(params, Z, resp, start_log_g, None, log_f)
+        n = Z.shape[0]
+        np.testing.assert_allclose(theta[b], gate.pack(new), rtol=rtol, atol=1e-12)
+        finite = np.isfinite(new_log_g)
+        assert np.array_equal(np.isfinite(log_g[b, :n]), finite)
+        np.testing.assert_allclose(
+            log_g[b, :n][finite], new_log_g[finite], rtol=rtol, atol=1e-12
+        )
+
+
+def test_the_batch_hooks_are_refused_with_a_ridge_and_the_box_clips(rng):
+    with pytest.raises(ValueError, match="alpha > 0"):
+        SoftmaxGate(alpha=1.0).batch_m_step(
+            np.zeros((1, 2)),
+            np.zeros((1, 3, 2)),
+            np.ones((1, 3)),
+            *[np.zeros((1, 3, 2))] * 3,
+            2,
+        )
+    assert not SoftmaxGate(alpha=1.0).runs_batched
+    clipped = NormalizedSigmoidGate(bound=2.0).batch_project(
+        np.array([[-3.0, 1.0, 5.0]])
+    )
+    assert clipped.tolist() == [[-2.0, 1.0, 2.0]]
+    shared = SharedExpertsGate(NormalizedSigmoidGate(bound=2.0), 2, "learned")
+    theta = np.array([[-3.0, 1.0, 5.0, 9.0, -9.0]])  # routed (3), omega (1), lambda
+    assert shared.batch_project(theta).tolist() == [[-2.0, 1.0, 2.0, 9.0, -9.0]]

@@ -8,6 +8,8 @@ probe for attributes read the capabilities and decide as before.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -264,3 +266,24 @@ def test_a_capability_is_read_from_the_object_not_only_its_class():
 
     assert isinstance(Ridge(1.0), P.Penalised)
     assert not isinstance(object(), P.Penalised)
+
+
+@pytest.mark.parametrize("name", GATES)
+def test_every_builtin_gate_has_batched_kernels_unless_it_has_a_ridge(name):
+    gate = GATES[name]
+    assert isinstance(gate, P.BatchedGate) and gate.runs_batched
+    if isinstance(gate, SharedExpertsGate):
+        ridged = SharedExpertsGate(SoftmaxGate(alpha=1.0), gate.n_shared)
+    else:
+        ridged = dataclasses.replace(gate, alpha=1.0)
+    assert isinstance(ridged, P.BatchedGate) and not ridged.runs_batched
+
+
+def test_a_gate_written_on_the_gate_protocol_alone_has_no_batched_kernels():
+    assert not isinstance(ConstantGate(), P.BatchedGate)
+    assert P.missing_members(ConstantGate(), P.BatchedGate) == [
+        "batch_log_weights",
+        "batch_m_step",
+        "batch_project",
+        "runs_batched",
+    ]

@@ -18,16 +18,23 @@ from moestat import (  # noqa: E402
 )
 from moestat.experts import (  # noqa: E402
     GaussianExpert,
+    GaussianExpertParams,
     ReLUExpert,
     ReLUExpertParams,
 )
 from moestat.fit import em as numpy_em  # noqa: E402
+from moestat.fit import initial_params  # noqa: E402
 from moestat.fit import mle as numpy_mle  # noqa: E402
-from moestat.gates import GateParams, SoftmaxGate  # noqa: E402
+from moestat.gates import GateParams, NormalizedSigmoidGate, SoftmaxGate  # noqa: E402
 from moestat.model import MixtureOfExperts, MoEParams  # noqa: E402
 from moestat.torch._device import resolve_device, resolve_dtype  # noqa: E402
 from moestat.torch.fit import fit_batched, stack_data  # noqa: E402
-from tests.custom_pieces import LocationParams, UnitGaussianExpert  # noqa: E402
+from tests.custom_pieces import (  # noqa: E402
+    ConstantGate,
+    LocationParams,
+    ProportionParams,
+    UnitGaussianExpert,
+)
 from tests.helpers import BATCH_CASES as CASES  # noqa: E402
 from tests.helpers import fitted_start as _start  # noqa: E402
 from tests.helpers import regression_data as _regression  # noqa: E402
@@ -338,3 +345,90 @@ def test_a_user_written_family_with_batched_kernels_runs_on_the_torch_engine(rng
     assert result.converged and reference.converged
     assert result.n_iter == reference.n_iter
     assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-10)
+
+
+class BatchedConstantGate(ConstantGate):
+    """The user-written constant gate with its kernel on batches."""
+
+    runs_batched = True
+
+    def batch_log_weights(self, theta, Z, n_experts):
+        xp = array_api_compat.array_namespace(theta, Z)
+        logits = xp.concat([xp.zeros_like(theta[..., :1]), theta], axis=-1)
+        top = xp.max(logits, axis=-1, keepdims=True)
+        log_pi = logits - top - xp.log(xp.sum(xp.exp(logits - top), axis=-1))[..., None]
+        return xp.broadcast_to(log_pi[..., None, :], (*Z.shape[:-1], n_experts))
+
+    def batch_m_step(
+        self, theta, Z, weight, resp, log_weights, log_f, n_experts, background=None
+    ):
+        xp = array_api_compat.array_namespace(theta, resp)
+        mass = xp.clip(xp.sum(resp, axis=-2), min=1e-300)
+        new = xp.log(mass[..., 1:]) - xp.log(mass[..., :1])
+        return new, self.batch_log_weights(new, Z, n_experts)
+
+    def batch_project(self, theta):
+        return theta
+
+
+def test_a_user_written_gate_with_batched_kernels_runs_on_the_torch_engine(rng):
+    """No torch code for the gate, no change to moestat: the hooks suffice."""
+    from moestat.utils import check_gate
+
+    gate = BatchedConstantGate()
+    check_gate(gate)
+    X, y = _regression(rng)
+    model = MixtureOfExperts(gate, GaussianExpert())
+    design = model.design(X)
+    start = MoEParams(
+        ProportionParams(np.zeros(2)),
+        GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
+    )
+    (result,) = fit_batched(model, [design], [y], [start], tol=1e-10)
+    reference = numpy_em(
+        model.with_params(start), design, y, tol=1e-10, accelerate=False
+    )
+    assert result.converged and reference.converged
+    assert result.n_iter == reference.n_iter
+    assert result.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-10)
+
+
+def test_a_gate_without_batched_kernels_is_refused_naming_what_it_lacks(rng):
+    X, y = _regression(rng)
+    model = MixtureOfExperts(ConstantGate(), GaussianExpert())
+    design = model.design(X)
+    start = MoEParams(
+        ProportionParams(np.zeros(2)),
+        GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
+    )
+    with pytest.raises(ValueError, match="no ConstantGate gate") as error:
+        fit_batched(model, [design], [y], [start])
+    assert "batch_log_weights" in str(error.value)
+    assert "BatchedGate" in str(error.value)
+
+
+def test_a_gate_with_a_ridge_is_refused_saying_it_runs_one_data_set_at_a_time(rng):
+    X, y = _regression(rng)
+    model = MixtureOfExperts(SoftmaxGate(alpha=1.0), GaussianExpert())
+    design = model.design(X)
+    start = MoEParams(
+        GateParams(np.zeros((2, 2))),
+        GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
+    )
+    with pytest.raises(ValueError, match="no SoftmaxGate gate.*runs_batched"):
+        fit_batched(model, [design], [y], [start])
+
+
+def test_a_top_k_gate_fits_in_float32_with_the_float64_likelihood(rng):
+    """The ECME step's float64 objective does not leak into float32 parameters."""
+    X, y = _regression(rng)
+    model = MixtureOfExperts(NormalizedSigmoidGate(top_k=2), GaussianExpert())
+    design = model.design(X)
+    start = initial_params(model, design, X, y, 3, "kmeans", np.random.default_rng(1))
+    fits = {
+        dtype: fit_batched(model, [design], [y], [start], dtype=dtype, max_iter=50)[0]
+        for dtype in ("float32", "float64")
+    }
+    assert fits["float32"].log_likelihood == pytest.approx(
+        fits["float64"].log_likelihood, rel=1e-4
+    )
