@@ -458,10 +458,7 @@ def _not_finite(log_likelihood: float, n_iter: int, var_floor: float) -> str:
         if var_floor <= 0
         else ""
     )
-    return (
-        f"the log-likelihood became {log_likelihood} at iteration {n_iter}"
-        f"{cause}"
-    )
+    return f"the log-likelihood became {log_likelihood} at iteration {n_iter}{cause}"
 
 
 def _plain_em(
