@@ -208,9 +208,10 @@ def batched_gate(gate: Any, n_experts: int, n_design: int) -> GateOnBatches:
     if isinstance(gate, BatchedGate) and gate.runs_batched:
         return GateOnBatches(gate, n_experts, n_design)
     raise ValueError(
-        f"The torch backend has no {type(gate).__name__} gate: "
-        f"{_lacks(gate, BatchedGate)} (moestat.protocols.BatchedGate: "
-        f"{', '.join(BUILT_IN_GATES)}, without a ridge). Use backend='numpy'."
+        f"The {type(gate).__name__} gate has no batched kernels, so the torch "
+        f"backend and numpy's batches cannot run it: {_lacks(gate, BatchedGate)} "
+        f"(moestat.protocols.BatchedGate: {', '.join(BUILT_IN_GATES)}, without "
+        "a ridge). backend='numpy' fits it one data set at a time."
     )
 
 
@@ -250,8 +251,9 @@ def batched_expert(
     if isinstance(expert, BatchedExpertFamily) and expert.runs_batched:
         return FamilyOnBatches(expert, n_experts, n_design)
     raise ValueError(
-        f"The torch backend has no {type(expert).__name__} experts: "
+        f"The {type(expert).__name__} experts have no batched kernels, so the "
+        "torch backend and numpy's batches cannot run them: "
         f"{_lacks(expert, BatchedExpertFamily)} (moestat.protocols."
         f"BatchedExpertFamily: {', '.join(BUILT_IN_EXPERTS)}, without a ridge, "
-        "and stacks of them). Use backend='numpy'."
+        "and stacks of them). backend='numpy' fits them one data set at a time."
     )

@@ -314,5 +314,7 @@ def test_the_torch_backend_refuses_a_family_without_batched_kernels_by_name():
     est = MixtureOfExpertsRegressor(
         expert=UnitGaussianExpert(), backend="torch", n_init=1
     )
-    with pytest.raises(ValueError, match="torch backend has no UnitGaussianExpert"):
+    with pytest.raises(
+        ValueError, match="UnitGaussianExpert experts have no batched kernels"
+    ):
         est.fit(X, y)

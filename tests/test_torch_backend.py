@@ -219,7 +219,9 @@ def test_a_family_without_batched_kernels_is_refused_naming_what_would_run(rng):
     start = MoEParams(
         GateParams(np.zeros((2, 2))), LocationParams(np.array([-1.0, 1.0]))
     )
-    with pytest.raises(ValueError, match="no UnitGaussianExpert experts") as error:
+    with pytest.raises(
+        ValueError, match="UnitGaussianExpert experts have no batched"
+    ) as error:
         fit_batched(model, [design], [y], [start])
     assert "BatchedExpertFamily" in str(error.value)
     assert "ReLUExpert" in str(error.value) and "StackedExperts" in str(error.value)
@@ -401,7 +403,9 @@ def test_a_gate_without_batched_kernels_is_refused_naming_what_it_lacks(rng):
         ProportionParams(np.zeros(2)),
         GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
     )
-    with pytest.raises(ValueError, match="no ConstantGate gate") as error:
+    with pytest.raises(
+        ValueError, match="ConstantGate gate has no batched kernels"
+    ) as error:
         fit_batched(model, [design], [y], [start])
     assert "batch_log_weights" in str(error.value)
     assert "BatchedGate" in str(error.value)
@@ -415,7 +419,9 @@ def test_a_gate_with_a_ridge_is_refused_saying_it_runs_one_data_set_at_a_time(rn
         GateParams(np.zeros((2, 2))),
         GaussianExpertParams(np.array([[0.5, 1.0], [-0.5, -1.0]]), np.ones(2)),
     )
-    with pytest.raises(ValueError, match="no SoftmaxGate gate.*runs_batched"):
+    with pytest.raises(
+        ValueError, match="SoftmaxGate gate has no batched kernels.*runs_batched"
+    ):
         fit_batched(model, [design], [y], [start])
 
 

@@ -540,8 +540,8 @@ def _check_torch(
             raise ValueError(
                 f"Scenario {scenario.id} (fit {spec.label!r}) cannot run with "
                 f"engine='torch': its model has a {model.gate.describe()} gate "
-                f"and {type(model.expert).__name__} experts. {error} Use "
-                f"engine='numpy' for {scenario.id}."
+                f"and {type(model.expert).__name__} experts. {error} Run "
+                f"{scenario.id} with engine='numpy'."
             ) from error
 
 
