@@ -121,3 +121,15 @@ def test_sample_draws_from_the_chosen_expert(rng):
     y = expert.sample(params, Phi, labels, rng)
     assert abs(y[:2000].mean() + 5) < 0.01 and abs(y[2000:].mean() - 5) < 0.02
     np.testing.assert_allclose([y[:2000].var(), y[2000:].var()], [0.01, 0.04], rtol=0.1)
+
+
+def test_a_shared_variance_is_every_experts_even_an_empty_ones():
+    rng = np.random.default_rng(0)
+    Phi = np.column_stack([np.ones(50), rng.normal(size=50)])
+    y = Phi @ [1.0, 2.0] + 0.5 * rng.normal(size=50)
+    resp = np.column_stack([np.full(50, 0.6), np.full(50, 0.4), np.zeros(50)])
+    expert = GaussianExpert(degree=1, shared_variance=True)
+    previous = GaussianExpertParams(np.zeros((3, 2)), np.array([1.0, 1.0, 3.0]))
+    params = expert.m_step(Phi, y, resp, 0.0, previous)
+    assert np.all(params.var == params.var[0])  # the empty third expert too
+    np.testing.assert_array_equal(params.coef[2], previous.coef[2])

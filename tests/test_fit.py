@@ -83,6 +83,18 @@ def start_for(model, X, y, rng, method="random"):
     init="random",
     gate_name="normalized_sigmoid_top2",
 )
+# an expert empty at one step kept its old variance beside the shared one,
+# so the next step (pooling it again) lost likelihood
+@example(
+    seed=4,
+    n_experts=4,
+    n_features=1,
+    degree=1,
+    n_samples=256,
+    shared_variance=True,
+    init="kmeans",
+    gate_name="normalized_sigmoid_top2",
+)
 def test_em_log_likelihood_never_decreases(
     seed, n_experts, n_features, degree, n_samples, shared_variance, init, gate_name
 ):

@@ -253,7 +253,8 @@ class GaussianExpert:
             var = ss / weight
         if previous is not None and empty.any():
             coef[empty] = previous.coef[empty]
-            var[empty] = previous.var[empty]
+            if not self.shared_variance:  # a shared variance is every expert's
+                var[empty] = previous.var[empty]
         return GaussianExpertParams(coef, np.maximum(var, var_floor))
 
     # -- the kernel on batches (numpy or torch) ----------------------------
