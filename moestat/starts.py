@@ -34,6 +34,7 @@ from moestat.model import (
 __all__ = [
     "params_from_responsibilities",
     "split_merge_candidates",
+    "rank_moves",
     "split_merge_responsibilities",
     "split_merge_starts",
     "split_merge",
