@@ -26,6 +26,7 @@ so no (n, m) array is made before the fit either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,7 @@ class SweepSteps:
         Z, Phi = design.gate, design.expert
         # equal designs (an affine gate with linear experts): one array, so
         # a chunk forms its products of design columns once
-        if Phi.shape == Z.shape and np.array_equal(Phi, Z):
+        if Phi is not Z and Phi.shape == Z.shape and np.array_equal(Phi, Z):
             Phi = Z
         self.Z, self.Phi, self.y, self.weight = Z, Phi, y, weight
         self.var_floor = var_floor
@@ -223,11 +224,9 @@ def start_from_labels(
 ) -> MoEParams:
     """The start of :func:`moestat.fit.initial_params` from hard labels, in chunks.
 
-    The experts' weighted least squares and the gate's fit to the labels
-    smoothed by ``smoothing`` (at most ten Fisher-scoring steps from zero,
-    each halved until the gate's objective does not fall, stopping once it
-    gains less than ``1e-6 (|Q| + n)``), as the full path's M-steps take
-    them, from sums over chunks: no (n, m) labels are stored.
+    The labels smoothed by ``smoothing`` (the share spread over all
+    experts), fitted by :func:`start_from_soft_labels`: no (n, m) labels
+    are stored.
 
     Parameters
     ----------
@@ -248,6 +247,54 @@ def start_from_labels(
     -------
     MoEParams
     """
+
+    def soft_labels(rows: slice) -> NDArray[np.float64]:
+        return _soft_labels(labels[rows], n_experts, smoothing)
+
+    return start_from_soft_labels(
+        model, design, y, soft_labels, n_experts, var_floor, chunk_size
+    )
+
+
+def start_from_soft_labels(
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    soft_labels: Callable[[slice], NDArray[np.float64]],
+    n_experts: int,
+    var_floor: float,
+    chunk_size: int | None = None,
+) -> MoEParams:
+    """One M-step of each piece on soft labels made chunk by chunk.
+
+    The experts' weighted least squares and the gate's fit to the labels
+    (at most ten Fisher-scoring steps from zero, each halved until the
+    gate's objective does not fall, stopping once it gains less than
+    ``1e-6 (|Q| + n)``), as the full path's M-steps (the expert family's
+    ``m_step`` and the gate's ``init_params``) take them, from sums over
+    chunks: the labels of one chunk of rows at a time are made by
+    ``soft_labels``, and no (n, m) labels are stored.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        A model :func:`supports` accepts.
+    design : Design
+    y : ndarray of shape (n,)
+    soft_labels : callable
+        ``soft_labels(rows)``: the (m, c) labels of the rows of the slice
+        ``rows``, experts first, each column summing to one. Called once
+        per chunk for the experts and once per chunk for each evaluation
+        of the gate's objective.
+    n_experts : int
+    var_floor : float
+    chunk_size : int, optional
+        Rows per chunk; default :func:`default_chunk_size`.
+
+    Returns
+    -------
+    MoEParams
+    """
     gate, expert = model.gate, model.expert
     Z, Phi = design.gate, design.expert
     n, m, p = design.n_samples, n_experts, Phi.shape[1]
@@ -258,7 +305,7 @@ def start_from_labels(
     sums = np.zeros(m + m * q + m * p + m)
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
-        resp = _soft_labels(labels[rows], m, smoothing)
+        resp = soft_labels(rows)
         Pt, y_part = Phi[rows].T, y[rows]
         sums += np.concatenate(
             [
@@ -288,7 +335,7 @@ def start_from_labels(
         _variance(expert),
     )
     return MoEParams(
-        _gate_from_labels(gate, Z, labels, m, smoothing, chunk),
+        _gate_from_labels(gate, Z, soft_labels, m, chunk),
         GaussianExpertParams(coef, var),
     )
 
@@ -299,8 +346,8 @@ def _variance(expert: GaussianExpert) -> str:
     return "shared" if expert.shared_variance else "per_expert"
 
 
-def _gate_from_labels(gate, Z, labels, m, smoothing, chunk, max_steps=10, tol=1e-6):
-    """The gate's fit to smoothed labels from zero (``init_params``), in chunks."""
+def _gate_from_labels(gate, Z, soft_labels, m, chunk, max_steps=10, tol=1e-6):
+    """The gate's fit to soft labels from zero (``init_params``), in chunks."""
     n = Z.shape[0]
     rows = gate.free_rows(m)
 
@@ -308,8 +355,7 @@ def _gate_from_labels(gate, Z, labels, m, smoothing, chunk, max_steps=10, tol=1e
         total = 0.0
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            resp = _soft_labels(labels[part], m, smoothing)
-            total = total + soft_label_statistics(Z[part], resp, coef)
+            total = total + soft_label_statistics(Z[part], soft_labels(part), coef)
         return unflatten_soft_label(total, m, Z.shape[1])
 
     coef = np.zeros((m, Z.shape[1]))

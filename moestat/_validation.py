@@ -274,8 +274,9 @@ def check_scale(values: NDArray, name: str) -> None:
     columns = np.asarray(values, dtype=float).reshape(len(values), -1)
     if columns.size == 0:
         return
-    size = np.max(np.abs(columns), axis=0)
-    spread = np.ptp(columns, axis=0)
+    # from the extremes: no temporary the size of the data
+    high, low = columns.max(axis=0), columns.min(axis=0)
+    size, spread = np.maximum(high, -low), high - low
     for j in range(columns.shape[1]):
         label = (
             name if columns.shape[1] == 1 and name == "y" else f"column {j} of {name}"

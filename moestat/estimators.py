@@ -405,7 +405,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
         The expert family's ``check_response`` refuses values outside its
         support, with the one rule used at fit and at scoring.
         """
-        y = y.astype(np.float64) if y.dtype.kind in "biuf" else y
+        y = y.astype(np.float64, copy=False) if y.dtype.kind in "biuf" else y
         if y.dtype.kind != "f" or not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN, infinity or non-numbers.")
         self._expert_family().check_response(y)

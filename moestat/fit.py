@@ -40,7 +40,7 @@ from moestat._batched import batched_expert, batched_gate
 from moestat._batched_em import BatchedFit, stack_arrays
 from moestat._batched_em import em as batched_em
 from moestat._stopping import ROUNDOFF, aitken_converged
-from moestat._sweep_em import start_from_labels, sweep_steps
+from moestat._sweep_em import default_chunk_size, start_from_labels, sweep_steps
 from moestat._sweep_em import supports as supports_sweeps
 from moestat.boundary import (
     boundary_message,
@@ -372,7 +372,7 @@ def _full_path_entries(design: Design, n_experts: int) -> int:
     return design.n_samples * per_sample
 
 
-def _sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) -> bool:
+def sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) -> bool:
     """Whether the data are large enough, and the model fit, for the chunked path."""
     large = _full_path_entries(design, n_experts) >= CHUNKED_ENTRIES
     return large and supports_sweeps(model)
@@ -381,7 +381,7 @@ def _sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) 
 def _chunked(model: MixtureOfExperts, design: Design, chunk_size: int | None) -> bool:
     """Whether :func:`em` takes the chunked path (see its ``chunk_size``)."""
     if chunk_size is None:
-        return _sweeps_by_default(model, design, model.params.n_experts)
+        return sweeps_by_default(model, design, model.params.n_experts)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer):
         raise ValueError(f"chunk_size must be None or an int >= 0; got {chunk_size!r}.")
     if chunk_size < 0:
@@ -701,16 +701,48 @@ def log_likelihood_and_gradient(
         Its gradient (the pieces' gradients include their penalties).
     """
     params = model.params
-    log_g = model.gate.log_weights(params.gate, design.gate)
-    values = log_g + model.expert.log_density(params.expert, design.expert, y)
-    resp, log_lik = responsibilities_from_log_joint(values)
-    grad = np.concatenate(
-        [
-            model.gate.gradient(params.gate, design.gate, resp, log_g),
-            model.expert.gradient(params.expert, design.expert, y, resp, var_floor),
-        ]
-    )
-    return float(log_lik.sum()) - penalty(model, params, design), grad
+    total, grad = 0.0, 0.0
+    for rows in _row_chunks(model, design):
+        Z, Phi, y_part = design.gate[rows], design.expert[rows], y[rows]
+        log_g = model.gate.log_weights(params.gate, Z)
+        values = log_g + model.expert.log_density(params.expert, Phi, y_part)
+        resp, log_lik = responsibilities_from_log_joint(values)
+        total += float(log_lik.sum())
+        grad = grad + np.concatenate(
+            [
+                model.gate.gradient(params.gate, Z, resp, log_g),
+                model.expert.gradient(params.expert, Phi, y_part, resp, var_floor),
+            ]
+        )
+    return total - penalty(model, params, design), grad
+
+
+def _row_chunks(model: MixtureOfExperts, design: Design) -> list[slice]:
+    """The rows of the data in the chunks the fit evaluates them in.
+
+    One slice of every row, unless :func:`em` would sweep these data in
+    chunks (:func:`sweeps_by_default`): then the chunks of its sweep, so
+    that the log-likelihood and its gradient store nothing of size ``n *
+    m``. Their sums are those over the whole arrays, to round-off.
+    """
+    n, m = design.n_samples, model.params.n_experts
+    if not sweeps_by_default(model, design, m):
+        return [slice(0, n)]
+    chunk = default_chunk_size(n, m, design.gate.shape[1], design.expert.shape[1])
+    return [slice(start, start + chunk) for start in range(0, n, chunk)]
+
+
+def _log_likelihood_and_weight(
+    model: MixtureOfExperts, design: Design, y: NDArray[np.float64]
+) -> tuple[float, NDArray[np.float64]]:
+    """Total log-likelihood and total responsibility of each expert, by chunks."""
+    params, total, weight = model.params, 0.0, 0.0
+    for rows in _row_chunks(model, design):
+        part = Design(design.gate[rows], design.expert[rows])
+        resp, log_lik = _evaluate(model, params, part, y[rows])
+        total += float(log_lik.sum())
+        weight = weight + resp.sum(axis=0)
+    return total, weight
 
 
 def penalty(model: MixtureOfExperts, params: MoEParams, design: Design) -> float:
@@ -801,19 +833,19 @@ def mle(
         options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
     )
     fitted = model.with_params(unpack(model, result.x * scale, shapes, var_floor))
-    resp, log_lik = _evaluate(fitted, fitted.params, design, y)
+    log_likelihood, expert_weight = _log_likelihood_and_weight(fitted, design, y)
     converged, stop_reason = _lbfgs_verdict(result, bool(stopped), monitor, max_iter)
     boundary = _boundary(fitted, design) if not _is_penalised(model) else ()
     if boundary:
         stop_reason = DIVERGE
     return FitResult(
         model=fitted,
-        log_likelihood=float(log_lik.sum()) - penalty(fitted, fitted.params, design),
+        log_likelihood=log_likelihood - penalty(fitted, fitted.params, design),
         trace=np.asarray(monitor.history),
         n_iter=min(int(result.nit), max_iter),
         converged=converged and not boundary,
         monotone=True,
-        expert_weight=resp.sum(axis=0),
+        expert_weight=expert_weight,
         stop_reason=stop_reason,
         boundary=boundary,
         capped=not converged and (result.status == 1 or result.nit >= max_iter),
@@ -904,7 +936,10 @@ def _initial_labels(X, y, n_experts, method, rng):
     points = _standardize(np.column_stack([X, y]))
     if method == "kmeans":
         seed = int(rng.integers(2**31 - 1))
-        return KMeans(n_experts, n_init=1, random_state=seed).fit_predict(points)
+        # copy_x=False: k-means centres these (already standardised) points
+        # in place rather than in a copy; the partition is the same
+        kmeans = KMeans(n_experts, n_init=1, random_state=seed, copy_x=False)
+        return kmeans.fit_predict(points)
     if method != "random":
         raise ValueError(f"Unknown init method {method!r}; use 'kmeans' or 'random'.")
     centres = points[rng.choice(len(points), n_experts, replace=False)]
@@ -963,7 +998,7 @@ def initial_params(
     M-steps are taken from sums over chunks of rows, so no (n, m) labels
     are stored.
     """
-    if _sweeps_by_default(model, design, n_experts):
+    if sweeps_by_default(model, design, n_experts):
         labels = _initial_labels(X, y, n_experts, method, rng)
         return start_from_labels(
             model, design, y, labels, n_experts, LABEL_SMOOTHING, var_floor

@@ -86,6 +86,28 @@ class Design:
         return column_spreads(self.expert)
 
 
+def shared_design(gate: NDArray[np.float64], expert: NDArray[np.float64]) -> Design:
+    """The designs, held once when they are the same numbers.
+
+    An affine gate ``[1, x]`` with linear experts ``[1, x]`` has two equal
+    designs; the Design then holds one array for both, so the data's
+    design costs its memory once.
+
+    Parameters
+    ----------
+    gate, expert : ndarray
+        The gate's and the experts' designs.
+
+    Returns
+    -------
+    Design
+        ``Design(gate, gate)`` when the two are equal, else ``Design(gate, expert)``.
+    """
+    if gate.shape == expert.shape and np.array_equal(gate, expert):
+        return Design(gate, gate)
+    return Design(gate, expert)
+
+
 # -- pure functions on designs (the fitting engines' hot path) ---------------
 def log_joint(
     gate: Gate, expert: ExpertFamily, params: MoEParams, design: Design, y: NDArray
@@ -176,7 +198,7 @@ class MixtureOfExperts:
             The gate's design and the experts' basis, one row per sample.
         """
         X = np.asarray(X, dtype=float)
-        return Design(self.gate.design(X), self.expert.design(X))
+        return shared_design(self.gate.design(X), self.expert.design(X))
 
     def n_free_parameters(self, n_features: int, n_experts: int | None = None) -> int:
         """Number of free parameters (the identifiable parametrisation).

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from moestat._sweep_em import default_chunk_size, start_from_soft_labels
+from moestat.fit import sweeps_by_default
 from moestat.model import (
     Design,
     MixtureOfExperts,
@@ -32,12 +34,17 @@ from moestat.model import (
 __all__ = [
     "params_from_responsibilities",
     "split_merge_candidates",
+    "rank_moves",
     "split_merge_responsibilities",
     "split_merge_starts",
     "split_merge",
 ]
 
 Move = tuple[int, int, int]
+
+#: Share of each sample's responsibility spread over the experts after a
+#: move (in proportion to their masses), so that no expert starts empty.
+MOVE_SMOOTHING = 0.02
 # ``run(starts, max_iter)`` fits each start and returns one FitResult per start.
 Runner = Callable[[Sequence[MoEParams], int], list]
 
@@ -104,12 +111,47 @@ def split_merge_candidates(
     list of tuple of int
         Every move ``(i, k, j)``, ``i < k``, ``j != k``, in order.
     """
-    m = resp.shape[1]
+    return rank_moves(
+        resp.sum(axis=0),
+        (resp**2).sum(axis=0),
+        resp.T @ resp,
+        (resp * log_f).sum(axis=0),
+        groups,
+    )
+
+
+def rank_moves(
+    mass: NDArray[np.float64],
+    squares: NDArray[np.float64],
+    cross: NDArray[np.float64],
+    fit: NDArray[np.float64],
+    groups: NDArray[np.intp] | None = None,
+) -> list[Move]:
+    """The moves of :func:`split_merge_candidates` from sums over the samples.
+
+    Parameters
+    ----------
+    mass : ndarray of shape (m,)
+        ``sum_t r_ti``.
+    squares : ndarray of shape (m,)
+        ``sum_t r_ti^2``.
+    cross : ndarray of shape (m, m)
+        ``sum_t r_ti r_tk``.
+    fit : ndarray of shape (m,)
+        ``sum_t r_ti log f_i(y_t | x_t)``.
+    groups : ndarray of shape (m,), optional
+        Group of each expert.
+
+    Returns
+    -------
+    list of tuple of int
+        Every move ``(i, k, j)``, ``i < k``, ``j != k``, in order.
+    """
+    m = mass.shape[0]
     groups = np.zeros(m, dtype=np.intp) if groups is None else np.asarray(groups)
-    mass = resp.sum(axis=0)
-    norm = np.sqrt((resp**2).sum(axis=0))
-    similarity = (resp.T @ resp) / np.maximum(np.outer(norm, norm), 1e-300)
-    local_fit = (resp * log_f).sum(axis=0) / np.maximum(mass, 1e-300)
+    norm = np.sqrt(squares)
+    similarity = cross / np.maximum(np.outer(norm, norm), 1e-300)
+    local_fit = fit / np.maximum(mass, 1e-300)
     split_order = np.argsort(local_fit, kind="stable")
     pairs = sorted(
         (
@@ -131,7 +173,7 @@ def split_merge_responsibilities(
     resp: NDArray[np.float64],
     upper: NDArray[np.bool_],
     move: Move,
-    eps: float = 0.02,
+    eps: float = MOVE_SMOOTHING,
 ) -> NDArray[np.float64]:
     """Responsibilities after one move.
 
@@ -158,6 +200,11 @@ def split_merge_responsibilities(
     ndarray of shape (n, m)
         Rows summing to one.
     """
+    return _moved(resp, upper, move, resp.sum(axis=0) / resp.sum(), eps)
+
+
+def _moved(resp, upper, move, prior, eps):
+    """:func:`split_merge_responsibilities` with the experts' shares given."""
     i, k, j = move
     new = resp.copy()
     new[:, i] += new[:, k]
@@ -165,7 +212,6 @@ def split_merge_responsibilities(
     side = upper[:, j]
     new[:, j] = np.where(side, share, 0.0)
     new[:, k] = np.where(side, 0.0, share)
-    prior = resp.sum(axis=0) / resp.sum()
     new = (1.0 - eps) * new + eps * prior[None, :]
     return new / new.sum(axis=1, keepdims=True)
 
@@ -198,9 +244,21 @@ def split_merge_starts(
     list of MoEParams
         One start per move, in the order of :func:`split_merge_candidates`;
         empty for a single expert.
+
+    Notes
+    -----
+    Where :func:`moestat.fit.em` sweeps the data in chunks (a softmax gate
+    with Gaussian experts on data of at least
+    :data:`moestat.fit.CHUNKED_ENTRIES` numbers), the moves are ranked from
+    sums over chunks of rows and each start is fitted to its moved
+    responsibilities chunk by chunk
+    (:func:`moestat._sweep_em.start_from_soft_labels`), so no (n, m) array
+    is stored.
     """
     params = model.params
     m = params.n_experts
+    if sweeps_by_default(model, design, m):
+        return _split_merge_starts_in_chunks(model, design, y, n_moves, var_floor)
     log_f = model.expert.log_density(params.expert, design.expert, y)
     values = log_joint(model.gate, model.expert, params, design, y)
     resp, _ = responsibilities_from_log_joint(values)
@@ -213,6 +271,46 @@ def split_merge_starts(
             y,
             split_merge_responsibilities(resp, upper, move),
             var_floor,
+        )
+        for move in moves[:n_moves]
+    ]
+
+
+def _split_merge_starts_in_chunks(model, design, y, n_moves, var_floor):
+    """:func:`split_merge_starts` from sums over chunks of rows."""
+    gate, expert, params = model.gate, model.expert, model.params
+    m, n = params.n_experts, design.n_samples
+    chunk = default_chunk_size(n, m, design.gate.shape[1], design.expert.shape[1])
+
+    def evaluate(rows):
+        Phi, y_part = design.expert[rows], y[rows]
+        log_f = expert.log_density(params.expert, Phi, y_part)
+        log_g = gate.log_weights(params.gate, design.gate[rows])
+        resp, _ = responsibilities_from_log_joint(log_g + log_f)
+        return resp, log_f, Phi
+
+    mass, squares, fit = np.zeros(m), np.zeros(m), np.zeros(m)
+    cross = np.zeros((m, m))
+    for start in range(0, n, chunk):
+        resp, log_f, _ = evaluate(slice(start, start + chunk))
+        mass += resp.sum(axis=0)
+        squares += (resp**2).sum(axis=0)
+        cross += resp.T @ resp
+        fit += (resp * log_f).sum(axis=0)
+    moves = rank_moves(mass, squares, cross, fit, gate.expert_groups(m))
+    prior = mass / mass.sum()
+
+    def labels_after(move):
+        def soft_labels(rows):
+            resp, _, Phi = evaluate(rows)
+            upper = y[rows, None] > expert.mean(params.expert, Phi)
+            return _moved(resp, upper, move, prior, MOVE_SMOOTHING).T
+
+        return soft_labels
+
+    return [
+        start_from_soft_labels(
+            model, design, y, labels_after(move), m, var_floor, chunk
         )
         for move in moves[:n_moves]
     ]

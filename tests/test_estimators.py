@@ -353,3 +353,14 @@ def test_bernoulli_family_fits_binary_responses(rng):
     assert est.score(X, y) > 0.2
     with pytest.raises(ValueError, match="X has 3 features"):
         est.predict(np.zeros((2, 3)))
+
+
+def test_a_float64_response_is_used_without_a_copy(data):
+    """The fit reads the caller's float64 y in place (its data count once)."""
+    X, y = data
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    est = GaussianMoE(n_experts=2, random_state=0, max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    assert np.shares_memory(est._fit_y, y)

@@ -521,3 +521,78 @@ def test_the_start_from_sums_over_chunks_is_the_start_from_whole_arrays(
 
     whole, chunked = start(10**9), start(1)
     np.testing.assert_allclose(pack(chunked, 1e-3), pack(whole, 1e-3), rtol=1e-8)
+
+
+def _fitted_three_experts(rng, gate_name, expert_name, n=2500):
+    """A model after a few EM iterations on 2500 samples, with its data."""
+    spec = MixtureOfExperts(GATES[gate_name], CHUNKED_EXPERTS[expert_name])
+    X, y = simulate(three_quadratic_truth(), n, 1, rng)
+    design = spec.design(X)
+    start = initial_params(spec, design, X, y, 3, "kmeans", rng, var_floor=1e-3)
+    result = em(spec.with_params(start), design, y, max_iter=5, var_floor=1e-3)
+    return result.model, design, y
+
+
+@pytest.mark.parametrize("expert_name", sorted(CHUNKED_EXPERTS))
+@pytest.mark.parametrize("gate_name", ["softmax", "modified_tanh"])
+def test_the_log_likelihood_and_gradient_over_chunks_are_those_of_whole_arrays(
+    rng, monkeypatch, gate_name, expert_name
+):
+    """From CHUNKED_ENTRIES on, the polish's objective is summed over chunks."""
+    model, design, y = _fitted_three_experts(rng, gate_name, expert_name)
+    monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
+
+    def evaluate(entries):
+        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        return log_likelihood_and_gradient(model, design, y, 1e-3)
+
+    (whole, whole_grad), (chunked, chunked_grad) = evaluate(10**9), evaluate(1)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-10)
+    scale = np.max(np.abs(whole_grad))
+    np.testing.assert_allclose(chunked_grad, whole_grad, rtol=1e-10, atol=1e-10 * scale)
+
+
+def test_mle_over_chunks_reaches_the_whole_arrays_maximum(rng, monkeypatch):
+    """From CHUNKED_ENTRIES on, the polish and its final evaluation go by chunks."""
+    X, y = simulate(two_expert_truth(), 3000, 1, rng)
+    spec, design = start_for(two_expert_truth(), X, y, rng, "kmeans")
+    model = em(spec, design, y, max_iter=5).model
+    monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)
+
+    def polish(entries):
+        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        return mle(model, design, y, tol=1e-12, var_floor=1e-3)
+
+    whole, chunked = polish(10**9), polish(1)
+    # one maximum; L-BFGS stops on its flat top a little apart on the two paths
+    np.testing.assert_allclose(chunked.log_likelihood, whole.log_likelihood, rtol=1e-10)
+    np.testing.assert_allclose(chunked.expert_weight, whole.expert_weight, rtol=1e-4)
+    np.testing.assert_allclose(
+        pack(chunked.model, 1e-3), pack(whole.model, 1e-3), rtol=1e-4, atol=1e-4
+    )
+
+
+def _large_model(rng, n=400_000):
+    """Four softmax-gated linear experts on two covariates and n samples."""
+    truth = random_model(rng, 4, 2, gate=SoftmaxGate())
+    X, y = simulate(truth, n, 2, rng)
+    design = truth.design(X)
+    design.gate_spreads, design.expert_spreads  # noqa: B018 -- cached before
+    return truth, design, y
+
+
+def _traced_peak(action):
+    """Peak bytes allocated while ``action()`` runs (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_polish_stores_nothing_of_size_n_times_m(rng):
+    """L-BFGS steps at n = 400,000, m = 4 allocate less than one (n, m) array."""
+    model, design, y = _large_model(rng)
+    peak = _traced_peak(lambda: mle(model, design, y, max_iter=3))
+    assert peak < 400_000 * 4 * 8, peak

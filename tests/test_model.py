@@ -96,3 +96,14 @@ def test_match_experts_needs_equal_sizes(rng, model):
     other = random_model(rng, n_experts=2, n_features=2)
     with pytest.raises(ValueError, match="Cannot match 3 experts to 2"):
         model.match_experts(other)
+
+
+def test_equal_designs_are_held_once():
+    """An affine gate with linear experts: one [1, x] array serves both."""
+    X = np.random.default_rng(0).uniform(-1, 1, size=(50, 2))
+    linear = MixtureOfExperts(SoftmaxGate(), GaussianExpert()).design(X)
+    assert linear.gate is linear.expert
+    quadratic = MixtureOfExperts(SoftmaxGate(), GaussianExpert(degree=2)).design(X)
+    assert quadratic.gate is not quadratic.expert
+    np.testing.assert_array_equal(quadratic.gate, np.column_stack([np.ones(50), X]))
+    assert quadratic.expert.shape == (50, 6)

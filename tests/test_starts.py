@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
 
-from moestat import GaussianMoE
+from moestat import GaussianExpert, GaussianMoE, SoftmaxGate
+from moestat import _sweep_em as sweep_em
+from moestat import fit as fit_module
 from moestat.datasets import (
     make_moe_classification,
     make_moe_glm,
     make_moe_regression,
 )
-from moestat.fit import em, fit_restarts, initial_params, is_degenerate, polish_fit
+from moestat.fit import (
+    em,
+    fit_restarts,
+    initial_params,
+    is_degenerate,
+    pack,
+    polish_fit,
+)
 from moestat.model import MixtureOfExperts
 from moestat.starts import (
     params_from_responsibilities,
@@ -22,7 +32,7 @@ from moestat.starts import (
     split_merge_responsibilities,
     split_merge_starts,
 )
-from tests.helpers import GATES
+from tests.helpers import GATES, random_model, three_quadratic_truth
 
 
 def _numpy_runner(model, design, y):
@@ -172,3 +182,56 @@ def test_default_fit_reaches_the_maximum_on_the_bench_em_data():
         warnings.simplefilter("ignore")
         est = GaussianMoE(4, random_state=0).fit(X, y)
     assert est.log_likelihood_ >= reference - 0.5
+
+
+# -- moves at large n: sums over chunks ------------------------------------------
+CHUNKED_EXPERTS = {
+    "per_expert": GaussianExpert(),
+    "shared": GaussianExpert(shared_variance=True),
+    "known": GaussianExpert(variance=0.16),
+    "quadratic": GaussianExpert(degree=2),
+}
+
+
+@pytest.mark.parametrize("expert_name", sorted(CHUNKED_EXPERTS))
+@pytest.mark.parametrize("gate_name", ["softmax", "modified_tanh"])
+def test_the_moves_from_sums_over_chunks_are_the_moves_from_whole_arrays(
+    monkeypatch, gate_name, expert_name
+):
+    """From CHUNKED_ENTRIES on, the moves store no (n, m) array: same starts."""
+    rng = np.random.default_rng(3)
+    spec = MixtureOfExperts(GATES[gate_name], CHUNKED_EXPERTS[expert_name])
+    X = rng.uniform(-1, 1, size=(2500, 1))
+    y, _ = three_quadratic_truth().sample(X, rng)
+    design = spec.design(X)
+    start = initial_params(spec, design, X, y, 3, "kmeans", rng, var_floor=1e-3)
+    fitted = em(spec.with_params(start), design, y, max_iter=5, var_floor=1e-3).model
+    monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
+
+    def starts(entries):
+        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        found = split_merge_starts(fitted, design, y, n_moves=3, var_floor=1e-3)
+        return [pack(spec.with_params(s), 1e-3) for s in found]
+
+    whole, chunked = starts(10**9), starts(1)
+    assert len(chunked) == len(whole) == 3
+    for a, b in zip(chunked, whole, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_the_moves_at_large_n_store_nothing_of_size_n_times_m():
+    """Peak allocations of the moves at n = 400,000, m = 4: below one (n, m) array."""
+    rng = np.random.default_rng(0)
+    n = 400_000
+    truth = random_model(rng, 4, 2, gate=SoftmaxGate())
+    X = rng.uniform(-1, 1, size=(n, 2))
+    y, _ = truth.sample(X, rng)
+    design = truth.design(X)
+    tracemalloc.start()
+    try:
+        starts = split_merge_starts(truth, design, y, n_moves=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(starts) == 2
+    assert peak < n * 4 * 8, peak
