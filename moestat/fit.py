@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 
-from moestat._sweep_em import start_from_labels, sweep_steps
+from moestat._sweep_em import start_from_labels, sweep_round_off, sweep_steps
 from moestat._sweep_em import supports as supports_sweeps
 from moestat.boundary import (
     boundary_message,
@@ -79,7 +79,9 @@ DIVERGE = "the coefficients diverge (no interior maximum)"
 ROUNDOFF = 1e-12
 
 
-def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
+def aitken_converged(
+    l0: Any, l1: Any, l2: Any, n: Any, tol: float, roundoff: float = ROUNDOFF
+) -> Any:
     """The stopping rule on three consecutive total log-likelihoods.
 
     Written with arithmetic and comparisons only, so it applies elementwise
@@ -95,6 +97,8 @@ def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
         Number of samples (the sum of the weights for weighted fits).
     tol : float
         Largest predicted gain per sample (module docstring).
+    roundoff : float, default=ROUNDOFF
+        A change below ``roundoff * (|L| + n)`` is an exact fixed point.
 
     Returns
     -------
@@ -109,7 +113,7 @@ def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
     True
     """
     d1, d2 = l1 - l0, l2 - l1
-    fixed_point = abs(d2) <= ROUNDOFF * (abs(l2) + n)
+    fixed_point = abs(d2) <= roundoff * (abs(l2) + n)
     geometric = (d2 >= 0) & (d2 < d1) & (d1 < float("inf"))
     # d2 / (1 - d2/d1) <= eps  <=>  d2 * d1 <= eps * (d1 - d2)  when d1 > d2
     small_gain = d2 * d1 <= tol * n * (d1 - d2)
@@ -133,6 +137,8 @@ class ConvergenceMonitor:
         Total log-likelihoods reported so far (empty at the start).
     decreased : bool, default=False
         Set once a decrease beyond ``decrease_tol`` has been reported.
+    roundoff : float, default=ROUNDOFF
+        Relative round-off of a total log-likelihood (:func:`aitken_converged`).
     """
 
     tol: float
@@ -140,6 +146,7 @@ class ConvergenceMonitor:
     decrease_tol: float = 1e-10
     history: list[float] = field(default_factory=list)
     decreased: bool = False
+    roundoff: float = ROUNDOFF
 
     def report(self, log_likelihood: float) -> bool:
         """Record a total log-likelihood and apply the stopping rule.
@@ -166,7 +173,12 @@ class ConvergenceMonitor:
         with np.errstate(invalid="ignore", over="ignore"):
             return bool(
                 aitken_converged(
-                    l0, self.history[-2], self.history[-1], self.n_samples, self.tol
+                    l0,
+                    self.history[-2],
+                    self.history[-1],
+                    self.n_samples,
+                    self.tol,
+                    self.roundoff,
                 )
             )
 
@@ -250,6 +262,7 @@ def em(
     accelerate: bool = True,
     stop_on_ridge: bool = True,
     chunk_size: int | None = None,
+    sweep_dtype: DTypeLike = np.float64,
 ) -> FitResult:
     """Fit by the EM algorithm from ``model.params``.
 
@@ -298,6 +311,15 @@ def em(
         number takes the chunked path with that many
         rows per chunk (``ValueError`` if the model does not allow it);
         ``0`` takes the full path.
+    sweep_dtype : {np.float64, np.float32}, default=np.float64
+        Arithmetic within a chunk of the chunked path (the sums across
+        chunks are float64 either way; the full path ignores it). float32
+        moves half the bytes and takes the exponentials twice as wide: about
+        1.6 times faster at m = 4, with the log-likelihood at the maximum
+        within about ``1e-7`` per sample of float64's (the residuals
+        ``y - a^T phi`` lose ``log2(|y| / sigma)`` of float32's 24 bits;
+        centre a response with a large mean). Its monotonicity is checked
+        to the float32 round-off (``100 eps`` per sample).
 
     Returns
     -------
@@ -340,11 +362,20 @@ def em(
     """
     weight = _check_sample_weight(sample_weight, design.n_samples)
     n = design.n_samples if weight is None else float(weight.sum())
-    monitor = ConvergenceMonitor(tol, n)
+    sweep_dtype = _check_sweep_dtype(sweep_dtype)
     penalised = _is_penalised(model)
     if _chunked(model, design, chunk_size):
-        e_step, em_step = sweep_steps(model, design, y, weight, var_floor, chunk_size)
+        monitor = ConvergenceMonitor(
+            tol,
+            n,
+            decrease_tol=sweep_round_off(sweep_dtype),
+            roundoff=max(ROUNDOFF, 2 * float(np.finfo(sweep_dtype).eps)),
+        )
+        e_step, em_step = sweep_steps(
+            model, design, y, weight, var_floor, chunk_size, sweep_dtype
+        )
     else:
+        monitor = ConvergenceMonitor(tol, n)
         e_step, em_step = _full_steps(model, design, y, weight, var_floor, penalised)
 
     def on_ridge(previous, current):
@@ -399,6 +430,19 @@ def _sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) 
     """Whether the data are large enough, and the model fit, for the chunked path."""
     large = _full_path_entries(design, n_experts) >= CHUNKED_ENTRIES
     return large and supports_sweeps(model)
+
+
+def _check_sweep_dtype(sweep_dtype: DTypeLike) -> np.dtype:
+    """The chunked path's arithmetic as a dtype: float64 or float32."""
+    try:
+        dtype = np.dtype(sweep_dtype)
+    except TypeError:
+        dtype = np.dtype(object)
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        raise ValueError(
+            f"sweep_dtype must be np.float64 or np.float32; got {sweep_dtype!r}."
+        )
+    return dtype
 
 
 def _chunked(model: MixtureOfExperts, design: Design, chunk_size: int | None) -> bool:
@@ -520,12 +564,12 @@ def _squarem(
         monitor.report(first.log_likelihood)
         plain.append(first.log_likelihood)
         if n_iter >= max_iter:
-            return first, n_iter, _settled(plain, n, tol)
+            return first, n_iter, _settled(plain, n, tol, monitor.roundoff)
         second = em_step(first)
         n_iter += 1
         monitor.report(second.log_likelihood)
         plain.append(second.log_likelihood)
-        if _settled(plain, n, tol):
+        if _settled(plain, n, tol, monitor.roundoff):
             return second, n_iter, True
         if on_ridge(first.params, second.params):
             return second, n_iter, False
@@ -533,7 +577,10 @@ def _squarem(
             pack(model.with_params(s.params), var_floor) for s in (state, first, second)
         )
         state = second
-        if aitken_converged(*plain[-3:], n, tol) or n_iter >= max_iter:
+        if (
+            aitken_converged(*plain[-3:], n, tol, monitor.roundoff)
+            or n_iter >= max_iter
+        ):
             continue  # confirm with more plain steps before any jump
         r, v = theta1 - theta0, theta2 - 2.0 * theta1 + theta0
         r_norm, v_norm = np.linalg.norm(r), np.linalg.norm(v)
@@ -552,7 +599,13 @@ def _squarem(
     return state, n_iter, False
 
 
-def _settled(history: list[float], n: float, tol: float, window: int = 4) -> bool:
+def _settled(
+    history: list[float],
+    n: float,
+    tol: float,
+    roundoff: float = ROUNDOFF,
+    window: int = 4,
+) -> bool:
     """The stopping rule on a run of plain EM steps, with a cautious rate.
 
     An exact fixed point counts at once; otherwise the last ``window``
@@ -560,7 +613,7 @@ def _settled(history: list[float], n: float, tol: float, window: int = 4) -> boo
     predict with the largest of their ratios as the rate,
     ``d / (1 - a)``, at most ``tol * n``.
     """
-    if len(history) >= 2 and abs(history[-1] - history[-2]) <= ROUNDOFF * (
+    if len(history) >= 2 and abs(history[-1] - history[-2]) <= roundoff * (
         abs(history[-1]) + n
     ):
         return True
