@@ -413,7 +413,11 @@ class NumpySweep:
         weights = self._info[: len(self._pairs) * c].reshape(-1, c)
         for index, (i, j) in enumerate(self._pairs):
             np.multiply(U[i], U[j], out=weights[index])
-        return grams.sums(rho_g, step), grams.sums(weights, step)
+            if i == j:
+                np.subtract(rho_g[i], weights[index], out=weights[index])
+            else:
+                np.negative(weights[index], out=weights[index])
+        return (grams.sums(weights, step),)
 
     # -- a sweep ---------------------------------------------------------------
     def __call__(
@@ -463,12 +467,6 @@ class NumpySweep:
         score *= (c / root_h)[:, None]
         ss *= c / (root_h * root_h)
         gradient = c[1:, None] * resp_z - rho_g_z
-        if not self.khatri_rao:
-            # pair weights rho g_i (delta_ij - g_j): the diagonal less u_i u_j
-            diagonal, low_rank = information
-            pairs = np.asarray(self._pairs, dtype=np.intp).reshape(-1, 2)
-            information = [-low_rank]
-            information[0][pairs[:, 0] == pairs[:, 1]] += diagonal
         scale = self.n / info_rows
         flat = np.concatenate(
             [
