@@ -63,7 +63,7 @@ INFORMATION_ROWS = 2**16
 
 #: Free-row design entries ``k p_gate`` per step of the information's
 #: stride: up to this many, every row counts.
-INFORMATION_WIDTH = 16
+INFORMATION_WIDTH = 8
 
 
 def information_stride(n: int, k: int, p_gate: int) -> int:
@@ -90,7 +90,7 @@ def information_stride(n: int, k: int, p_gate: int) -> int:
     Examples
     --------
     >>> information_stride(1_000_000, 31, 3), information_stride(1_000_000, 3, 3)
-    (5, 1)
+    (11, 1)
     >>> information_stride(100_000, 31, 3)
     1
     """
