@@ -3,10 +3,12 @@
 For a softmax gate (plain or modified, without a ridge penalty) and
 Gaussian experts, an EM iteration needs only the weighted sums of
 :mod:`moestat.kernels.sweep`, which one pass over the data adds up chunk by
-chunk. The (n, m) arrays of the full path and the per-sample products of
-design columns are then never stored: beside the data and their designs,
-a fit holds one chunk's intermediates (:data:`CHUNK_BYTES`) and a few
-hundred sums.
+chunk (:class:`moestat.kernels.sweep_numpy.NumpySweep`, in float64 or
+float32 within a chunk). The (n, m) arrays of the full path and the
+per-sample products of design columns are then never stored: beside the
+data and their designs, a fit holds one chunk's buffers (a few MiB) and a
+few hundred sums. The starting values' sums take chunks of
+:data:`CHUNK_BYTES`.
 
 An EM step here is the experts' closed-form M-step and one Fisher-scoring
 step of the gate, both from the sums at the current point, followed by the

@@ -10,13 +10,14 @@ the experts and over the rows are matrix products with a vector of ones
 
 The E-step takes two exponentials per entry: the gate's ``exp(s - s*)``,
 ``s*`` the row's largest score, and ``J = exp(s - s* - h e^2) <= 1``, with
-``h_i = 1 / (2 nu_i)`` and ``e`` the residual: the joint density ``g f``
-over ``e^{s*}`` and the constant ``c_i = (2 pi nu_i)^{-1/2}``. No second
-maximum is needed, as ``J <= 1``; a row whose joint sum underflows (below
-the square root of the smallest normal number: residuals tens of standard
-deviations from every expert it is gated to) is recomputed less its own
-maximum. Every sum is linear in the responsibilities, so ``c_i`` scales
-the (m,)-sized totals, not the (m, c) arrays.
+``h_i = 1 / (2 nu_i)`` and ``e`` the residual: the unnormalised joint
+``exp(s_i) f_i`` over ``e^{s*}`` and the constant ``c_i = (2 pi
+nu_i)^{-1/2}``. No second maximum is needed, as ``J <= 1``; a row whose
+joint sum underflows (below the square root of the smallest normal
+number: residuals tens of standard deviations from every expert it is
+gated to) is recomputed less its own maximum. Every sum is linear in the
+responsibilities, so ``c_i`` scales the (m,)-sized totals, not the (m, c)
+arrays.
 
 Residuals are formed scaled, ``sqrt(h_i) (y - a_i^T phi)``, by one matrix
 product of ``[-sqrt(h) a, sqrt(h)]`` with the chunk's ``[phi; y]``, so the
@@ -320,7 +321,7 @@ class NumpySweep:
         S -= shift
         np.matmul(C, py, out=R)
         np.square(R, out=Q)
-        # J = exp(s - s* - h e^2) <= 1: the joint g f e^(s*) / (gate sum c_i)
+        # J_i = exp(s_i - s* - h_i e_i^2) = g_i f_i gate_sum / c_i <= 1
         np.subtract(S, Q, out=J)
         np.exp(J, out=J)
         np.matmul(c_row, J, out=joint_sum[None])
