@@ -430,6 +430,42 @@ def test_chunked_em_log_likelihood_never_decreases(
     assert np.all(np.isfinite(result.trace))
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_experts=st.integers(1, 5),
+    n_features=st.integers(1, 3),
+    degree=st.integers(0, 2),
+    n_samples=st.integers(40, 400),
+    chunk_size=st.integers(1, 200),
+    accelerate=st.booleans(),
+)
+def test_chunked_em_in_float32_never_decreases_beyond_its_round_off(
+    seed, n_experts, n_features, degree, n_samples, chunk_size, accelerate
+):
+    """Falls of at most 100 float32 eps per sample, flagged by the monitor otherwise."""
+    rng = np.random.default_rng(seed)
+    truth = random_model(rng, n_experts, n_features, degree, False, SoftmaxGate())
+    X, y = simulate(truth, n_samples, n_features, rng)
+    model, design = start_for(truth, X, y, rng)
+    result = em(
+        model,
+        design,
+        y,
+        tol=0.0,
+        max_iter=40,
+        var_floor=1e-6 * np.var(y),
+        chunk_size=chunk_size,
+        accelerate=accelerate,
+        sweep_dtype=np.float32,
+    )
+    per_sample = result.trace / n_samples
+    scale = np.maximum(np.abs(per_sample[:-1]), 1.0)
+    assert np.all(np.diff(per_sample) >= -sweep_em.sweep_round_off(np.float32) * scale)
+    assert result.monotone
+    assert np.all(np.isfinite(result.trace))
+
+
 def test_chunked_em_with_sample_weights_reaches_the_weighted_maximum(rng):
     truth = two_expert_truth()
     X, y = simulate(truth, 1500, 1, rng)
