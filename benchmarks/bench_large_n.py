@@ -16,10 +16,15 @@ sweeps the data in chunks or keeps the (n, m) arrays whole.
 Speed: milliseconds per EM iteration (softmax gate, linear Gaussian
 experts, one BLAS thread) against the time to stream, once, the bytes an EM
 iteration cannot avoid touching: ``X``, ``y`` and the ``(n, m)``
-responsibilities, at this machine's measured read bandwidth.
+responsibilities, at this machine's measured read bandwidth. Cases ending
+in ``f32`` run the chunked sweep in float32 (``em(sweep_dtype=np.float32)``;
+EM only). ``--slope`` adds, per dtype, the log-log slope of ms/iter against
+m over the ``d2m*`` cases run (1: linear in m).
 
 Run:  python benchmarks/bench_large_n.py [--n 1000000] [--iters 10]
-      [--cases d2m4 d2m16 d2m32 d64m4] [--what em fit]
+      [--cases d2m4 d2m16 d2m32 d64m4 d2m4f32] [--what em fit] [--slope]
+      python benchmarks/bench_large_n.py --what em --slope
+      --cases d2m4 d2m8 d2m16 d2m32 d2m4f32 d2m8f32 d2m16f32 d2m32f32
 """
 
 from __future__ import annotations
@@ -30,13 +35,19 @@ import subprocess
 import sys
 import textwrap
 
-#: name -> (d, m, rows as a fraction of --n)
+#: name -> (d, m, rows as a fraction of --n, dtype of the sweep)
 CASES = {
-    "d2m4": (2, 4, 1.0),
-    "d2m16": (2, 16, 1.0),
-    "d2m32": (2, 32, 1.0),
-    "d64m4": (64, 4, 0.1),
+    "d2m4": (2, 4, 1.0, "float64"),
+    "d2m8": (2, 8, 1.0, "float64"),
+    "d2m16": (2, 16, 1.0, "float64"),
+    "d2m32": (2, 32, 1.0, "float64"),
+    "d64m4": (64, 4, 0.1, "float64"),
+    "d2m4f32": (2, 4, 1.0, "float32"),
+    "d2m8f32": (2, 8, 1.0, "float32"),
+    "d2m16f32": (2, 16, 1.0, "float32"),
+    "d2m32f32": (2, 32, 1.0, "float32"),
 }
+DEFAULT_CASES = ["d2m4", "d2m16", "d2m32", "d64m4", "d2m4f32"]
 
 CHILD = textwrap.dedent(
     """
@@ -56,7 +67,8 @@ CHILD = textwrap.dedent(
     from moestat.fit import em, initial_params
     from moestat.model import MixtureOfExperts
 
-    n, d, m, iters, what = json.loads(sys.argv[1])
+    n, d, m, iters, what, dtype = json.loads(sys.argv[1])
+    options = {} if dtype == "float64" else {"sweep_dtype": np.dtype(dtype)}
     baseline = rss("VmRSS")
     with threadpool_limits(1, user_api="blas"):
         X, y, truth = make_moe_regression(
@@ -89,7 +101,7 @@ CHILD = textwrap.dedent(
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
             if what == "em":
-                em(model, design, y, tol=0.0, max_iter=iters)
+                em(model, design, y, tol=0.0, max_iter=iters, **options)
             else:
                 moestat.GaussianMoE(
                     n_experts=m, n_init=1, max_iter=iters, random_state=0
@@ -106,10 +118,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_case(n: int, d: int, m: int, iters: int, what: str) -> dict:
+def run_case(n: int, d: int, m: int, iters: int, what: str, dtype: str) -> dict:
     """Run one case in a fresh interpreter and read its JSON line."""
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps([n, d, m, iters, what])],
+        [sys.executable, "-c", CHILD, json.dumps([n, d, m, iters, what, dtype])],
         capture_output=True,
         text=True,
         check=True,
@@ -138,13 +150,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1, help="(unused)")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=CASES)
     parser.add_argument(
         "--what",
         nargs="+",
         default=["em", "fit"],
         choices=["em", "fit"],
         help="em: the EM loop alone; fit: GaussianMoE(n_init=1).fit",
+    )
+    parser.add_argument(
+        "--slope",
+        action="store_true",
+        help="the log-log slope of ms/iter against m over the d2m* cases",
     )
     args = parser.parse_args()
 
@@ -156,12 +173,17 @@ def main() -> None:
         f"{'ratio':>6}"
     )
     print(header)
+    by_m: dict[str, dict[int, float]] = {}
     for name in args.cases:
-        d, m, fraction = CASES[name]
+        d, m, fraction, dtype = CASES[name]
         n = max(1000, int(args.n * fraction))
         bound_ms = 1e3 * n * 8 * (d + 1 + m) / bandwidth
         for what in args.what:
-            row = run_case(n, d, m, args.iters, what)
+            if what == "fit" and dtype != "float64":
+                continue
+            row = run_case(n, d, m, args.iters, what, dtype)
+            if what == "em" and d == 2:
+                by_m.setdefault(dtype, {})[m] = row["ms_per_iter"]
             ratio = row["ms_per_iter"] / bound_ms if what == "em" else float("nan")
             print(
                 f"{name:>7} {n:>9} {what:>4} {row['path']:>6} "
@@ -169,6 +191,20 @@ def main() -> None:
                 f"{row['data_per_row']:>10.0f} {row['ms_per_iter']:>9.1f} "
                 f"{bound_ms:>9.2f} {ratio:>6.1f}"
             )
+    if args.slope:
+        for dtype, times in by_m.items():
+            print(f"{dtype}: log-log slope of ms/iter in m = {log_slope(times):.2f}")
+
+
+def log_slope(times: dict[int, float]) -> float:
+    """Least-squares slope of log(ms/iter) against log(m) (nan below two m)."""
+    import numpy as np
+
+    if len(times) < 2:
+        return float("nan")
+    m = np.log(np.array(sorted(times), dtype=float))
+    t = np.log(np.array([times[k] for k in sorted(times)]))
+    return float(np.polyfit(m, t, 1)[0])
 
 
 if __name__ == "__main__":

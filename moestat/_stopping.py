@@ -17,7 +17,9 @@ __all__ = ["ROUNDOFF", "aitken_converged"]
 ROUNDOFF = 1e-12
 
 
-def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
+def aitken_converged(
+    l0: Any, l1: Any, l2: Any, n: Any, tol: float, roundoff: float = ROUNDOFF
+) -> Any:
     """The stopping rule on three consecutive total log-likelihoods.
 
     Aitken's acceleration predicts the gain still to come from the last
@@ -33,6 +35,9 @@ def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
         Number of samples (the sum of the weights for weighted fits).
     tol : float
         Largest predicted gain per sample.
+    roundoff : float, default=ROUNDOFF
+        A change below ``roundoff * (|L| + n)`` is an exact fixed point
+        (larger for arithmetic coarser than float64).
 
     Returns
     -------
@@ -50,7 +55,7 @@ def aitken_converged(l0: Any, l1: Any, l2: Any, n: Any, tol: float) -> Any:
     # a comparison that is False, and ``geometric`` excludes that case anyway
     with np.errstate(invalid="ignore"):
         d1, d2 = l1 - l0, l2 - l1
-        fixed_point = abs(d2) <= ROUNDOFF * (abs(l2) + n)
+        fixed_point = abs(d2) <= roundoff * (abs(l2) + n)
         geometric = (d2 >= 0) & (d2 < d1) & (d1 < float("inf"))
         # d2 / (1 - d2/d1) <= eps  <=>  d2 * d1 <= eps * (d1 - d2)  when d1 > d2
         small_gain = d2 * d1 <= tol * n * (d1 - d2)

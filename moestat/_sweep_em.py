@@ -3,10 +3,12 @@
 For a softmax gate (plain or modified, without a ridge penalty) and
 Gaussian experts, an EM iteration needs only the weighted sums of
 :mod:`moestat.kernels.sweep`, which one pass over the data adds up chunk by
-chunk. The (n, m) arrays of the full path and the per-sample products of
-design columns are then never stored: beside the data and their designs,
-a fit holds one chunk's intermediates (:data:`CHUNK_BYTES`) and a few
-hundred sums.
+chunk (:class:`moestat.kernels.sweep_numpy.NumpySweep`, in float64 or
+float32 within a chunk). The (n, m) arrays of the full path and the
+per-sample products of design columns are then never stored: beside the
+data and their designs, a fit holds one chunk's buffers (a few MiB) and a
+few hundred sums. The starting values' sums take chunks of
+:data:`CHUNK_BYTES`.
 
 An EM step here is the experts' closed-form M-step and one Fisher-scoring
 step of the gate, both from the sums at the current point, followed by the
@@ -46,9 +48,9 @@ from moestat.kernels.sweep import (
     gate_direction,
     gaussian_expert_step,
     soft_label_statistics,
-    sweep,
     unflatten_soft_label,
 )
+from moestat.kernels.sweep_numpy import NumpySweep
 from moestat.model import Design, MixtureOfExperts, MoEParams
 
 #: Bytes of one chunk's intermediates: small enough to stay in a CPU's cache.
@@ -57,6 +59,19 @@ CHUNK_BYTES = 2**22
 #: Relative round-off of a per-sample log-likelihood: a fall smaller than
 #: this (times ``max(|l|, 1)``) is no fall.
 ROUND_OFF = 1e-10
+
+
+def sweep_round_off(dtype: Any) -> float:
+    """Per-sample round-off of a sweep's log-likelihood in ``dtype`` arithmetic.
+
+    :data:`ROUND_OFF` for float64; ``100 eps`` of a coarser dtype.
+
+    Examples
+    --------
+    >>> sweep_round_off(np.float64), round(sweep_round_off(np.float32), 7)
+    (1e-10, 1.19e-05)
+    """
+    return max(ROUND_OFF, 100 * float(np.finfo(dtype).eps))
 
 
 def supports(model: MixtureOfExperts) -> bool:
@@ -105,7 +120,10 @@ class SweepSteps:
         Sample weights.
     var_floor : float
     chunk_size : int or None
-        Rows per chunk; None for :func:`default_chunk_size`.
+        Rows per chunk; None for
+        :func:`moestat.kernels.sweep_numpy.numpy_chunk_rows`.
+    dtype : numpy dtype, default=np.float64
+        Arithmetic within a chunk (sums across chunks are float64).
     """
 
     def __init__(
@@ -116,6 +134,7 @@ class SweepSteps:
         weight: NDArray[np.float64] | None,
         var_floor: float,
         chunk_size: int | None,
+        dtype: Any = np.float64,
     ) -> None:
         self.gate, self.expert = model.gate, model.expert
         Z, Phi = design.gate, design.expert
@@ -127,9 +146,6 @@ class SweepSteps:
         self.var_floor = var_floor
         self.n = float(design.n_samples)
         m = model.params.n_experts
-        self.chunk = chunk_size or default_chunk_size(
-            design.n_samples, m, Z.shape[1], Phi.shape[1]
-        )
         self.variance = (
             "known"
             if self.expert.known_variance
@@ -140,19 +156,12 @@ class SweepSteps:
         self.rows = self.gate.free_rows(m)
         total = self.n if weight is None else float(weight.sum())
         self.n_total = total
+        self.sweep = NumpySweep(Z, Phi, y, weight, m, chunk_size or None, dtype)
+        self.round_off = sweep_round_off(dtype)
 
     def e_step(self, params: MoEParams) -> SweepState:
         """The sweep at ``params``: its log-likelihood and sums."""
-        stats = sweep(
-            self.Z,
-            self.Phi,
-            self.y,
-            self.weight,
-            params.gate.coef,
-            params.expert.coef,
-            params.expert.var,
-            self.chunk,
-        )
+        stats = self.sweep(params.gate.coef, params.expert.coef, params.expert.var)
         return SweepState(params, stats, float(stats.log_likelihood))
 
     def em_step(self, state: SweepState) -> SweepState:
@@ -188,7 +197,7 @@ class SweepSteps:
         prev = before.log_likelihood / self.n_total
         curr = after.log_likelihood / self.n_total
         scale = max(abs(prev), abs(curr), 1.0)
-        return not curr >= prev - ROUND_OFF * scale
+        return not curr >= prev - self.round_off * scale
 
 
 def sweep_steps(
@@ -198,9 +207,10 @@ def sweep_steps(
     weight: NDArray[np.float64] | None,
     var_floor: float,
     chunk_size: int | None,
+    dtype: Any = np.float64,
 ) -> tuple[Any, Any]:
     """``(e_step, em_step)`` of the chunked path (see :class:`SweepSteps`)."""
-    steps = SweepSteps(model, design, y, weight, var_floor, chunk_size)
+    steps = SweepSteps(model, design, y, weight, var_floor, chunk_size, dtype)
     return steps.e_step, steps.em_step
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 
@@ -40,7 +40,12 @@ from moestat._batched import batched_expert, batched_gate
 from moestat._batched_em import BatchedFit, stack_arrays
 from moestat._batched_em import em as batched_em
 from moestat._stopping import ROUNDOFF, aitken_converged
-from moestat._sweep_em import default_chunk_size, start_from_labels, sweep_steps
+from moestat._sweep_em import (
+    default_chunk_size,
+    start_from_labels,
+    sweep_round_off,
+    sweep_steps,
+)
 from moestat._sweep_em import supports as supports_sweeps
 from moestat.boundary import (
     boundary_message,
@@ -101,6 +106,8 @@ class ConvergenceMonitor:
         Total log-likelihoods reported so far (empty at the start).
     decreased : bool, default=False
         Set once a decrease beyond ``decrease_tol`` has been reported.
+    roundoff : float, default=ROUNDOFF
+        Relative round-off of a total log-likelihood (:func:`aitken_converged`).
     """
 
     tol: float
@@ -108,6 +115,7 @@ class ConvergenceMonitor:
     decrease_tol: float = 1e-10
     history: list[float] = field(default_factory=list)
     decreased: bool = False
+    roundoff: float = ROUNDOFF
 
     def report(self, log_likelihood: float) -> bool:
         """Record a total log-likelihood and apply the stopping rule.
@@ -134,7 +142,12 @@ class ConvergenceMonitor:
         with np.errstate(invalid="ignore", over="ignore"):
             return bool(
                 aitken_converged(
-                    l0, self.history[-2], self.history[-1], self.n_samples, self.tol
+                    l0,
+                    self.history[-2],
+                    self.history[-1],
+                    self.n_samples,
+                    self.tol,
+                    self.roundoff,
                 )
             )
 
@@ -218,6 +231,7 @@ def em(
     accelerate: bool = True,
     stop_on_ridge: bool = True,
     chunk_size: int | None = None,
+    sweep_dtype: DTypeLike = np.float64,
 ) -> FitResult:
     """Fit by the EM algorithm from ``model.params``.
 
@@ -266,6 +280,17 @@ def em(
         number takes the chunked path with that many
         rows per chunk (``ValueError`` if the model does not allow it);
         ``0`` takes the full path.
+    sweep_dtype : {np.float64, np.float32}, default=np.float64
+        Arithmetic within a chunk of the chunked path (the sums across
+        chunks are float64 either way; the full path ignores it). float32
+        moves half the bytes and takes the exponentials twice as wide:
+        measured 1.3 times faster per iteration at m = 4 and 2 times at
+        m = 32 (n = 10^6), with the log-likelihood at the maximum within
+        about ``2e-7`` per sample of float64's (the residuals
+        ``y - a^T phi`` lose ``log2(|y| / sigma)`` of float32's 24 bits;
+        centre a response with a large mean). Its monotonicity check
+        allows falls of ``100 eps`` per sample, and its stopping rule
+        takes changes below ``2 eps (|L| + n)`` as a fixed point.
 
     Returns
     -------
@@ -294,11 +319,14 @@ def em(
 
     The chunked path serves a softmax gate (plain or modified, ``alpha=0``)
     with Gaussian experts. Each iteration is one pass over the data in
-    chunks of a few thousand rows (:mod:`moestat.kernels.sweep`, the code
-    the torch engine :func:`moestat.torch.fused.em_softmax_gaussian` runs
-    too): the chunk's log-likelihood and its share of the weighted sums
-    both M-steps need. Nothing of size ``n * m`` or ``n * p^2`` is stored,
-    so memory beyond the data and designs stays a few megabytes. The gate
+    chunks of a few thousand rows (:mod:`moestat.kernels.sweep_numpy`, the
+    numpy form of :mod:`moestat.kernels.sweep`, which the torch engine
+    :func:`moestat.torch.fused.em_softmax_gaussian` runs): the chunk's
+    log-likelihood and its share of the weighted sums both M-steps need
+    (from 2^17 rows on, with many experts, the gate information over every
+    few rows: another path, the same maximum). Nothing of size ``n * m``
+    or ``n * p^2`` is stored, so memory beyond the data and designs stays
+    a few megabytes. The gate
     takes one Fisher step per iteration, judged by the next sweep and
     halved while the log-likelihood falls (:mod:`moestat._sweep_em`), so
     the likelihood is still non-decreasing; SQUAREM applies as on the
@@ -308,11 +336,20 @@ def em(
     """
     weight = _check_sample_weight(sample_weight, design.n_samples)
     n = design.n_samples if weight is None else float(weight.sum())
-    monitor = ConvergenceMonitor(tol, n)
+    sweep_dtype = _check_sweep_dtype(sweep_dtype)
     penalised = _is_penalised(model)
     if _chunked(model, design, chunk_size):
-        e_step, em_step = sweep_steps(model, design, y, weight, var_floor, chunk_size)
+        monitor = ConvergenceMonitor(
+            tol,
+            n,
+            decrease_tol=sweep_round_off(sweep_dtype),
+            roundoff=max(ROUNDOFF, 2 * float(np.finfo(sweep_dtype).eps)),
+        )
+        e_step, em_step = sweep_steps(
+            model, design, y, weight, var_floor, chunk_size, sweep_dtype
+        )
     else:
+        monitor = ConvergenceMonitor(tol, n)
         e_step, em_step = _full_steps(model, design, y, weight, var_floor, penalised)
 
     def on_ridge(previous, current):
@@ -376,6 +413,19 @@ def sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) -
     """Whether the data are large enough, and the model fit, for the chunked path."""
     large = _full_path_entries(design, n_experts) >= CHUNKED_ENTRIES
     return large and supports_sweeps(model)
+
+
+def _check_sweep_dtype(sweep_dtype: DTypeLike) -> np.dtype:
+    """The chunked path's arithmetic as a dtype: float64 or float32."""
+    try:
+        dtype = np.dtype(sweep_dtype)
+    except TypeError:
+        dtype = np.dtype(object)
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        raise ValueError(
+            f"sweep_dtype must be np.float64 or np.float32; got {sweep_dtype!r}."
+        )
+    return dtype
 
 
 def _chunked(model: MixtureOfExperts, design: Design, chunk_size: int | None) -> bool:
@@ -510,14 +560,14 @@ def _squarem(
         monitor.report(first.log_likelihood)
         plain.append(first.log_likelihood)
         if n_iter >= max_iter or not np.isfinite(first.log_likelihood):
-            return first, n_iter, _settled(plain, n, tol)
+            return first, n_iter, _settled(plain, n, tol, monitor.roundoff)
         second = em_step(first)
         n_iter += 1
         monitor.report(second.log_likelihood)
         plain.append(second.log_likelihood)
         if not np.isfinite(second.log_likelihood):
             return second, n_iter, False
-        if _settled(plain, n, tol):
+        if _settled(plain, n, tol, monitor.roundoff):
             return second, n_iter, True
         if on_ridge(first.params, second.params):
             return second, n_iter, False
@@ -525,7 +575,10 @@ def _squarem(
             pack(model.with_params(s.params), var_floor) for s in (state, first, second)
         )
         state = second
-        if aitken_converged(*plain[-3:], n, tol) or n_iter >= max_iter:
+        if (
+            aitken_converged(*plain[-3:], n, tol, monitor.roundoff)
+            or n_iter >= max_iter
+        ):
             continue  # confirm with more plain steps before any jump
         r, v = theta1 - theta0, theta2 - 2.0 * theta1 + theta0
         r_norm, v_norm = np.linalg.norm(r), np.linalg.norm(v)
@@ -544,7 +597,13 @@ def _squarem(
     return state, n_iter, False
 
 
-def _settled(history: list[float], n: float, tol: float, window: int = 4) -> bool:
+def _settled(
+    history: list[float],
+    n: float,
+    tol: float,
+    roundoff: float = ROUNDOFF,
+    window: int = 4,
+) -> bool:
     """The stopping rule on a run of plain EM steps, with a cautious rate.
 
     An exact fixed point counts at once; otherwise the last ``window``
@@ -552,7 +611,7 @@ def _settled(history: list[float], n: float, tol: float, window: int = 4) -> boo
     predict with the largest of their ratios as the rate,
     ``d / (1 - a)``, at most ``tol * n``.
     """
-    if len(history) >= 2 and abs(history[-1] - history[-2]) <= ROUNDOFF * (
+    if len(history) >= 2 and abs(history[-1] - history[-2]) <= roundoff * (
         abs(history[-1]) + n
     ):
         return True

@@ -442,6 +442,42 @@ def test_chunked_em_log_likelihood_never_decreases(
     assert np.all(np.isfinite(result.trace))
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_experts=st.integers(1, 5),
+    n_features=st.integers(1, 3),
+    degree=st.integers(0, 2),
+    n_samples=st.integers(40, 400),
+    chunk_size=st.integers(1, 200),
+    accelerate=st.booleans(),
+)
+def test_chunked_em_in_float32_never_decreases_beyond_its_round_off(
+    seed, n_experts, n_features, degree, n_samples, chunk_size, accelerate
+):
+    """Falls of at most 100 float32 eps per sample, flagged by the monitor otherwise."""
+    rng = np.random.default_rng(seed)
+    truth = random_model(rng, n_experts, n_features, degree, False, SoftmaxGate())
+    X, y = simulate(truth, n_samples, n_features, rng)
+    model, design = start_for(truth, X, y, rng)
+    result = em(
+        model,
+        design,
+        y,
+        tol=0.0,
+        max_iter=40,
+        var_floor=1e-6 * np.var(y),
+        chunk_size=chunk_size,
+        accelerate=accelerate,
+        sweep_dtype=np.float32,
+    )
+    per_sample = result.trace / n_samples
+    scale = np.maximum(np.abs(per_sample[:-1]), 1.0)
+    assert np.all(np.diff(per_sample) >= -sweep_em.sweep_round_off(np.float32) * scale)
+    assert result.monotone
+    assert np.all(np.isfinite(result.trace))
+
+
 def test_chunked_em_with_sample_weights_reaches_the_weighted_maximum(rng):
     truth = two_expert_truth()
     X, y = simulate(truth, 1500, 1, rng)
@@ -453,6 +489,60 @@ def test_chunked_em_with_sample_weights_reaches_the_weighted_maximum(rng):
     assert full.converged and chunked.converged
     np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-8)
     np.testing.assert_allclose(chunked.expert_weight, full.expert_weight, rtol=1e-4)
+
+
+def test_chunked_em_with_a_strided_information_reaches_the_full_paths_maximum(
+    rng, monkeypatch
+):
+    """The gate information over every 4th row: another path, the same maximum."""
+    from moestat.kernels import sweep_numpy
+
+    monkeypatch.setattr(sweep_numpy, "INFORMATION_ROWS", 100)
+    monkeypatch.setattr(sweep_numpy, "INFORMATION_WIDTH", 1)
+    assert sweep_numpy.information_stride(3000, 2, 2) == 4
+    truth = three_quadratic_truth()
+    X, y = simulate(truth, 3000, 1, rng)
+    design = truth.design(X)
+    start = initial_params(truth, design, X, y, 3, "kmeans", rng)
+    model = truth.with_params(start)
+    full = em(model, design, y, tol=1e-13, max_iter=3000, chunk_size=0)
+    strided = em(model, design, y, tol=1e-13, max_iter=3000, chunk_size=256)
+    assert full.converged and strided.converged and strided.monotone
+    np.testing.assert_allclose(strided.log_likelihood, full.log_likelihood, rtol=1e-8)
+    np.testing.assert_allclose(
+        pack(strided.model, 0.0), pack(full.model, 0.0), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_chunked_em_in_float32_reaches_the_float64_maximum_to_float32_round_off(
+    rng, weighted
+):
+    """Per-chunk float32 arithmetic: monotone, the maximum within 1e-6 per sample."""
+    truth = two_expert_truth()
+    X, y = simulate(truth, 3000, 1, rng)
+    weights = rng.uniform(0.2, 2.0, size=len(y)) if weighted else None
+    model, design = start_for(truth, X, y, rng, "kmeans")
+    options = {"tol": 1e-10, "max_iter": 3000, "chunk_size": 256}
+    double = em(model, design, y, sample_weight=weights, **options)
+    single = em(
+        model, design, y, sample_weight=weights, sweep_dtype=np.float32, **options
+    )
+    assert single.converged and single.monotone
+    n = len(y) if weights is None else weights.sum()
+    assert abs(single.log_likelihood - double.log_likelihood) < 1e-6 * n
+    np.testing.assert_allclose(
+        pack(single.model, 0.0), pack(double.model, 0.0), rtol=1e-3, atol=1e-3
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, "complex", "nonsense"])
+def test_sweep_dtypes_other_than_float64_and_float32_are_refused(rng, dtype):
+    truth = two_expert_truth()
+    X, y = simulate(truth, 100, 1, rng)
+    model, design = start_for(truth, X, y, rng)
+    with pytest.raises(ValueError, match="sweep_dtype"):
+        em(model, design, y, chunk_size=50, sweep_dtype=dtype)
 
 
 def test_em_sweeps_in_chunks_from_chunked_entries_on(rng, monkeypatch):

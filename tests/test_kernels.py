@@ -160,19 +160,37 @@ else:
 
 
 # -- the EM sweep ----------------------------------------------------------------
+def numpy_sweep(Z, Phi, y, weight, gate_coef, coef, var, chunk_size, **options):
+    """:class:`NumpySweep` called as :func:`moestat.kernels.sweep.sweep` is."""
+    from moestat.kernels.sweep_numpy import NumpySweep
+
+    m = gate_coef.shape[0]
+    return NumpySweep(Z, Phi, y, weight, m, chunk_size, **options)(gate_coef, coef, var)
+
+
+def array_api_sweep(*args):
+    from moestat.kernels.sweep import sweep
+
+    return sweep(*args)
+
+
+SWEEPS = {"array_api": array_api_sweep, "numpy": numpy_sweep}
+
+
+@pytest.mark.parametrize("kernel", sorted(SWEEPS))
 @pytest.mark.parametrize(("n_experts", "degree"), [(3, 2), (9, 2), (3, 3), (9, 3)])
 @pytest.mark.parametrize("chunk_size", [7, 64, 500])
 def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
-    rng, chunk_size, n_experts, degree
+    rng, chunk_size, n_experts, degree, kernel
 ):
     """Chunk by chunk, the sums of a sweep equal the (n, m) arrays' sums.
 
     Narrow and wide expert designs (6 and 10 columns), few and many experts
-    (the information's pair and Khatri-Rao forms).
+    (the information's pair and Khatri-Rao forms), for the array-API
+    kernel and the numpy one.
     """
     from moestat import GaussianExpert, GaussianExpertParams
     from moestat._math import fisher_information, pair_products
-    from moestat.kernels.sweep import sweep
 
     n, m = 500, n_experts
     X = rng.uniform(-1, 1, size=(n, 2))
@@ -182,7 +200,7 @@ def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
     weight = rng.uniform(0.5, 2.0, size=n)
     gate_coef = np.vstack([np.zeros(3), rng.normal(size=(m - 1, 3))])
     coef, var = rng.normal(size=(m, Phi.shape[1])), rng.uniform(0.2, 1.0, size=m)
-    stats = sweep(Z, Phi, y, weight, gate_coef, coef, var, chunk_size)
+    stats = SWEEPS[kernel](Z, Phi, y, weight, gate_coef, coef, var, chunk_size)
 
     log_g = log_softmax(Z @ gate_coef.T, axis=1)
     log_f = GaussianExpert(degree=degree).log_density(
@@ -310,3 +328,77 @@ def test_the_batch_hooks_are_refused_with_a_ridge_and_the_box_clips(rng):
     shared = SharedExpertsGate(NormalizedSigmoidGate(bound=2.0), 2, "learned")
     theta = np.array([[-3.0, 1.0, 5.0, 9.0, -9.0]])  # routed (3), omega (1), lambda
     assert shared.batch_project(theta).tolist() == [[-2.0, 1.0, 2.0, 9.0, -9.0]]
+
+
+def sweep_case(rng, n=600, m=4, shared=True, weighted=False):
+    """Designs, responses and parameters of a small sweep."""
+    from moestat import GaussianExpert
+
+    X = rng.uniform(-1, 1, size=(n, 2))
+    Z = np.column_stack([np.ones(n), X])
+    Phi = Z if shared else GaussianExpert(degree=2).design(X)
+    y = rng.normal(size=n)
+    weight = rng.uniform(0.5, 2.0, size=n) if weighted else None
+    gate_coef = np.vstack([np.zeros(3), rng.normal(size=(m - 1, 3))])
+    coef, var = rng.normal(size=(m, Phi.shape[1])), rng.uniform(0.2, 1.0, size=m)
+    return Z, Phi, y, weight, gate_coef, coef, var
+
+
+def assert_same_statistics(actual, expected, rtol):
+    for name, value in vars(expected).items():
+        scale = np.max(np.abs(value))
+        np.testing.assert_allclose(
+            getattr(actual, name), value, rtol=rtol, atol=rtol * scale, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numpy_sweep_keeps_rows_whose_joint_density_underflows(rng, weighted):
+    """Residuals of 1000 against variances of 1e-3: the joint is rescaled, not lost."""
+    Z, Phi, y, weight, gate_coef, coef, _ = sweep_case(rng, weighted=weighted)
+    y[::7] += 1e3
+    gate_coef *= 30.0
+    var = np.array([1e-3, 0.1, 0.5, 2.0])
+    args = (Z, Phi, y, weight, gate_coef, coef, var, 64)
+    stats = numpy_sweep(*args)
+    assert np.isfinite(stats.log_likelihood)
+    assert_same_statistics(stats, array_api_sweep(*args), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numpy_sweep_in_float32_agrees_with_float64_to_float32_round_off(
+    rng, shared, weighted
+):
+    args = (*sweep_case(rng, m=9, shared=shared, weighted=weighted), 128)
+    single = numpy_sweep(*args, dtype=np.float32)
+    assert single.gate_information.dtype == np.float64
+    assert_same_statistics(single, numpy_sweep(*args), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_experts", [4, 9])
+def test_a_strided_information_is_the_sum_over_every_stride_th_row_scaled(
+    rng, n_experts
+):
+    """Stride 3 (chunks of 60 rows): the information of rows 0, 3, 6, ... times n / n_3.
+
+    Everything else is summed over every row.
+    """
+    Z, Phi, y, weight, gate_coef, coef, var = sweep_case(rng, m=n_experts)
+    strided = numpy_sweep(Z, Phi, y, weight, gate_coef, coef, var, 60, stride=3)
+    every_row = numpy_sweep(Z, Phi, y, weight, gate_coef, coef, var, 60)
+    Z3 = Z[::3]
+    thinned = numpy_sweep(Z3, Z3, y[::3], None, gate_coef, coef, var, 60)
+    np.testing.assert_allclose(
+        strided.gate_information, 3 * thinned.gate_information, rtol=1e-12
+    )
+    for name in ("log_likelihood", "expert_gram", "gate_gradient"):
+        np.testing.assert_array_equal(getattr(strided, name), getattr(every_row, name))
+
+
+def test_the_information_takes_every_row_below_twice_information_rows():
+    from moestat.kernels.sweep_numpy import INFORMATION_ROWS, information_stride
+
+    assert information_stride(2 * INFORMATION_ROWS - 1, 63, 3) == 1
+    assert information_stride(10**7, 3, 3) == 1
+    assert information_stride(10**7, 31, 3) > 1
