@@ -88,6 +88,29 @@ def supports(model: MixtureOfExperts) -> bool:
     )
 
 
+#: Numbers per fit, ``n (m + q_gate + q_expert)``, from which :func:`em`
+#: sweeps the data in chunks by default (when the model allows it): the
+#: (n, m) responsibilities and the per-sample products of design columns
+#: (``q = p (p + 1) / 2`` per design) that the full path stores. About two
+#: million: n = 131,072 with m = 4 and linear experts on two covariates
+#: (``q = 6`` for both designs), or n = 489 with 64 covariates; there
+#: the full path's arrays outgrow the caches and the sweep is the faster.
+CHUNKED_ENTRIES = 2**21
+
+
+def full_path_entries(design: Design, n_experts: int) -> int:
+    """Numbers the full path stores: (n, m) arrays and products of design columns."""
+    p_gate, p_expert = design.gate.shape[1], design.expert.shape[1]
+    per_sample = n_experts + p_gate * (p_gate + 1) // 2 + p_expert * (p_expert + 1) // 2
+    return design.n_samples * per_sample
+
+
+def sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) -> bool:
+    """Whether the data are large enough, and the model fit, for the chunked path."""
+    large = full_path_entries(design, n_experts) >= CHUNKED_ENTRIES
+    return large and supports(model)
+
+
 def default_chunk_size(n: int, m: int, p_gate: int, p_expert: int) -> int:
     """Rows per chunk of a numpy sweep (:data:`CHUNK_BYTES` of intermediates)."""
     return chunk_rows(n, m, p_gate, p_expert, 8, CHUNK_BYTES)

@@ -42,9 +42,11 @@ from moestat._batched_em import em as batched_em
 from moestat._stopping import ROUNDOFF, aitken_converged
 from moestat._sweep_em import (
     default_chunk_size,
+    full_path_entries,
     start_from_labels,
     sweep_round_off,
     sweep_steps,
+    sweeps_by_default,
 )
 from moestat._sweep_em import supports as supports_sweeps
 from moestat.boundary import (
@@ -385,34 +387,12 @@ def em(
     )
 
 
-#: Numbers per fit, ``n (m + q_gate + q_expert)``, from which :func:`em`
-#: sweeps the data in chunks by default (when the model allows it): the
-#: (n, m) responsibilities and the per-sample products of design columns
-#: (``q = p (p + 1) / 2`` per design) that the full path stores. About two
-#: million: n = 131,072 with m = 4 and linear experts on two covariates
-#: (``q = 6`` for both designs), or n = 489 with 64 covariates; there
-#: the full path's arrays outgrow the caches and the sweep is the faster.
-CHUNKED_ENTRIES = 2**21
-
 #: Short runs go in one numpy batch while the batch's (B, n, ...) arrays
 #: hold fewer numbers than this (``B n (m + q_gate + q_expert)``). There the
 #: cost of a call outweighs its arithmetic and one call for all starts pays
 #: (benchmarks/bench_batched.py: 5 starts x 10 iterations, d = 2, 2.4-3.2x
 #: faster at n = 200, 1.2-1.9x at n = 1000, 0.6-0.9x at n = 5000).
 BATCHED_ENTRIES = 2**17
-
-
-def _full_path_entries(design: Design, n_experts: int) -> int:
-    """Numbers the full path stores: (n, m) arrays and products of design columns."""
-    p_gate, p_expert = design.gate.shape[1], design.expert.shape[1]
-    per_sample = n_experts + p_gate * (p_gate + 1) // 2 + p_expert * (p_expert + 1) // 2
-    return design.n_samples * per_sample
-
-
-def sweeps_by_default(model: MixtureOfExperts, design: Design, n_experts: int) -> bool:
-    """Whether the data are large enough, and the model fit, for the chunked path."""
-    large = _full_path_entries(design, n_experts) >= CHUNKED_ENTRIES
-    return large and supports_sweeps(model)
 
 
 def _check_sweep_dtype(sweep_dtype: DTypeLike) -> np.dtype:
@@ -1298,7 +1278,7 @@ def _batches(
     hold fewer than :data:`BATCHED_ENTRIES` numbers (larger data run one
     start at a time, in chunks where the model allows).
     """
-    entries = batch * _full_path_entries(design, n_experts)
+    entries = batch * full_path_entries(design, n_experts)
     return batch > 1 and entries < BATCHED_ENTRIES and runs_batched(model)
 
 

@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from moestat._sweep_em import default_chunk_size, start_from_soft_labels
-from moestat.fit import sweeps_by_default
+from moestat._sweep_em import (
+    default_chunk_size,
+    start_from_soft_labels,
+    sweeps_by_default,
+)
 from moestat.model import (
     Design,
     MixtureOfExperts,
@@ -249,7 +252,7 @@ def split_merge_starts(
     -----
     Where :func:`moestat.fit.em` sweeps the data in chunks (a softmax gate
     with Gaussian experts on data of at least
-    :data:`moestat.fit.CHUNKED_ENTRIES` numbers), the moves are ranked from
+    :data:`moestat._sweep_em.CHUNKED_ENTRIES` numbers), the moves are ranked from
     sums over chunks of rows and each start is fitted to its moved
     responsibilities chunk by chunk
     (:func:`moestat._sweep_em.start_from_soft_labels`), so no (n, m) array

@@ -21,7 +21,6 @@ from moestat import (
     SoftmaxGate,
 )
 from moestat import _sweep_em as sweep_em
-from moestat import fit as fit_module
 from moestat.fit import (
     ConvergenceMonitor,
     em,
@@ -557,9 +556,9 @@ def test_em_sweeps_in_chunks_from_chunked_entries_on(rng, monkeypatch):
     def trace(chunk_size):
         return em(model, design, y, tol=0.0, max_iter=8, chunk_size=chunk_size).trace
 
-    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 4001)
+    monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", 4001)
     np.testing.assert_array_equal(trace(None), trace(0))
-    monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", 4000)
+    monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", 4000)
     np.testing.assert_array_equal(trace(None), trace(500))
     assert not np.array_equal(trace(0), trace(500))
 
@@ -603,7 +602,7 @@ def test_the_start_from_sums_over_chunks_is_the_start_from_whole_arrays(
     monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
 
     def start(entries):
-        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", entries)
         draws = np.random.default_rng(seed)
         return spec.with_params(
             initial_params(spec, design, X, y, 3, method, draws, var_floor=1e-3)
@@ -633,7 +632,7 @@ def test_the_log_likelihood_and_gradient_over_chunks_are_those_of_whole_arrays(
     monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
 
     def evaluate(entries):
-        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", entries)
         return log_likelihood_and_gradient(model, design, y, 1e-3)
 
     (whole, whole_grad), (chunked, chunked_grad) = evaluate(10**9), evaluate(1)
@@ -650,7 +649,7 @@ def test_mle_over_chunks_reaches_the_whole_arrays_maximum(rng, monkeypatch):
     monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)
 
     def polish(entries):
-        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", entries)
         return mle(model, design, y, tol=1e-12, var_floor=1e-3)
 
     whole, chunked = polish(10**9), polish(1)

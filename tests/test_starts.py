@@ -10,7 +10,6 @@ import pytest
 
 from moestat import GaussianExpert, GaussianMoE, SoftmaxGate
 from moestat import _sweep_em as sweep_em
-from moestat import fit as fit_module
 from moestat.datasets import (
     make_moe_classification,
     make_moe_glm,
@@ -209,7 +208,7 @@ def test_the_moves_from_sums_over_chunks_are_the_moves_from_whole_arrays(
     monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
 
     def starts(entries):
-        monkeypatch.setattr(fit_module, "CHUNKED_ENTRIES", entries)
+        monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", entries)
         found = split_merge_starts(fitted, design, y, n_moves=3, var_floor=1e-3)
         return [pack(spec.with_params(s), 1e-3) for s in found]
 
