@@ -522,9 +522,10 @@ def test_chunked_em_with_a_dense_sigmoid_gate_reaches_the_full_paths_maximum(
     np.testing.assert_allclose(chunked.expert_weight, full.expert_weight, rtol=1e-4)
 
 
-def test_chunked_em_with_a_sigmoid_gate_on_its_box_reaches_a_maximum_on_the_box(rng):
+def test_chunked_em_with_a_sigmoid_gate_on_its_box_reaches_a_maximum_on_the_box():
     """bound=1 holds coefficients at the box: the chunked fit stops where the
     projected gradient vanishes, inside the box, not below the full path."""
+    rng = np.random.default_rng(1)  # a clipped Newton step stalls on these data
     gate = NormalizedSigmoidGate(bound=1.0)
     full, chunked, design, y = sigmoid_fits(rng, gate, GaussianExpert())
     assert chunked.converged and chunked.monotone
