@@ -18,13 +18,18 @@ experts, one BLAS thread) against the time to stream, once, the bytes an EM
 iteration cannot avoid touching: ``X``, ``y`` and the ``(n, m)``
 responsibilities, at this machine's measured read bandwidth. Cases ending
 in ``f32`` run the chunked sweep in float32 (``em(sweep_dtype=np.float32)``;
-EM only). ``--slope`` adds, per dtype, the log-log slope of ms/iter against
+EM only); cases ending in ``sig`` fit a dense normalized sigmoid gate
+(default box) instead of the softmax gate (EM only). ``--path full`` runs
+the EM cases on the full path (``em(chunk_size=0)``), for comparison with
+the chunked one. ``--slope`` adds, per dtype, the log-log slope of ms/iter against
 m over the ``d2m*`` cases run (1: linear in m).
 
 Run:  python benchmarks/bench_large_n.py [--n 1000000] [--iters 10]
       [--cases d2m4 d2m16 d2m32 d64m4 d2m4f32] [--what em fit] [--slope]
+      [--path auto|full]
       python benchmarks/bench_large_n.py --what em --slope
       --cases d2m4 d2m8 d2m16 d2m32 d2m4f32 d2m8f32 d2m16f32 d2m32f32
+      python benchmarks/bench_large_n.py --what em --cases d2m4sig [--path full]
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import subprocess
 import sys
 import textwrap
 
-#: name -> (d, m, rows as a fraction of --n, dtype of the sweep)
+#: name -> (d, m, rows as a fraction of --n, dtype of the sweep); a
+#: ``sig`` case fits a dense normalized sigmoid gate (:data:`SIGMOID_CASES`)
 CASES = {
     "d2m4": (2, 4, 1.0, "float64"),
     "d2m8": (2, 8, 1.0, "float64"),
@@ -46,7 +52,9 @@ CASES = {
     "d2m8f32": (2, 8, 1.0, "float32"),
     "d2m16f32": (2, 16, 1.0, "float32"),
     "d2m32f32": (2, 32, 1.0, "float32"),
+    "d2m4sig": (2, 4, 1.0, "float64"),
 }
+SIGMOID_CASES = {"d2m4sig"}
 DEFAULT_CASES = ["d2m4", "d2m16", "d2m32", "d64m4", "d2m4f32"]
 
 CHILD = textwrap.dedent(
@@ -67,14 +75,17 @@ CHILD = textwrap.dedent(
     from moestat.fit import em, initial_params
     from moestat.model import MixtureOfExperts
 
-    n, d, m, iters, what, dtype = json.loads(sys.argv[1])
+    n, d, m, iters, what, dtype, sigmoid, full = json.loads(sys.argv[1])
     options = {} if dtype == "float64" else {"sweep_dtype": np.dtype(dtype)}
+    if full:
+        options["chunk_size"] = 0
     baseline = rss("VmRSS")
     with threadpool_limits(1, user_api="blas"):
         X, y, truth = make_moe_regression(
             n_samples=n, n_features=d, n_experts=m, random_state=0
         )
-        spec = MixtureOfExperts(truth.gate, truth.expert)
+        gate = moestat.NormalizedSigmoidGate() if sigmoid else truth.gate
+        spec = MixtureOfExperts(gate, truth.expert)
         design = spec.design(X)
         if what == "em":
             start = initial_params(
@@ -85,7 +96,8 @@ CHILD = textwrap.dedent(
             model = truth
         try:
             import moestat.fit as fit_module
-            path = "chunks" if fit_module._chunked(model, design, None) else "full"
+            chunked = fit_module._chunked(model, design, options.get("chunk_size"))
+            path = "chunks" if chunked else "full"
         except AttributeError:
             path = "full"
         if what == "fit":
@@ -118,10 +130,20 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_case(n: int, d: int, m: int, iters: int, what: str, dtype: str) -> dict:
+def run_case(
+    n: int,
+    d: int,
+    m: int,
+    iters: int,
+    what: str,
+    dtype: str,
+    sigmoid: bool = False,
+    full: bool = False,
+) -> dict:
     """Run one case in a fresh interpreter and read its JSON line."""
+    case = [n, d, m, iters, what, dtype, sigmoid, full]
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps([n, d, m, iters, what, dtype])],
+        [sys.executable, "-c", CHILD, json.dumps(case)],
         capture_output=True,
         text=True,
         check=True,
@@ -163,6 +185,12 @@ def main() -> None:
         action="store_true",
         help="the log-log slope of ms/iter against m over the d2m* cases",
     )
+    parser.add_argument(
+        "--path",
+        default="auto",
+        choices=["auto", "full"],
+        help="auto: em's default path; full: the EM cases on the full path",
+    )
     args = parser.parse_args()
 
     bandwidth = read_bandwidth(min(400_000_000, 64 * args.n))
@@ -179,10 +207,12 @@ def main() -> None:
         n = max(1000, int(args.n * fraction))
         bound_ms = 1e3 * n * 8 * (d + 1 + m) / bandwidth
         for what in args.what:
-            if what == "fit" and dtype != "float64":
+            sigmoid = name in SIGMOID_CASES
+            if what == "fit" and (dtype != "float64" or sigmoid):
                 continue
-            row = run_case(n, d, m, args.iters, what, dtype)
-            if what == "em" and d == 2:
+            full = what == "em" and args.path == "full"
+            row = run_case(n, d, m, args.iters, what, dtype, sigmoid, full)
+            if what == "em" and d == 2 and not sigmoid:
                 by_m.setdefault(dtype, {})[m] = row["ms_per_iter"]
             ratio = row["ms_per_iter"] / bound_ms if what == "em" else float("nan")
             print(

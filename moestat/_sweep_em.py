@@ -1,23 +1,27 @@
 """EM steps from sweeps: the chunked path of :func:`moestat.fit.em`.
 
-For a softmax gate (plain or modified, without a ridge penalty) and
-Gaussian experts, an EM iteration needs only the weighted sums of
-:mod:`moestat.kernels.sweep`, which one pass over the data adds up chunk by
-chunk (:class:`moestat.kernels.sweep_numpy.NumpySweep`, in float64 or
-float32 within a chunk). The (n, m) arrays of the full path and the
-per-sample products of design columns are then never stored: beside the
-data and their designs, a fit holds one chunk's buffers (a few MiB) and a
-few hundred sums. The starting values' sums take chunks of
-:data:`CHUNK_BYTES`.
+For a softmax gate (plain or modified) or a dense normalized sigmoid gate
+(any ``bound``), without a ridge penalty, and Gaussian experts, an EM
+iteration needs only the weighted sums of :mod:`moestat.kernels.sweep`,
+which one pass over the data adds up chunk by chunk
+(:class:`moestat.kernels.sweep_numpy.NumpySweep`, in float64 or float32
+within a chunk). The (n, m) arrays of the full path and the per-sample
+products of design columns are then never stored: beside the data and their
+designs, a fit holds one chunk's buffers (a few MiB) and a few hundred sums.
+The starting values' sums take chunks of :data:`CHUNK_BYTES`.
 
 An EM step here is the experts' closed-form M-step and one Fisher-scoring
 step of the gate, both from the sums at the current point, followed by the
 sweep at the new point, which gives its log-likelihood and the next sums.
-The gate step is judged by that sweep (lazy halving): if the
-log-likelihood fell beyond round-off, the step is halved and the sweep
-repeated, up to the gate's ``max_halvings`` times, and then the old gate
-is kept, which cannot lower the likelihood (the expert step maximises the
-expected complete-data log-likelihood in the experts). The log-likelihood
+The gate step is judged by that sweep (lazy halving): if the log-likelihood
+fell beyond round-off, the step is halved and the sweep repeated, up to the
+gate's ``max_halvings`` times, and then the old gate is kept, which cannot
+lower the likelihood (the expert step maximises the expected complete-data
+log-likelihood in the experts). A gate with a box ``|beta| <= bound`` (the
+sigmoid gate's default) takes a projected Newton step
+(:func:`box_direction`): the coefficients at the box that the gradient
+pushes out of it stay, the others take the Fisher step of their own block,
+and the step is clipped into the box before it is judged. The log-likelihood
 therefore never decreases. The gate takes one Fisher step per iteration,
 whatever its ``newton_steps``.
 
@@ -39,6 +43,7 @@ from numpy.typing import NDArray
 from moestat._math import solve_spd
 from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
 from moestat.gates._base import GateParams
+from moestat.gates.sigmoid import NormalizedSigmoidGate
 from moestat.gates.softmax import ModifiedSoftmaxGate, SoftmaxGate
 from moestat.kernels.sweep import (
     SweepStatistics,
@@ -77,15 +82,29 @@ def sweep_round_off(dtype: Any) -> float:
 def supports(model: MixtureOfExperts) -> bool:
     """Whether the chunked path fits ``model``.
 
-    A softmax gate (plain or modified) without a ridge penalty and Gaussian
-    experts (any degree; per-expert, shared or known variance).
+    A softmax gate (plain or modified) or a dense normalized sigmoid gate
+    (``top_k=None``, any ``bound``), without a ridge penalty, and Gaussian
+    experts (any degree; per-expert, shared or known variance). A top-K
+    sigmoid gate is not served (its selection is not a sum over rows).
     """
     gate, expert = model.gate, model.expert
     return (
-        type(gate) in (SoftmaxGate, ModifiedSoftmaxGate)
+        _sweep_gate(gate) is not None
         and not gate.alpha
         and type(expert) is GaussianExpert
     )
+
+
+def _sweep_gate(gate: Any) -> str | None:
+    """The sweep kernels' name for ``gate`` (:data:`moestat.kernels.sweep.GATES`).
+
+    None for a gate they do not serve.
+    """
+    if type(gate) in (SoftmaxGate, ModifiedSoftmaxGate):
+        return "softmax"
+    if type(gate) is NormalizedSigmoidGate and gate.top_k is None:
+        return "normalized_sigmoid"
+    return None
 
 
 #: Numbers per fit, ``n (m + q_gate + q_expert)``, from which :func:`em`
@@ -179,7 +198,9 @@ class SweepSteps:
         self.rows = self.gate.free_rows(m)
         total = self.n if weight is None else float(weight.sum())
         self.n_total = total
-        self.sweep = NumpySweep(Z, Phi, y, weight, m, chunk_size or None, dtype)
+        self.sweep = NumpySweep(
+            Z, Phi, y, weight, m, chunk_size or None, dtype, gate=_sweep_gate(self.gate)
+        )
         self.round_off = sweep_round_off(dtype)
 
     def e_step(self, params: MoEParams) -> SweepState:
@@ -200,9 +221,11 @@ class SweepSteps:
         expert_params = GaussianExpertParams(coef, var)
         old = state.params.gate.coef
         direction = np.zeros_like(old)
-        direction[self.rows] = gate_direction(state.stats, self.n).reshape(
-            len(self.rows), old.shape[1]
-        )
+        if self.gate.bound is None:
+            free = gate_direction(state.stats, self.n)
+        else:
+            free = box_direction(state.stats, self.n, old[self.rows], self.gate.bound)
+        direction[self.rows] = free.reshape(len(self.rows), old.shape[1])
         moved = bool(np.any(direction != 0))
         step, halvings = 1.0, 0
         while True:
@@ -221,6 +244,44 @@ class SweepSteps:
         curr = after.log_likelihood / self.n_total
         scale = max(abs(prev), abs(curr), 1.0)
         return not curr >= prev - self.round_off * scale
+
+
+def box_direction(
+    stats: SweepStatistics, n: float, coef: NDArray[np.float64], bound: float
+) -> NDArray[np.float64]:
+    """Projected Fisher-scoring direction of a gate in the box ``|beta| <= bound``.
+
+    A coefficient at the box whose gradient points out of it is held (its
+    direction is zero); the others take the Fisher step of their block of
+    the information, as :func:`moestat.kernels.sweep.gate_direction` takes
+    it (zero where no ascent is due). Without the hold, a clipped Newton
+    step at a maximum on the box moves the free coefficients as if the held
+    ones moved too, and can lose likelihood.
+
+    Parameters
+    ----------
+    stats : SweepStatistics
+    n : float
+        The data's size.
+    coef : ndarray of shape (k, p_gate)
+        The free rows' coefficients the sweep ran at.
+    bound : float
+
+    Returns
+    -------
+    ndarray of shape (k p_gate,)
+    """
+    grad = np.asarray(stats.gate_gradient)
+    information = np.asarray(stats.gate_information)
+    flat = coef.ravel()
+    held = (np.abs(flat) >= bound) & (grad * flat > 0)
+    free = ~held
+    direction = np.zeros_like(grad)
+    if free.any():
+        step = solve_spd(information[np.ix_(free, free)], grad[free], ridge=1e-9)
+        if float(grad[free] @ step) > 1e-14 * n:
+            direction[free] = step
+    return direction
 
 
 def sweep_steps(
@@ -383,13 +444,15 @@ def _gate_from_labels(gate, Z, soft_labels, m, chunk, max_steps=10, tol=1e-6):
     """The gate's fit to soft labels from zero (``init_params``), in chunks."""
     n = Z.shape[0]
     rows = gate.free_rows(m)
+    kind = _sweep_gate(gate)
 
     def sums(coef):
         total = 0.0
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            total = total + soft_label_statistics(Z[part], soft_labels(part), coef)
-        return unflatten_soft_label(total, m, Z.shape[1])
+            labels = soft_labels(part)
+            total = total + soft_label_statistics(Z[part], labels, coef, kind)
+        return unflatten_soft_label(total, m, Z.shape[1], kind)
 
     coef = np.zeros((m, Z.shape[1]))
     objective, grad, information = sums(coef)

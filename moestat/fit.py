@@ -319,8 +319,9 @@ def em(
     start of each SQUAREM cycle (three E-steps), whose increments shrink
     geometrically as plain EM's do.
 
-    The chunked path serves a softmax gate (plain or modified, ``alpha=0``)
-    with Gaussian experts. Each iteration is one pass over the data in
+    The chunked path serves a softmax gate (plain or modified) or a dense
+    normalized sigmoid gate (``top_k=None``, any ``bound``), with
+    ``alpha=0``, and Gaussian experts. Each iteration is one pass over the data in
     chunks of a few thousand rows (:mod:`moestat.kernels.sweep_numpy`, the
     numpy form of :mod:`moestat.kernels.sweep`, which the torch engine
     :func:`moestat.torch.fused.em_softmax_gaussian` runs): the chunk's
@@ -330,7 +331,8 @@ def em(
     or ``n * p^2`` is stored, so memory beyond the data and designs stays
     a few megabytes. The gate
     takes one Fisher step per iteration, judged by the next sweep and
-    halved while the log-likelihood falls (:mod:`moestat._sweep_em`), so
+    halved while the log-likelihood falls (:mod:`moestat._sweep_em`; a
+    sigmoid gate's step is first clipped into its box), so
     the likelihood is still non-decreasing; SQUAREM applies as on the
     full path. Both paths climb to the same maximum, along slightly
     different paths where the full path takes more Newton steps or halves
@@ -418,8 +420,8 @@ def _chunked(model: MixtureOfExperts, design: Design, chunk_size: int | None) ->
         raise ValueError(f"chunk_size must be None or an int >= 0; got {chunk_size}.")
     if chunk_size > 0 and not supports_sweeps(model):
         raise ValueError(
-            "em(chunk_size > 0) sweeps a softmax gate (plain or modified, "
-            "alpha=0) with Gaussian experts; got "
+            "em(chunk_size > 0) sweeps a softmax gate (plain or modified) or a "
+            "dense normalized sigmoid gate, alpha=0, with Gaussian experts; got "
             f"{model.gate.describe()} and {type(model.expert).__name__}. "
             "Use chunk_size=None or 0."
         )
@@ -1032,8 +1034,9 @@ def initial_params(
 
     Notes
     -----
-    Where :func:`em` would sweep the data in chunks (a softmax gate with
-    Gaussian experts on data of at least :data:`CHUNKED_ENTRIES` numbers), both
+    Where :func:`em` would sweep the data in chunks (a softmax or dense
+    normalized sigmoid gate with Gaussian experts on data of at least
+    :data:`CHUNKED_ENTRIES` numbers), both
     M-steps are taken from sums over chunks of rows, so no (n, m) labels
     are stored.
     """

@@ -15,9 +15,13 @@ from scipy.optimize import approx_fprime
 from moestat import (
     ConvergenceWarning,
     DegenerateFitWarning,
+    GateParams,
     GaussianExpert,
+    GaussianExpertParams,
     GaussianMoE,
     MixtureOfExperts,
+    MoEParams,
+    NormalizedSigmoidGate,
     SoftmaxGate,
 )
 from moestat import _sweep_em as sweep_em
@@ -477,6 +481,99 @@ def test_chunked_em_in_float32_never_decreases_beyond_its_round_off(
     assert np.all(np.isfinite(result.trace))
 
 
+def sigmoid_truth(gate):
+    """Two experts under a dense normalized sigmoid gate, one covariate."""
+    params = MoEParams(
+        GateParams(np.array([[0.5, -3.0], [-0.5, 3.0]])),
+        GaussianExpertParams(
+            np.array([[1.0, 2.0], [-1.0, -1.0]]), np.array([0.3, 0.2])
+        ),
+    )
+    return MixtureOfExperts(gate, GaussianExpert(), params)
+
+
+def sigmoid_fits(rng, gate, expert, **options):
+    """The full path's and the chunked path's fits from one start."""
+    X, y = simulate(sigmoid_truth(gate), 3000, 1, rng)
+    spec = MixtureOfExperts(gate, expert)
+    design = spec.design(X)
+    model = spec.with_params(initial_params(spec, design, X, y, 2, "kmeans", rng))
+    options = {"tol": 1e-13, "max_iter": 3000, **options}
+    full = em(model, design, y, chunk_size=0, **options)
+    chunked = em(model, design, y, chunk_size=256, **options)
+    return full, chunked, design, y
+
+
+@pytest.mark.parametrize("expert_name", ["per_expert", "shared"])
+@pytest.mark.parametrize("bound", [20.0, None])
+def test_chunked_em_with_a_dense_sigmoid_gate_reaches_the_full_paths_maximum(
+    rng, bound, expert_name
+):
+    """Every gate row free, bounded or not: one maximum, to 1e-8, climbing."""
+    gate = NormalizedSigmoidGate(bound=bound)
+    assert sweep_em.supports(MixtureOfExperts(gate, CHUNKED_EXPERTS[expert_name]))
+    full, chunked, _, _ = sigmoid_fits(rng, gate, CHUNKED_EXPERTS[expert_name])
+    assert full.converged and chunked.converged and chunked.monotone
+    np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-8)
+    np.testing.assert_allclose(
+        pack(chunked.model, 0.0), pack(full.model, 0.0), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(chunked.expert_weight, full.expert_weight, rtol=1e-4)
+
+
+def test_chunked_em_with_a_sigmoid_gate_on_its_box_reaches_a_maximum_on_the_box():
+    """bound=1 holds coefficients at the box: the chunked fit stops where the
+    projected gradient vanishes, inside the box, not below the full path."""
+    rng = np.random.default_rng(1)  # a clipped Newton step stalls on these data
+    gate = NormalizedSigmoidGate(bound=1.0)
+    full, chunked, design, y = sigmoid_fits(rng, gate, GaussianExpert())
+    assert chunked.converged and chunked.monotone
+    coef = chunked.model.params.gate.coef
+    assert np.all(np.abs(coef) <= 1.0)
+    assert chunked.log_likelihood >= full.log_likelihood - 1e-8 * abs(
+        full.log_likelihood
+    )
+    steps = sweep_em.SweepSteps(chunked.model, design, y, None, 0.0, 256)
+    grad = steps.e_step(chunked.model.params).stats.gate_gradient
+    held = (np.abs(coef.ravel()) >= 1.0) & (grad * coef.ravel() > 0)
+    assert held.any()
+    np.testing.assert_allclose(grad[~held], 0.0, atol=1e-6 * len(y))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_experts=st.integers(1, 4),
+    n_samples=st.integers(40, 300),
+    chunk_size=st.integers(1, 200),
+    bound=st.sampled_from([None, 0.5, 20.0]),
+)
+def test_chunked_em_with_a_dense_sigmoid_gate_never_decreases(
+    seed, n_experts, n_samples, chunk_size, bound
+):
+    rng = np.random.default_rng(seed)
+    gate = NormalizedSigmoidGate(bound=bound)
+    truth = random_model(rng, n_experts, 2, gate=gate)
+    X, y = simulate(truth, n_samples, 2, rng)
+    model, design = start_for(truth, X, y, rng)
+    result = em(model, design, y, max_iter=40, chunk_size=chunk_size, var_floor=1e-3)
+    assert result.monotone
+    if bound is not None:
+        assert np.all(np.abs(result.model.params.gate.coef) <= bound)
+
+
+def test_chunked_em_with_a_sigmoid_gate_and_weights_reaches_the_weighted_maximum():
+    rng = np.random.default_rng(1)  # data whose EM converges in 3000 iterations
+    weights = rng.uniform(0.2, 2.0, size=3000)
+    gate = NormalizedSigmoidGate()
+    full, chunked, _, _ = sigmoid_fits(
+        rng, gate, GaussianExpert(), sample_weight=weights
+    )
+    assert full.converged and chunked.converged and chunked.monotone
+    np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-8)
+    np.testing.assert_allclose(chunked.expert_weight, full.expert_weight, rtol=1e-4)
+
+
 def test_chunked_em_with_sample_weights_reaches_the_weighted_maximum(rng):
     truth = two_expert_truth()
     X, y = simulate(truth, 1500, 1, rng)
@@ -564,19 +661,22 @@ def test_em_sweeps_in_chunks_from_chunked_entries_on(rng, monkeypatch):
 
 
 def test_chunk_size_is_refused_where_the_model_has_no_sweep(rng):
-    truth = random_model(rng, 2, 1, gate=GATES["normalized_sigmoid"])
+    """A top-K sigmoid gate has no sweep: it takes the full path."""
+    truth = random_model(rng, 3, 1, gate=GATES["normalized_sigmoid_top2"])
     X, y = simulate(truth, 100, 1, rng)
     model, design = start_for(truth, X, y, rng)
-    with pytest.raises(ValueError, match="softmax gate"):
+    assert not sweep_em.supports(model)
+    with pytest.raises(ValueError, match="dense normalized sigmoid gate"):
         em(model, design, y, chunk_size=50)
     with pytest.raises(ValueError, match="int >= 0"):
         em(model, design, y, chunk_size=-1)
     assert em(model, design, y, max_iter=3, chunk_size=0).n_iter > 0
 
 
-def test_chunked_em_stores_nothing_of_size_n_times_m(rng):
+@pytest.mark.parametrize("gate_name", ["softmax", "normalized_sigmoid"])
+def test_chunked_em_stores_nothing_of_size_n_times_m(rng, gate_name):
     """Peak allocations of a fit at n = 400,000, m = 4: below one (n, m) array."""
-    truth = random_model(rng, 4, 2, gate=SoftmaxGate())
+    truth = random_model(rng, 4, 2, gate=GATES[gate_name])
     X, y = simulate(truth, 400_000, 2, rng)
     model, design = start_for(truth, X, y, rng)
     design.gate_spreads, design.expert_spreads  # noqa: B018 -- cached before
@@ -609,6 +709,31 @@ def test_the_start_from_sums_over_chunks_is_the_start_from_whole_arrays(
         )
 
     whole, chunked = start(10**9), start(1)
+    np.testing.assert_allclose(pack(chunked, 1e-3), pack(whole, 1e-3), rtol=1e-8)
+
+
+@pytest.mark.parametrize("bound", [20.0, 0.5])
+@pytest.mark.parametrize("method", ["kmeans", "random"])
+def test_a_dense_sigmoid_gates_start_from_sums_over_chunks_is_the_whole_arrays_start(
+    rng, monkeypatch, method, bound
+):
+    spec = MixtureOfExperts(
+        NormalizedSigmoidGate(bound=bound), GaussianExpert(degree=2)
+    )
+    X, y = simulate(three_quadratic_truth(), 2500, 1, rng)
+    design = spec.design(X)
+    seed = int(rng.integers(2**31))
+    monkeypatch.setattr(sweep_em, "CHUNK_BYTES", 1)  # chunks of 1024 rows
+
+    def start(entries):
+        monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", entries)
+        draws = np.random.default_rng(seed)
+        return spec.with_params(
+            initial_params(spec, design, X, y, 3, method, draws, var_floor=1e-3)
+        )
+
+    whole, chunked = start(10**9), start(1)
+    assert np.any(chunked.params.gate.coef[0] != 0)  # every row free
     np.testing.assert_allclose(pack(chunked, 1e-3), pack(whole, 1e-3), rtol=1e-8)
 
 

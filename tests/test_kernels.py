@@ -168,10 +168,10 @@ def numpy_sweep(Z, Phi, y, weight, gate_coef, coef, var, chunk_size, **options):
     return NumpySweep(Z, Phi, y, weight, m, chunk_size, **options)(gate_coef, coef, var)
 
 
-def array_api_sweep(*args):
+def array_api_sweep(*args, **options):
     from moestat.kernels.sweep import sweep
 
-    return sweep(*args)
+    return sweep(*args, **options)
 
 
 SWEEPS = {"array_api": array_api_sweep, "numpy": numpy_sweep}
@@ -225,6 +225,71 @@ def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
     }
     for name, value in expected.items():
         np.testing.assert_allclose(getattr(stats, name), value, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel", sorted(SWEEPS))
+@pytest.mark.parametrize(("n_experts", "degree"), [(3, 2), (9, 2), (3, 3), (9, 3)])
+@pytest.mark.parametrize("chunk_size", [7, 500])
+def test_a_sigmoid_gates_sweep_sums_are_those_of_the_whole_arrays(
+    rng, chunk_size, n_experts, degree, kernel
+):
+    """The dense normalized sigmoid gate: every row free, its Fisher weights.
+
+    The gradient and information over all ``m`` rows from
+    :func:`~moestat.kernels.gates.normalized_sigmoid_fisher_weights`, in
+    the pair and the Khatri-Rao forms.
+    """
+    from moestat import GaussianExpert, GaussianExpertParams
+    from moestat._math import fisher_information, pair_products
+    from moestat.gates._base import GateParams
+    from moestat.kernels.gates import normalized_sigmoid_fisher_weights
+
+    n, m = 500, n_experts
+    X = rng.uniform(-1, 1, size=(n, 2))
+    Z = np.column_stack([np.ones(n), X])
+    Phi = GaussianExpert(degree=degree).design(X)
+    y = rng.normal(size=n)
+    weight = rng.uniform(0.5, 2.0, size=n)
+    gate_coef = 2.0 * rng.normal(size=(m, 3))
+    coef, var = rng.normal(size=(m, Phi.shape[1])), rng.uniform(0.2, 1.0, size=m)
+    stats = SWEEPS[kernel](
+        Z, Phi, y, weight, gate_coef, coef, var, chunk_size, gate="normalized_sigmoid"
+    )
+
+    log_g = NormalizedSigmoidGate(bound=None).log_weights(GateParams(gate_coef), Z)
+    log_f = GaussianExpert(degree=degree).log_density(
+        GaussianExpertParams(coef, var), Phi, y
+    )
+    per_sample = logsumexp_rows(log_g + log_f)
+    resp = np.exp(log_g + log_f - per_sample[:, None]) * weight[:, None]
+    resid = y[:, None] - Phi @ coef.T
+    grad, diag, vec = normalized_sigmoid_fisher_weights(Z @ gate_coef.T, resp, log_g)
+    information = fisher_information(Z, pair_products(Z), diag, vec, np.arange(m))
+    expected = {
+        "log_likelihood": weight @ per_sample,
+        "expert_weight": resp.sum(axis=0),
+        "expert_gram": np.einsum("ti,ta,tb->iab", resp, Phi, Phi),
+        "expert_score": (resp * resid).T @ Phi,
+        "expert_ss": (resp * resid**2).sum(axis=0),
+        "gate_gradient": (grad.T @ Z).ravel(),
+        "gate_information": information,
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(getattr(stats, name), value, rtol=1e-10, atol=1e-9)
+
+
+def test_a_softmax_sweep_without_a_gate_name_is_the_softmax_sweep(rng):
+    """``gate="softmax"`` is the default of both kernels: the same sums."""
+    args = (*sweep_case(rng, weighted=True), 64)
+    for kernel in SWEEPS.values():
+        assert_same_statistics(kernel(*args, gate="softmax"), kernel(*args), rtol=0)
+
+
+def test_sweeps_refuse_gates_they_do_not_serve():
+    from moestat.kernels.sweep import free_rows
+
+    with pytest.raises(ValueError, match="gate must be one of"):
+        free_rows(4, "normalized_sigmoid_top2")
 
 
 # -- the gates' M-step kernels, one data set and a batch ---------------------------
@@ -363,6 +428,50 @@ def test_numpy_sweep_keeps_rows_whose_joint_density_underflows(rng, weighted):
     stats = numpy_sweep(*args)
     assert np.isfinite(stats.log_likelihood)
     assert_same_statistics(stats, array_api_sweep(*args), rtol=1e-10)
+
+
+def sigmoid_sweep_case(rng, **options):
+    """:func:`sweep_case` with a sigmoid gate's coefficients: every row free."""
+    Z, Phi, y, weight, gate_coef, coef, var = sweep_case(rng, **options)
+    gate_coef = 2.0 * rng.normal(size=gate_coef.shape)
+    return Z, Phi, y, weight, gate_coef, coef, var
+
+
+@pytest.mark.parametrize("m", [4, 9])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numpy_sweep_of_a_sigmoid_gate_is_the_array_api_kernels(
+    rng, m, shared, weighted
+):
+    """NumpySweep = the array-API reference to 1e-10, sigmoid gate."""
+    args = (*sigmoid_sweep_case(rng, m=m, shared=shared, weighted=weighted), 64)
+    options = {"gate": "normalized_sigmoid"}
+    assert_same_statistics(
+        numpy_sweep(*args, **options), array_api_sweep(*args, **options), rtol=1e-10
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numpy_sweep_of_a_sigmoid_gate_keeps_rows_whose_joint_underflows(rng, weighted):
+    """Scores of +-100 and residuals of 1000: both kernels' sums, finite."""
+    Z, Phi, y, weight, gate_coef, coef, _ = sigmoid_sweep_case(rng, weighted=weighted)
+    y[::7] += 1e3
+    gate_coef *= 30.0
+    var = np.array([1e-3, 0.1, 0.5, 2.0])
+    args = (Z, Phi, y, weight, gate_coef, coef, var, 64)
+    options = {"gate": "normalized_sigmoid"}
+    stats = numpy_sweep(*args, **options)
+    assert np.isfinite(stats.log_likelihood)
+    assert np.all(np.isfinite(stats.gate_information))
+    assert_same_statistics(stats, array_api_sweep(*args, **options), rtol=1e-10)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numpy_sweep_of_a_sigmoid_gate_in_float32_agrees_with_float64(rng, weighted):
+    args = (*sigmoid_sweep_case(rng, m=9, weighted=weighted), 128)
+    options = {"gate": "normalized_sigmoid"}
+    single = numpy_sweep(*args, dtype=np.float32, **options)
+    assert_same_statistics(single, numpy_sweep(*args, **options), rtol=1e-5)
 
 
 @pytest.mark.parametrize("shared", [True, False])

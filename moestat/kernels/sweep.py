@@ -20,6 +20,13 @@ The sums (:class:`SweepStatistics`), at the current gate coefficients
   ``sum_t (r_ti - rho_t g_ti) z_t`` and information
   ``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T``, ``rho_t = sum_i r_ti``.
 
+A dense normalized sigmoid gate (``gate="normalized_sigmoid"``), with log
+weights ``log sigma(s_i) - log sum_j sigma(s_j)``, has all ``m`` rows free;
+with ``a = 1 - sigma(s)`` its gradient is ``sum_t a_ti (r_ti - rho_t g_ti)
+z_t`` and its information ``sum_t (diag(d_t) - v_t v_t^T) kron z_t z_t^T``
+with ``d = |a (r - rho g)| sigma + rho g a^2`` and ``v = sqrt(rho) g a``
+(:func:`moestat.kernels.gates.normalized_sigmoid_fisher_weights`).
+
 Each sum with a design factor is one matrix product over the chunk's rows:
 per-sample weights times the chunk's products of design columns
 (``c x p(p+1)/2`` for a chunk of ``c`` rows).
@@ -38,6 +45,7 @@ gate takes one Fisher-scoring step, solved as
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +53,7 @@ from typing import Any
 import array_api_compat
 
 from moestat._math import solve_spd
+from moestat.kernels.gates import _sigmoid_complement
 
 __all__ = [
     "SweepStatistics",
@@ -57,7 +66,27 @@ __all__ = [
     "gaussian_expert_step",
     "gate_direction",
     "chunk_rows",
+    "GATES",
+    "free_rows",
 ]
+
+#: The gates a sweep serves: a softmax gate (reference row 0) and the
+#: dense normalized sigmoid gate (every row free).
+GATES = ("softmax", "normalized_sigmoid")
+
+
+def free_rows(m: int, gate: str = "softmax") -> int:
+    """Free gate rows of ``m`` experts: ``m - 1`` (softmax) or ``m`` (sigmoid).
+
+    Examples
+    --------
+    >>> free_rows(4), free_rows(4, "normalized_sigmoid")
+    (3, 4)
+    """
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}; got {gate!r}.")
+    return m if gate == "normalized_sigmoid" else m - 1
+
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -82,10 +111,11 @@ class SweepStatistics:
         ``sum_t r_ti e_ti phi_t``.
     expert_ss : array of shape (..., m)
         ``sum_t r_ti e_ti^2``.
-    gate_gradient : array of shape (..., (m - 1) p_gate)
-        ``sum_t (r_ti - rho_t g_ti) z_t``.
-    gate_information : array of shape (..., (m - 1) p_gate, (m - 1) p_gate)
-        ``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T``.
+    gate_gradient : array of shape (..., k p_gate)
+        ``sum_t (r_ti - rho_t g_ti) z_t`` over the ``k = m - 1`` free rows
+        of a softmax gate (every row of the sigmoid gate, module docstring).
+    gate_information : array of shape (..., k p_gate, k p_gate)
+        ``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T`` (softmax).
     """
 
     log_likelihood: Any
@@ -118,13 +148,15 @@ def _pair_lookup(p: int) -> list[int]:
     return [position[a, b] for a in range(p) for b in range(p)]
 
 
-def statistics_size(m: int, p_gate: int, p_expert: int) -> int:
+def statistics_size(m: int, p_gate: int, p_expert: int, gate: str = "softmax") -> int:
     """Length of the flattened statistics of one data set.
 
     Parameters
     ----------
     m, p_gate, p_expert : int
         Experts and the widths of the gate's and the experts' designs.
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        The gate (its number of free rows, :func:`free_rows`).
 
     Returns
     -------
@@ -135,7 +167,7 @@ def statistics_size(m: int, p_gate: int, p_expert: int) -> int:
     >>> statistics_size(2, 2, 2)  # 1 + 2 + 2*3 + 2*2 + 2 + 1*2 + 1*3
     20
     """
-    k = m - 1
+    k = free_rows(m, gate)
     q_expert = p_expert * (p_expert + 1) // 2
     return (
         1
@@ -207,7 +239,7 @@ def _information(xp: Any, packed: Any, k: int, p_gate: int) -> Any:
 
 
 def unflatten_statistics(
-    flat: Any, m: int, p_gate: int, p_expert: int
+    flat: Any, m: int, p_gate: int, p_expert: int, gate: str = "softmax"
 ) -> SweepStatistics:
     """Split flattened sums (the output of :func:`chunk_statistics`) into their parts.
 
@@ -217,6 +249,8 @@ def unflatten_statistics(
         ``S = statistics_size(m, p_gate, p_expert)``.
     m, p_gate, p_expert : int
         Experts and design widths.
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        The gate (its number of free rows, :func:`free_rows`).
 
     Returns
     -------
@@ -224,7 +258,7 @@ def unflatten_statistics(
         Symmetric matrices rebuilt from their upper triangles.
     """
     xp = array_api_compat.array_namespace(flat)
-    k = m - 1
+    k = free_rows(m, gate)
     q_expert = p_expert * (p_expert + 1) // 2
     sizes = [
         1,
@@ -356,6 +390,63 @@ def _information_parts(xp: Any, rho: Any, g: Any, Zt: Any, grams: Any) -> tuple:
     return blocks, xp.matmul(Ut, xp.matrix_transpose(Ut))
 
 
+def _weight_information_parts(
+    xp: Any, diag: Any, vec: Any, Zt: Any, grams: Any
+) -> tuple:
+    """A chunk's information sums from per-row weights ``diag(d) - v v^T``.
+
+    ``diag`` and ``vec`` are (..., k, c) (every free row), ``Zt`` the
+    design (..., p, c) and ``grams`` its :class:`_Grams`; the layout of
+    :func:`_information`.
+    """
+    k, p_gate = vec.shape[-2], Zt.shape[-2]
+    if not _khatri_rao(k, p_gate):
+        rows, cols = _upper_triangle(k)
+        device = _device(vec)
+        indicator = xp.reshape(
+            xp.asarray(
+                [float(a == b) for a, b in zip(rows, cols, strict=True)],
+                dtype=vec.dtype,
+                device=device,
+            ),
+            (len(rows), 1),
+        )
+        weights = indicator * xp.take(
+            diag, _index(xp, rows, device), axis=vec.ndim - 2
+        ) - xp.take(vec, _index(xp, rows, device), axis=vec.ndim - 2) * xp.take(
+            vec, _index(xp, cols, device), axis=vec.ndim - 2
+        )
+        return (grams(weights),)
+    batch, c = tuple(vec.shape[:-2]), vec.shape[-1]
+    Ut = xp.reshape(vec[..., :, None, :] * Zt[..., None, :, :], (*batch, k * p_gate, c))
+    return grams(diag), xp.matmul(Ut, xp.matrix_transpose(Ut))
+
+
+def _log_sigmoid(xp: Any, scores: Any) -> Any:
+    """``log sigma(s) = -log(1 + exp(-s))``, without overflow."""
+    return -xp.logaddexp(xp.zeros_like(scores), -scores)
+
+
+def _sigmoid_gate_parts(
+    xp: Any, scores: Any, g: Any, resp: Any, rho: Any, Z: Any, Zt: Any, grams: Any
+) -> tuple:
+    """The normalized sigmoid gate's gradient and information sums of a chunk.
+
+    ``scores`` are the affine scores (..., m, c), ``g`` the gate weights,
+    ``resp`` the responsibilities (or soft labels) and ``rho`` their sums
+    over the experts (..., 1, c).
+    """
+    a = _sigmoid_complement(xp, scores)
+    excess = a * (resp - rho * g)
+    rho_g_a = rho * g * a
+    diag = xp.abs(excess) * (1.0 - a) + rho_g_a * a
+    vec = xp.sqrt(rho) * g * a
+    return (
+        xp.matmul(excess, Z),
+        *_weight_information_parts(xp, diag, vec, Zt, grams),
+    )
+
+
 def chunk_statistics(
     Z: Any,
     Phi: Any,
@@ -366,6 +457,7 @@ def chunk_statistics(
     var: Any,
     accumulate_dtype: Any = None,
     xp: Any = None,
+    gate: str = "softmax",
 ) -> Any:
     """The statistics of one chunk of rows, flattened to (..., S).
 
@@ -381,7 +473,7 @@ def chunk_statistics(
     weight : array of shape (..., c) or None
         Sample weights (rows of weight zero do not count); None for none.
     gate_coef : array of shape (..., m, p_gate)
-        Every gate row, the reference row (zeros) first.
+        Every gate row (a softmax gate's reference row, zeros, first).
     expert_coef : array of shape (..., m, p_expert)
         Expert coefficients.
     var : array of shape (..., m)
@@ -392,6 +484,9 @@ def chunk_statistics(
         The arrays' ``array_api_compat`` namespace, found from them by
         default (``torch.compile`` needs it given: it cannot trace the
         look-up).
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        The gate: softmax weights, or the dense normalized sigmoid's
+        ``sigma(s_i) / sum_j sigma(s_j)`` (every row free).
 
     Returns
     -------
@@ -414,8 +509,11 @@ def chunk_statistics(
     var = var[..., None]
     # softmax with one exp; log g = scores - log(gate_sum), whose row
     # constant log(gate_sum) is left out of the joint and subtracted from
-    # the per-sample log-likelihood
+    # the per-sample log-likelihood (the sigmoid gate: log sigma(s) for s)
     scores = xp.matmul(gate_coef, Zt)
+    affine = scores
+    if gate == "normalized_sigmoid":
+        scores = _log_sigmoid(xp, scores)
     scores = scores - xp.max(scores, axis=-2, keepdims=True)
     gate_exp = xp.exp(scores)
     gate_sum = xp.sum(gate_exp, axis=-2, keepdims=True)
@@ -446,11 +544,18 @@ def chunk_statistics(
 
     # gate: soft-label gradient and Fisher pair weights rho g_i (delta_ij - g_j),
     # with rho = sum_i r_i = sum(e) * row_factor
-    g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
     rho = joint_sum * row_factor
-    rho_g = rho * g
     gate_grams = _Grams(xp, Zt)
     expert_grams = gate_grams if shared else _Grams(xp, Pt)
+    if gate == "normalized_sigmoid":
+        g = gate_exp * (1.0 / gate_sum)
+        gate_parts = _sigmoid_gate_parts(xp, affine, g, resp, rho, Z, Zt, gate_grams)
+    else:
+        g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
+        gate_parts = (
+            xp.matmul(resp[..., 1:, :] - rho * g, Z),
+            *_information_parts(xp, rho, g, Zt, gate_grams),
+        )
     weighted_resid = resp * resid
     parts = (
         log_lik,
@@ -458,8 +563,7 @@ def chunk_statistics(
         expert_grams(resp),
         xp.matmul(weighted_resid, Phi),
         xp.sum(weighted_resid * resid, axis=-1),
-        xp.matmul(resp[..., 1:, :] - rho_g, Z),
-        *_information_parts(xp, rho, g, Zt, gate_grams),
+        *gate_parts,
     )
     batch = tuple(Z.shape[:-2])
     flat = [xp.reshape(part, (*batch, -1)) for part in parts]
@@ -468,8 +572,10 @@ def chunk_statistics(
     return xp.concat(flat, axis=-1)
 
 
-def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
-    """A softmax gate's fit to given soft labels, on one chunk of rows.
+def soft_label_statistics(
+    Z: Any, resp: Any, gate_coef: Any, gate: str = "softmax"
+) -> Any:
+    """A gate's fit to given soft labels, on one chunk of rows.
 
     The sums of the gate's Fisher-scoring steps on fixed labels ``r`` (its
     initialisation): ``Q = sum_t sum_i r_ti log g_i(z_t)``, and the
@@ -483,7 +589,9 @@ def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
     resp : array of shape (..., m, c)
         Soft labels, experts first.
     gate_coef : array of shape (..., m, p_gate)
-        Every gate row, the reference row (zeros) first.
+        Every gate row (a softmax gate's reference row, zeros, first).
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        The gate, as for :func:`chunk_statistics`.
 
     Returns
     -------
@@ -494,6 +602,9 @@ def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
     xp = array_api_compat.array_namespace(Z, resp, gate_coef)
     Zt = xp.matrix_transpose(Z)
     scores = xp.matmul(gate_coef, Zt)
+    affine = scores
+    if gate == "normalized_sigmoid":
+        scores = _log_sigmoid(xp, scores)
     scores = scores - xp.max(scores, axis=-2, keepdims=True)
     gate_exp = xp.exp(scores)
     gate_sum = xp.sum(gate_exp, axis=-2, keepdims=True)
@@ -502,17 +613,25 @@ def soft_label_statistics(Z: Any, resp: Any, gate_coef: Any) -> Any:
         xp.sum(resp * scores, axis=-2) - rho[..., 0, :] * xp.log(gate_sum[..., 0, :]),
         axis=-1,
     )
-    g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
-    parts = (
-        objective[..., None],
-        xp.matmul(resp[..., 1:, :] - rho * g, Z),
-        *_information_parts(xp, rho, g, Zt, _Grams(xp, Zt)),
-    )
+    if gate == "normalized_sigmoid":
+        g = gate_exp * (1.0 / gate_sum)
+        gate_parts = _sigmoid_gate_parts(
+            xp, affine, g, resp, rho, Z, Zt, _Grams(xp, Zt)
+        )
+    else:
+        g = gate_exp[..., 1:, :] * (1.0 / gate_sum)
+        gate_parts = (
+            xp.matmul(resp[..., 1:, :] - rho * g, Z),
+            *_information_parts(xp, rho, g, Zt, _Grams(xp, Zt)),
+        )
+    parts = (objective[..., None], *gate_parts)
     batch = tuple(Z.shape[:-2])
     return xp.concat([xp.reshape(part, (*batch, -1)) for part in parts], axis=-1)
 
 
-def unflatten_soft_label(flat: Any, m: int, p_gate: int) -> tuple[Any, Any, Any]:
+def unflatten_soft_label(
+    flat: Any, m: int, p_gate: int, gate: str = "softmax"
+) -> tuple[Any, Any, Any]:
     """``(Q, gradient, information)`` from summed :func:`soft_label_statistics`.
 
     Parameters
@@ -520,15 +639,16 @@ def unflatten_soft_label(flat: Any, m: int, p_gate: int) -> tuple[Any, Any, Any]
     flat : array of shape (..., S)
     m, p_gate : int
         Experts and the gate design's width.
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        The gate (its ``k`` free rows, :func:`free_rows`).
 
     Returns
     -------
     tuple of arrays
-        Shapes (...), (..., (m - 1) p_gate) and
-        (..., (m - 1) p_gate, (m - 1) p_gate).
+        Shapes (...), (..., k p_gate) and (..., k p_gate, k p_gate).
     """
     xp = array_api_compat.array_namespace(flat)
-    k = m - 1
+    k = free_rows(m, gate)
     gradient = flat[..., 1 : 1 + k * p_gate]
     information = _information(xp, flat[..., 1 + k * p_gate :], k, p_gate)
     return flat[..., 0], gradient, information
@@ -595,6 +715,7 @@ def sweep(
     chunk_size: int,
     accumulate_dtype: Any = None,
     kernel: Any = chunk_statistics,
+    gate: str = "softmax",
 ) -> SweepStatistics:
     """One pass over the rows, chunk by chunk: the sums of :class:`SweepStatistics`.
 
@@ -609,6 +730,8 @@ def sweep(
         Dtype of the sums across chunks (the data's by default).
     kernel : callable, default=chunk_statistics
         The per-chunk function (a compiled :func:`chunk_statistics`, say).
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        The gate, passed to ``kernel`` when not softmax.
 
     Returns
     -------
@@ -628,6 +751,8 @@ def sweep(
     m, p_gate, p_expert = gate_coef.shape[-2], Z.shape[-1], Phi.shape[-1]
     n = y.shape[-1]
     shared = Phi is Z
+    if gate != "softmax":
+        kernel = functools.partial(kernel, gate=gate)
     total = None
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
@@ -643,7 +768,7 @@ def sweep(
             accumulate_dtype,
         )
         total = part if total is None else total + part
-    return unflatten_statistics(total, m, p_gate, p_expert)
+    return unflatten_statistics(total, m, p_gate, p_expert, gate)
 
 
 # -- the M-step from the statistics -------------------------------------------

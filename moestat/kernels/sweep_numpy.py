@@ -23,6 +23,13 @@ Residuals are formed scaled, ``sqrt(h_i) (y - a_i^T phi)``, by one matrix
 product of ``[-sqrt(h) a, sqrt(h)]`` with the chunk's ``[phi; y]``, so the
 Gaussian exponent is one square.
 
+A dense normalized sigmoid gate (``gate="normalized_sigmoid"``) takes
+``log sigma(s)`` for the scores ``s`` in the E-step (the rest is the
+same), keeps the affine scores in a fifth (m, c) buffer for ``a = 1 -
+sigma(s)``, and sums its gradient ``a (r - rho g)`` and information weights
+``d = |a (r - rho g)| sigma + rho g a^2``, ``v = sqrt(rho) g a`` over all
+``m`` rows (:mod:`moestat.kernels.sweep`).
+
 ``dtype`` sets the arithmetic of a chunk (float64 by default; float32
 halves the bytes moved and doubles the exponentials' width), while the
 sums across chunks are always float64.
@@ -51,6 +58,7 @@ from moestat.kernels.sweep import (
     SweepStatistics,
     _khatri_rao,
     _upper_triangle,
+    free_rows,
     unflatten_statistics,
 )
 
@@ -105,7 +113,13 @@ CHUNK_BYTES = 2**22
 
 
 def numpy_chunk_rows(
-    n: int, m: int, p_gate: int, p_expert: int, itemsize: int = 8, stride: int = 1
+    n: int,
+    m: int,
+    p_gate: int,
+    p_expert: int,
+    itemsize: int = 8,
+    stride: int = 1,
+    gate: str = "softmax",
 ) -> int:
     """Rows per chunk of :class:`NumpySweep`: buffers of :data:`CHUNK_BYTES`.
 
@@ -122,6 +136,8 @@ def numpy_chunk_rows(
         Bytes per number of the chunk's arithmetic.
     stride : int, default=1
         The information's stride (:func:`information_stride`).
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        The gate (a sigmoid gate has ``m`` free rows and a fifth buffer).
 
     Returns
     -------
@@ -132,9 +148,10 @@ def numpy_chunk_rows(
     >>> numpy_chunk_rows(1_000_000, 4, 3, 3)
     11136
     """
-    k = m - 1
+    k = free_rows(m, gate)
     width = k * p_gate if _khatri_rao(k, p_gate) else k * (k + 1) // 2
-    per_row = 4 * m + p_gate + p_expert + 7 + -(-width // stride)
+    buffers = 4 if gate == "softmax" else 5
+    per_row = buffers * m + p_gate + p_expert + 7 + -(-width // stride)
     for p in (p_gate, p_expert):
         per_row += p if p >= WIDE_DESIGN else p * (p + 1) // 2
     rows = max(1024, CHUNK_BYTES // (per_row * itemsize))
@@ -154,6 +171,20 @@ def _pair_products(At: NDArray, out: NDArray) -> NDArray:
 def _pairs_of(p: int) -> tuple[tuple[int, int], ...]:
     """The pairs ``(a, b)``, ``a <= b < p``, in the order of :func:`_upper_triangle`."""
     return tuple(zip(*_upper_triangle(p), strict=True))
+
+
+def _log_sigmoid(S: NDArray, scratch: NDArray) -> NDArray:
+    """``log sigma(s) = min(s, 0) - log(1 + exp(-|s|))`` of ``S`` in place.
+
+    One ``exp`` and one ``log1p`` per entry (numpy's ``logaddexp`` takes
+    about thirty times as long); ``scratch`` is a buffer of ``S``'s shape.
+    """
+    np.abs(S, out=scratch)
+    np.negative(scratch, out=scratch)
+    np.exp(scratch, out=scratch)
+    np.log1p(scratch, out=scratch)
+    np.minimum(S, 0.0, out=S)
+    return np.subtract(S, scratch, out=S)
 
 
 class _Grams:
@@ -227,6 +258,9 @@ class NumpySweep:
     stride : int or None, default=None
         Every how many rows the gate information is summed; None for
         :func:`information_stride`.
+    gate : {"softmax", "normalized_sigmoid"}, default="softmax"
+        A softmax gate (``gate_coef``'s first row the reference) or the
+        dense normalized sigmoid gate (every row free).
 
     Examples
     --------
@@ -248,12 +282,15 @@ class NumpySweep:
         chunk_size: int | None,
         dtype: Any = np.float64,
         stride: int | None = None,
+        gate: str = "softmax",
     ) -> None:
         self.Z, self.Phi, self.y, self.weight = Z, Phi, y, weight
         self.shared = Phi is Z
         self.n, self.m = y.shape[0], m
         self.p_gate, self.p_expert = Z.shape[1], Phi.shape[1]
-        self.k = m - 1
+        self.gate = gate
+        self.sigmoid = gate == "normalized_sigmoid"
+        self.k = free_rows(m, gate)
         self.dtype = np.dtype(dtype)
         self.stride = (
             information_stride(self.n, self.k, self.p_gate)
@@ -262,17 +299,25 @@ class NumpySweep:
         )
         if chunk_size is None:
             chunk_size = numpy_chunk_rows(
-                self.n, m, self.p_gate, self.p_expert, self.dtype.itemsize, self.stride
+                self.n,
+                m,
+                self.p_gate,
+                self.p_expert,
+                self.dtype.itemsize,
+                self.stride,
+                gate,
             )
         self.chunk = max(1, min(chunk_size, self.n))
         self.khatri_rao = _khatri_rao(self.k, self.p_gate)
         rows, dt = self.chunk, self.dtype
-        # four (m, c) buffers: scores, residuals, joint, squares
+        # four (m, c) buffers: scores, residuals, joint, squares (and the
+        # sigmoid gate's affine scores)
         self._mc = [np.empty(m * rows, dtype=dt) for _ in range(4)]
+        self._affine = np.empty(m * rows, dtype=dt) if self.sigmoid else None
         # the chunk's design rows, transposed: [phi; y] and z
         self._py = np.empty((self.p_expert + 1) * rows, dtype=dt)
         self._z = self._py if self.shared else np.empty(self.p_gate * rows, dtype=dt)
-        self._rows = [np.empty(rows, dtype=dt) for _ in range(6)]
+        self._rows = [np.empty(rows, dtype=dt) for _ in range(7)]
         self._gate_grams = _Grams(self.p_gate, rows, dt)
         self._expert_grams = (
             self._gate_grams if self.shared else _Grams(self.p_expert, rows, dt)
@@ -313,10 +358,14 @@ class NumpySweep:
         m, c, dt = self.m, stop - start, self.dtype
         py, zt, weight = self._load(start, stop)
         S, R, J, Q = (buffer[: m * c].reshape(m, c) for buffer in self._mc)
-        shift, top, gate_sum, joint_sum, factor, spare = (v[:c] for v in self._rows)
+        shift, top, gate_sum, joint_sum, factor, spare = (v[:c] for v in self._rows[:6])
         ones_m, ones_c = self._ones_m, self._ones_c[:c]
         # gate scores less their row maximum s*; scaled residuals and squares
         np.matmul(B, zt, out=S)
+        if self.sigmoid:
+            A = self._affine[: m * c].reshape(m, c)
+            np.copyto(A, S)
+            _log_sigmoid(S, J)
         _column_max(S, shift)
         S -= shift
         np.matmul(C, py, out=R)
@@ -357,6 +406,9 @@ class NumpySweep:
         ss = np.vecdot(J, Q)
         np.multiply(J, R, out=Q)
         score = np.matmul(Q, py[: self.p_expert].T)
+        if self.sigmoid:
+            gate_parts = self._sigmoid_gate(S, A, J, Q, R, gate_sum, rho, c_row, zt)
+            return log_lik, expert_weight, gram, score, ss, *gate_parts
         # gate: u_i = sqrt(rho) g_i, rho g_i = sqrt(rho) u_i
         if rho is None:
             np.divide(1.0, gate_sum, out=factor)
@@ -379,6 +431,37 @@ class NumpySweep:
             rho_g_z,
             *information,
         )
+
+    def _sigmoid_gate(self, S, A, J, Q, R, gate_sum, rho, c_row, zt) -> tuple:
+        """The sigmoid gate's gradient and information sums of one chunk.
+
+        On entry ``S`` holds ``sigma(s_i)`` over the row's largest, ``A``
+        the affine scores and ``J`` the responsibilities over ``c_i``;
+        ``Q`` and ``R`` are free. With ``a = 1 - sigma(s)``: the gradient
+        weights ``a (r - rho g)``, ``d = |a (r - rho g)| sigma + rho g a^2``
+        and ``v = sqrt(rho) g a``.
+        """
+        factor, root = self._rows[4][: S.shape[1]], self._rows[6][: S.shape[1]]
+        np.divide(1.0, gate_sum, out=factor)
+        if rho is not None:
+            np.sqrt(rho, out=root)
+            factor *= root
+        S *= factor  # sqrt(rho) g
+        np.exp(A, out=A)
+        A += 1.0
+        np.reciprocal(A, out=A)  # a = 1 - sigma(s)
+        S *= A  # v
+        rho_g_a = S if rho is None else np.multiply(S, root, out=R)
+        np.multiply(J, c_row.T, out=Q)  # r
+        Q *= A
+        Q -= rho_g_a  # a (r - rho g)
+        gradient = np.matmul(Q, zt.T)
+        np.abs(Q, out=Q)
+        np.subtract(1.0, A, out=J)  # sigma(s)
+        Q *= J
+        np.multiply(rho_g_a, A, out=J)
+        Q += J  # d
+        return gradient, *self._information(S, Q, zt)
 
     def _rescale(self, low, J, S, Q, c_row, top, joint_sum) -> None:
         """Recompute the joint of underflowing rows less its own maximum ``top``.
@@ -460,14 +543,18 @@ class NumpySweep:
                     for total, part in zip(totals, parts, strict=True):
                         total += part
         assert totals is not None
-        ll, weight, gram, score, ss, resp_z, rho_g_z, *information = totals
+        ll, weight, gram, score, ss, *gate_sums = totals
         # undo the division by c_i and the residuals' scaling by sqrt(h)
         c = c_row[0].astype(np.float64)
         weight *= c
         gram *= c[:, None]
         score *= (c / root_h)[:, None]
         ss *= c / (root_h * root_h)
-        gradient = c[1:, None] * resp_z - rho_g_z
+        if self.sigmoid:
+            gradient, *information = gate_sums
+        else:
+            resp_z, rho_g_z, *information = gate_sums
+            gradient = c[1:, None] * resp_z - rho_g_z
         scale = self.n / info_rows
         flat = np.concatenate(
             [
@@ -480,4 +567,4 @@ class NumpySweep:
                 *(scale * part.ravel() for part in information),
             ]
         )
-        return unflatten_statistics(flat, self.m, self.p_gate, self.p_expert)
+        return unflatten_statistics(flat, self.m, self.p_gate, self.p_expert, self.gate)
