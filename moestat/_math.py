@@ -164,6 +164,50 @@ def experts_major(a: NDArray[np.float64]) -> NDArray[np.float64]:
 CHUNK_BYTES = 32 * 2**20
 
 
+def hold_at_box(grad: Any, information: Any, theta: Any, bound: float | None) -> tuple:
+    """The Fisher system with the coefficients held at the box ``|beta| <= bound``.
+
+    A coefficient at the bound whose gradient points out of the box is held:
+    its gradient entry becomes zero and its row and column of the
+    information those of the identity, so that the solve moves only the
+    other coefficients, by the Fisher step of their block. Without the hold,
+    a clipped step at a maximum on the box moves the free coefficients as if
+    the held ones moved too, and stalls below the maximum.
+
+    Parameters
+    ----------
+    grad : array of shape (..., P)
+        Gradient in the packed coefficients.
+    information : array of shape (..., P, P)
+    theta : array of shape (..., P)
+        The packed coefficients (the layout of ``grad``).
+    bound : float or None
+        The box; None leaves the system as it is.
+
+    Returns
+    -------
+    grad, information : arrays
+        The system to solve.
+    """
+    if bound is None:
+        return grad, information
+    xp = array_namespace(grad, information, theta)
+    held = (xp.abs(theta) >= bound) & (grad * theta > 0)
+    if not bool(xp.any(held)):
+        return grad, information
+    free = xp.astype(~held, information.dtype)
+    eye = xp.eye(
+        information.shape[-1],
+        dtype=information.dtype,
+        device=array_api_compat.device(information),
+    )
+    information = (
+        information * free[..., :, None] * free[..., None, :]
+        + eye * xp.astype(held, information.dtype)[..., None, :]
+    )
+    return grad * free, information
+
+
 def fisher_direction(
     Z: NDArray[np.float64],
     features: NDArray[np.float64],
@@ -173,6 +217,7 @@ def fisher_direction(
     rows: NDArray[np.intp],
     penalty_diagonal: NDArray[np.float64] | None = None,
     penalty_gradient: NDArray[np.float64] | None = None,
+    box: tuple[NDArray[np.float64], float | None] | None = None,
 ) -> tuple[NDArray[np.float64], float]:
     """Fisher-scoring direction for the free rows of a softmax-like block.
 
@@ -195,6 +240,10 @@ def fisher_direction(
     penalty_diagonal, penalty_gradient : ndarray of shape (k p,), optional
         A ridge penalty's curvature (added to the information's diagonal)
         and gradient (added to ``grad``), flat over the free rows.
+    box : tuple, optional
+        ``(coef, bound)``: the free rows' coefficients, flat, and the box
+        ``|beta| <= bound`` they live in; coefficients at the box are held
+        (:func:`hold_at_box`).
 
     Returns
     -------
@@ -210,6 +259,8 @@ def fisher_direction(
     if penalty_diagonal is not None:
         information[np.diag_indices_from(information)] += penalty_diagonal
         grad = grad + penalty_gradient
+    if box is not None:
+        grad, information = hold_at_box(grad, information, *box)
     step = solve_spd(information, grad, ridge=1e-9)
     direction = np.zeros((m, p))
     direction[rows] = step.reshape(len(rows), p)

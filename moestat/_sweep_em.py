@@ -40,7 +40,7 @@ import array_api_compat
 import numpy as np
 from numpy.typing import NDArray
 
-from moestat._math import solve_spd
+from moestat._math import hold_at_box, solve_spd
 from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
 from moestat.gates._base import GateParams
 from moestat.gates.sigmoid import NormalizedSigmoidGate
@@ -271,17 +271,14 @@ def box_direction(
     -------
     ndarray of shape (k p_gate,)
     """
-    grad = np.asarray(stats.gate_gradient)
-    information = np.asarray(stats.gate_information)
-    flat = coef.ravel()
-    held = (np.abs(flat) >= bound) & (grad * flat > 0)
-    free = ~held
-    direction = np.zeros_like(grad)
-    if free.any():
-        step = solve_spd(information[np.ix_(free, free)], grad[free], ridge=1e-9)
-        if float(grad[free] @ step) > 1e-14 * n:
-            direction[free] = step
-    return direction
+    grad, information = hold_at_box(
+        np.asarray(stats.gate_gradient),
+        np.asarray(stats.gate_information),
+        coef.ravel(),
+        bound,
+    )
+    step = solve_spd(information, grad, ridge=1e-9)
+    return step if float(grad @ step) > 1e-14 * n else np.zeros_like(step)
 
 
 def sweep_steps(
@@ -457,6 +454,10 @@ def _gate_from_labels(gate, Z, soft_labels, m, chunk, max_steps=10, tol=1e-6):
     coef = np.zeros((m, Z.shape[1]))
     objective, grad, information = sums(coef)
     for _ in range(max_steps):
+        # as the gate's own step: coefficients at its box are held
+        grad, information = hold_at_box(
+            grad, information, coef[rows].ravel(), gate.bound
+        )
         step_free = solve_spd(information, grad, ridge=1e-9)
         if not float(grad @ step_free) > 1e-14 * n:
             break

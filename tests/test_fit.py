@@ -521,23 +521,24 @@ def test_chunked_em_with_a_dense_sigmoid_gate_reaches_the_full_paths_maximum(
     np.testing.assert_allclose(chunked.expert_weight, full.expert_weight, rtol=1e-4)
 
 
-def test_chunked_em_with_a_sigmoid_gate_on_its_box_reaches_a_maximum_on_the_box():
-    """bound=1 holds coefficients at the box: the chunked fit stops where the
-    projected gradient vanishes, inside the box, not below the full path."""
+def test_em_with_a_sigmoid_gate_on_its_box_reaches_the_maximum_on_the_box():
+    """bound=1 holds coefficients at the box: both paths stop where the
+    projected gradient vanishes, at the same maximum (a clipped Newton step
+    stalled 0.3 to 0.8 below it on the full path)."""
     rng = np.random.default_rng(1)  # a clipped Newton step stalls on these data
     gate = NormalizedSigmoidGate(bound=1.0)
     full, chunked, design, y = sigmoid_fits(rng, gate, GaussianExpert())
     assert chunked.converged and chunked.monotone
-    coef = chunked.model.params.gate.coef
-    assert np.all(np.abs(coef) <= 1.0)
-    assert chunked.log_likelihood >= full.log_likelihood - 1e-8 * abs(
-        full.log_likelihood
-    )
+    assert full.converged and full.monotone
+    np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-8)
     steps = sweep_em.SweepSteps(chunked.model, design, y, None, 0.0, 256)
-    grad = steps.e_step(chunked.model.params).stats.gate_gradient
-    held = (np.abs(coef.ravel()) >= 1.0) & (grad * coef.ravel() > 0)
-    assert held.any()
-    np.testing.assert_allclose(grad[~held], 0.0, atol=1e-6 * len(y))
+    for fit in (chunked, full):
+        coef = fit.model.params.gate.coef
+        assert np.all(np.abs(coef) <= 1.0)
+        grad = steps.e_step(fit.model.params).stats.gate_gradient
+        held = (np.abs(coef.ravel()) >= 1.0) & (grad * coef.ravel() > 0)
+        assert held.any()
+        np.testing.assert_allclose(grad[~held], 0.0, atol=1e-5 * len(y))
 
 
 @settings(max_examples=15, deadline=None)

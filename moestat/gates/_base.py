@@ -326,8 +326,9 @@ class _AffineGate:
         score_grad, diag, vec = self._score_gradient_and_fisher(params, Z, resp, log_g)
         rows = self.free_rows(params.coef.shape[0])
         ridge = self._ridge_terms(params, Z, rows)
+        box = (params.coef[rows].ravel(), self.bound)
         direction, gain = fisher_direction(
-            Z, features, score_grad, diag, vec, rows, **ridge
+            Z, features, score_grad, diag, vec, rows, **ridge, box=box
         )
         if not gain > 1e-14 * Z.shape[0]:
             # No ascent predicted (a flat objective, e.g. at the optimum).
@@ -491,6 +492,7 @@ class _AffineGate:
             max_halvings=self._halvings(),
             ecme=self._ecme(),
             log_background=log_background,
+            bound=self.bound,
         )
 
     def batch_project(self, theta: Any) -> Any:

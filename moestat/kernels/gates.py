@@ -33,7 +33,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from moestat._math import array_namespace, solve_spd
+from moestat._math import array_namespace, hold_at_box, solve_spd
 
 __all__ = [
     "affine_scores",
@@ -607,6 +607,7 @@ def fisher_scoring_m_step(
     max_halvings: int,
     ecme: bool = False,
     log_background: Any = None,
+    bound: float | None = None,
 ) -> tuple[Any, Any]:
     """Damped Fisher-scoring steps of an affine gate on a batch of data sets.
 
@@ -647,6 +648,8 @@ def fisher_scoring_m_step(
     ecme : bool, default=False
     log_background : array of shape (B, n), optional
         Log density of components outside the gate (shared experts).
+    bound : float, optional
+        The gate's box: coefficients at it are held (:func:`hold_at_box`).
 
     Returns
     -------
@@ -674,6 +677,7 @@ def fisher_scoring_m_step(
         grad, information = block_fisher_information(
             Z, *fisher_weights(theta, resp, log_g), rows
         )
+        grad, information = hold_at_box(grad, information, theta, bound)
         direction = solve_spd(information, grad, ridge=1e-9)
         todo = xp.sum(grad * direction, axis=-1) > 1e-14 * n
         if not bool(xp.any(todo)):
