@@ -485,8 +485,9 @@ RIDGE_CHECK_EVERY = 5
 def _not_finite(log_likelihood: float, n_iter: int, var_floor: float) -> str:
     """The stop reason of a fit whose log-likelihood stopped being finite."""
     cause = (
-        " (an expert's variance collapsed onto a few points: var_floor=0 lets "
-        "it reach zero; the estimators' reg_var keeps it above a floor)"
+        " (with var_floor=0 an expert's variance can reach zero on a few "
+        "points, its density there infinite; a floor, such as the estimators' "
+        "reg_var sets, prevents it)"
         if var_floor <= 0
         else ""
     )
