@@ -1,7 +1,10 @@
 """EM steps from sweeps: the chunked path of :func:`moestat.fit.em`.
 
-For a softmax gate (plain or modified) or a dense normalized sigmoid gate
-(any ``bound``), without a ridge penalty, and Gaussian experts, an EM
+For a gate and an expert family that declare sweep kernels
+(:class:`moestat.protocols.SweepGate`,
+:class:`moestat.protocols.SweepExpertFamily`: a softmax gate, plain or
+modified, or a dense normalized sigmoid gate, any ``bound``, without a
+ridge penalty, and Gaussian experts), an EM
 iteration needs only the weighted sums of :mod:`moestat.kernels.sweep`,
 which one pass over the data adds up chunk by chunk
 (:class:`moestat.kernels.sweep_numpy.NumpySweep`, in float64 or float32
@@ -41,15 +44,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moestat._math import hold_at_box, solve_spd
-from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
+from moestat.experts.gaussian import GaussianExpertParams
 from moestat.gates._base import GateParams
-from moestat.gates.sigmoid import NormalizedSigmoidGate
-from moestat.gates.softmax import ModifiedSoftmaxGate, SoftmaxGate
 from moestat.kernels.sweep import (
+    EXPERTS,
+    GATES,
     SweepStatistics,
     _pairs,
     _symmetric_from_pairs,
     chunk_rows,
+    free_rows,
     gate_direction,
     gaussian_expert_step,
     soft_label_statistics,
@@ -57,6 +61,7 @@ from moestat.kernels.sweep import (
 )
 from moestat.kernels.sweep_numpy import NumpySweep
 from moestat.model import Design, MixtureOfExperts, MoEParams
+from moestat.protocols import SweepExpertFamily, SweepGate
 
 #: Bytes of one chunk's intermediates: small enough to stay in a CPU's cache.
 CHUNK_BYTES = 2**22
@@ -80,31 +85,84 @@ def sweep_round_off(dtype: Any) -> float:
 
 
 def supports(model: MixtureOfExperts) -> bool:
-    """Whether the chunked path fits ``model``.
+    """Whether the chunked path fits ``model``: both pieces declare a sweep kernel.
 
-    A softmax gate (plain or modified) or a dense normalized sigmoid gate
-    (``top_k=None``, any ``bound``), without a ridge penalty, and Gaussian
-    experts (any degree; per-expert, shared or known variance). A top-K
-    sigmoid gate is not served (its selection is not a sum over rows).
+    The gate declares one of :data:`moestat.kernels.sweep.GATES`
+    (:class:`moestat.protocols.SweepGate`: a softmax gate, plain or
+    modified, or a dense normalized sigmoid gate, any ``bound``, without a
+    ridge penalty) and the expert family ``"gaussian"``
+    (:class:`moestat.protocols.SweepExpertFamily`: Gaussian experts of any
+    degree; per-expert, shared or known variance). A top-K sigmoid gate is
+    not served (its selection is not a sum over rows).
     """
-    gate, expert = model.gate, model.expert
-    return (
-        _sweep_gate(gate) is not None
-        and not gate.alpha
-        and type(expert) is GaussianExpert
-    )
+    gate, expert = _sweep_gate(model.gate), _sweep_experts(model.expert)
+    return gate is not None and expert is not None
+
+
+def _declared(piece: Any, protocol: type, kernels: tuple[str, ...]) -> str | None:
+    """The sweep kernel ``piece`` declares (None without a declaration).
+
+    Raises ``ValueError`` for a name no kernel has.
+    """
+    if not isinstance(piece, protocol):
+        return None
+    kernel = piece.sweep_kernel
+    if kernel is not None and kernel not in kernels:
+        raise ValueError(
+            f"{type(piece).__name__} declares sweep_kernel={kernel!r}; the sweep "
+            f"kernels are {kernels} (or None for none)."
+        )
+    return kernel
 
 
 def _sweep_gate(gate: Any) -> str | None:
-    """The sweep kernels' name for ``gate`` (:data:`moestat.kernels.sweep.GATES`).
+    """The sweep kernel ``gate`` declares (:data:`moestat.kernels.sweep.GATES`).
 
-    None for a gate they do not serve.
+    None for a gate that declares none (:class:`moestat.protocols.SweepGate`).
     """
-    if type(gate) in (SoftmaxGate, ModifiedSoftmaxGate):
-        return "softmax"
-    if type(gate) is NormalizedSigmoidGate and gate.top_k is None:
-        return "normalized_sigmoid"
-    return None
+    return _declared(gate, SweepGate, GATES)
+
+
+def _sweep_experts(expert: Any) -> str | None:
+    """The sweep kernel ``expert`` declares (:data:`moestat.kernels.sweep.EXPERTS`).
+
+    None for a family that declares none
+    (:class:`moestat.protocols.SweepExpertFamily`).
+    """
+    return _declared(expert, SweepExpertFamily, EXPERTS)
+
+
+def kernel_rows(kernel: str, m: int) -> NDArray[np.intp]:
+    """The gate rows the kernel estimates: ``1..m-1`` (softmax) or all ``m``.
+
+    Examples
+    --------
+    >>> kernel_rows("softmax", 3).tolist()
+    [1, 2]
+    >>> kernel_rows("normalized_sigmoid", 3).tolist()
+    [0, 1, 2]
+    """
+    return np.arange(m - free_rows(m, kernel), m)
+
+
+def gate_bound(gate: Any) -> float | None:
+    """The box ``|beta| <= bound`` of a gate's coefficients (None: none)."""
+    return getattr(gate, "bound", None)
+
+
+def gate_halvings(gate: Any) -> int:
+    """Halvings of a gate step before it is given up (the gate's, 12 by default)."""
+    return int(getattr(gate, "max_halvings", 12))
+
+
+def clip_to_box(coef: NDArray[np.float64], bound: float | None) -> NDArray[np.float64]:
+    """``coef`` clipped into the box ``[-bound, bound]`` (unchanged without one)."""
+    return coef if bound is None else np.clip(coef, -bound, bound)
+
+
+def variance_kind(expert: Any) -> str:
+    """``"per_expert"``, ``"shared"`` or ``"known"``: a Gaussian family's variances."""
+    return getattr(expert, "variance_kind", "per_expert")
 
 
 #: Numbers per fit, ``n (m + q_gate + q_expert)``, from which :func:`em`
@@ -188,18 +246,14 @@ class SweepSteps:
         self.var_floor = var_floor
         self.n = float(design.n_samples)
         m = model.params.n_experts
-        self.variance = (
-            "known"
-            if self.expert.known_variance
-            else "shared"
-            if self.expert.shared_variance
-            else "per_expert"
-        )
-        self.rows = self.gate.free_rows(m)
+        self.variance = variance_kind(self.expert)
+        kernel = _sweep_gate(self.gate)
+        self.rows = kernel_rows(kernel, m)
+        self.bound, self.max_halvings = gate_bound(self.gate), gate_halvings(self.gate)
         total = self.n if weight is None else float(weight.sum())
         self.n_total = total
         self.sweep = NumpySweep(
-            Z, Phi, y, weight, m, chunk_size or None, dtype, gate=_sweep_gate(self.gate)
+            Z, Phi, y, weight, m, chunk_size or None, dtype, gate=kernel
         )
         self.round_off = sweep_round_off(dtype)
 
@@ -221,19 +275,19 @@ class SweepSteps:
         expert_params = GaussianExpertParams(coef, var)
         old = state.params.gate.coef
         direction = np.zeros_like(old)
-        if self.gate.bound is None:
+        if self.bound is None:
             free = gate_direction(state.stats, self.n)
         else:
-            free = box_direction(state.stats, self.n, old[self.rows], self.gate.bound)
+            free = box_direction(state.stats, self.n, old[self.rows], self.bound)
         direction[self.rows] = free.reshape(len(self.rows), old.shape[1])
         moved = bool(np.any(direction != 0))
         step, halvings = 1.0, 0
         while True:
-            gate_coef = self.gate._project(old + step * direction) if step else old
+            gate_coef = clip_to_box(old + step * direction, self.bound) if step else old
             candidate = self.e_step(MoEParams(GateParams(gate_coef), expert_params))
             if not (moved and step) or not self._fell(state, candidate):
                 return candidate
-            if halvings < self.gate.max_halvings:
+            if halvings < self.max_halvings:
                 step, halvings = 0.5 * step, halvings + 1
             else:
                 step = 0.0
@@ -416,14 +470,10 @@ def start_from_soft_labels(
         gate_gradient=None,
         gate_information=None,
     )
-    known = expert.variance if expert.known_variance else 1.0
+    kind = variance_kind(expert)
+    known = expert.variance if kind == "known" else 1.0
     coef, var = gaussian_expert_step(
-        stats,
-        np.zeros((m, p)),
-        np.full(m, known),
-        var_floor,
-        float(n),
-        _variance(expert),
+        stats, np.zeros((m, p)), np.full(m, known), var_floor, float(n), kind
     )
     return MoEParams(
         _gate_from_labels(gate, Z, soft_labels, m, chunk),
@@ -431,17 +481,11 @@ def start_from_soft_labels(
     )
 
 
-def _variance(expert: GaussianExpert) -> str:
-    if expert.known_variance:
-        return "known"
-    return "shared" if expert.shared_variance else "per_expert"
-
-
 def _gate_from_labels(gate, Z, soft_labels, m, chunk, max_steps=10, tol=1e-6):
     """The gate's fit to soft labels from zero (``init_params``), in chunks."""
     n = Z.shape[0]
-    rows = gate.free_rows(m)
     kind = _sweep_gate(gate)
+    rows, bound = kernel_rows(kind, m), gate_bound(gate)
 
     def sums(coef):
         total = 0.0
@@ -455,17 +499,15 @@ def _gate_from_labels(gate, Z, soft_labels, m, chunk, max_steps=10, tol=1e-6):
     objective, grad, information = sums(coef)
     for _ in range(max_steps):
         # as the gate's own step: coefficients at its box are held
-        grad, information = hold_at_box(
-            grad, information, coef[rows].ravel(), gate.bound
-        )
+        grad, information = hold_at_box(grad, information, coef[rows].ravel(), bound)
         step_free = solve_spd(information, grad, ridge=1e-9)
         if not float(grad @ step_free) > 1e-14 * n:
             break
         direction = np.zeros_like(coef)
         direction[rows] = step_free.reshape(len(rows), -1)
         step = 1.0
-        for _ in range(gate.max_halvings):
-            candidate = gate._project(coef + step * direction)
+        for _ in range(gate_halvings(gate)):
+            candidate = clip_to_box(coef + step * direction, bound)
             new_objective, new_grad, new_information = sums(candidate)
             if new_objective >= objective:
                 break

@@ -420,9 +420,13 @@ def _chunked(model: MixtureOfExperts, design: Design, chunk_size: int | None) ->
         raise ValueError(f"chunk_size must be None or an int >= 0; got {chunk_size}.")
     if chunk_size > 0 and not supports_sweeps(model):
         raise ValueError(
-            "em(chunk_size > 0) sweeps a softmax gate (plain or modified) or a "
-            "dense normalized sigmoid gate, alpha=0, with Gaussian experts; got "
-            f"{model.gate.describe()} and {type(model.expert).__name__}. "
+            "em(chunk_size > 0) sweeps a gate and experts that declare sweep "
+            "kernels (moestat.protocols.SweepGate, SweepExpertFamily): a softmax "
+            "gate (plain or modified) or a dense normalized sigmoid gate, alpha=0, "
+            f"with Gaussian experts; got {model.gate.describe()} (sweep_kernel="
+            f"{getattr(model.gate, 'sweep_kernel', None)!r}) and "
+            f"{type(model.expert).__name__} (sweep_kernel="
+            f"{getattr(model.expert, 'sweep_kernel', None)!r}). "
             "Use chunk_size=None or 0."
         )
     return chunk_size > 0

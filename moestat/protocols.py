@@ -38,6 +38,11 @@ back to a documented default without it.
 - :class:`BatchedGate`, :class:`BatchedExpertFamily`: kernels on batches of
   data sets, in numpy or torch (the torch engine runs the pieces that have
   them).
+- :class:`SweepGate`, :class:`SweepExpertFamily`: the sweep kernels
+  (:mod:`moestat.kernels.sweep`) a piece declares; a model whose gate and
+  experts both declare one is fitted on the chunked path of
+  :func:`moestat.fit.em`, and a piece without the declaration on the full
+  path.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ __all__ = [
     "CompositeExpertFamily",
     "BatchedExpertFamily",
     "BatchedGate",
+    "SweepGate",
+    "SweepExpertFamily",
     "HasLogMean",
     "HasClassProbabilities",
     "CountsDegreesOfFreedom",
@@ -1295,6 +1302,83 @@ class BatchedGate(Protocol, metaclass=_ProtocolMembers):
         array of shape (B, P)
         """
         ...
+
+
+@runtime_checkable
+class SweepGate(Protocol, metaclass=_ProtocolMembers):
+    """A gate that declares the sweep kernel computing its weights.
+
+    The chunked path of :func:`moestat.fit.em` (and the fused torch EM,
+    :mod:`moestat.torch.fused`) never calls the gate's hooks: it computes
+    ``log g`` and the Fisher-scoring sums of the gate's M-step with the
+    kernel the gate names. A gate is fitted there only when it declares one
+    (and its expert family too, :class:`SweepExpertFamily`); a gate without
+    the attribute, or with None, is fitted on the full path.
+
+    Attributes
+    ----------
+    sweep_kernel : str or None
+        A name of :data:`moestat.kernels.sweep.GATES` whose weights are the
+        gate's at its current settings, or None where no kernel computes
+        them (a ridge ``alpha > 0``, a top-K selection):
+
+        ``"softmax"``
+            ``g = softmax(beta z)`` with ``z`` the gate's ``design``, the
+            first row of ``beta`` the reference (zero) and the others free
+            (:class:`~moestat.gates.SoftmaxGate`, and
+            :class:`~moestat.gates.ModifiedSoftmaxGate`, whose design is
+            ``[1, M(x)]``).
+        ``"normalized_sigmoid"``
+            ``g_i = sigma(beta_i z) / sum_j sigma(beta_j z)``, every row free
+            (the dense :class:`~moestat.gates.NormalizedSigmoidGate`).
+
+    Notes
+    -----
+    A gate declaring a kernel takes :class:`~moestat.gates.GateParams`
+    whose ``coef`` (m, p) is ``beta``, packs the free rows row by row, and
+    its ``m_step`` takes ``newton_steps`` (1 by default) Fisher-scoring
+    steps of the kernel's gradient and information, each halved until
+    ``sum r log g`` does not fall (at most ``max_halvings`` tries, 12 by
+    default) and clipped into the box ``|beta| <= bound`` where the gate has
+    a ``bound``. The chunked path reads ``bound`` and ``max_halvings`` from
+    the gate where it has them. :func:`moestat.utils.check_gate` verifies
+    the declaration (rule ``"sweep"``): at random parameters, the sweep's
+    log-likelihood is the one from the gate's ``log_weights``, and the
+    M-step from the sweep's sums is the gate's ``m_step``. A subclass that
+    changes the weights must therefore declare another kernel or None.
+    """
+
+    sweep_kernel: str | None
+
+
+@runtime_checkable
+class SweepExpertFamily(Protocol, metaclass=_ProtocolMembers):
+    """An expert family that declares the sweep kernel computing its M-step.
+
+    Attributes
+    ----------
+    sweep_kernel : str or None
+        A name of :data:`moestat.kernels.sweep.EXPERTS`, or None where no
+        kernel serves the family's current settings:
+
+        ``"gaussian"``
+            ``f_i(y | x) = N(y | a_i^T phi(x), nu_i)`` with ``phi`` the
+            family's ``design`` (any basis or degree) and parameters
+            :class:`~moestat.experts.GaussianExpertParams`; its M-step is
+            weighted least squares and the weighted residual variance, the
+            variances as its ``variance_kind`` says: ``"per_expert"`` (the
+            default), ``"shared"`` or ``"known"`` (then ``variance`` holds
+            the known value).
+
+    Notes
+    -----
+    :func:`moestat.utils.check_expert_family` verifies the declaration
+    (rule ``"sweep"``) with a softmax gate: the sweep's log-likelihood is
+    the one from the family's ``log_density``, and the M-step from the
+    sweep's sums is the family's ``m_step``.
+    """
+
+    sweep_kernel: str | None
 
 
 # -- optional capabilities -----------------------------------------------------

@@ -54,6 +54,17 @@ Rules for a gate
     parameters and reaches the soft-label objective and the observed
     log-likelihood of ``m_step`` from the same parameters (not below
     either).
+``sweep``
+    (Gates that declare a sweep kernel, :class:`~moestat.protocols.SweepGate`.)
+    The kernel is one of :data:`moestat.kernels.sweep.GATES`; the gate's
+    parameters are :class:`~moestat.gates.GateParams` packed as the kernel
+    reads them; with Gaussian experts, the sweep's sums
+    (:class:`~moestat.kernels.sweep_numpy.NumpySweep`, over chunks) give
+    the log-likelihood of ``log_weights``, the gradient of ``gradient`` and,
+    by Fisher scoring on them, the parameters of ``m_step``, each to a
+    relative ``1e-8``. A subclass that changes the weights but inherits the
+    declaration breaks this rule: it must declare ``sweep_kernel = None``
+    (the full path) or the kernel that computes its weights.
 
 Rules for an expert family
 --------------------------
@@ -70,7 +81,11 @@ for a family with batched kernels
 (:class:`~moestat.protocols.BatchedExpertFamily`, where ``runs_batched``):
 on a batch of two copies of the data, ``batch_log_density`` is ``log_density`` and
 ``batch_m_step`` reaches the ``sum r log f`` of ``m_step`` from the same
-parameters.
+parameters, and ``sweep`` for a family that declares a sweep kernel
+(:class:`~moestat.protocols.SweepExpertFamily`): with a softmax gate, the
+sweep's sums give the log-likelihood of ``log_density`` and, by the
+closed-form M-step on them, the parameters of ``m_step`` (its
+``variance_kind``), to a relative ``1e-8``.
 """
 
 from __future__ import annotations
@@ -80,7 +95,26 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from moestat._math import hold_at_box, solve_spd
+from moestat._sweep_em import (
+    _sweep_experts,
+    _sweep_gate,
+    clip_to_box,
+    gate_bound,
+    gate_halvings,
+    kernel_rows,
+    variance_kind,
+)
 from moestat._validation import as_generator
+from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
+from moestat.gates._base import GateParams
+from moestat.gates.softmax import SoftmaxGate
+from moestat.kernels.sweep import (
+    gaussian_expert_step,
+    soft_label_statistics,
+    unflatten_soft_label,
+)
+from moestat.kernels.sweep_numpy import NumpySweep
 from moestat.protocols import (
     BatchedExpertFamily,
     BatchedGate,
@@ -107,6 +141,9 @@ GRADIENT_RTOL = 1e-5
 
 # Tolerances of identities that hold up to round-off.
 _ROUND_TRIP = {"rtol": 1e-9, "atol": 1e-10}
+
+#: Relative tolerance of a sweep's sums against the pieces' own hooks.
+SWEEP_RTOL = 1e-8
 
 
 class ConformanceError(AssertionError):
@@ -425,6 +462,7 @@ def check_gate(
     _check_gate_permute(gate, params, Z, log_g, m, rng)
     if isinstance(gate, GateAtoms):
         _check_gate_atoms(gate, params, Z, log_g, m)
+    _check_gate_sweep(gate, params, Z, m, rng)
     if isinstance(gate, BatchedGate) and gate.runs_batched:
         _check_gate_batches(gate, params, Z, log_g, m, rng)
 
@@ -767,6 +805,7 @@ def check_expert_family(
     _check_expert_m_step(expert, params, Phi, y, resp, var_floor)
     _check_expert_permute(expert, params, Phi, y, log_f, m, rng)
     _check_expert_capabilities(expert, params, Phi, y, log_f, m)
+    _check_expert_sweep(expert, params, Phi, y, m, var_floor, rng)
     if isinstance(expert, BatchedExpertFamily) and expert.runs_batched:
         _check_expert_batches(expert, params, Phi, y, resp, m, var_floor)
 
@@ -1012,4 +1051,192 @@ def _check_expert_capabilities(expert, params, Phi, y, log_f, m):
             expert,
             "degrees_of_freedom",
             f"degrees_of_freedom is {dof}, outside [0, {k}].",
+        )
+
+
+# -- the sweep kernels -------------------------------------------------------------
+def _declared_kernel(piece: Any, read: Any) -> str | None:
+    """The sweep kernel ``piece`` declares; an unknown name breaks rule ``sweep``."""
+    try:
+        return read(piece)
+    except ValueError as error:
+        raise ConformanceError(piece, "sweep", str(error)) from None
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal to :data:`SWEEP_RTOL`, relative to the larger entry of ``b``."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    scale = max(1.0, float(np.max(np.abs(b), initial=0.0)))
+    return a.shape == b.shape and np.allclose(a, b, rtol=0.0, atol=SWEEP_RTOL * scale)
+
+
+def _full_path(log_g: NDArray, log_f: NDArray) -> tuple[float, NDArray]:
+    """The log-likelihood and the responsibilities from whole (n, m) arrays."""
+    joint = log_g + log_f
+    top = np.max(joint, axis=1, keepdims=True)
+    per_sample = top[:, 0] + np.log(np.sum(np.exp(joint - top), axis=1))
+    return float(per_sample.sum()), np.exp(joint - per_sample[:, None])
+
+
+def _sweep(Z, Phi, y, m, kernel, gate_coef, expert_params):
+    """The sums of a sweep over three or four chunks (the information at every row)."""
+    sweep = NumpySweep(
+        Z, Phi, y, None, m, max(1, Z.shape[0] // 3), stride=1, gate=kernel
+    )
+    return sweep(gate_coef, expert_params.coef, expert_params.var)
+
+
+def _check_gate_sweep(gate, params, Z, m, rng):
+    """A declared sweep kernel gives the gate's log-likelihood, gradient and M-step."""
+    rule = "sweep"
+    kernel = _declared_kernel(gate, _sweep_gate)
+    if kernel is None:
+        return
+    n, p = Z.shape
+    coef = getattr(params, "coef", None)
+    _require(
+        coef is not None and np.shape(coef) == (m, p),
+        gate,
+        rule,
+        f"a gate declaring sweep_kernel={kernel!r} takes GateParams whose coef "
+        f"is ({m}, {p}); its parameters are {type(params).__name__}.",
+    )
+    coef = np.array(coef, dtype=float)
+    rows = kernel_rows(kernel, m)
+    _require(
+        _close(_call(gate, rule, "pack", params), coef[rows].ravel()),
+        gate,
+        rule,
+        f"pack must give the rows {rows.tolist()} of coef row by row, as the "
+        f"{kernel!r} kernel reads them.",
+    )
+    log_g = np.asarray(_call(gate, rule, "log_weights", GateParams(coef), Z), float)
+    # Gaussian experts on data drawn from the model
+    Phi = np.column_stack([np.ones(n), rng.uniform(-1.0, 1.0, n)])
+    expert = GaussianExpert()
+    experts = GaussianExpertParams(rng.normal(0.0, 1.0, (m, 2)), rng.uniform(0.2, 1, m))
+    cumulative = np.cumsum(np.exp(log_g), axis=1)
+    labels = np.minimum((rng.uniform(size=(n, 1)) > cumulative).sum(axis=1), m - 1)
+    y = expert.sample(experts, Phi, labels, rng)
+    log_likelihood, resp = _full_path(log_g, expert.log_density(experts, Phi, y))
+    stats = _sweep(Z, Phi, y, m, kernel, coef, experts)
+    swept = float(stats.log_likelihood)
+    _require(
+        _close(swept, log_likelihood),
+        gate,
+        rule,
+        f"the {kernel!r} sweep gives the log-likelihood {swept:.12g}; log_weights "
+        f"gives {log_likelihood:.12g}. The gate's weights are not the kernel's: "
+        "declare the kernel that computes them, or sweep_kernel = None.",
+    )
+    grad = _call(gate, rule, "gradient", GateParams(coef), Z, resp, log_g)
+    _require(
+        _close(stats.gate_gradient, grad),
+        gate,
+        rule,
+        f"the {kernel!r} sweep's gate gradient is not the gate's gradient.",
+    )
+    features = _call(gate, rule, "sufficient_features", Z)
+    own, _ = _call(gate, rule, "m_step", GateParams(coef), Z, resp, log_g, features)
+    stepped = _gate_step_from_sums(gate, kernel, coef, Z, resp, stats)
+    _require(
+        _close(getattr(own, "coef", np.nan), stepped),
+        gate,
+        rule,
+        f"Fisher scoring on the {kernel!r} sweep's sums moves the gate to a "
+        "point other than m_step's.",
+    )
+
+
+def _gate_step_from_sums(gate, kernel, coef, Z, resp, stats):
+    """The gate's M-step, its Fisher steps taken from a sweep's sums.
+
+    The first step from the sweep's gradient and information at ``resp``;
+    further ones (the gate's ``newton_steps``) from the soft-label sums at
+    the new point; each halved until ``sum r log g`` does not fall and
+    clipped into the gate's box, as :class:`moestat.protocols.SweepGate`
+    describes the M-step.
+    """
+    n, m = resp.shape
+    rows, bound = kernel_rows(kernel, m), gate_bound(gate)
+    labels = np.ascontiguousarray(resp.T)
+
+    def sums(point):
+        flat = soft_label_statistics(Z, labels, point, kernel)
+        return unflatten_soft_label(flat, m, Z.shape[1], kernel)
+
+    objective = sums(coef)[0]
+    grad, information = stats.gate_gradient, stats.gate_information
+    for index in range(int(getattr(gate, "newton_steps", 1))):
+        if index:
+            _, grad, information = sums(coef)
+        grad, information = hold_at_box(grad, information, coef[rows].ravel(), bound)
+        free = solve_spd(information, grad, ridge=1e-9)
+        if not float(grad @ free) > 1e-14 * n:
+            break
+        direction = np.zeros_like(coef)
+        direction[rows] = free.reshape(len(rows), -1)
+        step = 1.0
+        for _ in range(gate_halvings(gate)):
+            candidate = clip_to_box(coef + step * direction, bound)
+            value = sums(candidate)[0]
+            if value >= objective:
+                coef, objective = candidate, value
+                break
+            step *= 0.5
+        else:
+            break
+    return coef
+
+
+def _check_expert_sweep(expert, params, Phi, y, m, floor, rng):
+    """A declared sweep kernel gives the family's log-likelihood and M-step."""
+    rule = "sweep"
+    kernel = _declared_kernel(expert, _sweep_experts)
+    if kernel is None:
+        return
+    n, p = Phi.shape
+    coef, var = getattr(params, "coef", None), getattr(params, "var", None)
+    _require(
+        np.shape(coef) == (m, p) and np.shape(var) == (m,),
+        expert,
+        rule,
+        f"a family declaring sweep_kernel={kernel!r} takes GaussianExpertParams "
+        f"with coef ({m}, {p}) and var ({m},); its parameters are "
+        f"{type(params).__name__}.",
+    )
+    experts = GaussianExpertParams(np.array(coef, float), np.array(var, float))
+    Z = np.column_stack([np.ones(n), rng.uniform(-1.0, 1.0, n)])
+    gate_coef = rng.normal(0.0, 1.0, (m, 2))
+    gate_coef[0] = 0.0
+    log_g = SoftmaxGate().log_weights(GateParams(gate_coef), Z)
+    log_f = np.asarray(_call(expert, rule, "log_density", experts, Phi, y), float)
+    log_likelihood, resp = _full_path(log_g, log_f)
+    stats = _sweep(Z, Phi, y, m, "softmax", gate_coef, experts)
+    swept = float(stats.log_likelihood)
+    _require(
+        _close(swept, log_likelihood),
+        expert,
+        rule,
+        f"the {kernel!r} sweep gives the log-likelihood {swept:.12g}; log_density "
+        f"gives {log_likelihood:.12g}. The family's densities are not the "
+        "kernel's: declare the kernel that computes them, or sweep_kernel = None.",
+    )
+    kind = variance_kind(expert)
+    _require(
+        kind in ("per_expert", "shared", "known"),
+        expert,
+        rule,
+        f"variance_kind must be 'per_expert', 'shared' or 'known'; got {kind!r}.",
+    )
+    features = _call(expert, rule, "sufficient_features", Phi, y)
+    own = _call(expert, rule, "m_step", Phi, y, resp, floor, experts, features)
+    stepped = gaussian_expert_step(stats, experts.coef, experts.var, floor, n, kind)
+    for name, value in zip(("coef", "var"), stepped, strict=True):
+        _require(
+            _close(getattr(own, name, np.nan), value),
+            expert,
+            rule,
+            f"the M-step from the {kernel!r} sweep's sums gives other {name} than "
+            f"m_step ({kind} variances).",
         )

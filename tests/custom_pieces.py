@@ -1,8 +1,9 @@
-"""A gate and an expert family written outside moestat, on the protocols alone.
+"""Gates and an expert family written outside moestat, on the protocols alone.
 
-Neither class derives from a moestat class: they have the hooks of
+No class derives from a moestat class: they have the hooks of
 :class:`moestat.protocols.Gate` and :class:`moestat.protocols.ExpertFamily`
-and nothing else, as a user's pieces would.
+(and a declaration of :class:`moestat.protocols.SweepGate`), as a user's
+pieces would.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
+
+from moestat import GateParams
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,149 @@ class ConstantGate:
 
     def parameter_names(self, n_experts, design_names, offset=0):
         return [f"gate{i + 1 + offset}[const]" for i in range(1, n_experts)]
+
+
+@dataclass(frozen=True)
+class LogisticGate:
+    """A multinomial logistic gate written by hand, declaring the softmax sweep.
+
+    ``g = softmax(beta [1, x])`` with the first row of ``beta`` the zero
+    reference; its M-step is one Fisher-scoring step, halved until
+    ``sum r log g`` does not fall. It declares ``sweep_kernel = "softmax"``,
+    so the chunked path of ``em`` fits it.
+    """
+
+    name: ClassVar[str] = "logistic"
+    sweep_kernel: ClassVar[str] = "softmax"
+
+    def design(self, X):
+        return np.column_stack([np.ones(X.shape[0]), X])
+
+    def design_names(self, feature_names):
+        return ["const", *feature_names]
+
+    def describe(self):
+        return "hand-written logistic gate"
+
+    def log_weights(self, params, Z):
+        scores = Z @ params.coef.T
+        return scores - logsumexp(scores, axis=1, keepdims=True)
+
+    def sufficient_features(self, Z):
+        return None
+
+    def _objective(self, params, Z, resp):
+        return float(np.sum(resp * self.log_weights(params, Z)))
+
+    def _information(self, params, Z, resp, log_weights):
+        """``sum_t rho_t g_ti (delta_ij - g_tj) z_t z_t^T`` over the free rows."""
+        g = np.exp(log_weights)[:, 1:]
+        rho = resp.sum(axis=1)
+        k, p = g.shape[1], Z.shape[1]
+        pair = rho[:, None, None] * (
+            g[:, :, None] * np.eye(k) - g[:, :, None] * g[:, None, :]
+        )
+        return np.einsum("tij,ta,tb->iajb", pair, Z, Z).reshape(k * p, k * p)
+
+    def _fisher_step(self, params, Z, resp, log_weights):
+        grad = self.gradient(params, Z, resp, log_weights)
+        info = self._information(params, Z, resp, log_weights)
+        # equilibrated, with a 1e-9 ridge
+        scale = 1.0 / np.sqrt(np.diag(info))
+        system = info * np.outer(scale, scale) + 1e-9 * np.eye(len(grad))
+        step = scale * np.linalg.solve(system, grad * scale)
+        if not grad @ step > 1e-14 * Z.shape[0]:
+            return params
+        before = self._objective(params, Z, resp)
+        size = 1.0
+        for _ in range(12):
+            coef = params.coef.copy()
+            coef[1:] += size * step.reshape(coef.shape[0] - 1, -1)
+            candidate = GateParams(coef)
+            if self._objective(candidate, Z, resp) >= before:
+                return candidate
+            size *= 0.5
+        return params
+
+    def init_params(self, Z, resp):
+        params = GateParams(np.zeros((resp.shape[1], Z.shape[1])))
+        for _ in range(10):
+            params = self._fisher_step(params, Z, resp, self.log_weights(params, Z))
+        return params
+
+    def m_step(
+        self,
+        params,
+        Z,
+        resp,
+        log_weights=None,
+        features=None,
+        log_f=None,
+        log_background=None,
+    ):
+        if log_weights is None:
+            log_weights = self.log_weights(params, Z)
+        new = self._fisher_step(params, Z, resp, log_weights)
+        return new, self.log_weights(new, Z)
+
+    def gradient(self, params, Z, resp, log_weights):
+        g = np.exp(log_weights)
+        rho = resp.sum(axis=1, keepdims=True)
+        return ((resp - rho * g)[:, 1:].T @ Z).ravel()
+
+    def penalty(self, params, Z):
+        return 0.0
+
+    def pack(self, params):
+        return params.coef[1:].ravel().copy()
+
+    def unpack(self, theta, n_experts, n_design):
+        coef = np.zeros((n_experts, n_design))
+        coef[1:] = np.reshape(theta, (n_experts - 1, n_design))
+        return GateParams(coef)
+
+    def pack_scales(self, column_scales, n_experts):
+        return np.tile(column_scales, n_experts - 1)
+
+    def pack_bounds(self, n_experts, n_design):
+        size = (n_experts - 1) * n_design
+        return np.full(size, -np.inf), np.full(size, np.inf)
+
+    def n_free_parameters(self, n_experts, n_design):
+        return (n_experts - 1) * n_design
+
+    def degrees_of_freedom(self, n_experts, n_design):
+        return (n_experts - 1) * n_design
+
+    def random_params(self, n_experts, n_design, scale, rng):
+        coef = rng.normal(0.0, scale, size=(n_experts, n_design))
+        return GateParams(coef - coef[0])
+
+    def permute(self, params, perm):
+        coef = params.coef[np.asarray(perm)]
+        return GateParams(coef - coef[0])
+
+    def expert_groups(self, n_experts):
+        return np.zeros(n_experts, dtype=np.intp)
+
+    def check_n_experts(self, n_experts, for_fit=True):
+        pass
+
+    def check_params(self, params, n_experts, n_design):
+        if not isinstance(params, GateParams) or params.coef.shape != (
+            n_experts,
+            n_design,
+        ):
+            raise ValueError(f"expected a ({n_experts}, {n_design}) coef.")
+        if np.any(params.coef[0] != 0):
+            raise ValueError("the first row is fixed at zero.")
+
+    def parameter_names(self, n_experts, design_names, offset=0):
+        return [
+            f"gate{i + 1 + offset}[{name}]"
+            for i in range(1, n_experts)
+            for name in design_names
+        ]
 
 
 @dataclass(frozen=True)

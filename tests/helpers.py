@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,6 +29,35 @@ from moestat.experts import (
     MultinomialExpertParams,
     MultinomialLogisticExpert,
 )
+
+
+@dataclass(frozen=True)
+class TemperedSoftmaxGate(SoftmaxGate):
+    """``g = softmax(beta z / 2)``: a softmax gate at temperature 2.
+
+    Its weights, gradient and M-step agree with each other, but its weights
+    are not the softmax kernel's at ``beta``, while it inherits
+    ``sweep_kernel = "softmax"`` from :class:`SoftmaxGate`.
+    """
+
+    #: the batched kernels are the plain softmax gate's
+    runs_batched: ClassVar[bool] = False
+
+    def _log_weights_from_scores(self, s):
+        return super()._log_weights_from_scores(s / 2.0)
+
+    def _score_gradient_and_fisher(self, params, Z, resp, log_g):
+        score_grad, diag, vec = super()._score_gradient_and_fisher(
+            params, Z, resp, log_g
+        )
+        return score_grad / 2.0, diag / 4.0, vec / 2.0
+
+
+@dataclass(frozen=True)
+class UndeclaredTemperedSoftmaxGate(TemperedSoftmaxGate):
+    """The tempered gate declaring that no sweep kernel computes its weights."""
+
+    sweep_kernel: ClassVar[None] = None
 
 
 def random_gate_params(gate, n_experts, n_design, rng, scale=2.0):

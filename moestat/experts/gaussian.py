@@ -110,6 +110,8 @@ class GaussianExpert:
     response_family: ClassVar[str | None] = "gaussian"
     #: The Voronoi loss catalogue's name for the atoms (a polynomial mean).
     voronoi_signature: ClassVar[str | None] = "linear"
+    #: The sweep kernel of the M-step (:class:`moestat.protocols.SweepExpertFamily`).
+    sweep_kernel: ClassVar[str | None] = "gaussian"
     degree: int = 1
     shared_variance: bool = False
     variance: float | None = None

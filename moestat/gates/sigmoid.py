@@ -129,6 +129,15 @@ class NormalizedSigmoidGate(_AffineGate):
                 "and gives them no gradient. Use top_k >= 2."
             )
 
+    @property
+    def sweep_kernel(self) -> str | None:
+        """The sweep kernel of these weights: ``"normalized_sigmoid"`` when dense.
+
+        None for a top-K gate (its selection is not a sum over rows) and
+        with a ridge (:class:`moestat.protocols.SweepGate`).
+        """
+        return None if self.top_k is not None or self.alpha else "normalized_sigmoid"
+
     def describe(self) -> str:
         """``normalized_sigmoid`` or ``normalized_sigmoid (top 2)``."""
         return self.name + (f" (top {self.top_k})" if self.top_k else "")

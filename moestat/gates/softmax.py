@@ -67,6 +67,15 @@ class SoftmaxGate(_AffineGate):
     #: Adding one vector to every row of ``coef`` leaves the weights unchanged.
     translation_invariant: ClassVar[bool] = True
 
+    @property
+    def sweep_kernel(self) -> str | None:
+        """The sweep kernel of these weights: ``"softmax"``; None with a ridge.
+
+        :class:`moestat.protocols.SweepGate`: the chunked path of
+        :func:`moestat.fit.em` computes the weights with it.
+        """
+        return None if self.alpha else "softmax"
+
     def free_rows(self, n_experts: int) -> NDArray[np.intp]:
         """Every row but the first (the reference expert, fixed at zero)."""
         return np.arange(1, n_experts)

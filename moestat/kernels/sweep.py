@@ -67,12 +67,17 @@ __all__ = [
     "gate_direction",
     "chunk_rows",
     "GATES",
+    "EXPERTS",
     "free_rows",
 ]
 
 #: The gates a sweep serves: a softmax gate (reference row 0) and the
 #: dense normalized sigmoid gate (every row free).
 GATES = ("softmax", "normalized_sigmoid")
+
+#: The expert families a sweep serves: Gaussian experts whose mean is linear
+#: in their design (one variance per expert, one shared, or a known one).
+EXPERTS = ("gaussian",)
 
 
 def free_rows(m: int, gate: str = "softmax") -> int:

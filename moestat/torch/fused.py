@@ -67,8 +67,7 @@ import torch
 from torch import Tensor
 
 from moestat._stopping import aitken_converged as _converged
-from moestat.experts import GaussianExpert
-from moestat.gates import SoftmaxGate
+from moestat._sweep_em import _sweep_gate, gate_halvings, supports
 from moestat.kernels.sweep import (
     SweepStatistics,
     chunk_rows,
@@ -276,7 +275,7 @@ def _expert_step(
     var_floor: Tensor,
 ) -> Tensor:
     """Closed-form expert M-step from the sweep's statistics (packed)."""
-    family: GaussianExpert = model.spec.expert
+    family = model.spec.expert
     m, _, p_expert = model.shapes
     total = stats.expert_weight.sum(dim=1).clamp(min=1.0)
     old_coef, old_var = family.batch_unpack(theta, m, p_expert, var_floor)
@@ -399,7 +398,7 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
     floor = data.var_floor.detach().to("cpu", dtype)
     n = data.n_samples.detach().to("cpu", dtype)
     round_off = max(1e-10, torch.finfo(data.y.dtype).eps)
-    max_halvings = model.spec.gate.max_halvings
+    max_halvings = gate_halvings(model.spec.gate)
 
     stats = sweep(theta_gate, theta_expert)
     ll, weight = stats.log_likelihood, stats.expert_weight
@@ -473,14 +472,19 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
 
 # -- argument checks ----------------------------------------------------------
 def _check_model(model: BatchedModel) -> None:
-    if (
-        not isinstance(model.spec.gate, SoftmaxGate)
-        or type(model.spec.expert) is not GaussianExpert
-    ):
+    """Raise ``ValueError`` unless the pieces declare the softmax and Gaussian sweeps.
+
+    The declarations of :class:`moestat.protocols.SweepGate` and
+    :class:`moestat.protocols.SweepExpertFamily`, read by
+    :func:`moestat._sweep_em.supports`.
+    """
+    spec = model.spec
+    if not supports(spec) or _sweep_gate(spec.gate) != "softmax":
         raise ValueError(
-            "em_softmax_gaussian needs a softmax gate and Gaussian experts; got "
-            f"{type(model.spec.gate).__name__} and "
-            f"{type(model.spec.expert).__name__}. Use moestat.torch.fit.em."
+            "em_softmax_gaussian needs a softmax gate and Gaussian experts "
+            "(sweep_kernel 'softmax' and 'gaussian'); got "
+            f"{type(spec.gate).__name__} and "
+            f"{type(spec.expert).__name__}. Use moestat.torch.fit.em."
         )
 
 
