@@ -24,7 +24,8 @@ from moestat import (
     StackedExperts,
 )
 from moestat.utils import ConformanceError, check_expert_family, check_gate
-from tests.custom_pieces import ConstantGate, UnitGaussianExpert
+from tests.custom_pieces import ConstantGate, LogisticGate, UnitGaussianExpert
+from tests.helpers import TemperedSoftmaxGate, UndeclaredTemperedSoftmaxGate
 
 GATES = {
     "softmax": SoftmaxGate(),
@@ -37,6 +38,9 @@ GATES = {
     ),
     "softmax_ridge": SoftmaxGate(alpha=1.0),
     "user_constant": ConstantGate(),
+    "user_logistic_declaring_softmax": LogisticGate(),
+    "softmax_newton_steps_3": SoftmaxGate(newton_steps=3),
+    "tempered_declaring_no_sweep": UndeclaredTemperedSoftmaxGate(),
 }
 EXPERTS = {
     "gaussian": GaussianExpert(),
@@ -131,11 +135,24 @@ class BatchedGateStepStandsStill(NormalizedSigmoidGate):
         return theta, log_weights
 
 
+class DeclaresAnUnknownKernel(SoftmaxGate):
+    sweep_kernel = "sparsemax"
+
+
+class SigmoidDeclaringSoftmax(NormalizedSigmoidGate):
+    """Normalized sigmoid weights under the softmax kernel's name."""
+
+    sweep_kernel = "softmax"
+
+
 @pytest.mark.parametrize(
     ("gate", "rule"),
     [
         (BatchedWeightsOffByOne(), "batch"),
         (BatchedGateStepStandsStill(), "batch"),
+        (TemperedSoftmaxGate(), "sweep"),
+        (DeclaresAnUnknownKernel(), "sweep"),
+        (SigmoidDeclaringSoftmax(), "sweep"),
         (GradientSignError(), "gradient"),
         (GradientOffByOnePerMille(), "gradient"),
         (UnpackDropsAParameter(), "pack"),
@@ -203,6 +220,26 @@ class PermuteForgetsTheVariances(GaussianExpert):
         return GaussianExpertParams(params.coef[np.asarray(perm)], params.var)
 
 
+class HalfwayMStep(GaussianExpert):
+    """Known-variance experts whose M-step goes half way to the maximiser.
+
+    Still an ascent step, but not the Gaussian kernel's M-step, which it
+    inherits the declaration of.
+    """
+
+    runs_batched = False  # the batched M-step is the plain family's
+
+    def m_step(self, Phi, y, resp, var_floor, previous=None, features=None):
+        new = super().m_step(Phi, y, resp, var_floor, previous, features)
+        if previous is None:
+            return new
+        return GaussianExpertParams(0.5 * (new.coef + previous.coef), new.var)
+
+
+class UndeclaredHalfwayMStep(HalfwayMStep):
+    sweep_kernel = None
+
+
 class BatchedDensityOffByOne(ReLUExpert):
     """Batched kernels that disagree with the family's own density."""
 
@@ -222,6 +259,7 @@ class BatchedMStepStandsStill(ReLUExpert):
     [
         (BatchedDensityOffByOne(), "batch"),
         (BatchedMStepStandsStill(), "batch"),
+        (HalfwayMStep(variance=0.5), "sweep"),
         (ExpertGradientSignError(), "gradient"),
         (ExpertUnpackDropsAVariance(), "pack"),
         (TransposedLogDensity(), "log_density"),
@@ -235,6 +273,19 @@ def test_check_expert_family_names_the_rule_a_broken_family_breaks(expert, rule)
     with pytest.raises(ConformanceError, match=f"breaks rule '{rule}'") as info:
         check_expert_family(expert)
     assert info.value.rule == rule
+
+
+def test_a_gate_that_changes_its_weights_passes_once_it_declares_no_sweep_kernel():
+    """The tempered softmax gate breaks rule 'sweep' only through its declaration."""
+    with pytest.raises(ConformanceError, match="not the kernel's"):
+        check_gate(TemperedSoftmaxGate())
+    check_gate(UndeclaredTemperedSoftmaxGate())
+
+
+def test_a_family_with_another_m_step_passes_once_it_declares_no_sweep_kernel():
+    with pytest.raises(ConformanceError, match="other coef than m_step"):
+        check_expert_family(HalfwayMStep(variance=0.5))
+    check_expert_family(UndeclaredHalfwayMStep(variance=0.5))
 
 
 def test_sizes_at_which_no_rule_can_be_checked_are_refused():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -37,8 +39,11 @@ from moestat.fit import (
     restart_starts,
     unpack,
 )
+from tests.custom_pieces import LogisticGate
 from tests.helpers import (
     GATES,
+    TemperedSoftmaxGate,
+    UndeclaredTemperedSoftmaxGate,
     random_model,
     three_quadratic_truth,
     two_expert_truth,
@@ -672,6 +677,82 @@ def test_chunk_size_is_refused_where_the_model_has_no_sweep(rng):
     with pytest.raises(ValueError, match="int >= 0"):
         em(model, design, y, chunk_size=-1)
     assert em(model, design, y, max_iter=3, chunk_size=0).n_iter > 0
+
+
+def test_a_user_gate_declaring_the_softmax_kernel_reaches_the_full_paths_maximum(rng):
+    """A gate written outside moestat opts in by its declaration alone."""
+    truth = two_expert_truth()
+    X, y = simulate(truth, 1500, 1, rng)
+    spec = MixtureOfExperts(LogisticGate(), GaussianExpert())
+    assert sweep_em.supports(spec)
+    design = spec.design(X)
+    model = spec.with_params(initial_params(spec, design, X, y, 2, "kmeans", rng))
+    options = {"tol": 1e-13, "max_iter": 3000}
+    full = em(model, design, y, chunk_size=0, **options)
+    chunked = em(model, design, y, chunk_size=256, **options)
+    assert full.converged and chunked.converged and chunked.monotone
+    np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-8)
+    np.testing.assert_allclose(
+        pack(chunked.model, 0.0), pack(full.model, 0.0), rtol=1e-4, atol=1e-4
+    )
+    # the built-in softmax gate, fitted on the chunked path, reaches it too
+    builtin = em(
+        MixtureOfExperts(SoftmaxGate(), GaussianExpert(), model.params),
+        design,
+        y,
+        chunk_size=256,
+        **options,
+    )
+    np.testing.assert_allclose(builtin.log_likelihood, full.log_likelihood, rtol=1e-8)
+
+
+def test_a_gate_declaring_no_sweep_kernel_is_fitted_on_the_full_path(rng, monkeypatch):
+    """Beyond CHUNKED_ENTRIES, chunk_size=None fits it on the full path."""
+    spec = MixtureOfExperts(UndeclaredTemperedSoftmaxGate(), GaussianExpert())
+    X, y = simulate(two_expert_truth(), 500, 1, rng)
+    design = spec.design(X)
+    model = spec.with_params(initial_params(spec, design, X, y, 2, "kmeans", rng))
+    assert not sweep_em.supports(model)
+    monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", 1)
+    fit = em(model, design, y, tol=0.0, max_iter=8, chunk_size=None)
+    np.testing.assert_array_equal(
+        fit.trace, em(model, design, y, tol=0.0, max_iter=8, chunk_size=0).trace
+    )
+    assert fit.monotone
+    with pytest.raises(ValueError, match="declare sweep kernels.*sweep_kernel=None"):
+        em(model, design, y, chunk_size=50)
+
+
+def test_the_sweep_fits_what_a_gate_declares_not_what_it_computes(rng):
+    """A declaration is trusted: the tempered gate that keeps the softmax
+    kernel's is fitted as a plain softmax gate (check_gate's rule 'sweep'
+    refuses it)."""
+    X, y = simulate(two_expert_truth(), 500, 1, rng)
+    spec = MixtureOfExperts(TemperedSoftmaxGate(), GaussianExpert())
+    assert sweep_em.supports(spec)
+    design = spec.design(X)
+    model = spec.with_params(initial_params(spec, design, X, y, 2, "kmeans", rng))
+    options = {"tol": 0.0, "max_iter": 5}
+    chunked = em(model, design, y, chunk_size=100, **options)
+    plain = MixtureOfExperts(SoftmaxGate(), GaussianExpert(), model.params)
+    np.testing.assert_allclose(
+        chunked.trace, em(plain, design, y, chunk_size=100, **options).trace
+    )
+    full = em(model, design, y, chunk_size=0, **options)
+    assert not np.allclose(chunked.trace, full.trace)
+
+
+def test_a_gate_declaring_an_unknown_sweep_kernel_is_refused(rng):
+    @dataclasses.dataclass(frozen=True)
+    class Sparsemax(SoftmaxGate):
+        sweep_kernel: ClassVar[str] = "sparsemax"
+
+    X, y = simulate(two_expert_truth(), 100, 1, rng)
+    spec = MixtureOfExperts(Sparsemax(), GaussianExpert())
+    design = spec.design(X)
+    model = spec.with_params(initial_params(spec, design, X, y, 2, "random", rng))
+    with pytest.raises(ValueError, match="sweep_kernel='sparsemax'"):
+        em(model, design, y, chunk_size=50)
 
 
 @pytest.mark.parametrize("gate_name", ["softmax", "normalized_sigmoid"])

@@ -37,7 +37,7 @@ from moestat.datasets import (
 )
 from moestat.experts._base import expert_degrees_of_freedom
 from moestat.gates import resolve_gate, with_shared_experts
-from tests.custom_pieces import ConstantGate, UnitGaussianExpert
+from tests.custom_pieces import ConstantGate, LogisticGate, UnitGaussianExpert
 
 GATES = {
     "softmax": SoftmaxGate(),
@@ -154,6 +154,42 @@ def test_families_declare_their_response_family(name, family):
     expert = EXPERTS[name]
     assert isinstance(expert, P.ExpertDeclarations)
     assert expert.response_family == family
+
+
+@pytest.mark.parametrize(
+    ("gate", "kernel"),
+    [
+        (SoftmaxGate(), "softmax"),
+        (ModifiedSoftmaxGate(), "softmax"),
+        (SoftmaxGate(bound=5.0), "softmax"),
+        (NormalizedSigmoidGate(), "normalized_sigmoid"),
+        (NormalizedSigmoidGate(bound=None), "normalized_sigmoid"),
+        (NormalizedSigmoidGate(top_k=2), None),
+        (SoftmaxGate(alpha=1.0), None),
+        (ModifiedSoftmaxGate(alpha=1.0), None),
+        (NormalizedSigmoidGate(alpha=1.0), None),
+    ],
+    ids=lambda value: value if isinstance(value, str | None) else value.describe(),
+)
+def test_gates_declare_the_sweep_kernel_of_their_weights(gate, kernel):
+    """None where the settings are not served: a top-K selection, a ridge."""
+    assert isinstance(gate, P.SweepGate)
+    assert gate.sweep_kernel == kernel
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_gaussian_families_alone_declare_the_gaussian_sweep_kernel(name):
+    expert = EXPERTS[name]
+    declared = isinstance(expert, P.SweepExpertFamily) and expert.sweep_kernel
+    assert declared == ("gaussian" if isinstance(expert, GaussianExpert) else False)
+
+
+def test_pieces_without_a_sweep_declaration_are_not_sweep_pieces():
+    assert not isinstance(SharedExpertsGate(SoftmaxGate(), 1), P.SweepGate)
+    assert not isinstance(ConstantGate(), P.SweepGate)
+    assert not isinstance(UnitGaussianExpert(), P.SweepExpertFamily)
+    assert P.missing_members(ConstantGate(), P.SweepGate) == ["sweep_kernel"]
+    assert isinstance(LogisticGate(), P.SweepGate)
 
 
 def test_the_affine_gates_say_whether_rows_are_identified_up_to_a_shift():
