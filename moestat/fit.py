@@ -280,7 +280,8 @@ def em(
         q_expert)``, ``q = p (p + 1) / 2`` the products of a design's
         columns), and keeps the (n, m) arrays whole otherwise; a positive
         number takes the chunked path with that many
-        rows per chunk (``ValueError`` if the model does not allow it);
+        rows per chunk (``ValueError`` if its pieces declare no sweep
+        kernel);
         ``0`` takes the full path.
     sweep_dtype : {np.float64, np.float32}, default=np.float64
         Arithmetic within a chunk of the chunked path (the sums across
@@ -319,9 +320,12 @@ def em(
     start of each SQUAREM cycle (three E-steps), whose increments shrink
     geometrically as plain EM's do.
 
-    The chunked path serves a softmax gate (plain or modified) or a dense
-    normalized sigmoid gate (``top_k=None``, any ``bound``), with
-    ``alpha=0``, and Gaussian experts. Each iteration is one pass over the data in
+    The chunked path serves the pieces that declare a sweep kernel
+    (:class:`moestat.protocols.SweepGate`,
+    :class:`moestat.protocols.SweepExpertFamily`): a softmax gate (plain or
+    modified) or a dense normalized sigmoid gate (``top_k=None``, any
+    ``bound``), with ``alpha=0``, and Gaussian experts, or pieces of one's
+    own that declare theirs. Each iteration is one pass over the data in
     chunks of a few thousand rows (:mod:`moestat.kernels.sweep_numpy`, the
     numpy form of :mod:`moestat.kernels.sweep`, which the torch engine
     :func:`moestat.torch.fused.em_softmax_gaussian` runs): the chunk's
