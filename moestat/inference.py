@@ -405,10 +405,11 @@ def _singularity_causes(
         resp = resp * sample_weight[:, None]
     totals = resp.sum(axis=0)
     nobs = _n_observations(y, sample_weight)
+    nobs = nobs if isinstance(nobs, int) else f"{nobs:.6g}"
     empty = _empty_experts(totals, owners, affected)
     causes = [
         f"empty expert {k} (total responsibility {totals[k - 1]:.3g} of "
-        f"{nobs:g} observations)"
+        f"{nobs} observations)"
         for k in empty
     ]
     pairs = _duplicate_pairs(theta, np.diag(information), owners, affected, empty)
