@@ -366,6 +366,7 @@ def start_from_labels(
     smoothing: float,
     var_floor: float,
     chunk_size: int | None = None,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> MoEParams:
     """The start of :func:`moestat.fit.initial_params` from hard labels, in chunks.
 
@@ -387,6 +388,8 @@ def start_from_labels(
     var_floor : float
     chunk_size : int, optional
         Rows per chunk; default :func:`default_chunk_size`.
+    sample_weight : ndarray of shape (n,), optional
+        Each sample's weight; its soft labels are multiplied by it.
 
     Returns
     -------
@@ -394,7 +397,10 @@ def start_from_labels(
     """
 
     def soft_labels(rows: slice) -> NDArray[np.float64]:
-        return _soft_labels(labels[rows], n_experts, smoothing)
+        labels_here = _soft_labels(labels[rows], n_experts, smoothing)
+        if sample_weight is None:
+            return labels_here
+        return labels_here * sample_weight[rows]
 
     return start_from_soft_labels(
         model, design, y, soft_labels, n_experts, var_floor, chunk_size

@@ -90,7 +90,9 @@ def check_alpha(alpha: Any) -> None:
         )
 
 
-def column_spreads(design: NDArray[np.float64]) -> NDArray[np.float64]:
+def column_spreads(
+    design: NDArray[np.float64], sample_weight: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
     """Standard deviation of each design column, 0 for constant columns.
 
     A column counts as constant when its spread is below ``1e-12`` times
@@ -99,12 +101,19 @@ def column_spreads(design: NDArray[np.float64]) -> NDArray[np.float64]:
     Parameters
     ----------
     design : ndarray of shape (n, p)
+    sample_weight : ndarray of shape (n,), optional
+        Weights of the rows: the weighted standard deviation (that of the
+        rows repeated ``w_t`` times, for integer weights).
 
     Returns
     -------
     ndarray of shape (p,)
     """
-    sd = design.std(axis=0)
+    if sample_weight is None:
+        sd = design.std(axis=0)
+    else:
+        mean = np.average(design, axis=0, weights=sample_weight)
+        sd = np.sqrt(np.average((design - mean) ** 2, axis=0, weights=sample_weight))
     size = np.maximum(np.abs(design).max(axis=0, initial=0.0), 1.0)
     return np.where(sd > 1e-12 * size, sd, 0.0)
 

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
+from numbers import Real
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
 
 from moestat._threads import limit_blas_threads
 from moestat._validation import (
@@ -42,6 +47,7 @@ from moestat.fit import INIT_METHODS, fit_restarts, penalty, warn_on_degeneracy
 from moestat.gates import GATE_NAMES, resolve_gate, with_shared_experts
 from moestat.inference import MoEInferenceResults, infer
 from moestat.model import MixtureOfExperts, MoEParams
+from moestat.predictive import predictive_moments, predictive_quantile
 from moestat.protocols import (
     ExpertFamily,
     Gate,
@@ -153,6 +159,38 @@ def _with_alpha(gate: Gate, alpha: float) -> Gate:
     return replace(gate, alpha=alpha)
 
 
+def _validated_weight(sample_weight: ArrayLike | None, X: NDArray) -> NDArray | None:
+    """The sample weights as a float array (None stays None), or a ValueError."""
+    if sample_weight is None:
+        return None
+    weight = _check_sample_weight(
+        sample_weight, X, dtype=np.float64, ensure_non_negative=True, copy=True
+    )
+    if not weight.sum() > 0:
+        raise ValueError(
+            "sample_weight sums to zero: no sample would count. Give at least "
+            "one positive weight."
+        )
+    return weight
+
+
+def _variance_floor(
+    expert: ExpertFamily, y: NDArray, reg_var: float, weight: NDArray | None
+) -> float:
+    """The expert family's floor, from the weighted variance of ``y``.
+
+    The families' floors are ``reg_var`` times ``Var(y)`` (or zero), so the
+    weighted floor is the family's floor at ``reg_var`` rescaled by the
+    ratio of the weighted to the plain variance. Equal weights leave the
+    plain floor.
+    """
+    plain = np.var(y)
+    if weight is None or np.all(weight == weight[0]) or not plain > 0:
+        return expert.variance_floor(y, reg_var)
+    weighted = np.average((y - np.average(y, weights=weight)) ** 2, weights=weight)
+    return expert.variance_floor(y, reg_var * float(weighted / plain))
+
+
 class _BaseMixtureOfExperts(BaseEstimator):
     """Shared machinery of the regressor and the classifier (not public)."""
 
@@ -183,6 +221,12 @@ class _BaseMixtureOfExperts(BaseEstimator):
         check_scale(y, "y")
         return X, self._encode_y(y)
 
+    def _keep_rows(
+        self, X: NDArray, y: NDArray, keep: NDArray[np.bool_]
+    ) -> tuple[NDArray, NDArray]:
+        """The rows ``keep`` of the validated data."""
+        return X[keep], y[keep]
+
     def _check_target(self, y: NDArray[np.float64]) -> None:
         """Refuse a constant response (the support is checked by _encode_y)."""
         if np.ptp(y) == 0:
@@ -206,7 +250,9 @@ class _BaseMixtureOfExperts(BaseEstimator):
         return self.n_experts + self.n_shared_experts
 
     # -- fitting ---------------------------------------------------------------
-    def fit(self, X: ArrayLike, y: ArrayLike) -> _BaseMixtureOfExperts:
+    def fit(
+        self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+    ) -> _BaseMixtureOfExperts:
         """Fit the mixture of experts by maximum likelihood.
 
         Parameters
@@ -215,21 +261,44 @@ class _BaseMixtureOfExperts(BaseEstimator):
             Covariates (numpy array, list or pandas DataFrame).
         y : array-like of shape (n_samples,)
             Responses.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights: the fit maximises
+            ``sum_t w_t log p(y_t | x_t)``. Integer weights give the
+            likelihood of the data with row ``t`` repeated ``w_t`` times:
+            from the same start (``init=`` parameters) the two fits agree
+            to round-off, while random starts, drawn over the rows as
+            given, may differ. ``inference()`` reads the weights as
+            frequency weights. The variance floor is ``reg_var`` times the weighted
+            variance of ``y``. None: every weight one. Rows of weight zero
+            are dropped before the fit, so the fit is exactly the fit to
+            the other rows, starts included.
 
         Returns
         -------
         self
             The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            For weights that are negative, not finite, of the wrong length
+            or all zero.
         """
         params = self.get_params(deep=False)
         owner = type(self).__name__
         _check_pieces(owner, params, self._parameter_constraints)
         validate_params(owner, params, self._parameter_constraints)
         X, y = self._validate_xy(X, y)
+        weight = _validated_weight(sample_weight, X)
+        if weight is not None:
+            # rows of weight zero do not count: the fit is the fit without them
+            X, y = self._keep_rows(X, y, weight > 0)
+            weight = weight[weight > 0]
+            weight = None if np.all(weight == 1.0) else weight
         self._check_enough_data(X, y)
         self._check_target(y)
         with limit_blas_threads():
-            best, design, var_floor = self._fit_restarts(X, y)
+            best, design, var_floor = self._fit_restarts(X, y, weight)
         if best.boundary:
             findings = diverging_parameters(
                 best.model,
@@ -257,12 +326,14 @@ class _BaseMixtureOfExperts(BaseEstimator):
         warn_on_degeneracy(best, var_floor, min_weight=design.expert.shape[1] + 1.0)
         return self
 
-    def _fit_restarts(self, X: NDArray, y: NDArray) -> tuple[Any, Any, float]:
+    def _fit_restarts(
+        self, X: NDArray, y: NDArray, weight: NDArray | None = None
+    ) -> tuple[Any, Any, float]:
         """Fit every restart and store the best; return it, the design, the floor."""
         model = self._model_spec()
         model.gate.check_n_experts(self._n_total_experts)
         design = model.design(X)
-        var_floor = model.expert.variance_floor(y, self._reg_var())
+        var_floor = _variance_floor(model.expert, y, self._reg_var(), weight)
         if isinstance(self.init, MoEParams):
             self._check_start(model, self.init, design)
         with np.errstate(over="ignore", under="ignore"):
@@ -281,10 +352,11 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 var_floor=var_floor,
                 polish=self.polish,
                 batch_engine=self._batch_engine(),
+                sample_weight=weight,
             )
         self._store(best, results, design, var_floor)
         # kept for inference(): the information is evaluated on these data
-        self._fit_design, self._fit_y = design, y
+        self._fit_design, self._fit_y, self._fit_weight = design, y, weight
         return best, design, var_floor
 
     def _batch_engine(self) -> Any:
@@ -497,6 +569,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 n_iter=self.n_iter_,
                 info=self._summary_info(),
                 alpha=self.alpha,
+                sample_weight=getattr(self, "_fit_weight", None),
             )
 
     def summary(self, alpha: float = 0.05):
@@ -841,20 +914,114 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
         tags.target_tags.positive_only = self._positive_only()
         return tags
 
-    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Predict the conditional mean ``E[y | x]``.
+    def predict(
+        self, X: ArrayLike, return_std: bool = False
+    ) -> NDArray[np.float64] | tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Predict the conditional mean ``E[y | x]``, and its spread.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+        return_std : bool, default=False
+            Also return the standard deviation of the predictive
+            distribution, ``sd(y | x)``, by the law of total variance:
+            ``Var(y | x) = sum_i g_i(x) (v_i(x) + mu_i(x)^2) - E[y | x]^2``
+            with ``v_i`` expert ``i``'s variance (``nu_i`` for Gaussian
+            experts, ``mu_i`` for Poisson, ``mu_i (1 - mu_i)`` for
+            Bernoulli; :func:`moestat.predictive.predictive_moments`).
 
         Returns
         -------
-        ndarray of shape (n_samples,)
+        mean : ndarray of shape (n_samples,)
             ``sum_i g_i(x) mu_i(x)``: the expert means mixed by the gate.
+        std : ndarray of shape (n_samples,)
+            Only with ``return_std=True``.
+
+        Examples
+        --------
+        >>> from moestat import GaussianMoE
+        >>> from moestat.datasets import make_moe_regression
+        >>> X, y, truth = make_moe_regression(n_samples=500, random_state=0)
+        >>> est = GaussianMoE(2, random_state=0).fit(X, y)
+        >>> mean, std = est.predict(X[:3], return_std=True)
+        >>> bool((std > 0).all())
+        True
         """
         X = self._validated(X)
-        return self.model_.predict(X)
+        if not return_std:
+            return self.model_.predict(X)
+        _, variance = predictive_moments(self.model_, X)
+        return self.model_.predict(X), np.sqrt(variance)
+
+    def predict_quantile(self, X: ArrayLike, q: ArrayLike) -> NDArray[np.float64]:
+        """Quantiles of the predictive distribution ``p(y | x)``.
+
+        The inverse at ``q`` of ``F(y | x) = sum_i g_i(x) F_i(y | x)``: for
+        Gaussian experts the root of ``F(y | x) = q``, found row by row by
+        Newton's method kept inside the bracket of the experts' own
+        quantiles; for Poisson and Bernoulli experts the smallest integer
+        with ``F(y | x) >= q`` (see :mod:`moestat.predictive`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        q : float or array-like of shape (n_levels,)
+            Levels strictly between 0 and 1.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) for a scalar ``q``, else (n_samples, n_levels)
+
+        Raises
+        ------
+        ValueError
+            For levels outside (0, 1), or an expert family whose
+            distribution moestat does not know (one written outside
+            moestat without ``response_family = "gaussian"`` and variances).
+
+        Examples
+        --------
+        >>> from moestat import GaussianMoE
+        >>> from moestat.datasets import make_moe_regression
+        >>> X, y, truth = make_moe_regression(n_samples=500, random_state=0)
+        >>> est = GaussianMoE(2, random_state=0).fit(X, y)
+        >>> est.predict_quantile(X[:4], [0.1, 0.5, 0.9]).shape
+        (4, 3)
+        """
+        X = self._validated(X)
+        return predictive_quantile(self.model_, X, q)
+
+    def predict_interval(self, X: ArrayLike, alpha: float = 0.1) -> NDArray[np.float64]:
+        """Equal-tailed prediction intervals of coverage ``1 - alpha``.
+
+        The quantiles at ``alpha / 2`` and ``1 - alpha / 2`` of the
+        predictive distribution (:meth:`predict_quantile`). They are
+        intervals for a new response at ``x`` under the fitted model; the
+        uncertainty of the estimate itself is not in them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        alpha : float, default=0.1
+            Probability outside the interval, between 0 and 1.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, 2)
+            Lower and upper ends.
+
+        Examples
+        --------
+        >>> from moestat import GaussianMoE
+        >>> from moestat.datasets import make_moe_regression
+        >>> X, y, truth = make_moe_regression(n_samples=500, random_state=0)
+        >>> est = GaussianMoE(2, random_state=0).fit(X, y)
+        >>> est.predict_interval(X[:2], alpha=0.1).shape
+        (2, 2)
+        """
+        if isinstance(alpha, bool) or not (isinstance(alpha, Real) and 0 < alpha < 1):
+            raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}.")
+        return self.predict_quantile(X, [alpha / 2, 1 - alpha / 2])
 
     def predict_experts(self, X: ArrayLike) -> NDArray[np.float64]:
         """Each expert's own conditional mean.
@@ -1013,6 +1180,14 @@ class MixtureOfExpertsClassifier(ClassifierMixin, _BaseMixtureOfExperts):  # noq
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         return X, codes.astype(np.float64)
+
+    def _keep_rows(
+        self, X: NDArray, y: NDArray, keep: NDArray[np.bool_]
+    ) -> tuple[NDArray, NDArray]:
+        """The rows ``keep``, and the classes that occur in them."""
+        present = np.unique(y[keep])
+        self.classes_ = self.classes_[present.astype(np.intp)]
+        return X[keep], np.searchsorted(present, y[keep]).astype(np.float64)
 
     def _check_target(self, y: NDArray[np.float64]) -> None:
         # the labels were coded 0 .. K-1 by _validate_xy

@@ -51,6 +51,7 @@ from moestat._sweep_em import (
 from moestat._sweep_em import supports as supports_sweeps
 from moestat.boundary import (
     boundary_message,
+    column_spreads,
     diverging_parameters,
     is_penalised,
     walking_the_ridge,
@@ -700,21 +701,31 @@ def unpack(
     )
 
 
-def parameter_scales(model: MixtureOfExperts, design: Design) -> NDArray[np.float64]:
+def parameter_scales(
+    model: MixtureOfExperts,
+    design: Design,
+    sample_weight: NDArray[np.float64] | None = None,
+) -> NDArray[np.float64]:
     """Typical size of each packed parameter: 1 / spread of its design column.
 
     A coefficient of a column with spread ``s`` gets scale ``1 / s`` (constant
-    columns 1); each piece lays these out as it packs its parameters.
+    columns 1); each piece lays these out as it packs its parameters. With
+    ``sample_weight`` the spreads are the weighted ones, so that a weighted
+    fit takes the steps of the fit to the rows repeated by their weights.
     """
     m = model.params.n_experts
+    gate_spreads, expert_spreads = design.gate_spreads, design.expert_spreads
+    if sample_weight is not None:
+        gate_spreads = column_spreads(design.gate, sample_weight)
+        expert_spreads = column_spreads(design.expert, sample_weight)
 
     def column_scales(sd):
         return 1.0 / np.where(sd > 0, sd, 1.0)
 
     return np.concatenate(
         [
-            model.gate.pack_scales(column_scales(design.gate_spreads), m),
-            model.expert.pack_scales(column_scales(design.expert_spreads), m),
+            model.gate.pack_scales(column_scales(gate_spreads), m),
+            model.expert.pack_scales(column_scales(expert_spreads), m),
         ]
     )
 
@@ -724,6 +735,7 @@ def log_likelihood_and_gradient(
     design: Design,
     y: NDArray[np.float64],
     var_floor: float = 0.0,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> tuple[float, NDArray[np.float64]]:
     """Observed log-likelihood and its gradient in the packed parameters.
 
@@ -741,6 +753,10 @@ def log_likelihood_and_gradient(
         Responses.
     var_floor : float, default=0.0
         The floor in the variance parametrisation ``nu = nu_min + exp(u)``.
+    sample_weight : ndarray of shape (n,), optional
+        Non-negative weights: the weighted log-likelihood
+        ``sum_t w_t log p(y_t | x_t)`` and its gradient (the
+        responsibilities times ``w_t``).
 
     Returns
     -------
@@ -757,6 +773,8 @@ def log_likelihood_and_gradient(
         log_g = model.gate.log_weights(params.gate, Z)
         values = log_g + model.expert.log_density(params.expert, Phi, y_part)
         resp, log_lik = responsibilities_from_log_joint(values)
+        if sample_weight is not None:
+            resp, log_lik = _weigh(resp, log_lik, sample_weight[rows])
         total += float(log_lik.sum())
         grad = grad + np.concatenate(
             [
@@ -783,13 +801,18 @@ def _row_chunks(model: MixtureOfExperts, design: Design) -> list[slice]:
 
 
 def _log_likelihood_and_weight(
-    model: MixtureOfExperts, design: Design, y: NDArray[np.float64]
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> tuple[float, NDArray[np.float64]]:
     """Total log-likelihood and total responsibility of each expert, by chunks."""
     params, total, weight = model.params, 0.0, 0.0
     for rows in _row_chunks(model, design):
         part = Design(design.gate[rows], design.expert[rows])
         resp, log_lik = _evaluate(model, params, part, y[rows])
+        if sample_weight is not None:
+            resp, log_lik = _weigh(resp, log_lik, sample_weight[rows])
         total += float(log_lik.sum())
         weight = weight + resp.sum(axis=0)
     return total, weight
@@ -827,6 +850,7 @@ def mle(
     tol: float = 1e-6,
     max_iter: int = 1000,
     var_floor: float = 0.0,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> FitResult:
     """Fit by direct maximisation of the log-likelihood (L-BFGS-B).
 
@@ -837,19 +861,21 @@ def mle(
 
     Parameters
     ----------
-    model, design, y, tol, max_iter, var_floor
+    model, design, y, tol, max_iter, var_floor, sample_weight
         As for :func:`em`; ``max_iter`` counts L-BFGS iterations.
 
     Returns
     -------
     FitResult
+        With weights, ``log_likelihood`` and ``trace`` are weighted sums.
     """
-    n = design.n_samples
+    weight = _check_sample_weight(sample_weight, design.n_samples)
+    n = design.n_samples if weight is None else float(weight.sum())
     shapes = _shapes(model, design)
     # Optimise phi = theta / scale: coefficients of a design column are
     # measured in units of that column's spread, which is what standardising
     # the covariates would do (L-BFGS, unlike Newton, is not affine invariant).
-    scale = parameter_scales(model, design)
+    scale = parameter_scales(model, design, weight)
     lower, upper = _pack_bounds(model, *shapes)
     phi0 = np.clip(pack(model, var_floor), lower, upper) / scale
 
@@ -857,7 +883,9 @@ def mle(
         theta = phi * scale
         candidate = model.with_params(unpack(model, theta, shapes, var_floor))
         with np.errstate(over="ignore", invalid="ignore"):
-            ll, grad = log_likelihood_and_gradient(candidate, design, y, var_floor)
+            ll, grad = log_likelihood_and_gradient(
+                candidate, design, y, var_floor, weight
+            )
         if not np.isfinite(ll) or not np.all(np.isfinite(grad)):
             return np.inf, np.zeros_like(phi)
         return -ll / n, -grad * scale / n
@@ -883,7 +911,9 @@ def mle(
         options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
     )
     fitted = model.with_params(unpack(model, result.x * scale, shapes, var_floor))
-    log_likelihood, expert_weight = _log_likelihood_and_weight(fitted, design, y)
+    log_likelihood, expert_weight = _log_likelihood_and_weight(
+        fitted, design, y, weight
+    )
     converged, stop_reason = _lbfgs_verdict(result, bool(stopped), monitor, max_iter)
     boundary = _boundary(fitted, design) if not _is_penalised(model) else ()
     if boundary:
@@ -981,18 +1011,24 @@ def initial_responsibilities(
 _LABEL_CHUNK = 65536
 
 
-def _initial_labels(X, y, n_experts, method, rng):
-    """Hard labels of :func:`initial_responsibilities` (before the smoothing)."""
+def _initial_labels(X, y, n_experts, method, rng, sample_weight=None):
+    """Hard labels of :func:`initial_responsibilities` (before the smoothing).
+
+    With weights, k-means weighs the points and the random centres are drawn
+    among the points of positive weight, in proportion to it.
+    """
     points = _standardize(np.column_stack([X, y]))
     if method == "kmeans":
         seed = int(rng.integers(2**31 - 1))
         # copy_x=False: k-means centres these (already standardised) points
         # in place rather than in a copy; the partition is the same
         kmeans = KMeans(n_experts, n_init=1, random_state=seed, copy_x=False)
-        return kmeans.fit_predict(points)
+        return kmeans.fit_predict(points, sample_weight=sample_weight)
     if method != "random":
         raise ValueError(f"Unknown init method {method!r}; use 'kmeans' or 'random'.")
-    centres = points[rng.choice(len(points), n_experts, replace=False)]
+    equal = sample_weight is None or np.all(sample_weight == sample_weight[0])
+    chance = None if equal else sample_weight / sample_weight.sum()
+    centres = points[rng.choice(len(points), n_experts, replace=False, p=chance)]
     labels = np.empty(len(points), dtype=np.intp)
     for start in range(0, len(points), _LABEL_CHUNK):
         part = points[start : start + _LABEL_CHUNK]
@@ -1010,6 +1046,7 @@ def initial_params(
     method: str,
     rng: np.random.Generator,
     var_floor: float = 0.0,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> MoEParams:
     """Starting parameters: a partition of the data, then one M-step.
 
@@ -1035,6 +1072,9 @@ def initial_params(
         Source of randomness of the partition.
     var_floor : float, default=0.0
         Lower bound on expert variances.
+    sample_weight : ndarray of shape (n,), optional
+        Non-negative weights of the samples: the partition weighs them and
+        the M-steps take the soft labels times the weights.
 
     Returns
     -------
@@ -1049,12 +1089,21 @@ def initial_params(
     M-steps are taken from sums over chunks of rows, so no (n, m) labels
     are stored.
     """
+    labels = _initial_labels(X, y, n_experts, method, rng, sample_weight)
     if sweeps_by_default(model, design, n_experts):
-        labels = _initial_labels(X, y, n_experts, method, rng)
         return start_from_labels(
-            model, design, y, labels, n_experts, LABEL_SMOOTHING, var_floor
+            model,
+            design,
+            y,
+            labels,
+            n_experts,
+            LABEL_SMOOTHING,
+            var_floor,
+            sample_weight=sample_weight,
         )
-    resp = initial_responsibilities(X, y, n_experts, method, rng)
+    resp = _smoothed_one_hot(labels, n_experts)
+    if sample_weight is not None:
+        resp *= sample_weight[:, None]
     expert = model.expert.m_step(design.expert, y, resp, var_floor)
     gate = model.gate.init_params(design.gate, resp)
     return MoEParams(gate, expert)
@@ -1078,6 +1127,7 @@ def screened_start(
     var_floor: float = 0.0,
     n_candidates: int = 5,
     screen_iter: int = 10,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> MoEParams:
     """The best of ``n_candidates`` starts after ``screen_iter`` EM iterations.
 
@@ -1088,9 +1138,12 @@ def screened_start(
     short EM runs as one batch of plain EM steps (:func:`batched_em_fits`)
     while the batch holds fewer than :data:`BATCHED_ENTRIES` numbers per
     array; other models and larger data run one candidate at a time.
+    ``sample_weight`` weighs the partitions and the short runs.
     """
     candidates = [
-        initial_params(model, design, X, y, n_experts, method, rng, var_floor)
+        initial_params(
+            model, design, X, y, n_experts, method, rng, var_floor, sample_weight
+        )
         for _ in range(n_candidates)
     ]
     if not candidates:
@@ -1104,6 +1157,7 @@ def screened_start(
             tol=0.0,
             max_iter=screen_iter,
             var_floor=var_floor,
+            sample_weight=[sample_weight] * len(candidates),
         )
     else:
         short_runs = [
@@ -1114,6 +1168,7 @@ def screened_start(
                 tol=0.0,
                 max_iter=screen_iter,
                 var_floor=var_floor,
+                sample_weight=sample_weight,
             )
             for start in candidates
         ]
@@ -1130,7 +1185,7 @@ SPLIT_MERGE_MOVES = 3
 SPLIT_MERGE_SCREEN_ITER = 10
 
 
-def _runner(model, design, y, solver, options, batch_engine, speed=None):
+def _runner(model, design, y, solver, options, batch_engine, speed=None, weight=None):
     """``run(starts, max_iter)`` of :func:`moestat.starts.split_merge`.
 
     ``max_iter=None`` runs the fit's engine with its own options; a number
@@ -1144,6 +1199,8 @@ def _runner(model, design, y, solver, options, batch_engine, speed=None):
             name, opts = solver, options
         else:
             name, opts = "em", {**options, "tol": 0.0, "max_iter": max_iter}
+        if weight is not None:
+            opts = {**opts, "sample_weight": weight}
         if batch_engine is not None:
             return batch_engine(model, design, y, list(starts), solver=name, **opts)
         if max_iter is not None and _batches(
@@ -1202,6 +1259,13 @@ class BatchEngine(Protocol):
         -------
         list of FitResult
             One per start, in order.
+
+        Notes
+        -----
+        A weighted fit (``fit_restarts(sample_weight=)``) calls the engine
+        with a further keyword, ``sample_weight``; the engines of
+        :func:`batch_em_engine` and :func:`moestat.torch.fit.batch_engine`
+        take it.
         """
         ...
 
@@ -1389,7 +1453,18 @@ def batch_em_engine() -> BatchEngine:
     BatchEngine
     """
 
-    def engine(model, design, y, starts, *, solver, tol, max_iter, var_floor):
+    def engine(
+        model,
+        design,
+        y,
+        starts,
+        *,
+        solver,
+        tol,
+        max_iter,
+        var_floor,
+        sample_weight=None,
+    ):
         if solver != "em":
             return [
                 ENGINES[solver](
@@ -1399,6 +1474,7 @@ def batch_em_engine() -> BatchEngine:
                     tol=tol,
                     max_iter=max_iter,
                     var_floor=var_floor,
+                    sample_weight=sample_weight,
                 )
                 for start in starts
             ]
@@ -1410,6 +1486,7 @@ def batch_em_engine() -> BatchEngine:
             tol=tol,
             max_iter=max_iter,
             var_floor=var_floor,
+            sample_weight=[sample_weight] * len(starts),
         )
 
     return engine
@@ -1436,6 +1513,7 @@ def fit_restarts(
     n_moves: int | None = None,
     accelerate: bool = True,
     stop_on_ridge: bool = True,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> tuple[FitResult, list[FitResult]]:
     """Fit from ``n_init`` starts and keep the best log-likelihood.
 
@@ -1482,6 +1560,13 @@ def fit_restarts(
         Passed to the numpy EM runs (:func:`em`); the batched torch engine
         takes plain EM steps and walks ridges on, so a sweep that compares
         backends passes False for both.
+    sample_weight : ndarray of shape (n,), optional
+        Non-negative weights: every stage maximises the weighted
+        log-likelihood ``sum_t w_t log p(y_t | x_t)`` (the starts' partitions
+        and M-steps, the screening, the restarts, the choice of the best,
+        the moves' runs and the polish); a batch engine receives them as
+        ``sample_weight=``. The moves are proposed from unweighted
+        responsibilities and kept by the weighted likelihood.
 
     Returns
     -------
@@ -1502,8 +1587,10 @@ def fit_restarts(
         var_floor=var_floor,
         n_candidates=n_candidates,
         screen_iter=screen_iter,
+        sample_weight=sample_weight,
     )
     options = {"tol": tol, "max_iter": max_iter, "var_floor": var_floor}
+    weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
     speed = (
         {"accelerate": accelerate, "stop_on_ridge": stop_on_ridge}
         if solver == "em"
@@ -1512,11 +1599,13 @@ def fit_restarts(
     if batch_engine is None:
         engine = ENGINES[solver]
         results = [
-            engine(model.with_params(start), design, y, **options, **speed)
+            engine(model.with_params(start), design, y, **options, **speed, **weighted)
             for start in starts
         ]
     else:
-        results = batch_engine(model, design, y, starts, solver=solver, **options)
+        results = batch_engine(
+            model, design, y, starts, solver=solver, **options, **weighted
+        )
     best = best_restart(results, var_floor)
     if n_moves is None:
         n_moves = SPLIT_MERGE_MOVES if isinstance(init, str) and init == "auto" else 0
@@ -1527,7 +1616,9 @@ def fit_restarts(
             best,
             design,
             y,
-            run=_runner(model, design, y, solver, options, batch_engine, speed),
+            run=_runner(
+                model, design, y, solver, options, batch_engine, speed, sample_weight
+            ),
             n_moves=n_moves,
             short_iter=SPLIT_MERGE_SCREEN_ITER,
             var_floor=var_floor,
@@ -1541,6 +1632,7 @@ def fit_restarts(
             max_iter=max_iter,
             var_floor=var_floor,
             batch_engine=batch_engine,
+            sample_weight=sample_weight,
         )
     return best, results
 
@@ -1558,6 +1650,7 @@ def restart_starts(
     var_floor: float = 0.0,
     n_candidates: int = 5,
     screen_iter: int = 10,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> list[MoEParams]:
     """The starting parameters of the ``n_init`` restarts of :func:`fit_restarts`.
 
@@ -1586,6 +1679,8 @@ def restart_starts(
         Lower bound on expert variances.
     n_candidates, screen_iter : int
         Screening of random starts (:func:`screened_start`).
+    sample_weight : ndarray of shape (n,), optional
+        Weights of the samples (:func:`initial_params`).
 
     Returns
     -------
@@ -1599,7 +1694,7 @@ def restart_starts(
             start = init
         elif method == "kmeans" or (method == "auto" and restart == 0):
             start = initial_params(
-                model, design, X, y, n_experts, "kmeans", rng, var_floor
+                model, design, X, y, n_experts, "kmeans", rng, var_floor, sample_weight
             )
         else:
             start = screened_start(
@@ -1613,6 +1708,7 @@ def restart_starts(
                 var_floor,
                 n_candidates,
                 screen_iter,
+                sample_weight,
             )
         starts.append(start)
     return starts
@@ -1687,6 +1783,7 @@ def polish_fit(
     max_iter: int = POLISH_ITER,
     var_floor: float = 0.0,
     batch_engine: Any = None,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> FitResult:
     """Finish a fit with L-BFGS-B on the log-likelihood (the EM-then-MLE hybrid).
 
@@ -1715,15 +1812,24 @@ def polish_fit(
         Lower bound on expert variances.
     batch_engine : callable, optional
         The engine that runs the polish (with ``solver="mle"``).
+    sample_weight : ndarray of shape (n,), optional
+        Weights of the samples (the weighted log-likelihood is maximised).
 
     Returns
     -------
     FitResult
         The joined fit (:func:`keep_polished`).
     """
+    weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
     if batch_engine is None:
         polished = mle(
-            result.model, design, y, tol=tol, max_iter=max_iter, var_floor=var_floor
+            result.model,
+            design,
+            y,
+            tol=tol,
+            max_iter=max_iter,
+            var_floor=var_floor,
+            **weighted,
         )
     else:
         (polished,) = batch_engine(
@@ -1735,6 +1841,7 @@ def polish_fit(
             tol=tol,
             max_iter=max_iter,
             var_floor=var_floor,
+            **weighted,
         )
     return keep_polished(result, polished)
 

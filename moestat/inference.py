@@ -137,6 +137,7 @@ def observed_information(
     relative_step: float = 1e-5,
     *,
     scaled_step: float | None = 1e-2,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Negative Hessian of the log-likelihood in the packed parameters.
 
@@ -164,6 +165,10 @@ def observed_information(
     scaled_step : float or None, default=1e-2
         Longest step kept, in conditional standard errors; None keeps the
         first pass's steps whatever their length.
+    sample_weight : ndarray of shape (n,), optional
+        Weights of the samples: the information of the weighted
+        log-likelihood ``sum_t w_t log p(y_t | x_t)`` (with integer weights,
+        that of the data with each row repeated ``w_t`` times).
 
     Returns
     -------
@@ -174,11 +179,14 @@ def observed_information(
     m = model.params.n_experts
     shapes = (m, design.gate.shape[1], design.expert.shape[1])
     theta = pack(model, var_floor)
-    steps = relative_step * np.maximum(np.abs(theta), parameter_scales(model, design))
+    scales = parameter_scales(model, design, sample_weight)
+    steps = relative_step * np.maximum(np.abs(theta), scales)
 
     def evaluate(point):
         candidate = model.with_params(unpack(model, point, shapes, var_floor))
-        return log_likelihood_and_gradient(candidate, design, y, var_floor)
+        return log_likelihood_and_gradient(
+            candidate, design, y, var_floor, sample_weight
+        )
 
     at_theta = evaluate(theta)[0]
     columns = np.arange(theta.size)
@@ -383,7 +391,9 @@ def _generic_cause(information, affected, names):
     )
 
 
-def _singularity_causes(model, design, y, theta, information, affected, names):
+def _singularity_causes(
+    model, design, y, theta, information, affected, names, sample_weight=None
+):
     """Readable causes of the singular directions, most specific first."""
     if not np.all(np.isfinite(information)):
         return ["the log-likelihood's gradient is not finite near the estimate"]
@@ -391,11 +401,15 @@ def _singularity_causes(model, design, y, theta, information, affected, names):
     resp, _ = responsibilities_from_log_joint(
         log_joint(model.gate, model.expert, model.params, design, y)
     )
+    if sample_weight is not None:
+        resp = resp * sample_weight[:, None]
     totals = resp.sum(axis=0)
+    nobs = _n_observations(y, sample_weight)
+    nobs = nobs if isinstance(nobs, int) else f"{nobs:.6g}"
     empty = _empty_experts(totals, owners, affected)
     causes = [
         f"empty expert {k} (total responsibility {totals[k - 1]:.3g} of "
-        f"{len(y)} observations)"
+        f"{nobs} observations)"
         for k in empty
     ]
     pairs = _duplicate_pairs(theta, np.diag(information), owners, affected, empty)
@@ -421,8 +435,8 @@ class MoEInferenceResults:
         of parameters on a singular direction.
     llf : float
         Log-likelihood.
-    nobs : int
-        Number of observations.
+    nobs : int or float
+        Number of observations (the sum of the weights of a weighted fit).
     df_model : int
         Number of free parameters.
     converged : bool
@@ -442,7 +456,7 @@ class MoEInferenceResults:
     bse: pd.Series
     covariance: pd.DataFrame
     llf: float
-    nobs: int
+    nobs: float
     df_model: int
     converged: bool
     n_iter: int
@@ -599,6 +613,16 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}"
 
 
+def _n_observations(
+    y: NDArray[np.float64], sample_weight: NDArray[np.float64] | None
+) -> float:
+    """The number of observations: the rows, or the sum of their weights."""
+    if sample_weight is None:
+        return len(y)
+    total = float(np.sum(sample_weight))
+    return int(total) if total == int(total) else total
+
+
 def infer(
     model: MixtureOfExperts,
     design: Design,
@@ -611,6 +635,7 @@ def infer(
     n_iter: int,
     info: dict[str, Any] | None = None,
     alpha: float = 0.0,
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> MoEInferenceResults:
     """Observed information, covariance and the results object for a fit.
 
@@ -635,6 +660,11 @@ def infer(
     alpha : float, default=0.0
         Penalty strength of the fit, carried to the results and shown in
         the summary when positive.
+    sample_weight : ndarray of shape (n,), optional
+        Weights of the fit: the information, the log-likelihood and
+        ``nobs`` (the sum of the weights) are those of the weighted
+        log-likelihood, so integer weights give the standard errors of the
+        data with each row repeated ``w_t`` times (frequency weights).
 
     Returns
     -------
@@ -648,13 +678,15 @@ def infer(
         can be told (an empty expert, duplicated experts, a separating gate,
         an estimate that is not a maximum).
     """
-    theta, information = observed_information(model, design, y, var_floor)
+    theta, information = observed_information(
+        model, design, y, var_floor, sample_weight=sample_weight
+    )
     covariance, affected = covariance_from_information(information)
     names = parameter_names(model, design_names)
     if affected.any():
         listed = np.array(names)[affected].tolist()
         causes = _singularity_causes(
-            model, design, y, theta, information, affected, names
+            model, design, y, theta, information, affected, names, sample_weight
         )
         warnings.warn(
             "The observed information is singular in the direction of "
@@ -672,15 +704,15 @@ def infer(
     index = pd.Index(names, name="parameter")
     bse = np.sqrt(np.where(np.diag(covariance) >= 0, np.diag(covariance), np.nan))
     # the log-likelihood itself, not the penalised objective
-    ll = log_likelihood_and_gradient(model, design, y, var_floor)[0] + penalty(
-        model, model.params, design
-    )
+    ll = log_likelihood_and_gradient(model, design, y, var_floor, sample_weight)[
+        0
+    ] + penalty(model, model.params, design)
     return MoEInferenceResults(
         params=pd.Series(values, index=index, name="coef"),
         bse=pd.Series(bse, index=index, name="std err"),
         covariance=pd.DataFrame(covariance, index=index, columns=index),
         llf=ll,
-        nobs=len(y),
+        nobs=_n_observations(y, sample_weight),
         df_model=df_model,
         converged=converged,
         n_iter=n_iter,

@@ -36,9 +36,18 @@ SCORE_SAMPLES_NEEDS_Y = (
     "score_samples(X, y) is a conditional density and needs y; the check "
     "calls it with X alone"
 )
+# Integer weights and repeated rows give the same likelihood, and from the
+# same start the same fit (test_integer_weights_equal_repeated_rows); the
+# random starts are drawn over the rows as given, so on the check's 15 rows
+# with several maxima the restarts can settle in different ones.
+RANDOM_STARTS_SEE_ROWS = (
+    "random starts are drawn over the rows as given: repeated rows change the "
+    "draws; from one start weights equal repetition to round-off"
+)
 EXPECTED_FAILED_CHECKS = {
     "check_methods_subset_invariance": SCORE_SAMPLES_NEEDS_Y,
     "check_methods_sample_order_invariance": SCORE_SAMPLES_NEEDS_Y,
+    "check_sample_weight_equivalence_on_dense_data": RANDOM_STARTS_SEE_ROWS,
 }
 
 
@@ -72,6 +81,11 @@ BERNOULLI_REFUSED_CHECKS = [
     "check_fit_check_is_fitted",
     "check_n_features_in",
     "check_fit2d_predict1d",
+    "check_sample_weights_pandas_series",
+    "check_sample_weights_not_an_array",
+    "check_sample_weights_list",
+    "check_sample_weights_shape",
+    "check_sample_weights_not_overwritten",
 ]
 
 

@@ -455,7 +455,18 @@ def batch_engine(device: Any = None, dtype: Any = None) -> BatchEngine:
     """
     device = resolve_device(device)
 
-    def engine(model, design, y, starts, *, solver, tol, max_iter, var_floor):
+    def engine(
+        model,
+        design,
+        y,
+        starts,
+        *,
+        solver,
+        tol,
+        max_iter,
+        var_floor,
+        sample_weight=None,
+    ):
         batch = len(starts)
         return fit_batched(
             model,
@@ -466,6 +477,7 @@ def batch_engine(device: Any = None, dtype: Any = None) -> BatchEngine:
             tol=tol,
             max_iter=max_iter,
             var_floor=var_floor,
+            sample_weight=[sample_weight] * batch,
             device=device,
             dtype=dtype,
         )
