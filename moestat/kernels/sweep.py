@@ -52,7 +52,7 @@ from typing import Any
 
 import array_api_compat
 
-from moestat._math import solve_spd
+from moestat._math import hold_at_box, solve_spd
 from moestat.kernels.gates import _sigmoid_complement
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "sweep",
     "gaussian_expert_step",
     "gate_direction",
+    "em_proposal",
     "chunk_rows",
     "GATES",
     "free_rows",
@@ -830,8 +831,17 @@ def gaussian_expert_step(
     return new_coef, xp.maximum(new_var, xp.zeros_like(new_var) + floor)
 
 
-def gate_direction(stats: SweepStatistics, n: Any) -> Any:
+def gate_direction(
+    stats: SweepStatistics, n: Any, coef: Any = None, bound: float | None = None
+) -> Any:
     """Fisher-scoring direction of the gate's free rows; zero where no ascent is due.
+
+    In a box ``|beta| <= bound`` a coefficient at the bound whose gradient
+    points out of the box is held (its direction is zero) and the others
+    take the Fisher step of their own block of the information
+    (:func:`moestat._math.hold_at_box`). Without the hold, a clipped step at
+    a maximum on the box moves the free coefficients as if the held ones
+    moved too, and can lose likelihood.
 
     Parameters
     ----------
@@ -839,17 +849,86 @@ def gate_direction(stats: SweepStatistics, n: Any) -> Any:
     n : float or array of shape (...)
         The data's size: a step whose first-order gain is at most
         ``1e-14 n`` is not taken.
+    coef : array of shape (..., k p_gate), optional
+        The free rows' coefficients the sweep ran at, flattened row by row
+        (the gate's packed parameters); needed with a ``bound``.
+    bound : float or None, default=None
+        The gate's box; None for none.
 
     Returns
     -------
-    array of shape (..., (m - 1) p_gate)
+    array of shape (..., k p_gate)
         Flattened row by row, as the gate's packed parameters.
     """
     xp = array_api_compat.array_namespace(stats.gate_gradient)
-    grad = stats.gate_gradient
-    direction = solve_spd(stats.gate_information, grad, ridge=1e-9)
+    grad, information = stats.gate_gradient, stats.gate_information
+    if bound is not None:
+        grad, information = hold_at_box(grad, information, coef, bound)
+    direction = solve_spd(information, grad, ridge=1e-9)
     gain = xp.sum(grad * direction, axis=-1, keepdims=True)
     if not hasattr(n, "shape"):
         n = xp.asarray(n, dtype=grad.dtype, device=array_api_compat.device(grad))
     move = gain > 1e-14 * n[..., None]
     return xp.where(move, direction, xp.zeros_like(direction))
+
+
+def em_proposal(
+    stats: SweepStatistics,
+    expert_coef: Any,
+    var: Any,
+    gate_coef: Any,
+    var_floor: Any,
+    n: Any,
+    variance: str = "per_expert",
+    bound: float | None = None,
+) -> tuple[Any, Any, Any]:
+    """The M-step of the chunked EM from one sweep's sums: the point to try next.
+
+    The experts' closed form (:func:`gaussian_expert_step`) and the gate's
+    Fisher-scoring direction (:func:`gate_direction`, held at the box
+    ``|beta| <= bound`` when the gate has one), both at the point the sweep
+    ran at. Leading axes are data sets: the numpy EM passes one
+    (:class:`moestat._sweep_em.SweepSteps`), the torch one a batch
+    (:func:`moestat.torch.fused.em_chunked`); each then projects
+    ``gate_coef + step * direction`` into the gate's box and judges the
+    step by the next sweep.
+
+    Parameters
+    ----------
+    stats : SweepStatistics
+        Taken at ``expert_coef``, ``var`` and ``gate_coef``.
+    expert_coef : array of shape (..., m, p_expert)
+    var : array of shape (..., m)
+    gate_coef : array of shape (..., k p_gate)
+        The gate's free rows, flattened row by row (its packed parameters).
+    var_floor : float or array of shape (...)
+    n : float or array of shape (...)
+        The data's size (the thresholds of an empty expert and of a gate
+        step worth taking).
+    variance : {"per_expert", "shared", "known"}, default="per_expert"
+    bound : float or None, default=None
+        The gate's box.
+
+    Returns
+    -------
+    coef, var : arrays of the shapes of ``expert_coef`` and ``var``
+        The experts' new parameters.
+    direction : array of the shape of ``gate_coef``
+        The gate's direction (zero where no ascent is due).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Z = np.column_stack([np.ones(4), [-1.0, -0.5, 0.5, 1.0]])
+    >>> y = np.array([-1.0, -0.4, 0.6, 1.0])
+    >>> coef, var = np.array([[0.0, 1.0], [0.0, -1.0]]), np.ones(2)
+    >>> stats = sweep(Z, Z, y, None, np.zeros((2, 2)), coef, var, 4)
+    >>> new_coef, new_var, direction = em_proposal(
+    ...     stats, coef, var, np.zeros(2), 0.0, 4.0)
+    >>> new_coef.shape, new_var.shape, direction.shape
+    ((2, 2), (2,), (2,))
+    """
+    coef, new_var = gaussian_expert_step(
+        stats, expert_coef, var, var_floor, n, variance
+    )
+    return coef, new_var, gate_direction(stats, n, gate_coef, bound)
