@@ -43,14 +43,13 @@ import array_api_compat
 import numpy as np
 from numpy.typing import NDArray
 
-from moestat._math import hold_at_box, solve_spd
+from moestat._math import hold_at_box, pair_products, solve_spd
 from moestat.experts.gaussian import GaussianExpert, GaussianExpertParams
 from moestat.gates._base import GateParams
 from moestat.gates.sigmoid import NormalizedSigmoidGate
 from moestat.gates.softmax import ModifiedSoftmaxGate, SoftmaxGate
 from moestat.kernels.sweep import (
     SweepStatistics,
-    _pairs,
     _symmetric_from_pairs,
     chunk_rows,
     em_proposal,
@@ -368,11 +367,11 @@ def start_from_soft_labels(
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
         resp = soft_labels(rows)
-        Pt, y_part = Phi[rows].T, y[rows]
+        y_part = y[rows]
         sums += np.concatenate(
             [
                 resp.sum(axis=1),
-                (resp @ _pairs(xp, Pt).T).ravel(),
+                (resp @ pair_products(Phi[rows])).ravel(),
                 ((resp * y_part) @ Phi[rows]).ravel(),
                 resp @ (y_part * y_part),
             ]

@@ -52,7 +52,7 @@ from typing import Any
 
 import array_api_compat
 
-from moestat._math import hold_at_box, solve_spd
+from moestat._math import hold_at_box, pair_products, solve_spd, upper_triangle
 from moestat.kernels.gates import _sigmoid_complement
 
 __all__ = [
@@ -129,13 +129,6 @@ class SweepStatistics:
 
 
 # -- layout of the flattened statistics ---------------------------------------
-def _upper_triangle(p: int) -> tuple[list[int], list[int]]:
-    """Row and column indices of the upper triangle of a p x p matrix, row by row."""
-    rows = [a for a in range(p) for _ in range(a, p)]
-    cols = [b for a in range(p) for b in range(a, p)]
-    return rows, cols
-
-
 def _index(xp: Any, values: list[int], device: Any) -> Any:
     """Integer indices as an array (int64 also when ``values`` is empty)."""
     return xp.asarray(values, dtype=xp.int64, device=device)
@@ -144,7 +137,7 @@ def _index(xp: Any, values: list[int], device: Any) -> Any:
 def _pair_lookup(p: int) -> list[int]:
     """For each entry of a p x p matrix (row-major), its upper-triangle position."""
     position = {}
-    for index, (a, b) in enumerate(zip(*_upper_triangle(p), strict=True)):
+    for index, (a, b) in enumerate(zip(*upper_triangle(p), strict=True)):
         position[a, b] = position[b, a] = index
     return [position[a, b] for a in range(p) for b in range(p)]
 
@@ -299,15 +292,6 @@ def _device(x: Any) -> Any:
     return getattr(x, "device", None)
 
 
-def _pairs(xp: Any, At: Any) -> Any:
-    """Products ``A_a A_b`` (a <= b) of the rows of ``At`` (..., p, c): (..., q, c)."""
-    rows, cols = _upper_triangle(At.shape[-2])
-    device = _device(At)
-    first = xp.take(At, _index(xp, rows, device), axis=At.ndim - 2)
-    second = xp.take(At, _index(xp, cols, device), axis=At.ndim - 2)
-    return first * second
-
-
 #: From this many design columns on, weighted Gram matrices are formed as
 #: ``(A * w)^T A`` per weight vector (matrix products, no gathered column
 #: products); below it as ``w @ pairs(A)`` (fewer operations for narrow
@@ -320,7 +304,7 @@ class _Grams:
 
     ``At`` is the design (..., p, c), experts-major. Each call takes
     weights (..., w, c) and returns the upper triangles (..., w, q),
-    ``q = p (p + 1) / 2``, in the order of :func:`_upper_triangle`.
+    ``q = p (p + 1) / 2``, in the order of :func:`moestat._math.upper_triangle`.
     """
 
     def __init__(self, xp: Any, At: Any) -> None:
@@ -329,7 +313,7 @@ class _Grams:
         self.wide = p >= WIDE_DESIGN
         self.pairs = None
         if self.wide:
-            rows, cols = _upper_triangle(p)
+            rows, cols = upper_triangle(p)
             self.upper = _index(
                 xp, [a * p + b for a, b in zip(rows, cols, strict=True)], _device(At)
             )
@@ -338,7 +322,7 @@ class _Grams:
         xp, At = self.xp, self.At
         if not self.wide:
             if self.pairs is None:
-                self.pairs = _pairs(xp, At)
+                self.pairs = pair_products(At, axis=-2, xp=xp)
             return xp.matmul(weights, xp.matrix_transpose(self.pairs))
         p = At.shape[-2]
         weighted = At[..., None, :, :] * weights[..., :, None, :]
@@ -351,9 +335,9 @@ def _fisher_pair_weights(xp: Any, rho_g: Any, g: Any) -> Any:
     """Weights ``rho g_i (delta_ij - g_j)`` of the free rows' pairs ``i <= j``.
 
     ``rho_g`` and ``g`` are (..., m - 1, c); the result is (..., q, c) with
-    ``q = (m - 1) m / 2``, in the order of :func:`_upper_triangle`.
+    ``q = (m - 1) m / 2``, in the order of :func:`moestat._math.upper_triangle`.
     """
-    rows, cols = _upper_triangle(g.shape[-2])
+    rows, cols = upper_triangle(g.shape[-2])
     device = _device(g)
     g_cols = xp.take(g, _index(xp, cols, device), axis=g.ndim - 2)
     diagonal = xp.reshape(
@@ -402,7 +386,7 @@ def _weight_information_parts(
     """
     k, p_gate = vec.shape[-2], Zt.shape[-2]
     if not _khatri_rao(k, p_gate):
-        rows, cols = _upper_triangle(k)
+        rows, cols = upper_triangle(k)
         device = _device(vec)
         indicator = xp.reshape(
             xp.asarray(
