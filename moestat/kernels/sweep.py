@@ -1,13 +1,14 @@
-"""One EM sweep of a softmax-gated Gaussian MoE, written once for numpy and torch.
+"""One EM sweep of a Gaussian MoE and its M-step, written once for numpy and torch.
 
-Both M-steps of a softmax gate with Gaussian experts need only a few
-hundred weighted sums over the data. A *sweep* makes one pass over the
-rows, chunk by chunk, and adds up each chunk's share of them; nothing of
-size ``n * m`` or ``n * p^2`` is kept. The functions use only the Python
-array API standard (through ``array_api_compat``), so the numpy EM
-(:func:`moestat.fit.em` at large ``n``) and the torch one
-(:func:`moestat.torch.fused.em_softmax_gaussian`) run the same code. Any
-leading axes are batch axes (data sets fitted together).
+Both M-steps of a softmax gate (or a dense normalized sigmoid gate) with
+Gaussian experts need only a few hundred weighted sums over the data. A
+*sweep* makes one pass over the rows, chunk by chunk, and adds up each
+chunk's share of them; nothing of size ``n * m`` or ``n * p^2`` is kept.
+The functions use only the Python array API standard (through
+``array_api_compat``), so the numpy EM (:func:`moestat.fit.em` at large
+``n``) and the torch one (:func:`moestat.torch.fused.em_chunked`) run
+the same code. Any leading axes are batch axes (data sets fitted
+together).
 
 The sums (:class:`SweepStatistics`), at the current gate coefficients
 ``beta`` and expert coefficients ``a_i`` and variances ``nu_i``:
@@ -31,8 +32,8 @@ Each sum with a design factor is one matrix product over the chunk's rows:
 per-sample weights times the chunk's products of design columns
 (``c x p(p+1)/2`` for a chunk of ``c`` rows).
 
-The M-step from the sums (:func:`gaussian_expert_step`,
-:func:`gate_direction`): the experts' weighted least squares, taken about
+The M-step from the sums (:func:`em_proposal`: :func:`gaussian_expert_step`
+and :func:`gate_direction`): the experts' weighted least squares, taken about
 the current coefficients (``sum r phi y = S_e + G a`` and
 ``sum r y^2 = s_e + 2 a^T S_e + a^T G a`` with ``G`` the weighted Gram
 matrix, ``S_e`` and ``s_e`` the residual sums), so the update is ``a + d``
@@ -40,7 +41,11 @@ with ``d = G^{-1} S_e`` and the new residual sum of squares
 ``s_e - 2 d^T S_e + d^T G d``; this avoids the cancellation of
 ``sum r y^2 - b^T G^{-1} b`` when ``y`` is large against its noise. The
 gate takes one Fisher-scoring step, solved as
-:func:`moestat._math.fisher_direction` solves it.
+:func:`moestat._math.fisher_direction` solves it; in a box ``|beta| <=
+bound`` the coefficients at the bound that the gradient pushes out of it
+are held (:func:`moestat._math.hold_at_box`). The products of design
+columns are :func:`moestat._math.pair_products`, in the order of
+:func:`moestat._math.upper_triangle`.
 """
 
 from __future__ import annotations
