@@ -10,7 +10,7 @@ iterations.
   (n, p, m) products for the experts' weighted least squares and for the
   gate's gradient and Hessian, one Newton step of the gate;
 - ``em``: :func:`moestat.torch.fit.em`;
-- ``fused``: :func:`moestat.torch.fused.em_softmax_gaussian`, eager and
+- ``fused``: :func:`moestat.torch.fused.em_chunked`, eager and
   (``--compile``, the default on CUDA) through ``torch.compile``.
 
 Each is timed in milliseconds per iteration, best of ``--repeats``, after a
@@ -44,7 +44,7 @@ from moestat.experts import GaussianExpert
 from moestat.gates import SoftmaxGate
 from moestat.model import MixtureOfExperts
 from moestat.torch.fit import BatchedData, BatchedModel, em
-from moestat.torch.fused import default_chunk_size, em_softmax_gaussian
+from moestat.torch.fused import default_chunk_size, em_chunked
 
 FULL = {"n": 10_000_000, "d": 4, "m": 8, "iters": 20, "repeats": 3}
 SMALL = {"n": 20_000, "d": 4, "m": 8, "iters": 5, "repeats": 2}
@@ -219,7 +219,7 @@ def main():
 
     def fused_call(compile):
         def call(k):
-            return em_softmax_gaussian(
+            return em_chunked(
                 model,
                 data,
                 theta_gate,

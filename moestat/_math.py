@@ -130,20 +130,87 @@ def _singular_errors(xp: Any) -> tuple[type[BaseException], ...]:
     return errors
 
 
-def pair_products(A: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Products ``A[:, a] * A[:, b]`` for every ``a <= b``, shape (n, p(p+1)/2).
+def upper_triangle(p: int) -> tuple[list[int], list[int]]:
+    """The pairs ``a <= b < p`` of design columns, row by row: ``(rows, cols)``.
 
-    Weighted Gram matrices of many weight vectors at once then cost one
-    matrix product: ``W.T @ pair_products(A)`` holds, in row ``i``, the upper
-    triangle of ``A.T @ diag(W[:, i]) @ A`` (see :func:`unpack_symmetric`).
+    The order of every pair product and packed symmetric matrix in moestat
+    (:func:`pair_products`, :func:`unpack_symmetric`, the sweeps of
+    :mod:`moestat.kernels.sweep`).
+
+    Examples
+    --------
+    >>> upper_triangle(3)
+    ([0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2])
     """
-    rows, cols = np.triu_indices(A.shape[1])
-    return A[:, rows] * A[:, cols]
+    rows = [a for a in range(p) for _ in range(a, p)]
+    cols = [b for a in range(p) for b in range(a, p)]
+    return rows, cols
+
+
+def pair_products(A: Any, axis: int = -1, *, out: Any = None, xp: Any = None) -> Any:
+    """Products ``A_a A_b`` for every ``a <= b`` of the columns along ``axis``.
+
+    The ``p`` columns along ``axis`` give ``p (p + 1) / 2`` products there,
+    in the order of :func:`upper_triangle`. Weighted Gram matrices of many
+    weight vectors at once then cost one matrix product: for ``A`` of shape
+    (n, p), ``W.T @ pair_products(A)`` holds, in row ``i``, the upper
+    triangle of ``A.T @ diag(W[:, i]) @ A`` (see :func:`unpack_symmetric`).
+
+    Written over the Python array API standard (numpy arrays and torch
+    tensors, also inside ``torch.compile``).
+
+    Parameters
+    ----------
+    A : array of shape (..., p, ...)
+    axis : int, default=-1
+        The axis of the columns: -1 for (n, p) rows of a design, -2 for a
+        transposed (..., p, c) chunk.
+    out : ndarray, optional
+        numpy only: the array of the result's shape to write into, one
+        product at a time (no gathered copies of ``A``).
+    xp : namespace, optional
+        ``A``'s array namespace, found from it by default (``torch.compile``
+        needs it given: it cannot trace the look-up).
+
+    Returns
+    -------
+    array
+        ``A``'s shape with ``p (p + 1) / 2`` along ``axis``; ``out`` when
+        given.
+
+    Examples
+    --------
+    >>> pair_products(np.array([[1.0, 2.0, 3.0]]))
+    array([[1., 2., 3., 4., 6., 9.]])
+    """
+    axis = axis % A.ndim
+    rows, cols = upper_triangle(A.shape[axis])
+    if out is not None:
+        columns = A if axis == 0 else np.moveaxis(A, axis, 0)
+        products = out if axis == 0 else np.moveaxis(out, axis, 0)
+        for index, (a, b) in enumerate(zip(rows, cols, strict=True)):
+            np.multiply(columns[a], columns[b], out=products[index])
+        return out
+    if isinstance(A, np.ndarray):
+        # numpy's own indexing: its result's layout sets the round-off of the
+        # matrix products the pairs go into
+        where = (slice(None),) * axis
+        return A[(*where, np.asarray(rows))] * A[(*where, np.asarray(cols))]
+    if xp is None:
+        xp = array_namespace(A)
+    # the device as an attribute: torch.compile cannot trace the look-up
+    device = getattr(A, "device", None)
+    first = xp.take(A, xp.asarray(rows, dtype=xp.int64, device=device), axis=axis)
+    second = xp.take(A, xp.asarray(cols, dtype=xp.int64, device=device), axis=axis)
+    return first * second
 
 
 def unpack_symmetric(packed: NDArray[np.float64], p: int) -> NDArray[np.float64]:
-    """Rebuild symmetric (..., p, p) matrices from their upper triangles."""
-    rows, cols = np.triu_indices(p)
+    """Rebuild symmetric (..., p, p) matrices from their upper triangles.
+
+    The upper triangles in the order of :func:`upper_triangle`.
+    """
+    rows, cols = upper_triangle(p)
     out = np.empty((*packed.shape[:-1], p, p))
     out[..., rows, cols] = packed
     out[..., cols, rows] = packed

@@ -22,9 +22,12 @@ gate's ``max_halvings`` times, and then the old gate is kept, which cannot
 lower the likelihood (the expert step maximises the expected complete-data
 log-likelihood in the experts). A gate with a box ``|beta| <= bound`` (the
 sigmoid gate's default) takes a projected Newton step
-(:func:`box_direction`): the coefficients at the box that the gradient
-pushes out of it stay, the others take the Fisher step of their own block,
-and the step is clipped into the box before it is judged. The log-likelihood
+(:func:`moestat.kernels.sweep.gate_direction` with the box): the
+coefficients at the box that the gradient pushes out of it stay, the
+others take the Fisher step of their own block, and the step is clipped
+into the box before it is judged. The M-step is
+:func:`moestat.kernels.sweep.em_proposal`, which the torch engine
+(:func:`moestat.torch.fused.em_chunked`) takes too, batched. The log-likelihood
 therefore never decreases. The gate takes one Fisher step per iteration,
 whatever its ``newton_steps``.
 
@@ -43,18 +46,17 @@ import array_api_compat
 import numpy as np
 from numpy.typing import NDArray
 
-from moestat._math import hold_at_box, solve_spd
+from moestat._math import hold_at_box, pair_products, solve_spd
 from moestat.experts.gaussian import GaussianExpertParams
 from moestat.gates._base import GateParams
 from moestat.kernels.sweep import (
     EXPERTS,
     GATES,
     SweepStatistics,
-    _pairs,
     _symmetric_from_pairs,
     chunk_rows,
+    em_proposal,
     free_rows,
-    gate_direction,
     gaussian_expert_step,
     soft_label_statistics,
     unflatten_soft_label,
@@ -269,16 +271,19 @@ class SweepSteps:
         up after the gate's ``max_halvings`` (module docstring).
         """
         expert = state.params.expert
-        coef, var = gaussian_expert_step(
-            state.stats, expert.coef, expert.var, self.var_floor, self.n, self.variance
+        old = state.params.gate.coef
+        coef, var, free = em_proposal(
+            state.stats,
+            expert.coef,
+            expert.var,
+            old[self.rows].ravel(),
+            self.var_floor,
+            self.n,
+            self.variance,
+            self.bound,
         )
         expert_params = GaussianExpertParams(coef, var)
-        old = state.params.gate.coef
         direction = np.zeros_like(old)
-        if self.bound is None:
-            free = gate_direction(state.stats, self.n)
-        else:
-            free = box_direction(state.stats, self.n, old[self.rows], self.bound)
         direction[self.rows] = free.reshape(len(self.rows), old.shape[1])
         moved = bool(np.any(direction != 0))
         step, halvings = 1.0, 0
@@ -298,41 +303,6 @@ class SweepSteps:
         curr = after.log_likelihood / self.n_total
         scale = max(abs(prev), abs(curr), 1.0)
         return not curr >= prev - self.round_off * scale
-
-
-def box_direction(
-    stats: SweepStatistics, n: float, coef: NDArray[np.float64], bound: float
-) -> NDArray[np.float64]:
-    """Projected Fisher-scoring direction of a gate in the box ``|beta| <= bound``.
-
-    A coefficient at the box whose gradient points out of it is held (its
-    direction is zero); the others take the Fisher step of their block of
-    the information, as :func:`moestat.kernels.sweep.gate_direction` takes
-    it (zero where no ascent is due). Without the hold, a clipped Newton
-    step at a maximum on the box moves the free coefficients as if the held
-    ones moved too, and can lose likelihood.
-
-    Parameters
-    ----------
-    stats : SweepStatistics
-    n : float
-        The data's size.
-    coef : ndarray of shape (k, p_gate)
-        The free rows' coefficients the sweep ran at.
-    bound : float
-
-    Returns
-    -------
-    ndarray of shape (k p_gate,)
-    """
-    grad, information = hold_at_box(
-        np.asarray(stats.gate_gradient),
-        np.asarray(stats.gate_information),
-        coef.ravel(),
-        bound,
-    )
-    step = solve_spd(information, grad, ridge=1e-9)
-    return step if float(grad @ step) > 1e-14 * n else np.zeros_like(step)
 
 
 def sweep_steps(
@@ -457,11 +427,11 @@ def start_from_soft_labels(
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
         resp = soft_labels(rows)
-        Pt, y_part = Phi[rows].T, y[rows]
+        y_part = y[rows]
         sums += np.concatenate(
             [
                 resp.sum(axis=1),
-                (resp @ _pairs(xp, Pt).T).ravel(),
+                (resp @ pair_products(Phi[rows])).ravel(),
                 ((resp * y_part) @ Phi[rows]).ravel(),
                 resp @ (y_part * y_part),
             ]

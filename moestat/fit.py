@@ -329,7 +329,7 @@ def em(
     own that declare theirs. Each iteration is one pass over the data in
     chunks of a few thousand rows (:mod:`moestat.kernels.sweep_numpy`, the
     numpy form of :mod:`moestat.kernels.sweep`, which the torch engine
-    :func:`moestat.torch.fused.em_softmax_gaussian` runs): the chunk's
+    :func:`moestat.torch.fused.em_chunked` runs): the chunk's
     log-likelihood and its share of the weighted sums both M-steps need
     (from 2^17 rows on, with many experts, the gate information over every
     few rows: another path, the same maximum). Nothing of size ``n * m``

@@ -278,6 +278,42 @@ def test_a_sigmoid_gates_sweep_sums_are_those_of_the_whole_arrays(
         np.testing.assert_allclose(getattr(stats, name), value, rtol=1e-10, atol=1e-9)
 
 
+def test_the_chunked_em_step_of_a_batch_is_the_step_of_each_data_set_in_its_box(rng):
+    """:func:`em_proposal` on stacked data sets is its step on each one.
+
+    The sigmoid gate starts with coefficients at its box; those the
+    gradient pushes out of it are held (zero direction).
+    """
+    from moestat.kernels.sweep import em_proposal, sweep
+
+    n, m, bound, kind = 300, 3, 0.5, "normalized_sigmoid"
+    sets = []
+    for _ in range(2):
+        X = rng.uniform(-1, 1, size=(n, 1))
+        Z = np.column_stack([np.ones(n), X])
+        y = np.where(X[:, 0] > 0, 2.0, -1.0) * X[:, 0] + 0.1 * rng.normal(size=n)
+        gate_coef = np.clip(2.0 * rng.normal(size=(m, 2)), -bound, bound)
+        sets.append((Z, y, gate_coef, rng.normal(size=(m, 2)), rng.uniform(0.1, 1, m)))
+    Z, y, gate_coef, coef, var = (np.stack(parts) for parts in zip(*sets, strict=True))
+    stats = sweep(Z, Z, y, None, gate_coef, coef, var, 128, gate=kind)
+    theta = gate_coef.reshape(2, -1)
+    new_coef, new_var, direction = em_proposal(
+        stats, coef, var, theta, 0.0, float(n), "per_expert", bound
+    )
+    for b in range(2):
+        one = sweep(
+            Z[b], Z[b], y[b], None, gate_coef[b], coef[b], var[b], 128, gate=kind
+        )
+        expected = em_proposal(
+            one, coef[b], var[b], theta[b], 0.0, float(n), "per_expert", bound
+        )
+        for got, want in zip((new_coef, new_var, direction), expected, strict=True):
+            np.testing.assert_allclose(got[b], want, rtol=1e-10, atol=1e-12)
+    held = (np.abs(theta) >= bound) & (stats.gate_gradient * theta > 0)
+    assert held.any() and (~held).any()
+    assert np.all(direction[held] == 0) and np.all(direction[~held] != 0)
+
+
 def test_a_softmax_sweep_without_a_gate_name_is_the_softmax_sweep(rng):
     """``gate="softmax"`` is the default of both kernels: the same sums."""
     args = (*sweep_case(rng, weighted=True), 64)

@@ -1,4 +1,4 @@
-"""The Fisher information and scoring direction of softmax-like blocks.
+"""The Fisher information and scoring direction of softmax-like blocks; pair products.
 
 ``fisher_information`` is ``sum_t (diag(d_t) - v_t v_t^T) kron z_t z_t^T``
 restricted to the free rows, whichever of its two constructions runs; the
@@ -20,6 +20,8 @@ from moestat._math import (
     pairwise_information,
     row_kron,
     solve_spd,
+    unpack_symmetric,
+    upper_triangle,
 )
 
 # (experts m, design columns p, free rows): softmax blocks fix row 0; blocks
@@ -184,3 +186,33 @@ def test_solve_spd_gives_a_zero_coefficient_for_an_empty_column():
     matrix = np.diag([2.0, 0.0, 3.0])
     solution = solve_spd(matrix, np.array([4.0, 0.0, 6.0]), refine=True)
     np.testing.assert_allclose(solution, [2.0, 0.0, 2.0], rtol=1e-12, atol=0)
+
+
+# -- pair products of design columns ---------------------------------------------
+def test_pair_products_are_the_upper_triangle_of_each_outer_product():
+    A = np.random.default_rng(3).normal(size=(7, 4))
+    rows, cols = upper_triangle(4)
+    expected = np.stack([np.outer(a, a)[rows, cols] for a in A])
+    np.testing.assert_array_equal(pair_products(A), expected)
+    # and unpack_symmetric is their inverse
+    np.testing.assert_array_equal(
+        unpack_symmetric(pair_products(A), 4), A[:, :, None] * A[:, None, :]
+    )
+
+
+def test_pair_products_along_another_axis_and_into_a_buffer_are_the_same():
+    A = np.random.default_rng(4).normal(size=(2, 5, 3))  # (batch, c, p)
+    expected = pair_products(A)  # (2, 5, 6)
+    transposed = np.ascontiguousarray(np.swapaxes(A, -1, -2))  # (2, 3, 5)
+    along = pair_products(transposed, axis=-2)
+    np.testing.assert_array_equal(np.swapaxes(along, -1, -2), expected)
+    out = np.empty((2, 6, 5))
+    assert pair_products(transposed, axis=1, out=out) is out
+    np.testing.assert_array_equal(out, along)
+
+
+def test_pair_products_of_tensors_are_those_of_numpy():
+    torch = pytest.importorskip("torch")
+    A = np.random.default_rng(5).normal(size=(6, 3))
+    got = pair_products(torch.as_tensor(A.T), axis=-2)
+    np.testing.assert_array_equal(got.numpy().T, pair_products(A))

@@ -12,7 +12,11 @@ from moestat.datasets import make_moe_regression  # noqa: E402
 from moestat.experts import GaussianExpert  # noqa: E402
 from moestat.fit import em as numpy_em  # noqa: E402
 from moestat.fit import initial_params  # noqa: E402
-from moestat.gates import NormalizedSigmoidGate, SoftmaxGate  # noqa: E402
+from moestat.gates import (  # noqa: E402
+    ModifiedSoftmaxGate,
+    NormalizedSigmoidGate,
+    SoftmaxGate,
+)
 from moestat.gates.shared import SharedExpertsGate  # noqa: E402
 from moestat.kernels.gates import (  # noqa: E402
     block_fisher_information,
@@ -27,7 +31,7 @@ from moestat.torch.fit import (  # noqa: E402
     stack_data,
 )
 from moestat.torch.fused import (  # noqa: E402
-    em_softmax_gaussian,
+    em_chunked,
     sufficient_statistics,
 )
 
@@ -35,13 +39,22 @@ SIZES = (2000, 1700, 1500)  # padded to 2000 in one batch
 M, D = 3, 2
 
 
-def _problem(seed, expert=None, sizes=SIZES, dtype="float64", var_floor=0.0):
-    """Three simulated data sets, their k-means starts, packed and batched."""
+def _problem(
+    seed,
+    expert=None,
+    sizes=SIZES,
+    dtype="float64",
+    var_floor=0.0,
+    gate=None,
+    x_scale=1.0,
+):
+    """Simulated data sets (``x`` times ``x_scale``), k-means starts, batched."""
     expert = GaussianExpert() if expert is None else expert
-    spec = MixtureOfExperts(SoftmaxGate(), expert)
+    spec = MixtureOfExperts(SoftmaxGate() if gate is None else gate, expert)
     designs, ys, starts = [], [], []
     for b, n in enumerate(sizes):
         X, y, _ = make_moe_regression(n, M, D, gate_scale=1.0, random_state=seed + b)
+        X = x_scale * X
         design = spec.design(X)
         rng = np.random.default_rng(seed + b)
         start = initial_params(spec, design, X, y, M, "kmeans", rng, var_floor)
@@ -99,9 +112,7 @@ def _assert_monotone(fit, data, round_off=1e-10):
 
 def test_fused_em_reaches_the_batched_and_numpy_em_likelihood(problem):
     spec, designs, ys, starts, model, data, theta_gate, theta_expert = problem
-    fit = em_softmax_gaussian(
-        model, data, theta_gate, theta_expert, tol=1e-10, max_iter=3000
-    )
+    fit = em_chunked(model, data, theta_gate, theta_expert, tol=1e-10, max_iter=3000)
     reference = em(model, data, theta_gate, theta_expert, tol=1e-10, max_iter=3000)
     assert fit.converged.all() and fit.monotone.all()
     assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-8
@@ -123,7 +134,7 @@ def test_fused_em_reaches_the_batched_and_numpy_em_likelihood(problem):
 
 def test_without_halving_the_iterates_are_those_of_the_batched_em(problem):
     *_, model, data, theta_gate, theta_expert = problem
-    fit = em_softmax_gaussian(model, data, theta_gate, theta_expert, tol=0, max_iter=6)
+    fit = em_chunked(model, data, theta_gate, theta_expert, tol=0, max_iter=6)
     reference = em(model, data, theta_gate, theta_expert, tol=0, max_iter=6)
     assert fit.n_iter.tolist() == [6, 6, 6] and not fit.converged.any()
     assert _relative(fit.trace, reference.trace) < 1e-8
@@ -132,10 +143,10 @@ def test_without_halving_the_iterates_are_those_of_the_batched_em(problem):
 
 def test_chunks_give_the_same_fit_as_one_chunk(problem):
     *_, model, data, theta_gate, theta_expert = problem
-    whole = em_softmax_gaussian(
+    whole = em_chunked(
         model, data, theta_gate, theta_expert, tol=1e-10, chunk_size=data.y.shape[1]
     )
-    chunked = em_softmax_gaussian(
+    chunked = em_chunked(
         model, data, theta_gate, theta_expert, tol=1e-10, chunk_size=97
     )
     assert torch.equal(whole.n_iter, chunked.n_iter)
@@ -148,7 +159,7 @@ def test_chunks_give_the_same_fit_as_one_chunk(problem):
 def test_statistics_match_a_direct_computation(problem, iterations):
     *_, model, data, theta_gate, theta_expert = problem
     if iterations:  # at the parameters of a later iteration
-        fit = em_softmax_gaussian(
+        fit = em_chunked(
             model, data, theta_gate, theta_expert, tol=0, max_iter=iterations
         )
         theta_gate, theta_expert = fit.theta_gate, fit.theta_expert
@@ -200,7 +211,7 @@ def test_every_gaussian_variant_matches_the_batched_em(expert):
     *_, model, data, theta_gate, theta_expert = _problem(
         3, expert=expert, sizes=(800, 600)
     )
-    fit = em_softmax_gaussian(model, data, theta_gate, theta_expert, tol=1e-10)
+    fit = em_chunked(model, data, theta_gate, theta_expert, tol=1e-10)
     reference = em(model, data, theta_gate, theta_expert, tol=1e-10)
     assert fit.converged.all() and fit.monotone.all()
     assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-8
@@ -213,7 +224,7 @@ def test_a_binding_variance_floor_and_an_empty_expert_are_held():
     theta_expert = theta_expert.clone()
     theta_expert[:, 2 * (D + 1)] = 1e3
     theta_expert[:, -1] = np.log(1e-6)
-    fit = em_softmax_gaussian(model, data, theta_gate, theta_expert, tol=1e-10)
+    fit = em_chunked(model, data, theta_gate, theta_expert, tol=1e-10)
     reference = em(model, data, theta_gate, theta_expert, tol=1e-10)
     assert fit.expert_weight[0, 2] == 0.0
     held = slice(2 * (D + 1), 3 * (D + 1))
@@ -237,16 +248,26 @@ def _count_sweeps(monkeypatch):
     return count
 
 
+def _scale_gate_steps(monkeypatch, factor):
+    """Make every proposed gate direction ``factor`` times the M-step's."""
+    proposal = fused._proposal
+
+    def scaled(*args):
+        expert, direction = proposal(*args)
+        return expert, factor * direction
+
+    monkeypatch.setattr(fused, "_proposal", scaled)
+
+
 def test_an_overshooting_gate_step_is_halved_and_the_trace_stays_monotone(
     problem, monkeypatch
 ):
     *_, model, data, theta_gate, theta_expert = _problem(7, sizes=(1000, 700))
     options = {"tol": 1e-8, "max_iter": 5000}
-    reference = em_softmax_gaussian(model, data, theta_gate, theta_expert, **options)
-    direction = fused._gate_direction
-    monkeypatch.setattr(fused, "_gate_direction", lambda s, n: 5.0 * direction(s, n))
+    reference = em_chunked(model, data, theta_gate, theta_expert, **options)
+    _scale_gate_steps(monkeypatch, 5.0)
     sweeps = _count_sweeps(monkeypatch)
-    fit = em_softmax_gaussian(model, data, theta_gate, theta_expert, **options)
+    fit = em_chunked(model, data, theta_gate, theta_expert, **options)
     assert sweeps[0] > int(fit.n_iter.max()) + 1  # some steps were retried
     assert fit.converged.all() and fit.monotone.all()
     _assert_monotone(fit, data)
@@ -255,10 +276,9 @@ def test_an_overshooting_gate_step_is_halved_and_the_trace_stays_monotone(
 
 def test_a_gate_step_that_never_helps_falls_back_to_the_old_gate(problem, monkeypatch):
     *_, model, data, theta_gate, theta_expert = problem
-    direction = fused._gate_direction
-    monkeypatch.setattr(fused, "_gate_direction", lambda s, n: -1e6 * direction(s, n))
+    _scale_gate_steps(monkeypatch, -1e6)
     sweeps = _count_sweeps(monkeypatch)
-    fit = em_softmax_gaussian(model, data, theta_gate, theta_expert, max_iter=3)
+    fit = em_chunked(model, data, theta_gate, theta_expert, max_iter=3)
     # 3 iterations, each: a full step, 12 halvings, then the old gate
     assert fit.n_iter.tolist() == [3, 3, 3]
     assert sweeps[0] == 1 + 3 * (1 + 12 + 1)
@@ -273,30 +293,85 @@ def test_float32_data_reach_the_float64_fit(problem):
         *(t.float() for t in (data.gate, data.expert, data.y, data.weight)),
         data.var_floor.float(),
     )
-    fit = em_softmax_gaussian(
-        model, single, theta_gate.float(), theta_expert.float(), tol=1e-7
-    )
-    reference = em_softmax_gaussian(model, data, theta_gate, theta_expert, tol=1e-10)
+    fit = em_chunked(model, single, theta_gate.float(), theta_expert.float(), tol=1e-7)
+    reference = em_chunked(model, data, theta_gate, theta_expert, tol=1e-10)
     assert fit.theta_gate.dtype == torch.float32 and fit.monotone.all()
     assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-5
     _assert_monotone(fit, single, round_off=float(torch.finfo(torch.float32).eps))
 
 
 @pytest.mark.parametrize(
-    "spec",
+    ("gate", "name"),
     [
-        MixtureOfExperts(NormalizedSigmoidGate(), GaussianExpert()),
-        MixtureOfExperts(
-            SharedExpertsGate(routed=SoftmaxGate(), n_shared=1), GaussianExpert()
-        ),
+        (NormalizedSigmoidGate(top_k=2), r"NormalizedSigmoidGate\(top_k=2\)"),
+        (SharedExpertsGate(routed=SoftmaxGate(), n_shared=1), "SharedExpertsGate"),
     ],
-    ids=["sigmoid_gate", "shared_experts"],
+    ids=["top_k_sigmoid_gate", "shared_experts"],
 )
-def test_other_gates_are_refused(spec, problem):
+def test_gates_off_the_chunked_path_are_refused_by_name(gate, name, problem):
     *_, data, theta_gate, theta_expert = problem
-    model = BatchedModel(spec, M, D + 1, D + 1)
-    with pytest.raises(ValueError, match="softmax gate and Gaussian experts"):
-        em_softmax_gaussian(model, data, theta_gate, theta_expert)
+    model = BatchedModel(MixtureOfExperts(gate, GaussianExpert()), M, D + 1, D + 1)
+    with pytest.raises(ValueError, match=f"chunked path.*got {name} and Gaussian"):
+        em_chunked(model, data, theta_gate, theta_expert)
+
+
+def test_em_softmax_gaussian_is_em_chunked_for_every_chunked_model():
+    *_, model, data, theta_gate, theta_expert = _problem(
+        4, sizes=(500,), gate=NormalizedSigmoidGate()
+    )
+    fit = fused.em_softmax_gaussian(model, data, theta_gate, theta_expert, max_iter=5)
+    reference = em_chunked(model, data, theta_gate, theta_expert, max_iter=5)
+    assert torch.equal(fit.trace, reference.trace)
+
+
+# -- every model of the chunked path: the numpy chunked EM's iterates ----------
+#: x scaled by 1/20: the gate's slopes at the maximum exceed the default box
+#: |beta| <= 20 of the sigmoid gate, which then binds
+BOX_SCALE = 0.05
+
+CHUNKED_MODELS = {
+    "softmax": (SoftmaxGate(), 1.0),
+    "modified_softmax": (ModifiedSoftmaxGate(), 1.0),
+    "sigmoid_unbounded": (NormalizedSigmoidGate(bound=None), 1.0),
+    "sigmoid_default_box_binding": (NormalizedSigmoidGate(), BOX_SCALE),
+}
+VARIANCES = {
+    "per_expert": GaussianExpert(),
+    "shared": GaussianExpert(shared_variance=True),
+    "known": GaussianExpert(variance=0.1),
+}
+
+
+@pytest.mark.parametrize("variance", list(VARIANCES))
+@pytest.mark.parametrize("case", list(CHUNKED_MODELS))
+def test_fused_em_takes_the_numpy_chunked_em_iterates(case, variance):
+    gate, x_scale = CHUNKED_MODELS[case]
+    spec, designs, ys, starts, model, data, theta_gate, theta_expert = _problem(
+        21, expert=VARIANCES[variance], sizes=(900, 700), gate=gate, x_scale=x_scale
+    )
+    fit = em_chunked(
+        model, data, theta_gate, theta_expert, tol=1e-9, max_iter=80, chunk_size=128
+    )
+    _assert_monotone(fit, data)
+    for b, (start, design, y) in enumerate(zip(starts, designs, ys, strict=True)):
+        reference = numpy_em(
+            spec.with_params(start),
+            design,
+            y,
+            tol=1e-9,
+            max_iter=80,
+            accelerate=False,
+            stop_on_ridge=False,
+            chunk_size=100,
+        )
+        count = int(fit.n_iter[b])
+        assert count == reference.n_iter
+        trace = fit.trace[: count + 1, b].numpy()
+        assert np.max(np.abs(trace / reference.trace - 1.0)) < 1e-10
+        theta = spec.gate.pack(reference.model.params.gate)
+        np.testing.assert_allclose(fit.theta_gate[b], theta, rtol=1e-7, atol=1e-7)
+        if x_scale != 1.0:  # the box binds at the maximum
+            assert np.isclose(np.abs(theta).max(), gate.bound)
 
 
 def test_other_experts_are_refused(problem):
@@ -307,7 +382,7 @@ def test_other_experts_are_refused(problem):
         MixtureOfExperts(SoftmaxGate(), GLMExpert(family="poisson")), M, D + 1, D + 1
     )
     with pytest.raises(ValueError, match="GLMExpert.*moestat.torch.fit.em"):
-        em_softmax_gaussian(model, data, theta_gate, theta_expert)
+        em_chunked(model, data, theta_gate, theta_expert)
 
 
 @pytest.mark.parametrize(
@@ -321,15 +396,15 @@ def test_other_experts_are_refused(problem):
 def test_bad_arguments_are_refused(problem, change, match):
     *_, model, data, theta_gate, theta_expert = problem
     with pytest.raises(ValueError, match=match):
-        em_softmax_gaussian(model, data, theta_gate, theta_expert, **change)
+        em_chunked(model, data, theta_gate, theta_expert, **change)
 
 
 def test_parameters_of_the_wrong_shape_are_refused(problem):
     *_, model, data, theta_gate, theta_expert = problem
     with pytest.raises(ValueError, match=r"theta_gate must have shape \(3, 6\)"):
-        em_softmax_gaussian(model, data, theta_gate[:, :-1], theta_expert)
+        em_chunked(model, data, theta_gate[:, :-1], theta_expert)
     with pytest.raises(ValueError, match=r"theta_expert must have shape \(3, 12\)"):
-        em_softmax_gaussian(model, data, theta_gate, theta_expert[:2])
+        em_chunked(model, data, theta_gate, theta_expert[:2])
 
 
 def test_a_failing_compilation_is_reported_not_hidden(problem, monkeypatch):
@@ -340,7 +415,7 @@ def test_a_failing_compilation_is_reported_not_hidden(problem, monkeypatch):
 
     monkeypatch.setitem(fused._COMPILED, "fn", broken)
     with pytest.raises(RuntimeError, match="compile=False.*same results"):
-        em_softmax_gaussian(model, data, theta_gate, theta_expert, compile=True)
+        em_chunked(model, data, theta_gate, theta_expert, compile=True)
 
 
 @pytest.mark.slow
@@ -357,9 +432,7 @@ def test_compiled_sweeps_give_the_eager_fit(problem):
         torch.testing.assert_close(
             getattr(compiled, name), getattr(eager, name), rtol=1e-12, atol=1e-9
         )
-    fit = em_softmax_gaussian(
-        model, data, theta_gate, theta_expert, tol=1e-10, compile=True
-    )
-    reference = em_softmax_gaussian(model, data, theta_gate, theta_expert, tol=1e-10)
+    fit = em_chunked(model, data, theta_gate, theta_expert, tol=1e-10, compile=True)
+    reference = em_chunked(model, data, theta_gate, theta_expert, tol=1e-10)
     assert fit.converged.all() and fit.monotone.all()
     assert _relative(fit.log_likelihood, reference.log_likelihood) < 1e-10

@@ -12,13 +12,14 @@ weights.
 - :func:`normalized_sigmoid_log_weights`: the normalized sigmoid gate's
   ``log g``, dense or over a selection such as :func:`top_k_mask`.
 
-:mod:`moestat.kernels.sweep` holds one EM sweep of a softmax-gated
-Gaussian MoE (the weighted sums of both M-steps, chunk by chunk, and the
-M-steps from them), which the numpy EM at large ``n`` and the fused torch
-EM share. :mod:`moestat.kernels.experts` holds the expert families'
-densities and M-steps (Gaussian noise, GLM, multinomial and ReLU experts),
-which the numpy families call on one data set and the torch engine on a
-batch.
+:mod:`moestat.kernels.sweep` holds one EM sweep of a Gaussian MoE with a
+softmax or dense normalized sigmoid gate (the weighted sums of both
+M-steps, chunk by chunk, and the M-step from them,
+:func:`~moestat.kernels.sweep.em_proposal`), which the numpy EM at large
+``n`` and the fused torch EM share. :mod:`moestat.kernels.experts` holds
+the expert families' densities and M-steps (Gaussian noise, GLM,
+multinomial and ReLU experts), which the numpy families call on one data
+set and the torch engine on a batch.
 """
 
 from __future__ import annotations

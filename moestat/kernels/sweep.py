@@ -1,13 +1,14 @@
-"""One EM sweep of a softmax-gated Gaussian MoE, written once for numpy and torch.
+"""One EM sweep of a Gaussian MoE and its M-step, written once for numpy and torch.
 
-Both M-steps of a softmax gate with Gaussian experts need only a few
-hundred weighted sums over the data. A *sweep* makes one pass over the
-rows, chunk by chunk, and adds up each chunk's share of them; nothing of
-size ``n * m`` or ``n * p^2`` is kept. The functions use only the Python
-array API standard (through ``array_api_compat``), so the numpy EM
-(:func:`moestat.fit.em` at large ``n``) and the torch one
-(:func:`moestat.torch.fused.em_softmax_gaussian`) run the same code. Any
-leading axes are batch axes (data sets fitted together).
+Both M-steps of a softmax gate (or a dense normalized sigmoid gate) with
+Gaussian experts need only a few hundred weighted sums over the data. A
+*sweep* makes one pass over the rows, chunk by chunk, and adds up each
+chunk's share of them; nothing of size ``n * m`` or ``n * p^2`` is kept.
+The functions use only the Python array API standard (through
+``array_api_compat``), so the numpy EM (:func:`moestat.fit.em` at large
+``n``) and the torch one (:func:`moestat.torch.fused.em_chunked`) run
+the same code. Any leading axes are batch axes (data sets fitted
+together).
 
 The sums (:class:`SweepStatistics`), at the current gate coefficients
 ``beta`` and expert coefficients ``a_i`` and variances ``nu_i``:
@@ -31,8 +32,8 @@ Each sum with a design factor is one matrix product over the chunk's rows:
 per-sample weights times the chunk's products of design columns
 (``c x p(p+1)/2`` for a chunk of ``c`` rows).
 
-The M-step from the sums (:func:`gaussian_expert_step`,
-:func:`gate_direction`): the experts' weighted least squares, taken about
+The M-step from the sums (:func:`em_proposal`: :func:`gaussian_expert_step`
+and :func:`gate_direction`): the experts' weighted least squares, taken about
 the current coefficients (``sum r phi y = S_e + G a`` and
 ``sum r y^2 = s_e + 2 a^T S_e + a^T G a`` with ``G`` the weighted Gram
 matrix, ``S_e`` and ``s_e`` the residual sums), so the update is ``a + d``
@@ -40,7 +41,11 @@ with ``d = G^{-1} S_e`` and the new residual sum of squares
 ``s_e - 2 d^T S_e + d^T G d``; this avoids the cancellation of
 ``sum r y^2 - b^T G^{-1} b`` when ``y`` is large against its noise. The
 gate takes one Fisher-scoring step, solved as
-:func:`moestat._math.fisher_direction` solves it.
+:func:`moestat._math.fisher_direction` solves it; in a box ``|beta| <=
+bound`` the coefficients at the bound that the gradient pushes out of it
+are held (:func:`moestat._math.hold_at_box`). The products of design
+columns are :func:`moestat._math.pair_products`, in the order of
+:func:`moestat._math.upper_triangle`.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from typing import Any
 
 import array_api_compat
 
-from moestat._math import solve_spd
+from moestat._math import hold_at_box, pair_products, solve_spd, upper_triangle
 from moestat.kernels.gates import _sigmoid_complement
 
 __all__ = [
@@ -65,6 +70,7 @@ __all__ = [
     "sweep",
     "gaussian_expert_step",
     "gate_direction",
+    "em_proposal",
     "chunk_rows",
     "GATES",
     "EXPERTS",
@@ -133,13 +139,6 @@ class SweepStatistics:
 
 
 # -- layout of the flattened statistics ---------------------------------------
-def _upper_triangle(p: int) -> tuple[list[int], list[int]]:
-    """Row and column indices of the upper triangle of a p x p matrix, row by row."""
-    rows = [a for a in range(p) for _ in range(a, p)]
-    cols = [b for a in range(p) for b in range(a, p)]
-    return rows, cols
-
-
 def _index(xp: Any, values: list[int], device: Any) -> Any:
     """Integer indices as an array (int64 also when ``values`` is empty)."""
     return xp.asarray(values, dtype=xp.int64, device=device)
@@ -148,7 +147,7 @@ def _index(xp: Any, values: list[int], device: Any) -> Any:
 def _pair_lookup(p: int) -> list[int]:
     """For each entry of a p x p matrix (row-major), its upper-triangle position."""
     position = {}
-    for index, (a, b) in enumerate(zip(*_upper_triangle(p), strict=True)):
+    for index, (a, b) in enumerate(zip(*upper_triangle(p), strict=True)):
         position[a, b] = position[b, a] = index
     return [position[a, b] for a in range(p) for b in range(p)]
 
@@ -303,15 +302,6 @@ def _device(x: Any) -> Any:
     return getattr(x, "device", None)
 
 
-def _pairs(xp: Any, At: Any) -> Any:
-    """Products ``A_a A_b`` (a <= b) of the rows of ``At`` (..., p, c): (..., q, c)."""
-    rows, cols = _upper_triangle(At.shape[-2])
-    device = _device(At)
-    first = xp.take(At, _index(xp, rows, device), axis=At.ndim - 2)
-    second = xp.take(At, _index(xp, cols, device), axis=At.ndim - 2)
-    return first * second
-
-
 #: From this many design columns on, weighted Gram matrices are formed as
 #: ``(A * w)^T A`` per weight vector (matrix products, no gathered column
 #: products); below it as ``w @ pairs(A)`` (fewer operations for narrow
@@ -324,7 +314,7 @@ class _Grams:
 
     ``At`` is the design (..., p, c), experts-major. Each call takes
     weights (..., w, c) and returns the upper triangles (..., w, q),
-    ``q = p (p + 1) / 2``, in the order of :func:`_upper_triangle`.
+    ``q = p (p + 1) / 2``, in the order of :func:`moestat._math.upper_triangle`.
     """
 
     def __init__(self, xp: Any, At: Any) -> None:
@@ -333,7 +323,7 @@ class _Grams:
         self.wide = p >= WIDE_DESIGN
         self.pairs = None
         if self.wide:
-            rows, cols = _upper_triangle(p)
+            rows, cols = upper_triangle(p)
             self.upper = _index(
                 xp, [a * p + b for a, b in zip(rows, cols, strict=True)], _device(At)
             )
@@ -342,7 +332,7 @@ class _Grams:
         xp, At = self.xp, self.At
         if not self.wide:
             if self.pairs is None:
-                self.pairs = _pairs(xp, At)
+                self.pairs = pair_products(At, axis=-2, xp=xp)
             return xp.matmul(weights, xp.matrix_transpose(self.pairs))
         p = At.shape[-2]
         weighted = At[..., None, :, :] * weights[..., :, None, :]
@@ -355,9 +345,9 @@ def _fisher_pair_weights(xp: Any, rho_g: Any, g: Any) -> Any:
     """Weights ``rho g_i (delta_ij - g_j)`` of the free rows' pairs ``i <= j``.
 
     ``rho_g`` and ``g`` are (..., m - 1, c); the result is (..., q, c) with
-    ``q = (m - 1) m / 2``, in the order of :func:`_upper_triangle`.
+    ``q = (m - 1) m / 2``, in the order of :func:`moestat._math.upper_triangle`.
     """
-    rows, cols = _upper_triangle(g.shape[-2])
+    rows, cols = upper_triangle(g.shape[-2])
     device = _device(g)
     g_cols = xp.take(g, _index(xp, cols, device), axis=g.ndim - 2)
     diagonal = xp.reshape(
@@ -406,7 +396,7 @@ def _weight_information_parts(
     """
     k, p_gate = vec.shape[-2], Zt.shape[-2]
     if not _khatri_rao(k, p_gate):
-        rows, cols = _upper_triangle(k)
+        rows, cols = upper_triangle(k)
         device = _device(vec)
         indicator = xp.reshape(
             xp.asarray(
@@ -835,8 +825,17 @@ def gaussian_expert_step(
     return new_coef, xp.maximum(new_var, xp.zeros_like(new_var) + floor)
 
 
-def gate_direction(stats: SweepStatistics, n: Any) -> Any:
+def gate_direction(
+    stats: SweepStatistics, n: Any, coef: Any = None, bound: float | None = None
+) -> Any:
     """Fisher-scoring direction of the gate's free rows; zero where no ascent is due.
+
+    In a box ``|beta| <= bound`` a coefficient at the bound whose gradient
+    points out of the box is held (its direction is zero) and the others
+    take the Fisher step of their own block of the information
+    (:func:`moestat._math.hold_at_box`). Without the hold, a clipped step at
+    a maximum on the box moves the free coefficients as if the held ones
+    moved too, and can lose likelihood.
 
     Parameters
     ----------
@@ -844,17 +843,86 @@ def gate_direction(stats: SweepStatistics, n: Any) -> Any:
     n : float or array of shape (...)
         The data's size: a step whose first-order gain is at most
         ``1e-14 n`` is not taken.
+    coef : array of shape (..., k p_gate), optional
+        The free rows' coefficients the sweep ran at, flattened row by row
+        (the gate's packed parameters); needed with a ``bound``.
+    bound : float or None, default=None
+        The gate's box; None for none.
 
     Returns
     -------
-    array of shape (..., (m - 1) p_gate)
+    array of shape (..., k p_gate)
         Flattened row by row, as the gate's packed parameters.
     """
     xp = array_api_compat.array_namespace(stats.gate_gradient)
-    grad = stats.gate_gradient
-    direction = solve_spd(stats.gate_information, grad, ridge=1e-9)
+    grad, information = stats.gate_gradient, stats.gate_information
+    if bound is not None:
+        grad, information = hold_at_box(grad, information, coef, bound)
+    direction = solve_spd(information, grad, ridge=1e-9)
     gain = xp.sum(grad * direction, axis=-1, keepdims=True)
     if not hasattr(n, "shape"):
         n = xp.asarray(n, dtype=grad.dtype, device=array_api_compat.device(grad))
     move = gain > 1e-14 * n[..., None]
     return xp.where(move, direction, xp.zeros_like(direction))
+
+
+def em_proposal(
+    stats: SweepStatistics,
+    expert_coef: Any,
+    var: Any,
+    gate_coef: Any,
+    var_floor: Any,
+    n: Any,
+    variance: str = "per_expert",
+    bound: float | None = None,
+) -> tuple[Any, Any, Any]:
+    """The M-step of the chunked EM from one sweep's sums: the point to try next.
+
+    The experts' closed form (:func:`gaussian_expert_step`) and the gate's
+    Fisher-scoring direction (:func:`gate_direction`, held at the box
+    ``|beta| <= bound`` when the gate has one), both at the point the sweep
+    ran at. Leading axes are data sets: the numpy EM passes one
+    (:class:`moestat._sweep_em.SweepSteps`), the torch one a batch
+    (:func:`moestat.torch.fused.em_chunked`); each then projects
+    ``gate_coef + step * direction`` into the gate's box and judges the
+    step by the next sweep.
+
+    Parameters
+    ----------
+    stats : SweepStatistics
+        Taken at ``expert_coef``, ``var`` and ``gate_coef``.
+    expert_coef : array of shape (..., m, p_expert)
+    var : array of shape (..., m)
+    gate_coef : array of shape (..., k p_gate)
+        The gate's free rows, flattened row by row (its packed parameters).
+    var_floor : float or array of shape (...)
+    n : float or array of shape (...)
+        The data's size (the thresholds of an empty expert and of a gate
+        step worth taking).
+    variance : {"per_expert", "shared", "known"}, default="per_expert"
+    bound : float or None, default=None
+        The gate's box.
+
+    Returns
+    -------
+    coef, var : arrays of the shapes of ``expert_coef`` and ``var``
+        The experts' new parameters.
+    direction : array of the shape of ``gate_coef``
+        The gate's direction (zero where no ascent is due).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Z = np.column_stack([np.ones(4), [-1.0, -0.5, 0.5, 1.0]])
+    >>> y = np.array([-1.0, -0.4, 0.6, 1.0])
+    >>> coef, var = np.array([[0.0, 1.0], [0.0, -1.0]]), np.ones(2)
+    >>> stats = sweep(Z, Z, y, None, np.zeros((2, 2)), coef, var, 4)
+    >>> new_coef, new_var, direction = em_proposal(
+    ...     stats, coef, var, np.zeros(2), 0.0, 4.0)
+    >>> new_coef.shape, new_var.shape, direction.shape
+    ((2, 2), (2,), (2,))
+    """
+    coef, new_var = gaussian_expert_step(
+        stats, expert_coef, var, var_floor, n, variance
+    )
+    return coef, new_var, gate_direction(stats, n, gate_coef, bound)

@@ -46,18 +46,17 @@ the same; only the path differs.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from moestat._math import pair_products, upper_triangle
 from moestat.kernels.sweep import (
     WIDE_DESIGN,
     SweepStatistics,
     _khatri_rao,
-    _upper_triangle,
     free_rows,
     unflatten_statistics,
 )
@@ -160,19 +159,6 @@ def numpy_chunk_rows(
     return min(n, -(-rows // 128) * 128) if n > 0 else 1
 
 
-def _pair_products(At: NDArray, out: NDArray) -> NDArray:
-    """Products ``A_a A_b`` (a <= b) of the rows of ``At`` (p, c) into ``out``."""
-    for index, (a, b) in enumerate(_pairs_of(At.shape[0])):
-        np.multiply(At[a], At[b], out=out[index])
-    return out
-
-
-@functools.cache
-def _pairs_of(p: int) -> tuple[tuple[int, int], ...]:
-    """The pairs ``(a, b)``, ``a <= b < p``, in the order of :func:`_upper_triangle`."""
-    return tuple(zip(*_upper_triangle(p), strict=True))
-
-
 def _log_sigmoid(S: NDArray, scratch: NDArray) -> NDArray:
     """``log sigma(s) = min(s, 0) - log(1 + exp(-|s|))`` of ``S`` in place.
 
@@ -200,7 +186,7 @@ class _Grams:
         q = p * (p + 1) // 2
         size = p if self.wide else q
         self.buffer = np.empty(size * rows, dtype=dtype)
-        rows_, cols = _upper_triangle(p)
+        rows_, cols = upper_triangle(p)
         self.upper = np.asarray([a * p + b for a, b in zip(rows_, cols, strict=True)])
         self.At: NDArray | None = None
         self.pairs: NDArray | None = None
@@ -210,7 +196,7 @@ class _Grams:
         self.At = At
         if not self.wide:
             q, c = self.p * (self.p + 1) // 2, At.shape[1]
-            self.pairs = _pair_products(At, self.buffer[: q * c].reshape(q, c))
+            self.pairs = pair_products(At, 0, out=self.buffer[: q * c].reshape(q, c))
 
     def sums(self, weights: NDArray, step: int = 1) -> NDArray:
         """(w, q) sums for weights (w, c) over every ``step``-th row."""
@@ -328,7 +314,7 @@ class NumpySweep:
         self._ones_c = np.ones(rows, dtype=dt)
         # a joint sum below this is recomputed less its own maximum
         self._tiny = np.sqrt(np.finfo(dt).tiny)
-        self._pairs = _pairs_of(self.k)
+        self._pairs = tuple(zip(*upper_triangle(self.k), strict=True))
 
     # -- one chunk -------------------------------------------------------------
     def _load(self, start: int, stop: int) -> tuple[NDArray, NDArray, NDArray]:

@@ -54,7 +54,7 @@ from moestat.torch._batch import (
     stack_data,
 )
 from moestat.torch._device import resolve_device
-from moestat.torch.fused import em_softmax_gaussian
+from moestat.torch.fused import em_chunked
 
 __all__ = [
     "BatchedData",
@@ -92,10 +92,12 @@ def em(
         Stopping tolerance (module docstring).
     max_iter : int, default=1000
     fused : bool, default=False
-        Softmax gate with Gaussian experts only: one chunked pass over the
-        data per iteration (:func:`moestat.torch.fused.em_softmax_gaussian`),
-        for large n. It reaches the same maximum; its gate steps are judged
-        by the observed log-likelihood rather than by ``Q``, so its path can
+        One chunked pass over the data per iteration
+        (:func:`moestat.torch.fused.em_chunked`), for large n: every model
+        of the chunked path (a softmax gate, plain or modified, or a dense
+        normalized sigmoid gate, without a ridge, with Gaussian experts).
+        It reaches the same maximum; its gate steps are judged by the
+        observed log-likelihood rather than by ``Q``, so its path can
         differ from this engine's where a step is halved.
     chunk_size : int, optional
         Rows per chunk of the fused pass (default: from the sizes).
@@ -105,7 +107,7 @@ def em(
     BatchedFit
     """
     if fused:
-        return em_softmax_gaussian(
+        return em_chunked(
             model,
             data,
             theta_gate,
@@ -328,8 +330,8 @@ def fit_batched(
     dtype : {"float64", "float32"}, optional
         Default float64.
     fused : bool, default=False
-        EM for a softmax gate with Gaussian experts in one chunked pass per
-        iteration (see :func:`em`); for large n.
+        EM in one chunked pass per iteration, for every model of the
+        chunked path (see :func:`em`); for large n.
 
     Returns
     -------

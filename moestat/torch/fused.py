@@ -1,10 +1,13 @@
-"""Large-n EM for a softmax-gated Gaussian MoE: one fused sweep per iteration.
+"""Large-n EM of the chunked path on torch: one fused sweep per iteration.
 
 :func:`moestat.torch.fit.em` keeps the (B, n, m) responsibilities and builds
-per-sample (B, n, m, p) products for every M-step. For a softmax gate with
-Gaussian experts both M-steps need only a few hundred weighted sums per data
-set, so :func:`em_softmax_gaussian` makes *one* pass over the data per
-iteration, chunk by chunk, and never stores the responsibilities.
+per-sample (B, n, m, p) products for every M-step. For the models of the
+chunked path of :func:`moestat.fit.em` (:func:`moestat._sweep_em.supports`:
+a softmax gate, plain or modified, or a dense normalized sigmoid gate, any
+``bound``, without a ridge penalty, with Gaussian experts) both M-steps
+need only a few hundred weighted sums per data set, so :func:`em_chunked`
+makes *one* pass over the data per iteration, chunk by chunk, and never
+stores the responsibilities.
 
 The sweep and the M-step are those of :mod:`moestat.kernels.sweep`, written
 once over the Python array API, which the numpy EM (:func:`moestat.fit.em`
@@ -20,10 +23,13 @@ sweep
     information over the free rows. Each sum with a design factor is one
     matrix product over the chunk's rows, so GPUs run them as GEMMs.
 M-step
-    On the host, in ``accumulate_dtype``, from the (B, ...) statistics: the
-    experts' weighted least squares about the current coefficients (with
-    the empty-expert hold, shared or known variance and variance floor)
-    and one Fisher-scoring step of the gate.
+    On the host, in ``accumulate_dtype``, from the (B, ...) statistics:
+    :func:`moestat.kernels.sweep.em_proposal`, the numpy EM's M-step run
+    on the batch: the experts' weighted least squares about the current
+    coefficients (with the empty-expert hold, shared or known variance and
+    variance floor) and one Fisher-scoring step of the gate; a gate with a
+    box ``|beta| <= bound`` holds the coefficients at the box that the
+    gradient pushes out of it, and its step is clipped into the box.
 
 Monotonicity (generalised EM, checked lazily)
     The expert step maximises ``Q`` in the experts, so only the gate step can
@@ -52,7 +58,10 @@ The stopping rule, per-data-set flags, iteration counts and the returned
 :class:`~moestat.torch.fit.BatchedFit` are those of
 :func:`moestat.torch.fit.em`. Iterations and results agree with it whenever
 no gate step needs halving (both take the same full Fisher step); otherwise
-both climb to the same maximum along different paths.
+both climb to the same maximum along different paths. From the same start,
+the iterates are those of the numpy chunked path (:func:`moestat.fit.em`
+with ``chunk_size``, ``accelerate=False``), whose M-step and lazy halving
+they share.
 """
 
 from __future__ import annotations
@@ -66,21 +75,21 @@ import array_api_compat.torch
 import torch
 from torch import Tensor
 
+from moestat import _sweep_em
 from moestat._stopping import aitken_converged as _converged
-from moestat._sweep_em import _sweep_gate, gate_halvings, supports
 from moestat.kernels.sweep import (
     SweepStatistics,
     chunk_rows,
     chunk_statistics,
-    gaussian_expert_step,
+    em_proposal,
     sweep,
 )
-from moestat.kernels.sweep import gate_direction as _gate_direction
 from moestat.torch._batch import BatchedData, BatchedFit, BatchedModel
 
 __all__ = [
     "SweepStatistics",
     "sufficient_statistics",
+    "em_chunked",
     "em_softmax_gaussian",
     "default_chunk_size",
 ]
@@ -122,6 +131,8 @@ class _Sweeper:
     ) -> None:
         self.model, self.data = model, data
         self.m, self.p_gate, self.p_expert = model.shapes
+        self.gate = _sweep_em._sweep_gate(model.spec.gate)
+        self.rows = torch.as_tensor(model.spec.gate.free_rows(self.m))
         self.chunk = chunk_size or default_chunk_size(
             data.y.shape[0],
             data.y.shape[1],
@@ -145,9 +156,11 @@ class _Sweeper:
             theta_expert, m, p_expert, self.floor
         )
         to_device = {"dtype": dtype, "device": device}
-        # the reference row 0 and the free rows (written out: m = 1 has none)
-        free = theta_gate.reshape(theta_gate.shape[0], self.m - 1, self.p_gate)
-        gate_coef = torch.cat([free.new_zeros(free.shape[0], 1, self.p_gate), free], 1)
+        # every gate row: the free rows, zeros elsewhere (a softmax gate's
+        # reference row)
+        batch = theta_gate.shape[0]
+        gate_coef = theta_gate.new_zeros(batch, self.m, self.p_gate)
+        gate_coef[:, self.rows] = theta_gate.reshape(batch, -1, self.p_gate)
         stats = sweep(
             data.gate,
             data.expert,
@@ -159,14 +172,15 @@ class _Sweeper:
             self.chunk,
             self.accumulate_dtype,
             kernel=self._call,
+            gate=self.gate,
         )
         return SweepStatistics(
             **{name: value.cpu() for name, value in vars(stats).items()}
         )
 
-    def _call(self, *args: Any) -> Tensor:
+    def _call(self, *args: Any, **kwargs: Any) -> Tensor:
         if not self.compile:
-            return self.fn(*args)
+            return self.fn(*args, **kwargs)
         try:
             with warnings.catch_warnings():
                 # torch's own modules, loaded while compiling, warn about
@@ -174,10 +188,10 @@ class _Sweeper:
                 warnings.filterwarnings(
                     "ignore", category=DeprecationWarning, module=r"torch(\.|$)"
                 )
-                return self.fn(*args)
+                return self.fn(*args, **kwargs)
         except Exception as error:
             raise RuntimeError(
-                "em_softmax_gaussian(compile=True): torch.compile could not "
+                "em_chunked(compile=True): torch.compile could not "
                 f"compile or run the per-chunk statistics ({type(error).__name__}: "
                 f"{error}). Use compile=False (eager torch, the same results)."
             ) from error
@@ -238,7 +252,7 @@ def sufficient_statistics(
     Parameters
     ----------
     model : BatchedModel
-        With a softmax gate and Gaussian experts.
+        A model of the chunked path (:func:`em_chunked`).
     data : BatchedData
     theta_gate, theta_expert : Tensor of shape (B, P)
         Packed parameters (the numpy pieces' layout).
@@ -268,25 +282,37 @@ def sufficient_statistics(
 
 
 # -- the M-step from the statistics ------------------------------------------
-def _expert_step(
+def _proposal(
     model: BatchedModel,
     stats: SweepStatistics,
-    theta: Tensor,
+    theta_gate: Tensor,
+    theta_expert: Tensor,
     var_floor: Tensor,
-) -> Tensor:
-    """Closed-form expert M-step from the sweep's statistics (packed)."""
-    family = model.spec.expert
+    n: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The chunked EM's M-step (:func:`moestat.kernels.sweep.em_proposal`), packed.
+
+    The experts' new packed parameters and the gate's direction from the
+    sweep's statistics at (``theta_gate``, ``theta_expert``).
+    """
+    family, gate = model.spec.expert, model.spec.gate
     m, _, p_expert = model.shapes
-    total = stats.expert_weight.sum(dim=1).clamp(min=1.0)
-    old_coef, old_var = family.batch_unpack(theta, m, p_expert, var_floor)
-    coef, var = gaussian_expert_step(
-        stats, old_coef, old_var, var_floor, total, family.variance_kind
+    coef, var = family.batch_unpack(theta_expert, m, p_expert, var_floor)
+    coef, var, direction = em_proposal(
+        stats,
+        coef,
+        var,
+        theta_gate,
+        var_floor,
+        n,
+        _sweep_em.variance_kind(family),
+        _sweep_em.gate_bound(gate),
     )
-    return family.batch_pack(coef, var, var_floor)
+    return family.batch_pack(coef, var, var_floor), direction
 
 
 # -- EM -----------------------------------------------------------------------
-def em_softmax_gaussian(
+def em_chunked(
     model: BatchedModel,
     data: BatchedData,
     theta_gate: Tensor,
@@ -298,13 +324,19 @@ def em_softmax_gaussian(
     compile: bool = False,
     accumulate_dtype: torch.dtype = torch.float64,
 ) -> BatchedFit:
-    """Batched EM of a softmax-gated Gaussian MoE, one sweep over the data per step.
+    """Batched EM of the chunked path, one sweep over the data per step.
+
+    Serves every model the chunked path of :func:`moestat.fit.em` serves
+    (:func:`moestat._sweep_em.supports`): a softmax gate (plain or
+    modified) or a dense normalized sigmoid gate (``top_k=None``, any
+    ``bound``), without a ridge penalty, with Gaussian experts.
 
     Parameters
     ----------
     model : BatchedModel
-        Its gate must be a softmax gate (plain or modified) and its experts
-        Gaussian (per-expert, shared or known variance).
+        A model the chunked path serves: a softmax gate (plain or modified)
+        or a dense normalized sigmoid gate, ``alpha=0``, and Gaussian
+        experts (per-expert, shared or known variance).
     data : BatchedData
         Pass the same tensor as ``gate`` and ``expert`` when both designs are
         equal (``[1, x]`` for linear experts): its pair products are then
@@ -333,15 +365,19 @@ def em_softmax_gaussian(
     Raises
     ------
     ValueError
-        For another gate or expert family, parameters of the wrong shape, or
-        a bad ``chunk_size`` or ``accumulate_dtype``.
+        For a model the chunked path does not serve (a top-K gate, say),
+        parameters of the wrong shape, or a bad ``chunk_size`` or
+        ``accumulate_dtype``.
     RuntimeError
         If ``compile=True`` and ``torch.compile`` fails.
 
     Notes
     -----
     The module docstring gives the sweep, the M-step and the lazy check that
-    keeps the log-likelihood from decreasing.
+    keeps the log-likelihood from decreasing. The M-step is numpy's
+    (:func:`moestat.kernels.sweep.em_proposal`), batched; a gate with a box
+    ``|beta| <= bound`` holds the coefficients at the box that the
+    gradient pushes out of it, and its step is clipped into the box.
 
     Examples
     --------
@@ -359,7 +395,7 @@ def em_softmax_gaussian(
     >>> theta_gate = torch.tensor([[0.0, 3.0]], dtype=torch.float64)
     >>> theta_expert = torch.tensor([[0.0, -1.0, 0.0, 1.0, -4.0, -4.0]],
     ...                             dtype=torch.float64)
-    >>> fit = em_softmax_gaussian(model, data, theta_gate, theta_expert)
+    >>> fit = em_chunked(model, data, theta_gate, theta_expert)
     >>> bool(fit.converged[0]), bool(fit.monotone[0])
     (True, True)
     """
@@ -392,13 +428,40 @@ def em_softmax_gaussian(
     )
 
 
+def em_softmax_gaussian(
+    model: BatchedModel,
+    data: BatchedData,
+    theta_gate: Tensor,
+    theta_expert: Tensor,
+    **options: Any,
+) -> BatchedFit:
+    """:func:`em_chunked` under another name: every model of the chunked path.
+
+    Not only a softmax gate: a dense normalized sigmoid gate too, and the
+    rest of what :func:`em_chunked` serves.
+
+    Parameters
+    ----------
+    model, data, theta_gate, theta_expert
+        As for :func:`em_chunked`.
+    **options
+        Its keyword arguments (``tol``, ``max_iter``, ``chunk_size``,
+        ``compile``, ``accumulate_dtype``).
+
+    Returns
+    -------
+    BatchedFit
+    """
+    return em_chunked(model, data, theta_gate, theta_expert, **options)
+
+
 def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
     """The iterations, on the host: accept, halve or fall back, per data set."""
     dtype = theta_gate.dtype
     floor = data.var_floor.detach().to("cpu", dtype)
     n = data.n_samples.detach().to("cpu", dtype)
     round_off = max(1e-10, torch.finfo(data.y.dtype).eps)
-    max_halvings = gate_halvings(model.spec.gate)
+    max_halvings = _sweep_em.gate_halvings(model.spec.gate)
 
     stats = sweep(theta_gate, theta_expert)
     ll, weight = stats.log_likelihood, stats.expert_weight
@@ -414,14 +477,11 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
     halvings = torch.zeros(batch, dtype=torch.long)
     step = torch.ones(batch, dtype=dtype)
 
-    def propose(stats, theta_expert):
-        """The M-step from the statistics at (the gate, ``theta_expert``)."""
-        return (
-            _expert_step(model, stats, theta_expert, floor),
-            _gate_direction(stats, n),
-        )
+    def propose(stats, theta_gate, theta_expert):
+        """The M-step from the statistics at (``theta_gate``, ``theta_expert``)."""
+        return _proposal(model, stats, theta_gate, theta_expert, floor, n)
 
-    cand_expert, direction = propose(stats, theta_expert)
+    cand_expert, direction = propose(stats, theta_gate, theta_expert)
     active &= n_iter < max_iter
     while bool(active.any()):
         cand_gate = model.project_gate(theta_gate + step[:, None] * direction)
@@ -449,7 +509,7 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
         active &= ~done & (n_iter < max_iter)
         # the next candidates: a new M-step where accepted, a shorter step
         # (or none) where the likelihood fell
-        new_expert, new_direction = propose(stats, theta_expert)
+        new_expert, new_direction = propose(stats, theta_gate, theta_expert)
         cand_expert = torch.where(accept[:, None], new_expert, cand_expert)
         direction = torch.where(accept[:, None], new_direction, direction)
         halvings = torch.where(accept, 0, halvings + retry.long())
@@ -472,20 +532,32 @@ def _em_loop(model, data, sweep, theta_gate, theta_expert, *, tol, max_iter):
 
 # -- argument checks ----------------------------------------------------------
 def _check_model(model: BatchedModel) -> None:
-    """Raise ``ValueError`` unless the pieces declare the softmax and Gaussian sweeps.
+    """Raise ``ValueError`` unless the pieces declare sweep kernels.
 
     The declarations of :class:`moestat.protocols.SweepGate` and
     :class:`moestat.protocols.SweepExpertFamily`, read by
     :func:`moestat._sweep_em.supports`.
     """
     spec = model.spec
-    if not supports(spec) or _sweep_gate(spec.gate) != "softmax":
-        raise ValueError(
-            "em_softmax_gaussian needs a softmax gate and Gaussian experts "
-            "(sweep_kernel 'softmax' and 'gaussian'); got "
-            f"{type(spec.gate).__name__} and "
-            f"{type(spec.expert).__name__}. Use moestat.torch.fit.em."
-        )
+    if _sweep_em.supports(spec):
+        return
+    raise ValueError(
+        "em_chunked serves the models of the chunked path: a softmax gate "
+        "(plain or modified) or a dense normalized sigmoid gate (top_k=None), "
+        f"without a ridge penalty, with Gaussian experts; got {_describe(spec.gate)} "
+        f"and {type(spec.expert).__name__}. Use moestat.torch.fit.em."
+    )
+
+
+def _describe(gate: Any) -> str:
+    """The gate's class with what keeps it off the chunked path (top_k, alpha)."""
+    details = [
+        f"{name}={getattr(gate, name)!r}"
+        for name in ("top_k", "alpha")
+        if getattr(gate, name, None)
+    ]
+    name = type(gate).__name__
+    return f"{name}({', '.join(details)})" if details else name
 
 
 def _check_shapes(model, data, theta_gate, theta_expert) -> None:
