@@ -227,6 +227,39 @@ def test_sweep_sums_are_those_of_the_whole_arrays_for_any_chunk_size(
         np.testing.assert_allclose(getattr(stats, name), value, rtol=1e-10, atol=1e-9)
 
 
+@pytest.mark.parametrize("gate", ["softmax", "normalized_sigmoid"])
+@pytest.mark.parametrize("designs", ["one_array", "equal_copies", "no_intercept"])
+@pytest.mark.parametrize("n_experts", [3, 9])
+def test_the_numpy_sweep_equals_the_array_api_sweep_whatever_the_designs(
+    rng, designs, n_experts, gate
+):
+    """One design array for gate and experts, equal copies, or no column of ones.
+
+    The numpy sweep reads the total weight and the gate's sums of
+    responsibilities times ``z`` off the Gram sums when the designs start
+    with a column of ones; without one it sums them itself.
+    """
+    n, m = 400, n_experts
+    X = rng.uniform(-1, 1, size=(n, 2))
+    Z = np.column_stack([np.ones(n), X])
+    if designs == "no_intercept":
+        Z = np.column_stack([X, X[:, 0] * X[:, 1] + 0.5])
+    Phi = Z if designs != "equal_copies" else Z.copy()
+    y = rng.normal(size=n)
+    weight = rng.uniform(0.5, 2.0, size=n)
+    gate_coef = rng.normal(size=(m, 3))
+    if gate == "softmax":
+        gate_coef[0] = 0.0
+    coef, var = rng.normal(size=(m, 3)), rng.uniform(0.2, 1.0, size=m)
+    args = (Z, Phi, y, weight, gate_coef, coef, var, 64)
+    ours = numpy_sweep(*args, gate=gate)
+    reference = array_api_sweep(*args, gate=gate)
+    for name in ours.__dataclass_fields__:
+        np.testing.assert_allclose(
+            getattr(ours, name), getattr(reference, name), rtol=1e-10, atol=1e-9
+        )
+
+
 @pytest.mark.parametrize("kernel", sorted(SWEEPS))
 @pytest.mark.parametrize(("n_experts", "degree"), [(3, 2), (9, 2), (3, 3), (9, 3)])
 @pytest.mark.parametrize("chunk_size", [7, 500])
