@@ -1514,6 +1514,7 @@ def fit_restarts(
     accelerate: bool = True,
     stop_on_ridge: bool = True,
     sample_weight: NDArray[np.float64] | None = None,
+    sweep_dtype: DTypeLike = np.float64,
 ) -> tuple[FitResult, list[FitResult]]:
     """Fit from ``n_init`` starts and keep the best log-likelihood.
 
@@ -1567,6 +1568,10 @@ def fit_restarts(
         the moves' runs and the polish); a batch engine receives them as
         ``sample_weight=``. The moves are proposed from unweighted
         responsibilities and kept by the weighted likelihood.
+    sweep_dtype : {np.float64, np.float32}, default=np.float64
+        Arithmetic within a chunk of the numpy EM runs that sweep the data
+        in chunks (:func:`em`); the full path and the batch engines work in
+        float64 whatever it is.
 
     Returns
     -------
@@ -1592,7 +1597,11 @@ def fit_restarts(
     options = {"tol": tol, "max_iter": max_iter, "var_floor": var_floor}
     weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
     speed = (
-        {"accelerate": accelerate, "stop_on_ridge": stop_on_ridge}
+        {
+            "accelerate": accelerate,
+            "stop_on_ridge": stop_on_ridge,
+            "sweep_dtype": _check_sweep_dtype(sweep_dtype),
+        }
         if solver == "em"
         else {}
     )

@@ -647,6 +647,41 @@ def test_sweep_dtypes_other_than_float64_and_float32_are_refused(rng, dtype):
         em(model, design, y, chunk_size=50, sweep_dtype=dtype)
 
 
+def test_restarts_sweep_in_the_dtype_asked_for(rng, monkeypatch):
+    """fit_restarts(sweep_dtype=np.float32): the chunked runs in float32.
+
+    The same maximum as float64's within float32's round-off per sample,
+    reached along another path; the full path ignores the dtype.
+    """
+    truth = two_expert_truth()
+    X, y = simulate(truth, 2000, 1, rng)
+    design = truth.design(X)
+
+    def fit(dtype):
+        best, _ = fit_restarts(
+            truth,
+            design,
+            X,
+            y,
+            n_experts=2,
+            init="kmeans",
+            n_init=1,
+            rng=np.random.default_rng(0),
+            var_floor=1e-6,
+            sweep_dtype=dtype,
+        )
+        return best.log_likelihood
+
+    full = fit(np.float64), fit(np.float32)
+    assert full[0] == full[1]
+    monkeypatch.setattr(sweep_em, "CHUNKED_ENTRIES", 1)
+    chunked = fit(np.float64), fit(np.float32)
+    assert chunked[0] != chunked[1]
+    assert abs(chunked[1] - chunked[0]) / 2000 < 1e-6
+    with pytest.raises(ValueError, match="sweep_dtype"):
+        fit(np.float16)
+
+
 def test_em_sweeps_in_chunks_from_chunked_entries_on(rng, monkeypatch):
     """chunk_size=None: the full path below CHUNKED_ENTRIES numbers, chunks from it.
 
