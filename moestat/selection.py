@@ -35,7 +35,7 @@ from moestat._threads import limit_blas_threads
 from moestat._validation import Options, as_generator, validate_params
 from moestat.exceptions import ConvergenceWarning, DegenerateFitWarning
 
-__all__ = ["select_model", "bootstrap_lrt", "BootstrapLRTResult"]
+__all__ = ["select_model", "bootstrap_lrt", "bootstrap_pvalue", "BootstrapLRTResult"]
 
 CRITERIA = ("bic", "aic", "heldout", "bootstrap_lrt")
 
