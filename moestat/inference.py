@@ -413,15 +413,16 @@ def _resample(model, design, y, sample_weight, kind, rng):
     """One bootstrap data set: its design, responses and weights."""
     if kind == "parametric":
         return design, _sample_on_design(model, design, rng), sample_weight
-    # rows with replacement: a row's count is its weight in the refit (with
-    # weights, draws of the units the weights count)
+    # rows with replacement, each keeping its weight: a row drawn c times
+    # enters the refit once with weight c w_t
     n = design.n_samples
-    share = np.full(n, 1.0 / n) if sample_weight is None else sample_weight
-    total = n if sample_weight is None else max(int(round(share.sum())), 1)
-    counts = rng.multinomial(total, share / share.sum()).astype(np.float64)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
     rows = np.flatnonzero(counts)
+    weight = (
+        counts[rows] if sample_weight is None else counts[rows] * sample_weight[rows]
+    )
     part = Design(design.gate[rows], design.expert[rows])
-    return part, y[rows], counts[rows]
+    return part, y[rows], weight
 
 
 def _natural(model, theta, var_floor, gate_columns):
@@ -466,10 +467,10 @@ def bootstrap_estimates(
     n_boot : int, default=200
         Number of bootstrap data sets.
     kind : {"nonparametric", "parametric"}, default="nonparametric"
-        ``"nonparametric"``: rows drawn with replacement (with weights,
-        the units they count, drawn with replacement: a row's count of
-        draws is its weight in the refit); ``"parametric"``: responses
-        drawn from ``model`` at the same covariates.
+        ``"nonparametric"``: rows drawn with replacement, each keeping its
+        weight (a row drawn ``c`` times enters the refit once, with weight
+        ``c w_t``); ``"parametric"``: responses drawn from ``model`` at the
+        same covariates, with the fit's weights.
     var_floor : float, default=0.0
         The variance floor of the fit.
     sample_weight : ndarray of shape (n,), optional
@@ -523,6 +524,13 @@ def bootstrap_estimates(
         )
         if np.all(np.isfinite(values)):
             rows.append(values)
+    if len(rows) < int(n_boot):
+        warnings.warn(
+            f"{int(n_boot) - len(rows)} of {int(n_boot)} bootstrap refits gave "
+            "estimates that are not finite and were left out.",
+            UserWarning,
+            stacklevel=2,
+        )
     return np.array(rows).reshape(len(rows), -1)
 
 

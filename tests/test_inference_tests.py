@@ -192,3 +192,35 @@ def test_the_bootstrap_is_reproducible_and_silent(two_experts, capsys):
     assert capsys.readouterr().err == ""
     two_experts.inference(cov_type="bootstrap", n_boot=3, verbose=True)
     assert "bootstrap" in capsys.readouterr().err
+
+
+def test_robust_standard_errors_agree_with_the_information_on_a_true_model(
+    two_experts,
+):
+    robust, oim = two_experts.inference(cov_type="robust"), two_experts.inference()
+    # n = 3000: the sandwich's meat estimates the information to a few percent
+    np.testing.assert_allclose(robust.bse, oim.bse, rtol=0.15)
+
+
+def test_robust_z_statistics_do_not_depend_on_units(two_experts):
+    X = two_experts._fit_design.gate[:, 1:]
+    y = two_experts._fit_y
+    scaled = GaussianMoE(2, n_init=1, random_state=0, tol=1e-8)
+    scaled.fit(X * 1e-3, y * 1e4).align_to(two_experts)
+    z = two_experts.inference(cov_type="robust").tvalues
+    np.testing.assert_allclose(
+        scaled.inference(cov_type="robust").tvalues.to_numpy(), z, rtol=1e-4
+    )
+
+
+def test_the_weighted_bootstrap_resamples_rows_with_their_weights(rng):
+    X = rng.uniform(-1, 1, size=(400, 1))
+    y, _ = two_expert_truth().sample(X, rng)
+    weight = rng.integers(1, 4, size=400).astype(float)
+    est = GaussianMoE(2, n_init=1, random_state=0).fit(X, y, sample_weight=weight)
+    boot = est.inference(cov_type="bootstrap", n_boot=20, random_state=0)
+    assert boot.bootstrap_draws.shape == (20, 8)
+    assert np.all(np.isfinite(boot.bse))
+    oim = est.inference()
+    # 20 refits: only the order of magnitude is known
+    assert np.all((boot.bse > oim.bse / 3) & (boot.bse < 3 * oim.bse))
