@@ -107,7 +107,7 @@ def test_the_test_of_the_true_number_of_experts_keeps_its_level():
     """Size at a two-expert truth: about 5% rejections at level 0.05.
 
     With 40 replications at a true size of 0.05, 10 or more rejections
-    (a rate of 0.25) have binomial probability below 3e-4.
+    (a rate of 0.25) have binomial probability 2e-5.
     """
     rejections = 0
     for seed in range(40):
