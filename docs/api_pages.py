@@ -25,6 +25,7 @@ TOP_LEVEL = {
         "PolynomialMoE",
         "MultinomialLogisticMoE",
         "select_model",
+        "bootstrap_lrt",
     ],
     "Models and their parameters": ["MixtureOfExperts", "MoEParams", "Design"],
     "Gates": [

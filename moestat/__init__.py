@@ -42,7 +42,7 @@ from moestat.gates import (
 )
 from moestat.inference import MoEInferenceResults
 from moestat.model import Design, MixtureOfExperts, MoEParams
-from moestat.selection import select_model
+from moestat.selection import bootstrap_lrt, select_model
 
 __version__ = "0.1.0"
 
@@ -54,6 +54,7 @@ __all__ = [
     "MultinomialLogisticMoE",
     "MixtureOfExperts",
     "select_model",
+    "bootstrap_lrt",
     "MoEParams",
     "Design",
     "SoftmaxGate",

@@ -542,7 +542,16 @@ class _BaseMixtureOfExperts(BaseEstimator):
         return self.model_.log_pdf(X, y)
 
     # -- inference ------------------------------------------------------------
-    def inference(self) -> MoEInferenceResults:
+    def inference(
+        self,
+        cov_type: str = "oim",
+        *,
+        use_t: bool = False,
+        n_boot: int = 200,
+        bootstrap: str = "nonparametric",
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> MoEInferenceResults:
         """Standard errors, tests and intervals for the fitted parameters.
 
         The observed information (negative Hessian of the log-likelihood on
@@ -550,13 +559,35 @@ class _BaseMixtureOfExperts(BaseEstimator):
         gradient) is inverted where it is positive definite; see
         :mod:`moestat.inference`.
 
+        Parameters
+        ----------
+        cov_type : {"oim", "robust", "bootstrap"}, default="oim"
+            ``"oim"``: the inverse observed information; ``"robust"``: the
+            sandwich (Huber-White) covariance of the information and the
+            per-sample scores; ``"bootstrap"``: the covariance of ``n_boot``
+            refits from the fitted parameters, experts aligned to the fit.
+        use_t : bool, default=False
+            Student's t and F with ``nobs - n_parameters_`` degrees of
+            freedom for p-values, intervals and tests, instead of the
+            normal and chi-squared.
+        n_boot : int, default=200
+            Bootstrap data sets (``cov_type="bootstrap"``).
+        bootstrap : {"nonparametric", "parametric"}, default="nonparametric"
+            Rows drawn with replacement, or responses drawn from the fit.
+        random_state : None, int or numpy Generator, default=None
+            Seeds the bootstrap.
+        verbose : bool, default=False
+            Show the bootstrap's progress bar.
+
         Returns
         -------
         MoEInferenceResults
             ``params``, ``bse``, ``tvalues``, ``pvalues``, ``conf_int()``,
-            ``cov_params()``, ``summary()``, ``to_frame()``.
+            ``cov_params()``, ``t_test()``, ``wald_test()``, ``summary()``,
+            ``to_frame()``.
         """
         check_is_fitted(self, "model_")
+        refit = {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter}
         with limit_blas_threads(), np.errstate(over="ignore", under="ignore"):
             return infer(
                 self.model_,
@@ -570,6 +601,15 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 info=self._summary_info(),
                 alpha=self.alpha,
                 sample_weight=getattr(self, "_fit_weight", None),
+                cov_type=cov_type,
+                use_t=use_t,
+                bootstrap_options={
+                    "n_boot": n_boot,
+                    "kind": bootstrap,
+                    "random_state": random_state,
+                    "progress": verbose,
+                    "fit_options": {**refit, "polish": self.polish},
+                },
             )
 
     def summary(self, alpha: float = 0.05):

@@ -36,10 +36,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy.stats import norm
+from scipy import stats
 
+from moestat._progress import progress_bar
+from moestat._validation import as_generator
 from moestat.exceptions import SingularInformationWarning
 from moestat.fit import (
+    fit_restarts,
     log_likelihood_and_gradient,
     pack,
     parameter_scales,
@@ -56,7 +59,11 @@ from moestat.model import (
 __all__ = [
     "observed_information",
     "covariance_from_information",
+    "sample_scores",
+    "sandwich_covariance",
+    "bootstrap_estimates",
     "parameter_names",
+    "linear_constraint",
     "MoEInferenceResults",
     "infer",
 ]
@@ -75,6 +82,11 @@ _NEGATIVE_CURVATURE = 1e-6
 # Rounds of shortening a finite-difference step that is too long.
 _SHORTENINGS = 10
 _NAME = re.compile(r"^(gate|expert)(\d+)\[(.*)\]$")
+#: The covariances ``infer`` computes.
+COV_TYPES = ("oim", "robust", "bootstrap")
+#: How :func:`bootstrap_estimates` draws its data sets.
+BOOTSTRAP_KINDS = ("nonparametric", "parametric")
+_REFIT_DEFAULTS = {"solver": "em", "tol": 1e-6, "max_iter": 1000, "polish": False}
 
 
 def parameter_names(model: MixtureOfExperts, design_names: tuple[list, list]) -> list:
@@ -176,6 +188,22 @@ def observed_information(
         The packed estimate.
     information : ndarray of shape (k, k)
     """
+    theta, information, _ = _information_and_steps(
+        model,
+        design,
+        y,
+        var_floor,
+        relative_step,
+        scaled_step=scaled_step,
+        sample_weight=sample_weight,
+    )
+    return theta, information
+
+
+def _information_and_steps(
+    model, design, y, var_floor, relative_step=1e-5, *, scaled_step, sample_weight
+):
+    """:func:`observed_information` and the finite-difference steps it kept."""
     m = model.params.n_experts
     shapes = (m, design.gate.shape[1], design.expert.shape[1])
     theta = pack(model, var_floor)
@@ -199,7 +227,7 @@ def observed_information(
         hessian[:, redo], drops[redo] = _difference_columns(
             evaluate, theta, steps, redo, at_theta
         )
-    return theta, -0.5 * (hessian + hessian.T)
+    return theta, -0.5 * (hessian + hessian.T), steps
 
 
 # -- its inverse, in scaled coordinates --------------------------------------
@@ -275,6 +303,235 @@ def covariance_from_information(
         else:
             affected[:] = True
     return covariance, affected
+
+
+# -- the sandwich ------------------------------------------------------------------
+def _sample_log_likelihoods(model, design, y):
+    """``log p(y_t | x_t)`` of every sample, shape (n,)."""
+    values = log_joint(model.gate, model.expert, model.params, design, y)
+    return responsibilities_from_log_joint(values)[1]
+
+
+def sample_scores(
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    var_floor: float = 0.0,
+    steps: NDArray[np.float64] | None = None,
+    *,
+    sample_weight: NDArray[np.float64] | None = None,
+) -> NDArray[np.float64]:
+    """Per-sample scores: gradients of ``log p(y_t | x_t)`` in the packed parameters.
+
+    Central differences of the per-sample log-likelihoods along each
+    packed coordinate, with the steps of :func:`observed_information` (a
+    fixed fraction of each parameter's conditional standard error, so the
+    scores do not depend on units).
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        Model at the estimate.
+    design : Design
+        Its designs on the data.
+    y : ndarray of shape (n,)
+        Responses.
+    var_floor : float, default=0.0
+        The variance floor of the parametrisation.
+    steps : ndarray of shape (k,), optional
+        Finite-difference steps; by default ``1e-5`` times each packed
+        parameter's size or typical scale.
+    sample_weight : ndarray of shape (n,), optional
+        Weights: row ``t`` of the result is ``w_t`` times its score, the
+        score of the weighted log-likelihood's ``t``-th term.
+
+    Returns
+    -------
+    ndarray of shape (n, k)
+        Their sum over the rows is the gradient of the (weighted)
+        log-likelihood.
+    """
+    m = model.params.n_experts
+    shapes = (m, design.gate.shape[1], design.expert.shape[1])
+    theta = pack(model, var_floor)
+    if steps is None:
+        scales = parameter_scales(model, design, sample_weight)
+        steps = 1e-5 * np.maximum(np.abs(theta), scales)
+    scores = np.empty((design.n_samples, theta.size))
+    for j in range(theta.size):
+        shift = np.zeros_like(theta)
+        shift[j] = steps[j]
+        up, down = (
+            _sample_log_likelihoods(
+                model.with_params(unpack(model, point, shapes, var_floor)), design, y
+            )
+            for point in (theta + shift, theta - shift)
+        )
+        scores[:, j] = (up - down) / (2 * steps[j])
+    if sample_weight is not None:
+        scores *= sample_weight[:, None]
+    return scores
+
+
+def sandwich_covariance(
+    bread: NDArray[np.float64], scores: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The robust (Huber-White) covariance ``H^-1 (sum_t s_t s_t^T) H^-1``.
+
+    Parameters
+    ----------
+    bread : ndarray of shape (k, k)
+        The inverse information (:func:`covariance_from_information`), NaN
+        in the rows and columns of parameters on a singular direction.
+    scores : ndarray of shape (n, k)
+        Per-sample scores (:func:`sample_scores`).
+
+    Returns
+    -------
+    ndarray of shape (k, k)
+        NaN where ``bread`` is.
+    """
+    keep = np.isfinite(np.diag(bread))
+    covariance = np.full_like(bread, np.nan)
+    half = scores[:, keep] @ bread[np.ix_(keep, keep)]
+    covariance[np.ix_(keep, keep)] = half.T @ half
+    return covariance
+
+
+# -- the bootstrap -----------------------------------------------------------------
+def _sample_on_design(model, design, rng):
+    """A response drawn from ``model`` at every row of its design."""
+    params = model.params
+    weights = np.exp(model.gate.log_weights(params.gate, design.gate))
+    cumulative = np.cumsum(weights, axis=1)
+    u = rng.random(design.n_samples) * cumulative[:, -1]
+    labels = np.minimum((cumulative < u[:, None]).sum(axis=1), weights.shape[1] - 1)
+    return model.expert.sample(params.expert, design.expert, labels, rng)
+
+
+def _resample(model, design, y, sample_weight, kind, rng):
+    """One bootstrap data set: its design, responses and weights."""
+    if kind == "parametric":
+        return design, _sample_on_design(model, design, rng), sample_weight
+    # rows with replacement, each keeping its weight: a row drawn c times
+    # enters the refit once with weight c w_t
+    n = design.n_samples
+    counts = rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
+    rows = np.flatnonzero(counts)
+    weight = (
+        counts[rows] if sample_weight is None else counts[rows] * sample_weight[rows]
+    )
+    part = Design(design.gate[rows], design.expert[rows])
+    return part, y[rows], weight
+
+
+def _natural(model, theta, var_floor, gate_columns):
+    """Reported values of the packed parameters and the Jacobian to them."""
+    m = model.params.n_experts
+    p_gate = model.gate.n_free_parameters(m, gate_columns)
+    values, jacobian = theta.copy(), np.ones_like(theta)
+    values[p_gate:], jacobian[p_gate:] = model.expert.natural(
+        theta[p_gate:], m, var_floor
+    )
+    return values, jacobian
+
+
+def bootstrap_estimates(
+    model: MixtureOfExperts,
+    design: Design,
+    y: NDArray[np.float64],
+    *,
+    n_boot: int = 200,
+    kind: str = "nonparametric",
+    var_floor: float = 0.0,
+    sample_weight: NDArray[np.float64] | None = None,
+    fit_options: dict[str, Any] | None = None,
+    random_state: Any = None,
+    progress: bool = False,
+) -> NDArray[np.float64]:
+    """Estimates refitted on bootstrap data sets, experts aligned to the fit.
+
+    Each refit starts from the fitted parameters (one run, no restarts and
+    no split-and-merge moves); its experts are then relabelled to match
+    the fit's (Hungarian matching on the experts' parameters,
+    :meth:`MixtureOfExperts.align_to`).
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The fitted model.
+    design : Design
+        Its designs on the data.
+    y : ndarray of shape (n,)
+        Responses.
+    n_boot : int, default=200
+        Number of bootstrap data sets.
+    kind : {"nonparametric", "parametric"}, default="nonparametric"
+        ``"nonparametric"``: rows drawn with replacement, each keeping its
+        weight (a row drawn ``c`` times enters the refit once, with weight
+        ``c w_t``); ``"parametric"``: responses drawn from ``model`` at the
+        same covariates, with the fit's weights.
+    var_floor : float, default=0.0
+        The variance floor of the fit.
+    sample_weight : ndarray of shape (n,), optional
+        Weights of the fit.
+    fit_options : dict, optional
+        ``solver``, ``tol``, ``max_iter``, ``polish`` of
+        :func:`moestat.fit.fit_restarts`.
+    random_state : None, int or numpy Generator, default=None
+        Source of randomness.
+    progress : bool, default=False
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    ndarray of shape (n_fits, k)
+        One row per refit whose estimates are finite, on the natural scale
+        (variances, not their logarithms), in the order of
+        :func:`parameter_names`.
+    """
+    if kind not in BOOTSTRAP_KINDS:
+        raise ValueError(f"kind must be one of {BOOTSTRAP_KINDS}; got {kind!r}.")
+    if int(n_boot) < 2:
+        raise ValueError(f"n_boot must be at least 2; got {n_boot!r}.")
+    rng = as_generator(random_state)
+    options = {**_REFIT_DEFAULTS, **(fit_options or {})}
+    m = model.params.n_experts
+    rows = []
+    for _ in progress_bar(range(int(n_boot)), disable=not progress, desc="bootstrap"):
+        part, part_y, part_weight = _resample(
+            model, design, y, sample_weight, kind, rng
+        )
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            best, _ = fit_restarts(
+                model,
+                part,
+                None,
+                part_y,
+                n_experts=m,
+                init=model.params,
+                n_init=1,
+                n_moves=0,
+                rng=rng,
+                var_floor=var_floor,
+                sample_weight=part_weight,
+                **options,
+            )
+        refit = best.model.align_to(model)
+        values, _ = _natural(
+            refit, pack(refit, var_floor), var_floor, design.gate.shape[1]
+        )
+        if np.all(np.isfinite(values)):
+            rows.append(values)
+    if len(rows) < int(n_boot):
+        warnings.warn(
+            f"{int(n_boot) - len(rows)} of {int(n_boot)} bootstrap refits gave "
+            "estimates that are not finite and were left out.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return np.array(rows).reshape(len(rows), -1)
 
 
 # -- naming the cause of a singular direction ------------------------------------
@@ -450,6 +707,15 @@ class MoEInferenceResults:
         When positive the summary shows it and notes that the standard
         errors come from the penalised information. Not to be confused with
         the ``alpha`` argument of the interval methods (one minus coverage).
+    cov_type : {"oim", "robust", "bootstrap"}, default="oim"
+        Where the covariance comes from (:func:`infer`).
+    use_t : bool, default=False
+        Refer statistics to Student's t and F with ``df_resid`` degrees of
+        freedom (p-values, intervals, :meth:`t_test`, :meth:`wald_test`)
+        instead of the normal and chi-squared.
+    bootstrap_draws : pandas.DataFrame, optional
+        The aligned bootstrap estimates of ``cov_type="bootstrap"``, one row
+        per refit, columns named like ``params``.
     """
 
     params: pd.Series
@@ -462,16 +728,30 @@ class MoEInferenceResults:
     n_iter: int
     info: dict[str, Any] = field(default_factory=dict)
     alpha: float = 0.0
+    cov_type: str = "oim"
+    use_t: bool = False
+    bootstrap_draws: pd.DataFrame | None = None
+
+    @property
+    def df_resid(self) -> float:
+        """Residual degrees of freedom ``nobs - df_model`` (of t and F)."""
+        return self.nobs - self.df_model
 
     @property
     def tvalues(self) -> pd.Series:
         """Wald statistics ``params / bse``."""
         return self.params / self.bse
 
+    def _reference(self):
+        """The distribution of a Wald statistic: t(df_resid) or the normal."""
+        return stats.t(self.df_resid) if self.use_t else stats.norm()
+
     @property
     def pvalues(self) -> pd.Series:
-        """Two-sided p-values of the Wald statistics (normal reference)."""
-        return pd.Series(2 * norm.sf(np.abs(self.tvalues)), index=self.params.index)
+        """Two-sided p-values of the Wald statistics (t when ``use_t``, else normal)."""
+        return pd.Series(
+            2 * self._reference().sf(np.abs(self.tvalues)), index=self.params.index
+        )
 
     @property
     def aic(self) -> float:
@@ -498,7 +778,7 @@ class MoEInferenceResults:
         """
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must lie in (0, 1); got {alpha!r}.")
-        z = norm.ppf(1 - alpha / 2)
+        z = self._reference().ppf(1 - alpha / 2)
         return pd.DataFrame(
             {0: self.params - z * self.bse, 1: self.params + z * self.bse}
         )
@@ -513,6 +793,152 @@ class MoEInferenceResults:
         """
         return self.covariance
 
+    def _restrictions(self, r_matrix, q):
+        """``(R, q)`` of linear restrictions ``R params = q``, given any way."""
+        names = list(self.params.index)
+        if isinstance(r_matrix, str) or (
+            isinstance(r_matrix, (list, tuple))
+            and r_matrix
+            and all(isinstance(item, str) for item in r_matrix)
+        ):
+            if q is not None:
+                raise ValueError("q is read from the string; leave q=None.")
+            r_matrix, q = linear_constraint(r_matrix, names)
+        elif isinstance(r_matrix, tuple):
+            r_matrix, q = r_matrix
+        R = np.atleast_2d(np.asarray(r_matrix, dtype=np.float64))
+        if R.ndim != 2 or R.shape[1] != len(names):
+            raise ValueError(
+                f"r_matrix must have {len(names)} columns, one per parameter; got "
+                f"shape {R.shape}."
+            )
+        q = np.zeros(R.shape[0]) if q is None else np.asarray(q, dtype=np.float64)
+        if q.size not in (1, R.shape[0]):
+            raise ValueError("r_matrix and q must have the same number of rows.")
+        return R, np.broadcast_to(q.ravel(), (R.shape[0],)).copy()
+
+    def _restricted(self, R):
+        """``R params`` and ``R cov R^T``, reading only the parameters R uses."""
+        used = np.flatnonzero(np.any(R != 0, axis=0))
+        part = R[:, used]
+        covariance = self.covariance.to_numpy()[np.ix_(used, used)]
+        return part @ self.params.to_numpy()[used], part @ covariance @ part.T
+
+    def t_test(self, r_matrix, q=None, use_t: bool | None = None):
+        """One Wald (t or z) test per linear restriction ``R params = q``.
+
+        Parameters
+        ----------
+        r_matrix : str, list of str, array-like or (array-like, array-like)
+            Restrictions as statsmodels reads them: a string such as
+            ``"gate2[x0] = 0, expert1[x0] = expert2[x0]"`` in the names of
+            ``params`` (parsed by patsy's ``linear_constraint``), a matrix
+            ``R`` with one column per parameter, or a pair ``(R, q)``.
+        q : array-like, optional
+            Right-hand sides for a matrix ``R`` (default zeros).
+        use_t : bool, optional
+            Student's t with ``df_resid`` degrees of freedom, or the normal;
+            by default the results' ``use_t``.
+
+        Returns
+        -------
+        statsmodels.stats.contrast.ContrastResults
+            ``effect``, ``sd``, ``tvalue`` (or ``statistic``), ``pvalue``,
+            ``conf_int()`` and ``summary()``, as statsmodels' ``t_test``.
+        """
+        from statsmodels.stats.contrast import ContrastResults
+
+        R, q = self._restrictions(r_matrix, q)
+        effect, covariance = self._restricted(R)
+        sd = np.sqrt(np.diag(covariance))
+        statistic = (effect - q) / sd
+        if self.use_t if use_t is None else use_t:
+            return ContrastResults(
+                effect=effect, t=statistic, sd=sd, df_denom=self.df_resid
+            )
+        return ContrastResults(
+            effect=effect,
+            statistic=statistic,
+            sd=sd,
+            df_denom=self.df_resid,
+            distribution="norm",
+        )
+
+    def wald_test(
+        self, r_matrix, q=None, use_f: bool | None = None, scalar: bool = True
+    ):
+        """Joint Wald test of the linear restrictions ``R params = q``.
+
+        ``W = (R b - q)^T (R C R^T)^+ (R b - q)``, ``C`` the covariance of
+        the estimates, referred to chi-squared with ``J`` degrees of freedom
+        (the rank of ``R C R^T``), or ``W / J`` to F with ``J`` and
+        ``df_resid`` degrees of freedom.
+
+        Parameters
+        ----------
+        r_matrix : str, list of str, array-like or (array-like, array-like)
+            As for :meth:`t_test`.
+        q : array-like, optional
+            Right-hand sides for a matrix ``R`` (default zeros).
+        use_f : bool, optional
+            The F reference; by default the results' ``use_t``.
+        scalar : bool, default=True
+            Return the statistic as a float (statsmodels' convention).
+
+        Returns
+        -------
+        statsmodels.stats.contrast.ContrastResults
+            ``statistic``, ``pvalue``, ``df_num``/``df_denom`` (F) or
+            ``df_denom`` (chi-squared), as statsmodels' ``wald_test``.
+
+        Raises
+        ------
+        ValueError
+            When a restricted parameter has no standard error (a singular
+            direction of the information).
+        """
+        from statsmodels.stats.contrast import ContrastResults
+
+        R, q = self._restrictions(r_matrix, q)
+        effect, covariance = self._restricted(R)
+        if not np.all(np.isfinite(covariance)):
+            raise ValueError(
+                "The restrictions involve parameters without standard errors "
+                "(NaN covariance): they cannot be tested."
+            )
+        difference = (effect - q)[:, None]
+        statistic = difference.T @ np.linalg.pinv(covariance) @ difference
+        if scalar and statistic.size == 1:
+            statistic = float(np.squeeze(statistic))
+        rank = int(np.linalg.matrix_rank(covariance))
+        if self.use_t if use_f is None else use_f:
+            return ContrastResults(
+                F=statistic / rank, df_denom=self.df_resid, df_num=rank
+            )
+        return ContrastResults(
+            chi2=statistic,
+            df_denom=rank,
+            statistic=statistic,
+            distribution="chi2",
+            distargs=(rank,),
+        )
+
+    def f_test(self, r_matrix, q=None):
+        """:meth:`wald_test` with the F reference.
+
+        Parameters
+        ----------
+        r_matrix : str, list of str, array-like or (array-like, array-like)
+            As for :meth:`t_test`.
+        q : array-like, optional
+            Right-hand sides for a matrix ``R``.
+
+        Returns
+        -------
+        statsmodels.stats.contrast.ContrastResults
+        """
+        return self.wald_test(r_matrix, q, use_f=True)
+
     def to_frame(self, alpha: float = 0.05) -> pd.DataFrame:
         """The summary's numbers as one table, one row per parameter.
 
@@ -524,17 +950,18 @@ class MoEInferenceResults:
         Returns
         -------
         pandas.DataFrame
-            Columns ``coef``, ``std err``, ``z``, ``P>|z|`` and the interval
-            bounds, named by their levels (``[0.025`` and ``0.975]`` for the
-            default ``alpha``).
+            Columns ``coef``, ``std err``, ``z``, ``P>|z|`` (``t`` and
+            ``P>|t|`` when ``use_t``) and the interval bounds, named by their
+            levels (``[0.025`` and ``0.975]`` for the default ``alpha``).
         """
         ci = self.conf_int(alpha)
+        letter = "t" if self.use_t else "z"
         return pd.DataFrame(
             {
                 "coef": self.params,
                 "std err": self.bse,
-                "z": self.tvalues,
-                "P>|z|": self.pvalues,
+                letter: self.tvalues,
+                f"P>|{letter}|": self.pvalues,
                 f"[{alpha / 2:g}": ci[0],
                 f"{1 - alpha / 2:g}]": ci[1],
             }
@@ -565,7 +992,10 @@ class MoEInferenceResults:
             ("BIC", f"{self.bic:.4f}"),
             ("Converged", self.converged),
             ("Iterations", self.n_iter),
+            ("Covariance type", self.cov_type),
         ]
+        if self.bootstrap_draws is not None:
+            facts.append(("Bootstrap fits", len(self.bootstrap_draws)))
         if self.alpha > 0:
             facts.append(("Penalty (alpha)", f"{self.alpha:g}"))
         half = (len(facts) + 1) // 2
@@ -605,6 +1035,37 @@ class MoEInferenceResults:
         )
 
 
+def linear_constraint(
+    constraints: str | list[str], names: list[str]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(R, q)`` of restrictions written in parameter names, as statsmodels reads them.
+
+    Parameters
+    ----------
+    constraints : str or list of str
+        Such as ``"gate2[x0] = 0, expert1[x0] = expert2[x0]"``; a term
+        without ``=`` is compared with zero.
+    names : list of str
+        The parameters' names, in order.
+
+    Returns
+    -------
+    R : ndarray of shape (J, k)
+    q : ndarray of shape (J,)
+    """
+    try:
+        from patsy import DesignInfo
+    except ImportError:  # statsmodels >= 0.15 without patsy
+        from statsmodels.formula._manager import FormulaManager
+
+        found = FormulaManager().get_linear_constraints(constraints, names)
+        R, q = found.constraint_matrix, found.constraint_values
+    else:
+        found = DesignInfo(names).linear_constraint(constraints)
+        R, q = found.coefs, found.constants
+    return np.asarray(R, dtype=np.float64), np.asarray(q, dtype=np.float64).ravel()
+
+
 def _fmt(value: float) -> str:
     if not np.isfinite(value):
         return "nan"
@@ -636,6 +1097,9 @@ def infer(
     info: dict[str, Any] | None = None,
     alpha: float = 0.0,
     sample_weight: NDArray[np.float64] | None = None,
+    cov_type: str = "oim",
+    use_t: bool = False,
+    bootstrap_options: dict[str, Any] | None = None,
 ) -> MoEInferenceResults:
     """Observed information, covariance and the results object for a fit.
 
@@ -665,6 +1129,19 @@ def infer(
         ``nobs`` (the sum of the weights) are those of the weighted
         log-likelihood, so integer weights give the standard errors of the
         data with each row repeated ``w_t`` times (frequency weights).
+    cov_type : {"oim", "robust", "bootstrap"}, default="oim"
+        ``"oim"``: the inverse observed information; ``"robust"``: the
+        sandwich ``H^-1 (sum_t s_t s_t^T) H^-1`` of the observed
+        information ``H`` and the per-sample scores ``s_t``
+        (:func:`sample_scores`; with weights ``w_t s_t``, as for sampling
+        weights); ``"bootstrap"``: the sample covariance of refitted
+        estimates (:func:`bootstrap_estimates`).
+    use_t : bool, default=False
+        Refer the Wald statistics to Student's t and F with ``nobs -
+        df_model`` degrees of freedom instead of the normal and chi-squared.
+    bootstrap_options : dict, optional
+        Keyword arguments of :func:`bootstrap_estimates` (``n_boot``,
+        ``kind``, ``fit_options``, ``random_state``, ``progress``).
 
     Returns
     -------
@@ -678,29 +1155,43 @@ def infer(
         can be told (an empty expert, duplicated experts, a separating gate,
         an estimate that is not a maximum).
     """
-    theta, information = observed_information(
-        model, design, y, var_floor, sample_weight=sample_weight
-    )
-    covariance, affected = covariance_from_information(information)
+    if cov_type not in COV_TYPES:
+        raise ValueError(f"cov_type must be one of {COV_TYPES}; got {cov_type!r}.")
     names = parameter_names(model, design_names)
-    if affected.any():
-        listed = np.array(names)[affected].tolist()
-        causes = _singularity_causes(
-            model, design, y, theta, information, affected, names, sample_weight
+    gate_columns = design.gate.shape[1]
+    draws = None
+    if cov_type == "bootstrap":
+        draws = bootstrap_estimates(
+            model,
+            design,
+            y,
+            var_floor=var_floor,
+            sample_weight=sample_weight,
+            **(bootstrap_options or {}),
         )
-        warnings.warn(
-            "The observed information is singular in the direction of "
-            f"{listed[:8]}{' ...' if len(listed) > 8 else ''}: their standard "
-            f"errors are NaN. Cause: {'; '.join(causes)}.",
-            SingularInformationWarning,
-            stacklevel=3,
+        values, _ = _natural(model, pack(model, var_floor), var_floor, gate_columns)
+        covariance = np.cov(draws, rowvar=False).reshape(len(values), len(values))
+    else:
+        theta, information, steps = _information_and_steps(
+            model,
+            design,
+            y,
+            var_floor,
+            scaled_step=1e-2,
+            sample_weight=sample_weight,
         )
-    m = model.params.n_experts
-    k_gate = model.gate.n_free_parameters(m, design.gate.shape[1])
-    values, jacobian = theta.copy(), np.ones_like(theta)
-    expert_values, expert_jacobian = model.expert.natural(theta[k_gate:], m, var_floor)
-    values[k_gate:], jacobian[k_gate:] = expert_values, expert_jacobian
-    covariance = covariance * jacobian[:, None] * jacobian[None, :]
+        covariance, affected = covariance_from_information(information)
+        if affected.any():
+            _warn_singular(
+                model, design, y, theta, information, affected, names, sample_weight
+            )
+        if cov_type == "robust":
+            scores = sample_scores(
+                model, design, y, var_floor, steps, sample_weight=sample_weight
+            )
+            covariance = sandwich_covariance(covariance, scores)
+        values, jacobian = _natural(model, theta, var_floor, gate_columns)
+        covariance = covariance * jacobian[:, None] * jacobian[None, :]
     index = pd.Index(names, name="parameter")
     bse = np.sqrt(np.where(np.diag(covariance) >= 0, np.diag(covariance), np.nan))
     # the log-likelihood itself, not the penalised objective
@@ -718,4 +1209,22 @@ def infer(
         n_iter=n_iter,
         info=dict(info or {}),
         alpha=float(alpha),
+        cov_type=cov_type,
+        use_t=bool(use_t),
+        bootstrap_draws=(None if draws is None else pd.DataFrame(draws, columns=index)),
+    )
+
+
+def _warn_singular(model, design, y, theta, information, affected, names, weight):
+    """The SingularInformationWarning naming the parameters and the cause."""
+    listed = np.array(names)[affected].tolist()
+    causes = _singularity_causes(
+        model, design, y, theta, information, affected, names, weight
+    )
+    warnings.warn(
+        "The observed information is singular in the direction of "
+        f"{listed[:8]}{' ...' if len(listed) > 8 else ''}: their standard "
+        f"errors are NaN. Cause: {'; '.join(causes)}.",
+        SingularInformationWarning,
+        stacklevel=4,
     )
