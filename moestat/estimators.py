@@ -1610,6 +1610,14 @@ class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     >>> est = GaussianMoE(n_experts=2, random_state=0).fit(X, y)
     >>> est.predict_gate(X[:3]).shape
     (3, 2)
+
+    The gate on the first covariate, the experts on the second:
+
+    >>> X, y, truth = make_moe_regression(n_samples=1000, n_features=2, random_state=0)
+    >>> est = GaussianMoE(2, gate_features=[0], expert_features=[1], random_state=0)
+    >>> est = est.fit(X, y)
+    >>> est.gate_feature_names_, est.expert_feature_names_
+    (['const', 'x0'], ['const', 'x1'])
     """
     )
 

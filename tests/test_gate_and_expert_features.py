@@ -135,3 +135,15 @@ def test_the_command_line_gives_each_part_its_columns(tmp_path, rng, capsys):
     assert main([*argv, "--gate-features", "x1", "spend"]) == 2
     err = capsys.readouterr().err
     assert "--gate-features names 'spend', not among the covariates" in err
+
+
+def test_the_torch_backend_fits_the_same_selection(rng):
+    pytest.importorskip("torch")
+    X, y = concomitant_data(rng, n=800)
+    options = dict(gate_features=["x1"], expert_features=["x2"], n_init=2)
+    numpy_fit = GaussianMoE(2, random_state=0, **options).fit(X, y)
+    torch_fit = GaussianMoE(2, random_state=0, backend="torch", **options).fit(X, y)
+    assert torch_fit.gate_feature_names_ == ["const", "x1"]
+    np.testing.assert_allclose(
+        torch_fit.log_likelihood_, numpy_fit.log_likelihood_, rtol=1e-8
+    )
