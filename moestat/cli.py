@@ -12,8 +12,10 @@ Commands
     Estimate the convergence rates of a sweep; print them, write CSV.
 ``moestat plot DIR -o FILE.png``
     Draw a loss against n with fitted and theoretical slopes.
-``moestat fit DATA.csv --target y --experts m``
-    Fit a mixture of experts to a CSV file and print its summary.
+``moestat fit DATA.csv --target y --experts m [--gate-features A B] ...``
+    Fit a mixture of experts to a CSV file and print its summary
+    (``--gate-features`` and ``--expert-features`` give each part its
+    own covariate columns).
 ``moestat demo [--out DIR]``
     The default study: exact against over-specified softmax-gated Gaussian
     MoE, its rate table and plot.
@@ -286,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--target", required=True, help="response column")
     fit.add_argument(
         "--features", help="covariate columns, comma-separated (default: all others)"
+    )
+    fit.add_argument(
+        "--gate-features",
+        nargs="+",
+        metavar="COLUMN",
+        help="covariate columns of the gate (default: every covariate)",
+    )
+    fit.add_argument(
+        "--expert-features",
+        nargs="+",
+        metavar="COLUMN",
+        help="covariate columns of the experts (default: every covariate)",
     )
     fit.add_argument(
         "--experts", type=_positive_int, required=True, help="number of experts m"
@@ -658,6 +672,14 @@ def _fit_columns(
             f"feature column(s) {', '.join(map(repr, text))} are not numeric; "
             "encode them as numbers or leave them out with --features."
         )
+    for option in ("gate_features", "expert_features"):
+        outside = [c for c in getattr(args, option) or [] if c not in features]
+        if outside:
+            flag = "--" + option.replace("_", "-")
+            raise CommandError(
+                f"{flag} names {', '.join(map(repr, outside))}, not among the "
+                f"covariates {', '.join(map(str, features))}."
+            )
     y = data[args.target]
     if args.family != "multinomial" and not pd.api.types.is_numeric_dtype(y):
         sample = next((v for v in y if isinstance(v, str)), None)
@@ -680,6 +702,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         gate=args.gate,
         solver=args.solver,
         random_state=args.seed,
+        gate_features=args.gate_features,
+        expert_features=args.expert_features,
     )
     if args.n_init is not None:
         common["n_init"] = args.n_init
@@ -689,7 +713,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         estimator = GaussianMoE(**common)
     else:
         estimator = PolynomialMoE(degree=args.degree, family=args.family, **common)
-    estimator.fit(X, y.to_numpy())
+    estimator.fit(X, y)
     print(estimator.summary())
     if output is not None:
         estimator.inference().to_frame().to_csv(output)

@@ -11,12 +11,15 @@ translate their parameters into an expert family.
 
 from __future__ import annotations
 
+import numbers
+import sys
 import warnings
 from dataclasses import replace
 from numbers import Real
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
@@ -99,6 +102,16 @@ _CONSTRAINTS: dict[str, tuple] = {
     "random_state": RANDOM_STATE,
     "degree": (Interval("int", 0, None),),
     "family": (Options(("gaussian", *GLM_FAMILIES)),),
+    "gate_features": (
+        NONE,
+        Satisfies(lambda v: _is_feature_list(v), "a list of column indices or names"),
+    ),
+    "expert_features": (
+        NONE,
+        Satisfies(lambda v: _is_feature_list(v), "a list of column indices or names"),
+    ),
+    "verbose": (Interval("int", 0, None), InstanceOf(bool, "a bool")),
+    "warm_start": (InstanceOf(bool, "a bool"),),
 }
 
 
@@ -122,10 +135,111 @@ _FITTING_PARAMETERS = (
     "backend",
     "device",
     "random_state",
+    "gate_features",
+    "expert_features",
+    "verbose",
+    "warm_start",
 )
 
 #: The pieces' protocols, by the parameter that takes them.
 _PIECE_PROTOCOLS: dict[str, type] = {"gate": Gate, "expert": ExpertFamily}
+
+
+def _is_column(entry: Any) -> bool:
+    """Whether ``entry`` can name a column: a string or an integer index."""
+    return isinstance(entry, str | numbers.Integral) and not isinstance(entry, bool)
+
+
+def _is_feature_list(value: Any) -> bool:
+    """Whether ``value`` is one column or a sequence of columns."""
+    if _is_column(value):
+        return True
+    if isinstance(value, list | tuple | np.ndarray | pd.Index):
+        return all(_is_column(entry) for entry in _entries(value))
+    return False
+
+
+def _entries(value: Any) -> list:
+    """The items of a sequence, numpy scalars as Python ones."""
+    return [v.item() if isinstance(v, np.generic) else v for v in value]
+
+
+def _feature_indices(
+    option: str,
+    value: Any,
+    n_features: int,
+    names: list[str] | None = None,
+) -> tuple[int, ...] | None:
+    """The column indices that ``value`` selects among ``n_features`` columns.
+
+    Parameters
+    ----------
+    option : str
+        The parameter's name, for the messages (``"gate_features"``).
+    value : None, int, str or sequence of int or str
+        Column indices (negative ones count from the end) or names.
+    n_features : int
+        Number of columns of ``X``.
+    names : list of str, optional
+        Column names of ``X`` (a DataFrame's), needed for names.
+
+    Returns
+    -------
+    tuple of int or None
+        The indices in the order given; None (every column) for None.
+
+    Raises
+    ------
+    ValueError
+        For an empty selection, an index out of range, a name that ``X``
+        does not have (or a name when ``X`` has no names), or a column
+        selected twice; the message names the parameter and the column.
+    """
+    if value is None:
+        return None
+    entries = [value] if _is_column(value) else _entries(value)
+    if not entries:
+        raise ValueError(
+            f"{option} is empty: give at least one column (index or name), or "
+            "None for every column."
+        )
+    indices = []
+    for entry in entries:
+        if isinstance(entry, str):
+            if names is None:
+                raise ValueError(
+                    f"{option} names the column {entry!r}, but X has no column "
+                    "names: pass X as a pandas DataFrame, or give column indices."
+                )
+            if entry not in names:
+                raise ValueError(
+                    f"{option} names an unknown column {entry!r}; the columns of "
+                    f"X are {names}."
+                )
+            indices.append(names.index(entry))
+        else:
+            if not -n_features <= entry < n_features:
+                raise ValueError(
+                    f"{option} holds the column index {entry}, out of range for X "
+                    f"with {n_features} column{'s' if n_features != 1 else ''}."
+                )
+            indices.append(int(entry) % n_features)
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{option} selects column(s) {repeated} more than once.")
+    return tuple(indices)
+
+
+def _selected_names(names: list[str], features: tuple[int, ...] | None) -> list[str]:
+    """The names of the columns ``features`` (every name for None)."""
+    return list(names) if features is None else [names[j] for j in features]
+
+
+def _start_columns(X: NDArray[np.float64], model: MixtureOfExperts) -> NDArray:
+    """The columns of ``X`` that either design reads, for the starting partitions."""
+    if model.gate_features is None or model.expert_features is None:
+        return X
+    return X[:, sorted({*model.gate_features, *model.expert_features})]
 
 
 def _check_pieces(owner: str, params: dict[str, Any], constraints: dict) -> None:
@@ -243,7 +357,25 @@ class _BaseMixtureOfExperts(BaseEstimator):
         expert = self._expert_family()
         if self.alpha and isinstance(expert, Penalised):
             expert = replace(expert, alpha=self.alpha)
-        return MixtureOfExperts(gate, expert)
+        gate_features, expert_features = self._selected_features()
+        return MixtureOfExperts(
+            gate, expert, gate_features=gate_features, expert_features=expert_features
+        )
+
+    def _selected_features(self) -> tuple[tuple[int, ...] | None, ...]:
+        """The columns of the gate and of the experts, as indices (None: all)."""
+        names = None
+        if hasattr(self, "feature_names_in_"):
+            names = [str(c) for c in self.feature_names_in_]
+        return tuple(
+            _feature_indices(option, getattr(self, option), self.n_features_in_, names)
+            for option in ("gate_features", "expert_features")
+        )
+
+    def _log(self, message: str, level: int = 1) -> None:
+        """Print ``message`` on stderr when ``verbose >= level``."""
+        if self.verbose >= level:
+            print(f"[{type(self).__name__}] {message}", file=sys.stderr, flush=True)
 
     @property
     def _n_total_experts(self) -> int:
@@ -288,7 +420,11 @@ class _BaseMixtureOfExperts(BaseEstimator):
         owner = type(self).__name__
         _check_pieces(owner, params, self._parameter_constraints)
         validate_params(owner, params, self._parameter_constraints)
+        for stale in ("_formulas", "formula_", "gate_formula_"):
+            self.__dict__.pop(stale, None)
+        name = getattr(y, "name", None)
         X, y = self._validate_xy(X, y)
+        self.response_name_ = "y" if name is None else str(name)
         weight = _validated_weight(sample_weight, X)
         if weight is not None:
             # rows of weight zero do not count: the fit is the fit without them
@@ -334,18 +470,31 @@ class _BaseMixtureOfExperts(BaseEstimator):
         model.gate.check_n_experts(self._n_total_experts)
         design = model.design(X)
         var_floor = _variance_floor(model.expert, y, self._reg_var(), weight)
-        if isinstance(self.init, MoEParams):
-            self._check_start(model, self.init, design)
+        init, n_init = self.init, self.n_init
+        warm = self._warm_start_params(model, design)
+        if warm is not None:
+            init, n_init = warm, 1
+        elif isinstance(init, MoEParams):
+            self._check_start(model, init, design)
+        how = "init=" + (init if isinstance(init, str) else "given parameters")
+        if warm is not None:
+            how = "one run from the previous fit (warm_start)"
+        elif n_init > 1:
+            how = f"{n_init} restarts, {how}"
+        self._log(
+            f"fitting {self._n_total_experts} experts to {len(y)} samples, "
+            f"solver={self.solver!r}: {how}"
+        )
         with np.errstate(over="ignore", under="ignore"):
             best, results = fit_restarts(
                 model,
                 design,
-                X,
+                _start_columns(X, model),
                 y,
                 n_experts=self._n_total_experts,
                 solver=self.solver,
-                init=self.init,
-                n_init=self.n_init,
+                init=init,
+                n_init=n_init,
                 rng=as_generator(self.random_state),
                 tol=self.tol,
                 max_iter=self.max_iter,
@@ -353,11 +502,34 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 polish=self.polish,
                 batch_engine=self._batch_engine(),
                 sample_weight=weight,
+                report=self._log if self.verbose else None,
             )
+        self._log(
+            f"best log-likelihood {best.log_likelihood:.6f} after {best.n_iter} "
+            f"iterations ({'converged' if best.converged else 'not converged'})"
+        )
         self._store(best, results, design, var_floor)
         # kept for inference(): the information is evaluated on these data
         self._fit_design, self._fit_y, self._fit_weight = design, y, weight
         return best, design, var_floor
+
+    def _warm_start_params(self, model: MixtureOfExperts, design) -> MoEParams | None:
+        """The previous fit's parameters when ``warm_start`` can use them.
+
+        They start the one run of a warm refit when the number of experts
+        and the designs' columns are those of the previous fit; otherwise
+        the fit starts cold (None).
+        """
+        previous = getattr(self, "params_", None)
+        if not self.warm_start or previous is None:
+            return None
+        if previous.n_experts != self._n_total_experts:
+            return None
+        try:
+            self._check_start(model, previous, design)
+        except ValueError:
+            return None
+        return previous
 
     def _batch_engine(self) -> Any:
         """The torch backend's batched engine, or None for numpy."""
@@ -415,8 +587,12 @@ class _BaseMixtureOfExperts(BaseEstimator):
         names = [f"x{j}" for j in range(self.n_features_in_)]
         if hasattr(self, "feature_names_in_"):
             names = [str(c) for c in self.feature_names_in_]
-        self.gate_feature_names_ = self.model_.gate.design_names(names)
-        self.expert_feature_names_ = self.model_.expert.design_names(names)
+        self.gate_feature_names_ = self.model_.gate.design_names(
+            _selected_names(names, self.model_.gate_features)
+        )
+        self.expert_feature_names_ = self.model_.expert.design_names(
+            _selected_names(names, self.model_.expert_features)
+        )
 
     def _set_model(self, model: MixtureOfExperts) -> None:
         self.model_ = model
@@ -455,14 +631,114 @@ class _BaseMixtureOfExperts(BaseEstimator):
         self._set_model(self.model_.align_to(reference))
         return self
 
+    # -- formulas -------------------------------------------------------------
+    @classmethod
+    def from_formula(
+        cls,
+        formula: str,
+        data: pd.DataFrame,
+        gate_formula: str | None = None,
+        *,
+        sample_weight: ArrayLike | None = None,
+        **params: Any,
+    ) -> _BaseMixtureOfExperts:
+        """Fit the estimator to the terms of a formula, as statsmodels does.
+
+        Parameters
+        ----------
+        formula : str
+            ``"response ~ terms"`` (formulaic's grammar, that of R and
+            patsy: ``np.log(x)``, ``C(group)``, ``x1:x2``, ``center(x)``):
+            the response and the experts' covariates.
+        data : pandas.DataFrame
+            The data the formulas read; rows with a missing value in a
+            formula are dropped.
+        gate_formula : str, optional
+            ``"~ terms"``: the gate's covariates (flexmix's concomitant
+            model). None: the gate sees the experts' terms.
+        sample_weight : array-like of shape (n_samples,), optional
+            As for :meth:`fit`, one weight per row of ``data``.
+        **params
+            The estimator's parameters (``n_experts``, ``random_state``,
+            ...), but not ``gate_features`` and ``expert_features``: the
+            formulas give them.
+
+        Returns
+        -------
+        estimator
+            Fitted. ``formula_`` and ``gate_formula_`` hold the formulas,
+            the parameters are named by the terms, and ``predict``,
+            ``score_samples`` and the other methods given a DataFrame of
+            the original columns evaluate the formulas on it (with the
+            transforms' state of the fit).
+
+        Raises
+        ------
+        ValueError
+            For a formula without a response, a gate formula with one, a
+            right-hand side without an intercept (the designs always hold
+            one), or ``gate_features``/``expert_features`` in ``params``.
+
+        Examples
+        --------
+        >>> from statsmodels.datasets import engel
+        >>> from moestat import GaussianMoE
+        >>> data = engel.load_pandas().data
+        >>> est = GaussianMoE.from_formula(
+        ...     "foodexp ~ income", data, gate_formula="~ np.log(income)",
+        ...     n_experts=2, random_state=0,
+        ... )
+        >>> est.gate_feature_names_, est.expert_feature_names_
+        (['const', 'np.log(income)'], ['const', 'income'])
+        >>> est.predict(data.head(2)).shape
+        (2,)
+        """
+        from moestat._formula import formula_data
+
+        given = [
+            name for name in ("gate_features", "expert_features") if name in params
+        ]
+        if given:
+            raise ValueError(
+                f"from_formula takes the covariates from the formulas; leave out "
+                f"{' and '.join(given)} (use gate_formula= for the gate's)."
+            )
+        X, y, design = formula_data(formula, data, gate_formula)
+        if gate_formula is not None:
+            params["expert_features"] = design.expert_columns
+            params["gate_features"] = design.gate_columns
+        if sample_weight is not None:
+            sample_weight = pd.Series(np.asarray(sample_weight), index=data.index)
+            sample_weight = sample_weight.loc[X.index].to_numpy()
+        estimator = cls(**params).fit(X, y, sample_weight=sample_weight)
+        estimator._formulas = design
+        estimator.formula_, estimator.gate_formula_ = formula, gate_formula
+        return estimator
+
+    def _covariates(self, X: ArrayLike) -> ArrayLike:
+        """``X`` itself, or its covariates through the formulas of the fit.
+
+        A DataFrame given to an estimator made by :meth:`from_formula` goes
+        through its formulas unless it already holds the fitted columns.
+        """
+        formulas = self.__dict__.get("_formulas")
+        if formulas is None or not isinstance(X, pd.DataFrame):
+            return X
+        if set(formulas.columns) <= set(map(str, X.columns)):
+            return X[formulas.columns]
+        from moestat._formula import formula_covariates
+
+        return formula_covariates(formulas, X)
+
     # -- prediction -----------------------------------------------------------
     def _validated(self, X: ArrayLike) -> NDArray:
         check_is_fitted(self, "model_")
+        X = self._covariates(X)
         return validate_data(self, X, reset=False, dtype=np.float64)
 
     def _validated_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray]:
         check_is_fitted(self, "model_")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = validate_data(self, self._covariates(X), reset=False, dtype=np.float64)
         y = self._encode_y(np.asarray(y))
         if y.ndim != 1 or len(y) != len(X):
             raise ValueError(
@@ -629,6 +905,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
     def _summary_info(self) -> dict[str, Any]:
         info = {
             "Model": type(self).__name__,
+            "Response": getattr(self, "response_name_", "y"),
             "Experts": type(self.model_.expert).__name__,
             "Gate": self.model_.gate.describe(),
             "Routed experts (m)": self.n_experts,
@@ -714,7 +991,8 @@ _FITTED_ATTRIBUTES_DOC = """
         False and a ``ConvergenceWarning`` naming it.
     restart_log_likelihoods_ : ndarray of shape (n_init,)
         Final log-likelihood of every restart, before the split-and-merge
-        moves and the polish (``log_likelihood_`` may exceed them all).
+        moves and the polish (``log_likelihood_`` may exceed them all); one
+        entry after a warm start.
     restart_converged_ : ndarray of shape (n_init,)
         Converged flag of every restart.
     n_parameters_ : int
@@ -727,6 +1005,9 @@ _FITTED_ATTRIBUTES_DOC = """
         Number of features seen in ``fit``.
     feature_names_in_ : ndarray of shape (n_features,)
         Feature names, when X had string column names.
+    response_name_ : str
+        The name of ``y`` (a pandas Series' name; ``"y"`` otherwise), shown
+        in the summary and on plots.
 """
 
 _GATE_PARAMETERS_DOC = """
@@ -815,6 +1096,22 @@ _ENGINE_PARAMETERS_DOC = """
         the CPU. Ignored by the numpy backend.
     random_state : int, numpy Generator or None, default=None
         Seeds the one random stream that every restart draws from.
+    gate_features : list of int or str, or None, default=None
+        The columns of ``X`` the gate sees (flexmix's concomitant
+        variables): indices, or column names when ``X`` is a DataFrame.
+        None: every column. The fitted parameters' names say which
+        covariate each slope belongs to.
+    expert_features : list of int or str, or None, default=None
+        The columns of ``X`` the experts' basis is built from, as for
+        ``gate_features``.
+    verbose : int, default=0
+        0: silent. 1 or more: the fit's progress on stderr (the plan, the
+        log-likelihood of every restart, of the moves and of the polish).
+    warm_start : bool, default=False
+        Refit from the previous fit's parameters (one run, neither
+        restarts nor moves) when the number of experts and the designs'
+        columns are unchanged; otherwise, or on the first fit, start as
+        ``init`` says.
 """
 
 # The parameters of GaussianMoE and PolynomialMoE after their own.
@@ -920,6 +1217,10 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
+        gate_features: Any = None,
+        expert_features: Any = None,
+        verbose: int = 0,
+        warm_start: bool = False,
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
@@ -937,6 +1238,10 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
         self.backend = backend
         self.device = device
         self.random_state = random_state
+        self.gate_features = gate_features
+        self.expert_features = expert_features
+        self.verbose = verbose
+        self.warm_start = warm_start
 
     def _expert_family(self) -> ExpertFamily:
         return GaussianExpert() if self.expert is None else self.expert
@@ -1106,7 +1411,7 @@ log_likelihood_trace_, \
 n_iter_, n_iter_polish_, converged_, restart_log_likelihoods_, \
 restart_converged_, \
 n_parameters_, gate_feature_names_, expert_feature_names_, n_features_in_, \
-feature_names_in_
+feature_names_in_, response_name_
         As for :class:`GaussianMoE`.
 """
 
@@ -1181,6 +1486,10 @@ class MixtureOfExpertsClassifier(ClassifierMixin, _BaseMixtureOfExperts):  # noq
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
+        gate_features: Any = None,
+        expert_features: Any = None,
+        verbose: int = 0,
+        warm_start: bool = False,
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
@@ -1197,6 +1506,10 @@ class MixtureOfExpertsClassifier(ClassifierMixin, _BaseMixtureOfExperts):  # noq
         self.backend = backend
         self.device = device
         self.random_state = random_state
+        self.gate_features = gate_features
+        self.expert_features = expert_features
+        self.verbose = verbose
+        self.warm_start = warm_start
 
     def _expert_family(self) -> ExpertFamily:
         n_classes = len(self.classes_)
@@ -1337,6 +1650,14 @@ class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     >>> est = GaussianMoE(n_experts=2, random_state=0).fit(X, y)
     >>> est.predict_gate(X[:3]).shape
     (3, 2)
+
+    The gate on the first covariate, the experts on the second:
+
+    >>> X, y, truth = make_moe_regression(n_samples=1000, n_features=2, random_state=0)
+    >>> est = GaussianMoE(2, gate_features=[0], expert_features=[1], random_state=0)
+    >>> est = est.fit(X, y)
+    >>> est.gate_feature_names_, est.expert_feature_names_
+    (['const', 'x0'], ['const', 'x1'])
     """
     )
 
@@ -1363,6 +1684,10 @@ class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
+        gate_features: Any = None,
+        expert_features: Any = None,
+        verbose: int = 0,
+        warm_start: bool = False,
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
@@ -1380,6 +1705,10 @@ class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         self.backend = backend
         self.device = device
         self.random_state = random_state
+        self.gate_features = gate_features
+        self.expert_features = expert_features
+        self.verbose = verbose
+        self.warm_start = warm_start
 
     def _expert_family(self) -> GaussianExpert:
         return GaussianExpert(degree=1, shared_variance=self.shared_variance)
@@ -1456,6 +1785,10 @@ class PolynomialMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
+        gate_features: Any = None,
+        expert_features: Any = None,
+        verbose: int = 0,
+        warm_start: bool = False,
     ) -> None:
         self.n_experts = n_experts
         self.degree = degree
@@ -1475,6 +1808,10 @@ class PolynomialMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         self.backend = backend
         self.device = device
         self.random_state = random_state
+        self.gate_features = gate_features
+        self.expert_features = expert_features
+        self.verbose = verbose
+        self.warm_start = warm_start
 
     def _expert_family(self) -> GaussianExpert | GLMExpert:
         if self.family == "gaussian":
@@ -1554,6 +1891,10 @@ class MultinomialLogisticMoE(MixtureOfExpertsClassifier):  # noqa: D101
         backend: str = "numpy",
         device: Any = None,
         random_state: Any = None,
+        gate_features: Any = None,
+        expert_features: Any = None,
+        verbose: int = 0,
+        warm_start: bool = False,
     ) -> None:
         self.n_experts = n_experts
         self.degree = degree
@@ -1570,6 +1911,10 @@ class MultinomialLogisticMoE(MixtureOfExpertsClassifier):  # noqa: D101
         self.backend = backend
         self.device = device
         self.random_state = random_state
+        self.gate_features = gate_features
+        self.expert_features = expert_features
+        self.verbose = verbose
+        self.warm_start = warm_start
 
     def _expert_family(self) -> MultinomialLogisticExpert:
         return MultinomialLogisticExpert(len(self.classes_), degree=self.degree)

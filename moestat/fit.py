@@ -27,7 +27,7 @@ above one), the predicted gain is large and the fit goes on. Reaching
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -1515,6 +1515,7 @@ def fit_restarts(
     stop_on_ridge: bool = True,
     sample_weight: NDArray[np.float64] | None = None,
     sweep_dtype: DTypeLike = np.float64,
+    report: Callable[[str], None] | None = None,
 ) -> tuple[FitResult, list[FitResult]]:
     """Fit from ``n_init`` starts and keep the best log-likelihood.
 
@@ -1572,6 +1573,10 @@ def fit_restarts(
         Arithmetic within a chunk of the numpy EM runs that sweep the data
         in chunks (:func:`em`); the full path and the batch engines work in
         float64 whatever it is.
+    report : callable, optional
+        Called with one line of progress after each restart (its
+        log-likelihood, iterations and convergence), after the moves and
+        after the polish.
 
     Returns
     -------
@@ -1605,16 +1610,23 @@ def fit_restarts(
         if solver == "em"
         else {}
     )
+    say = report or (lambda line: None)
     if batch_engine is None:
         engine = ENGINES[solver]
-        results = [
-            engine(model.with_params(start), design, y, **options, **speed, **weighted)
-            for start in starts
-        ]
+        results = []
+        for i, start in enumerate(starts):
+            results.append(
+                engine(
+                    model.with_params(start), design, y, **options, **speed, **weighted
+                )
+            )
+            say(_restart_line(i, len(starts), results[-1]))
     else:
         results = batch_engine(
             model, design, y, starts, solver=solver, **options, **weighted
         )
+        for i, result in enumerate(results):
+            say(_restart_line(i, len(starts), result))
     best = best_restart(results, var_floor)
     if n_moves is None:
         n_moves = SPLIT_MERGE_MOVES if isinstance(init, str) and init == "auto" else 0
@@ -1632,6 +1644,7 @@ def fit_restarts(
             short_iter=SPLIT_MERGE_SCREEN_ITER,
             var_floor=var_floor,
         )
+        say(f"split-and-merge moves: log-likelihood {best.log_likelihood:.6f}")
     if polish:
         best = polish_fit(
             best,
@@ -1643,7 +1656,20 @@ def fit_restarts(
             batch_engine=batch_engine,
             sample_weight=sample_weight,
         )
+        say(
+            f"polish: log-likelihood {best.log_likelihood:.6f} after "
+            f"{best.n_iter_polish} iterations"
+        )
     return best, results
+
+
+def _restart_line(i: int, n: int, result: FitResult) -> str:
+    """One line on restart ``i`` of ``n``: its log-likelihood and iterations."""
+    state = "converged" if result.converged else "not converged"
+    return (
+        f"restart {i + 1}/{n}: log-likelihood {result.log_likelihood:.6f}, "
+        f"{result.n_iter} iterations, {state}"
+    )
 
 
 def restart_starts(

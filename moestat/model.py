@@ -108,6 +108,11 @@ def shared_design(gate: NDArray[np.float64], expert: NDArray[np.float64]) -> Des
     return Design(gate, expert)
 
 
+def _columns(X: NDArray[np.float64], features: tuple[int, ...] | None) -> NDArray:
+    """The columns ``features`` of ``X`` (every column for None)."""
+    return X if features is None else X[:, list(features)]
+
+
 # -- pure functions on designs (the fitting engines' hot path) ---------------
 def log_joint(
     gate: Gate, expert: ExpertFamily, params: MoEParams, design: Design, y: NDArray
@@ -158,6 +163,10 @@ class MixtureOfExperts:
     params : MoEParams, optional
         Parameter values; without them the object is a model *specification*
         (what the fitting engines start from).
+    gate_features, expert_features : tuple of int, optional
+        The columns of ``X`` the gate's design and the experts' basis are
+        built from (the gate's *concomitant* variables and the experts'
+        covariates, as in flexmix); None: every column.
 
     Examples
     --------
@@ -177,6 +186,8 @@ class MixtureOfExperts:
     gate: Gate
     expert: ExpertFamily
     params: MoEParams | None = None
+    gate_features: tuple[int, ...] | None = None
+    expert_features: tuple[int, ...] | None = None
 
     # -- structure ---------------------------------------------------------
     @property
@@ -195,10 +206,14 @@ class MixtureOfExperts:
         Returns
         -------
         Design
-            The gate's design and the experts' basis, one row per sample.
+            The gate's design (from the columns ``gate_features``) and the
+            experts' basis (from ``expert_features``), one row per sample.
         """
         X = np.asarray(X, dtype=float)
-        return shared_design(self.gate.design(X), self.expert.design(X))
+        return shared_design(
+            self.gate.design(_columns(X, self.gate_features)),
+            self.expert.design(_columns(X, self.expert_features)),
+        )
 
     def n_free_parameters(self, n_features: int, n_experts: int | None = None) -> int:
         """Number of free parameters (the identifiable parametrisation).

@@ -18,6 +18,8 @@ from moestat.simulation.rates import N_BOOT
 __all__ = [
     "plot_fit",
     "plot_gate",
+    "plot_partial",
+    "typical_values",
     "plot_selection",
     "plot_rates",
     "plot_expert_utilization",
@@ -50,10 +52,34 @@ def _as_model(model: Any) -> MixtureOfExperts:
 def _grid(X: np.ndarray, n_points: int = 300) -> np.ndarray:
     if X.ndim != 2 or X.shape[1] != 1:
         raise ValueError(
-            f"These plots show one covariate; X has shape {X.shape}. Plot a "
-            "slice of the covariates instead."
+            f"These plots show one covariate; X has shape {X.shape}. For a "
+            "model with several covariates draw one at a time, the others held "
+            "at typical values: moestat.plotting.plot_partial(estimator, X, "
+            "feature)."
         )
     return np.linspace(X.min(), X.max(), n_points)[:, None]
+
+
+def _feature_names(model: Any, X: Any) -> list[str] | None:
+    """The covariates' names: a DataFrame's columns, else the estimator's."""
+    if hasattr(X, "columns"):
+        return [str(c) for c in X.columns]
+    names = getattr(model, "feature_names_in_", None)
+    return None if names is None else [str(c) for c in names]
+
+
+def _response_name(model: Any, y: Any = None) -> str:
+    """The response's name: a Series' name, else the estimator's, else ``y``."""
+    name = getattr(y, "name", None)
+    if name is not None:
+        return str(name)
+    return str(getattr(model, "response_name_", "y"))
+
+
+def _covariates(model: Any, X: Any) -> Any:
+    """``X`` through the formulas of an estimator made by ``from_formula``."""
+    through = getattr(model, "_covariates", None)
+    return X if through is None else through(X)
 
 
 def plot_fit(
@@ -88,6 +114,9 @@ def plot_fit(
     """
     plt = _pyplot("plot_fit")
     fitted = _as_model(model)
+    X = _covariates(model, X)
+    names = _feature_names(model, X)
+    response = _response_name(model, y)
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     grid = _grid(X)
@@ -115,8 +144,8 @@ def plot_fit(
                 lw=1,
                 label="truth" if i == 0 else None,
             )
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    ax.set_xlabel(names[0] if names else "x")
+    ax.set_ylabel(response)
     ax.legend(loc="best", fontsize="small")
     return ax
 
@@ -150,6 +179,8 @@ def plot_gate(
     """
     plt = _pyplot("plot_gate")
     fitted = _as_model(model)
+    X = _covariates(model, X)
+    names = _feature_names(model, X)
     grid = _grid(np.asarray(X, dtype=float))
     if ax is None:
         _, ax = plt.subplots()
@@ -169,10 +200,166 @@ def plot_gate(
                 label="truth" if i == 0 else None,
             )
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("x")
+    ax.set_xlabel(names[0] if names else "x")
     ax.set_ylabel("gate weight")
     ax.legend(loc="best", fontsize="small")
     return ax
+
+
+def _is_integer_like(column: np.ndarray) -> bool:
+    """Whether a column holds whole numbers only (counts, codes, booleans)."""
+    finite = column[np.isfinite(column)]
+    return finite.size > 0 and bool(np.all(finite == np.round(finite)))
+
+
+def typical_values(X: ArrayLike) -> np.ndarray:
+    """A typical row: each column's median, or its mode for whole numbers.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Covariates (booleans count as whole numbers).
+
+    Returns
+    -------
+    ndarray of shape (n_features,)
+        The median of each column of real numbers; the most frequent value
+        (the smallest of a tie) of each column of whole numbers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from moestat.plotting import typical_values
+    >>> typical_values(np.array([[0.5, 1], [1.5, 1], [9.0, 0]]))
+    array([1.5, 1. ])
+    """
+    X = np.asarray(X, dtype=float)
+    values = np.empty(X.shape[1])
+    for j, column in enumerate(X.T):
+        if _is_integer_like(column):
+            levels, counts = np.unique(column[np.isfinite(column)], return_counts=True)
+            values[j] = levels[np.argmax(counts)]
+        else:
+            values[j] = np.nanmedian(column)
+    return values
+
+
+def _feature_index(feature: int | str, names: list[str] | None, n: int) -> int:
+    """The column of ``feature`` (an index or a name), or a ValueError."""
+    if isinstance(feature, str):
+        if names is None:
+            raise ValueError(
+                f"feature {feature!r} is a name, but X has no column names: pass "
+                "a DataFrame (or a fitted estimator's own data) or an index."
+            )
+        if feature not in names:
+            raise ValueError(f"X has no column {feature!r}; its columns are {names}.")
+        return names.index(feature)
+    if isinstance(feature, bool) or not isinstance(feature, int | np.integer):
+        raise ValueError(f"feature must be a column index or name; got {feature!r}.")
+    if not -n <= feature < n:
+        raise ValueError(f"feature {feature} is out of range for X with {n} columns.")
+    return int(feature) % n
+
+
+def plot_partial(
+    model: Any,
+    X: ArrayLike,
+    feature: int | str,
+    *,
+    n_points: int = 200,
+    max_levels: int = 20,
+    axes: Any = None,
+):
+    """Each expert's mean and the gate's weights along one covariate.
+
+    The covariate ``feature`` runs over its range in ``X`` while every other
+    covariate is held at a typical value (:func:`typical_values`: the median,
+    or the mode of whole numbers), so a model with many covariates is drawn
+    one covariate at a time.
+
+    Parameters
+    ----------
+    model : fitted estimator or MixtureOfExperts
+        The model to draw. An estimator made by ``from_formula`` takes the
+        data of its formulas.
+    X : array-like or DataFrame of shape (n_samples, n_features)
+        The covariates whose range and typical values are used.
+    feature : int or str
+        The covariate drawn: an index, or a name (a DataFrame's column or
+        the estimator's ``feature_names_in_``).
+    n_points : int, default=200
+        Points of the grid over a covariate of real numbers.
+    max_levels : int, default=20
+        A covariate of whole numbers with at most this many distinct values
+        is drawn at those values, with markers and integer ticks.
+    axes : pair of matplotlib Axes, optional
+        Where to draw the means (first) and the gate weights (second); a new
+        figure with two rows sharing the horizontal axis when omitted.
+
+    Returns
+    -------
+    ndarray of 2 matplotlib.axes.Axes
+        The means' axes (one line per expert and the mixed mean
+        ``E[y | x]``) and the gate's (one line per expert).
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> from moestat import GaussianMoE
+    >>> from moestat.datasets import make_moe_regression
+    >>> from moestat.plotting import plot_partial
+    >>> X, y, _ = make_moe_regression(n_samples=500, n_features=3, random_state=0)
+    >>> est = GaussianMoE(2, n_init=1, random_state=0).fit(X, y)
+    >>> means, gate = plot_partial(est, X, 1)
+    >>> len(means.lines), len(gate.lines)
+    (3, 2)
+    >>> plt.close(means.figure)
+    """
+    plt = _pyplot("plot_partial")
+    from matplotlib.ticker import MaxNLocator
+
+    fitted = _as_model(model)
+    X = _covariates(model, X)
+    names = _feature_names(model, X)
+    values = np.asarray(X, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"X must be 2-D (samples, covariates); got {values.shape}.")
+    j = _feature_index(feature, names, values.shape[1])
+    column = values[:, j]
+    levels = np.unique(column[np.isfinite(column)])
+    counts = _is_integer_like(column) and len(levels) <= max_levels
+    grid = levels if counts else np.linspace(levels[0], levels[-1], n_points)
+    rows = np.tile(typical_values(values), (len(grid), 1))
+    rows[:, j] = grid
+    if axes is None:
+        _, axes = plt.subplots(2, 1, sharex=True, figsize=(6, 6))
+    top, bottom = axes
+    style = {"marker": "o", "ms": 4} if counts else {}
+    means = fitted.expert_means(rows)
+    weights = fitted.gate_weights(rows)
+    for i in range(fitted.n_experts):
+        line = top.plot(grid, means[:, i], lw=1.5, label=f"expert {i + 1}", **style)
+        bottom.plot(
+            grid,
+            weights[:, i],
+            lw=2,
+            color=line[0].get_color(),
+            label=f"g_{i + 1}(x)",
+            **style,
+        )
+    top.plot(grid, fitted.predict(rows), "k-", lw=1.2, label="E[y | x]", **style)
+    name = names[j] if names else f"x{j}"
+    top.set_ylabel(_response_name(model))
+    top.set_title(f"along {name}, the other covariates at their median or mode")
+    top.legend(loc="best", fontsize="small")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.set_ylabel("gate weight")
+    bottom.set_xlabel(name)
+    bottom.legend(loc="best", fontsize="small")
+    if counts:
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return np.array([top, bottom], dtype=object)
 
 
 def plot_selection(table: Any, *, criterion: str | None = None, ax: Any = None):
@@ -192,6 +379,8 @@ def plot_selection(table: Any, *, criterion: str | None = None, ax: Any = None):
     matplotlib.axes.Axes
     """
     plt = _pyplot("plot_selection")
+    from matplotlib.ticker import MaxNLocator
+
     criterion = criterion or table.attrs.get("criterion", "bic")
     if criterion not in table:
         raise ValueError(f"The table has no column {criterion!r}.")
@@ -205,6 +394,7 @@ def plot_selection(table: Any, *, criterion: str | None = None, ax: Any = None):
     # the row select_model chose (degenerate fits are passed over)
     best = table.loc[table.attrs.get("best", table[criterion].idxmin())]
     ax.plot(best["n_experts"], best[criterion], "k*", ms=14, label="best")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of experts m")
     ax.set_ylabel(criterion)
     ax.legend(loc="best", fontsize="small")
@@ -390,6 +580,8 @@ def plot_expert_utilization(
     matplotlib.axes.Axes
     """
     plt = _pyplot("plot_expert_utilization")
+    from matplotlib.ticker import MaxNLocator
+
     if hasattr(utilization, "columns"):
         table = utilization
         if "step" in table:
@@ -414,6 +606,8 @@ def plot_expert_utilization(
     style = {"aspect": "auto", "interpolation": "nearest", "cmap": "viridis"}
     image = ax.imshow(values, **{**style, **imshow_kwargs})
     ax.figure.colorbar(image, ax=ax, label="share of routing slots")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     title = "expert utilization"
