@@ -112,6 +112,7 @@ _CONSTRAINTS: dict[str, tuple] = {
     ),
     "verbose": (Interval("int", 0, None), InstanceOf(bool, "a bool")),
     "warm_start": (InstanceOf(bool, "a bool"),),
+    "sweep_dtype": (Options(("float64", "float32")),),
 }
 
 
@@ -319,6 +320,10 @@ class _BaseMixtureOfExperts(BaseEstimator):
         """The variance floor relative to ``Var(y)`` (0 without ``reg_var``)."""
         return 0.0
 
+    def _sweep_dtype(self) -> np.dtype:
+        """Arithmetic of a chunk of the chunked EM (float64 without ``sweep_dtype``)."""
+        return np.dtype(np.float64)
+
     def _summary_extras(self) -> dict[str, Any]:
         """Rows a preset adds to the summary's header."""
         return {}
@@ -503,6 +508,7 @@ class _BaseMixtureOfExperts(BaseEstimator):
                 batch_engine=self._batch_engine(),
                 sample_weight=weight,
                 report=self._log if self.verbose else None,
+                sweep_dtype=self._sweep_dtype(),
             )
         self._log(
             f"best log-likelihood {best.log_likelihood:.6f} after {best.n_iter} "
@@ -1067,6 +1073,15 @@ _REG_VAR_DOC = """
         kept at or above ``reg_var * Var(y)`` (the Gaussian likelihood is
         unbounded as an expert collapses onto a point)."""
 
+_SWEEP_DTYPE_DOC = """
+    sweep_dtype : {"float64", "float32"}, default="float64"
+        Arithmetic within a chunk where EM sweeps the data in chunks (large
+        n, pieces that declare sweep kernels: :func:`moestat.fit.em`); the
+        sums across chunks, the full path and the torch backend stay
+        float64. ``"float32"`` moves half the bytes: about twice as fast
+        per EM iteration at n = 10^6, the log-likelihood at the maximum
+        within about ``1e-7`` per sample of float64's."""
+
 _SHARED_VARIANCE_DOC = """
     shared_variance : bool, default=False
         If True all experts share one noise variance."""
@@ -1121,6 +1136,7 @@ _COMMON_PARAMETERS_DOC = (
     + _REG_VAR_DOC
     + _SHARED_VARIANCE_DOC
     + _ENGINE_PARAMETERS_DOC
+    + _SWEEP_DTYPE_DOC
 )
 
 
@@ -1152,6 +1168,7 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
             "point).", "point). Ignored by families without variances."
         )
         + _ENGINE_PARAMETERS_DOC
+        + _SWEEP_DTYPE_DOC
         + _FITTED_ATTRIBUTES_DOC.replace(
             "        Expert noise variances.\n",
             "        Expert noise variances.\n"
@@ -1196,7 +1213,9 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
     """
     )
 
-    _parameter_constraints = _constraints(*_FITTING_PARAMETERS, "expert", "reg_var")
+    _parameter_constraints = _constraints(
+        *_FITTING_PARAMETERS, "expert", "reg_var", "sweep_dtype"
+    )
 
     def __init__(
         self,
@@ -1221,6 +1240,7 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
         expert_features: Any = None,
         verbose: int = 0,
         warm_start: bool = False,
+        sweep_dtype: str = "float64",
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
@@ -1242,9 +1262,13 @@ class MixtureOfExpertsRegressor(RegressorMixin, _BaseMixtureOfExperts):  # noqa:
         self.expert_features = expert_features
         self.verbose = verbose
         self.warm_start = warm_start
+        self.sweep_dtype = sweep_dtype
 
     def _expert_family(self) -> ExpertFamily:
         return GaussianExpert() if self.expert is None else self.expert
+
+    def _sweep_dtype(self) -> np.dtype:
+        return np.dtype(self.sweep_dtype)
 
     def _reg_var(self) -> float:
         return self.reg_var
@@ -1662,7 +1686,7 @@ class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     )
 
     _parameter_constraints = _constraints(
-        *_FITTING_PARAMETERS, "reg_var", "shared_variance"
+        *_FITTING_PARAMETERS, "reg_var", "shared_variance", "sweep_dtype"
     )
 
     def __init__(
@@ -1688,6 +1712,7 @@ class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         expert_features: Any = None,
         verbose: int = 0,
         warm_start: bool = False,
+        sweep_dtype: str = "float64",
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
@@ -1709,6 +1734,7 @@ class GaussianMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         self.expert_features = expert_features
         self.verbose = verbose
         self.warm_start = warm_start
+        self.sweep_dtype = sweep_dtype
 
     def _expert_family(self) -> GaussianExpert:
         return GaussianExpert(degree=1, shared_variance=self.shared_variance)
@@ -1761,7 +1787,12 @@ class PolynomialMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
     )
 
     _parameter_constraints = _constraints(
-        *_FITTING_PARAMETERS, "reg_var", "shared_variance", "degree", "family"
+        *_FITTING_PARAMETERS,
+        "reg_var",
+        "shared_variance",
+        "degree",
+        "family",
+        "sweep_dtype",
     )
 
     def __init__(
@@ -1789,6 +1820,7 @@ class PolynomialMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         expert_features: Any = None,
         verbose: int = 0,
         warm_start: bool = False,
+        sweep_dtype: str = "float64",
     ) -> None:
         self.n_experts = n_experts
         self.degree = degree
@@ -1812,6 +1844,7 @@ class PolynomialMoE(MixtureOfExpertsRegressor):  # noqa: D101 (__doc__ below)
         self.expert_features = expert_features
         self.verbose = verbose
         self.warm_start = warm_start
+        self.sweep_dtype = sweep_dtype
 
     def _expert_family(self) -> GaussianExpert | GLMExpert:
         if self.family == "gaussian":

@@ -378,3 +378,28 @@ def test_a_float64_response_is_used_without_a_copy(data):
         warnings.simplefilter("ignore")
         est.fit(X, y)
     assert np.shares_memory(est._fit_y, y)
+
+
+@pytest.mark.parametrize("Estimator", [GaussianMoE, PolynomialMoE])
+def test_regressors_sweep_in_float32_when_asked(Estimator, monkeypatch):
+    """sweep_dtype="float32": the chunked EM in float32, near float64's maximum."""
+    from moestat import _sweep_em
+
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, size=(3000, 1))
+    y = np.where(X[:, 0] > 0, 2 * X[:, 0], -X[:, 0]) + 0.2 * rng.normal(size=3000)
+    monkeypatch.setattr(_sweep_em, "CHUNKED_ENTRIES", 1)
+
+    def log_likelihood(dtype):
+        fitted = Estimator(n_experts=2, n_init=1, random_state=0, sweep_dtype=dtype)
+        return fitted.fit(X, y).log_likelihood_
+
+    wide, narrow = log_likelihood("float64"), log_likelihood("float32")
+    assert wide != narrow
+    assert abs(wide - narrow) / len(y) < 1e-6
+
+
+def test_an_unknown_sweep_dtype_is_refused_by_name():
+    X, y = np.arange(40.0)[:, None], np.arange(40.0)
+    with pytest.raises(ValueError, match="sweep_dtype"):
+        GaussianMoE(sweep_dtype="float16").fit(X, y)
