@@ -12,6 +12,7 @@ READING_ORDER = (
     "plot_gate_comparison.py",
     "plot_wine_classification.py",
     "plot_engel_food_expenditure.py",
+    "plot_from_flexmix.py",
     # rates
     "plot_softmax_gaussian_rates.py",
     "plot_deepseekmoe_rates.py",

@@ -42,6 +42,14 @@ OWN_ARGS["bench_torch_em.py"] = (
     ["--small", "--device", "cpu", "--iters", "2", "--repeats", "1"],
     "torch",
 )
+OWN_ARGS["bench_bootstrap_lrt.py"] = (
+    ["--reps", "2", "--n-boot", "3", "--n", "60"],
+    None,
+)
+OWN_ARGS["bench_large_n.py"] = (
+    [*TINY, "--cases", "d2m4", "d2m4f32", "--what", "em", "fit"],
+    None,
+)
 OWN_ARGS["bench_threads.py"] = (
     ["--n", "1000", "--n-products", "3000", "--iters", "2", "--repeats", "1"],
     None,
