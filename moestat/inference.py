@@ -1012,7 +1012,7 @@ class MoEInferenceResults:
         blocks = frame.index.str.extract(r"^([^\[]+)", expand=False).fillna("other")
         for block in dict.fromkeys(blocks):
             part = frame[blocks == block]
-            stubs = [name[len(block) :].strip("[]") or name for name in part.index]
+            stubs = [_term(name, block) for name in part.index]
             data = [
                 [_fmt(v) for v in row]
                 for row in part.itertuples(index=False, name=None)
@@ -1064,6 +1064,20 @@ def linear_constraint(
         found = DesignInfo(names).linear_constraint(constraints)
         R, q = found.coefs, found.constants
     return np.asarray(R, dtype=np.float64), np.asarray(q, dtype=np.float64).ravel()
+
+
+def _term(name: str, block: str) -> str:
+    """The term of ``block[term]`` (brackets inside the term kept), or ``name``.
+
+    Examples
+    --------
+    >>> _term("expert1[C(group)[T.b]]", "expert1"), _term("sigma", "sigma")
+    ('C(group)[T.b]', 'sigma')
+    """
+    rest = name[len(block) :]
+    if rest.startswith("[") and rest.endswith("]"):
+        return rest[1:-1] or name
+    return rest or name
 
 
 def _fmt(value: float) -> str:

@@ -131,3 +131,14 @@ def test_data_frame_names_reach_the_summary_and_the_table(food):
 def test_an_unnamed_response_is_called_y(food):
     est = GaussianMoE(n_init=1).fit(food[["income"]], food["foodexp"].to_numpy())
     assert est.response_name_ == "y"
+
+
+def test_a_categorical_terms_name_keeps_its_brackets_in_the_summary(food):
+    """``C(rich)[T.True]`` is printed whole, not cut at its closing bracket."""
+    data = food.assign(rich=food["income"] > food["income"].median())
+    est = GaussianMoE.from_formula(
+        "foodexp ~ income + C(rich)", data, n_init=1, random_state=0
+    )
+    text = str(est.summary())
+    assert "C(rich)[T.True] " in text
+    assert "C(rich)[T.True\n" not in text
