@@ -239,6 +239,7 @@ def bootstrap_lrt(
             dtype=np.float64,
             count=len(seeds),
         )
+    _warn_negative_statistics(statistic, draws, m)
     return BootstrapLRTResult(
         n_experts=m,
         statistic=statistic,
@@ -247,6 +248,26 @@ def bootstrap_lrt(
         null=null,
         alternative=alternative,
     )
+
+
+def _warn_negative_statistics(statistic: float, draws: NDArray, m: int) -> None:
+    """Warn when a fit with ``m + 1`` experts fell below the fit with ``m``.
+
+    The ``m``-expert model is nested in the ``(m + 1)``-expert one, so at the
+    maxima the statistic is never negative: a negative one says that the
+    larger model's restarts missed its maximum, which makes the p-value too
+    large.
+    """
+    short = int(np.sum(draws < 0)) + int(statistic < 0)
+    if short:
+        warnings.warn(
+            f"{short} of the {draws.size + 1} fits with {m + 1} experts (the data's "
+            f"and the bootstrap's) reached a lower log-likelihood than the fit "
+            f"with {m} on the same data: their restarts missed the maximum, "
+            "which makes the p-value too large. Raise n_init.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 def _bootstrap_lrt_table(

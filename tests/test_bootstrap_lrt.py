@@ -121,3 +121,16 @@ def test_the_test_of_the_true_number_of_experts_keeps_its_level():
         )
         rejections += result.pvalue <= 0.05
     assert rejections < 6
+
+
+def test_a_larger_model_fitted_below_the_smaller_is_reported(monkeypatch):
+    """A negative statistic means the m + 1 restarts missed their maximum."""
+    from moestat import selection
+    from moestat.exceptions import ConvergenceWarning
+
+    X, y = _two_expert_data(80, seed=5)
+    monkeypatch.setattr(selection, "_bootstrap_statistic", lambda *args: -1.0)
+    with pytest.warns(ConvergenceWarning, match="restarts missed the maximum"):
+        bootstrap_lrt(
+            GaussianMoE(1, random_state=0, **QUICK), X, y, n_boot=3, random_state=1
+        )
