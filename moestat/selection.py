@@ -240,6 +240,9 @@ def bootstrap_lrt(
             count=len(seeds),
         )
     _warn_negative_statistics(statistic, draws, m)
+    # the m-expert fit is a point of the (m + 1)-expert model: its likelihood
+    # bounds the larger model's maximum from below
+    statistic, draws = max(statistic, 0.0), np.maximum(draws, 0.0)
     return BootstrapLRTResult(
         n_experts=m,
         statistic=statistic,
@@ -255,8 +258,9 @@ def _warn_negative_statistics(statistic: float, draws: NDArray, m: int) -> None:
 
     The ``m``-expert model is nested in the ``(m + 1)``-expert one, so at the
     maxima the statistic is never negative: a negative one says that the
-    larger model's restarts missed its maximum, which makes the p-value too
-    large.
+    larger model's restarts missed its maximum. Such a statistic is taken
+    as 0 (the smaller fit's likelihood bounds the larger maximum from
+    below), which still leaves it short of the statistic at the maxima.
     """
     short = int(np.sum(draws < 0)) + int(statistic < 0)
     if short:
@@ -264,7 +268,7 @@ def _warn_negative_statistics(statistic: float, draws: NDArray, m: int) -> None:
             f"{short} of the {draws.size + 1} fits with {m + 1} experts (the data's "
             f"and the bootstrap's) reached a lower log-likelihood than the fit "
             f"with {m} on the same data: their restarts missed the maximum, "
-            "which makes the p-value too large. Raise n_init.",
+            "and their statistics are taken as 0. Raise n_init.",
             ConvergenceWarning,
             stacklevel=3,
         )

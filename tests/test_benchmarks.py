@@ -46,6 +46,7 @@ OWN_ARGS["bench_bootstrap_lrt.py"] = (
     ["--reps", "2", "--n-boot", "3", "--n", "60"],
     None,
 )
+OWN_ARGS["bench_coverage.py"] = (["--reps", "2", "--n", "200", "--n-boot", "3"], None)
 OWN_ARGS["bench_large_n.py"] = (
     [*TINY, "--cases", "d2m4", "d2m4f32", "--what", "em", "fit"],
     None,

@@ -147,3 +147,16 @@ def test_the_torch_backend_fits_the_same_selection(rng):
     np.testing.assert_allclose(
         torch_fit.log_likelihood_, numpy_fit.log_likelihood_, rtol=1e-8
     )
+
+
+def test_draws_from_the_fit_read_only_the_selected_columns(rng):
+    """sample() simulates from the fitted model through its own columns."""
+    X, y = concomitant_data(rng, n=800)
+    est = GaussianMoE(
+        2, gate_features=["x1"], expert_features=["x2"], n_init=1, random_state=0
+    ).fit(X, y)
+    noise_moved = X.assign(x3=X["x3"] + 10.0)
+    gate_moved = X.assign(x1=X["x1"] + 1.0)
+    draws = est.sample(X, random_state=1)
+    np.testing.assert_array_equal(est.sample(noise_moved, random_state=1), draws)
+    assert not np.array_equal(est.sample(gate_moved, random_state=1), draws)
