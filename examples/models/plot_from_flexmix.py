@@ -70,10 +70,11 @@ print(ratio.round(3).to_string())
 # Going up from one expert, each ``m`` is tested against ``m + 1`` with
 # 19 bootstrap data sets drawn from the fitted ``m``-expert model (a
 # p-value of at least 1/20, the level itself; use 99 or more for a
-# report). The first ``m`` not rejected at the 5% level is kept. One expert is rejected against two
-# (p = 0.05: every bootstrap statistic fell below the observed one), two
-# are not rejected against three (p = 0.25): two experts, as BIC says too
-# (733 against 776 and 753), while AIC would take three.
+# report). The first ``m`` not rejected at the 5% level is kept. One
+# expert is rejected against two (p = 0.05: every bootstrap statistic fell
+# below the observed one), two are not rejected against three (p = 0.25):
+# two experts, as BIC says too (733 against 776 and 753), while AIC would
+# take three.
 columns = ["bmi", "s5", "age", "bp"]
 template = GaussianMoE(
     gate_features=["age", "bp"],
