@@ -68,7 +68,19 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+#: Test files whose tests each take tens of seconds (the gallery, the
+#: benchmark scripts, the site build).
+LONG_FILES = ("test_examples.py", "test_benchmarks.py", "test_docs.py")
+
+
+def _runs_long(item) -> bool:
+    return item.path.name in LONG_FILES or item.get_closest_marker("slow") is not None
+
+
 def pytest_collection_modifyitems(config, items):
+    # the long tests first: two workers then finish together instead of one
+    # of them running the last long test alone
+    items.sort(key=lambda item: not _runs_long(item))
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items or _cuda_available():
         return
