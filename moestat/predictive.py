@@ -34,7 +34,7 @@ from scipy.special import ndtr, ndtri, pdtr
 from scipy.stats import poisson
 
 from moestat.model import MixtureOfExperts
-from moestat.protocols import GLMFamily
+from moestat.protocols import CompositeExpertFamily, ExpertDeclarations
 
 __all__ = [
     "predictive_moments",
@@ -61,32 +61,37 @@ class _Experts:
 
 
 def _kind_and_variance(expert: Any, params: Any) -> tuple[str, NDArray | None]:
-    """The distribution of an expert family and its variances (None for GLMs)."""
-    if isinstance(expert, GLMFamily) and expert.family in ("poisson", "bernoulli"):
-        return expert.family, None
-    shared = getattr(expert, "shared", None)
-    routed = getattr(expert, "routed", None)
-    if shared is not None and routed is not None and hasattr(params, "routed"):
-        first, var_shared = _kind_and_variance(shared, params.shared)
-        second, var_routed = _kind_and_variance(routed, params.routed)
-        if first != second:
-            raise ValueError(
-                "The predictive distribution needs one kind of expert; the stack "
-                f"mixes {first} and {second} experts."
-            )
-        if var_shared is None:
-            return first, None
-        return first, np.concatenate([var_shared, var_routed])
-    if getattr(expert, "response_family", None) == "gaussian" and hasattr(
-        params, "var"
-    ):
-        return "normal", np.asarray(params.var, dtype=float)
-    raise ValueError(
-        "The predictive distribution needs experts whose conditional "
-        "distribution is known: Gaussian experts (response_family 'gaussian' "
-        "with variances 'var') or Poisson and Bernoulli GLM experts; got "
-        f"{type(expert).__name__}."
-    )
+    """The distribution of an expert family and its variances (None for GLMs).
+
+    Read from the family's declared ``response_family``
+    (:class:`moestat.protocols.ExpertDeclarations`; a stack declares its
+    pieces' common one); Gaussian experts also need variances ``var`` in
+    their parameters (a stack: in each piece's).
+    """
+    family = expert.response_family if isinstance(expert, ExpertDeclarations) else None
+    if family in ("poisson", "bernoulli"):
+        return family, None
+    variances = _variances(expert, params) if family == "gaussian" else None
+    if variances is None:
+        raise ValueError(
+            "The predictive distribution needs experts whose conditional "
+            "distribution is known: Gaussian experts (response_family 'gaussian' "
+            "with variances 'var') or Poisson and Bernoulli GLM experts; got "
+            f"{type(expert).__name__}."
+        )
+    return "normal", variances
+
+
+def _variances(expert: Any, params: Any) -> NDArray[np.float64] | None:
+    """Every expert's variance, shared experts first (None where one has none)."""
+    if isinstance(expert, CompositeExpertFamily):
+        parts = [
+            _variances(expert.shared, params.shared),
+            _variances(expert.routed, params.routed),
+        ]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+    var = getattr(params, "var", None)
+    return None if var is None else np.asarray(var, dtype=float)
 
 
 def _experts(model: MixtureOfExperts, X: ArrayLike) -> _Experts:
@@ -186,6 +191,19 @@ def _check_levels(q: ArrayLike) -> NDArray[np.float64]:
     return np.atleast_1d(levels)
 
 
+def _bracket(own: NDArray, weight: NDArray) -> tuple[NDArray, NDArray]:
+    """The least and greatest of the experts' own quantiles ``own`` (n, k, m).
+
+    Over the experts the gate gives weight: the mixture's quantile lies
+    between them.
+    """
+    active = (weight > 0)[:, None, :]
+    return (
+        np.where(active, own, np.inf).min(axis=2),
+        np.where(active, own, -np.inf).max(axis=2),
+    )
+
+
 def _normal_quantile(experts: _Experts, levels: NDArray) -> NDArray[np.float64]:
     """Safeguarded Newton search in the bracket of the experts' quantiles."""
     sd = np.sqrt(experts.var)
@@ -193,9 +211,7 @@ def _normal_quantile(experts: _Experts, levels: NDArray) -> NDArray[np.float64]:
     # over the experts with weight (an expert the gate switches off is left
     # out unless every weight underflows)
     own = experts.mean[:, None, :] + sd[:, None, :] * ndtri(levels)[None, :, None]
-    active = (experts.weight > 0)[:, None, :]
-    low = np.where(active, own, np.inf).min(axis=2)
-    high = np.where(active, own, -np.inf).max(axis=2)
+    low, high = _bracket(own, experts.weight)
     y = 0.5 * (low + high)
     target = levels[None, :]
     g = experts.weight[:, None, :] / experts.weight.sum(axis=1)[:, None, None]
@@ -223,9 +239,7 @@ def _discrete_quantile(experts: _Experts, levels: NDArray) -> NDArray[np.float64
         at_zero = _cdf(experts, np.zeros((n, k)))
         return np.where(levels[None, :] <= at_zero, 0.0, 1.0)
     own = poisson.ppf(levels[None, :, None], experts.mean[:, None, :])
-    active = (experts.weight > 0)[:, None, :]
-    low = np.where(active, own, np.inf).min(axis=2)
-    high = np.where(active, own, -np.inf).max(axis=2)
+    low, high = _bracket(own, experts.weight)
     while np.any(low < high):
         middle = np.floor(0.5 * (low + high))
         enough = _cdf(experts, middle) >= levels[None, :]
