@@ -19,31 +19,13 @@ import argparse
 import time
 
 import numpy as np
+from _truths import two_expert_truth
 from threadpoolctl import threadpool_limits
 
-from moestat import (
-    GateParams,
-    GaussianExpert,
-    GaussianExpertParams,
-    GaussianMoE,
-    MixtureOfExperts,
-    MoEParams,
-    SoftmaxGate,
-)
+from moestat import GaussianMoE
 from moestat.selection import bootstrap_lrt
 
 LEVELS = (0.05, 0.10)
-
-
-def two_expert_truth() -> MixtureOfExperts:
-    """The two-expert truth the tests are run at."""
-    params = MoEParams(
-        GateParams(np.array([[0.0, 0.0], [0.5, 4.0]])),
-        GaussianExpertParams(
-            np.array([[1.0, 2.0], [-1.0, -1.5]]), np.array([0.09, 0.25])
-        ),
-    )
-    return MixtureOfExperts(SoftmaxGate(), GaussianExpert(), params)
 
 
 def main() -> None:

@@ -23,30 +23,15 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from _truths import two_expert_truth
 from threadpoolctl import threadpool_limits
 
 from moestat import (
-    GateParams,
-    GaussianExpert,
-    GaussianExpertParams,
     GaussianMoE,
     MixtureOfExperts,
-    MoEParams,
-    SoftmaxGate,
 )
 
 COV_TYPES = ("oim", "robust", "bootstrap")
-
-
-def two_expert_truth() -> MixtureOfExperts:
-    """The two-expert truth the intervals are judged at."""
-    params = MoEParams(
-        GateParams(np.array([[0.0, 0.0], [0.5, 4.0]])),
-        GaussianExpertParams(
-            np.array([[1.0, 2.0], [-1.0, -1.5]]), np.array([0.09, 0.25])
-        ),
-    )
-    return MixtureOfExperts(SoftmaxGate(), GaussianExpert(), params)
 
 
 def true_values(truth: MixtureOfExperts, names: pd.Index) -> pd.Series:
