@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import array_api_compat
@@ -147,6 +148,12 @@ def upper_triangle(p: int) -> tuple[list[int], list[int]]:
     return rows, cols
 
 
+@functools.cache
+def _pairs(p: int) -> tuple[tuple[int, int], ...]:
+    """The pairs of :func:`upper_triangle`, made once per ``p`` (a sweep's chunks)."""
+    return tuple(zip(*upper_triangle(p), strict=True))
+
+
 def pair_products(A: Any, axis: int = -1, *, out: Any = None, xp: Any = None) -> Any:
     """Products ``A_a A_b`` for every ``a <= b`` of the columns along ``axis``.
 
@@ -184,13 +191,13 @@ def pair_products(A: Any, axis: int = -1, *, out: Any = None, xp: Any = None) ->
     array([[1., 2., 3., 4., 6., 9.]])
     """
     axis = axis % A.ndim
-    rows, cols = upper_triangle(A.shape[axis])
     if out is not None:
         columns = A if axis == 0 else np.moveaxis(A, axis, 0)
         products = out if axis == 0 else np.moveaxis(out, axis, 0)
-        for index, (a, b) in enumerate(zip(rows, cols, strict=True)):
+        for index, (a, b) in enumerate(_pairs(A.shape[axis])):
             np.multiply(columns[a], columns[b], out=products[index])
         return out
+    rows, cols = upper_triangle(A.shape[axis])
     if isinstance(A, np.ndarray):
         # numpy's own indexing: its result's layout sets the round-off of the
         # matrix products the pairs go into
