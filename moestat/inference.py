@@ -40,7 +40,7 @@ from scipy import stats
 
 from moestat._progress import progress_bar
 from moestat._validation import as_generator
-from moestat.exceptions import SingularInformationWarning
+from moestat.exceptions import ConvergenceWarning, SingularInformationWarning
 from moestat.fit import (
     fit_restarts,
     log_likelihood_and_gradient,
@@ -497,7 +497,7 @@ def bootstrap_estimates(
     rng = as_generator(random_state)
     options = {**_REFIT_DEFAULTS, **(fit_options or {})}
     m = model.params.n_experts
-    rows = []
+    rows, unconverged = [], 0
     for _ in progress_bar(range(int(n_boot)), disable=not progress, desc="bootstrap"):
         part, part_y, part_weight = _resample(
             model, design, y, sample_weight, kind, rng
@@ -518,6 +518,7 @@ def bootstrap_estimates(
                 sample_weight=part_weight,
                 **options,
             )
+        unconverged += not best.converged
         refit = best.model.align_to(model)
         values, _ = _natural(
             refit, pack(refit, var_floor), var_floor, design.gate.shape[1]
@@ -529,6 +530,14 @@ def bootstrap_estimates(
             f"{int(n_boot) - len(rows)} of {int(n_boot)} bootstrap refits gave "
             "estimates that are not finite and were left out.",
             UserWarning,
+            stacklevel=2,
+        )
+    if unconverged:
+        warnings.warn(
+            f"{unconverged} of {int(n_boot)} bootstrap refits stopped before "
+            f"their stopping rule fired (max_iter={options['max_iter']} or a "
+            "ridge); their estimates are kept in the covariance.",
+            ConvergenceWarning,
             stacklevel=2,
         )
     return np.array(rows).reshape(len(rows), -1)

@@ -224,3 +224,20 @@ def test_the_weighted_bootstrap_resamples_rows_with_their_weights(rng):
     oim = est.inference()
     # 20 refits: only the order of magnitude is known
     assert np.all((boot.bse > oim.bse / 3) & (boot.bse < 3 * oim.bse))
+
+
+def test_bootstrap_refits_stopped_by_max_iter_are_reported(two_experts):
+    """A refit cut off by max_iter is counted in a ConvergenceWarning."""
+    from moestat.exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning, match="stopping rule fired"):
+        bootstrap_estimates(
+            two_experts.model_,
+            two_experts._fit_design,
+            two_experts._fit_y,
+            n_boot=3,
+            kind="nonparametric",
+            var_floor=two_experts.var_floor_,
+            random_state=5,
+            fit_options={"max_iter": 1},
+        )
