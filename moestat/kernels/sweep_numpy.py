@@ -19,11 +19,6 @@ gated to) is recomputed less its own maximum. Every sum is linear in the
 responsibilities, so ``c_i`` scales the (m,)-sized totals, not the (m, c)
 arrays.
 
-When the designs start with a column of ones (an intercept), the total
-responsibility of each expert is the first entry of its Gram sums, and,
-with one design for gate and experts, the gate's sums of responsibilities
-times ``z`` are the Gram sums' first row: two products fewer per chunk.
-
 Residuals are formed scaled, ``sqrt(h_i) (y - a_i^T phi)``, by one matrix
 product of ``[-sqrt(h) a, sqrt(h)]`` with the chunk's ``[phi; y]``, so the
 Gaussian exponent is one square.
@@ -277,10 +272,6 @@ class NumpySweep:
     ) -> None:
         self.Z, self.Phi, self.y, self.weight = Z, Phi, y, weight
         self.shared = Phi is Z
-        # a first column of ones (an intercept): the Gram sums' first entry
-        # is then the total weight, and with equal designs their first row
-        # the gate's sums of responsibilities times z
-        self.intercept = bool(Phi.shape[1] > 0 and np.all(Phi[:, 0] == 1))
         self.n, self.m = y.shape[0], m
         self.p_gate, self.p_expert = Z.shape[1], Phi.shape[1]
         self.gate = gate
@@ -396,8 +387,8 @@ class NumpySweep:
             factor[~alive] = 0.0
         J *= factor
         # experts (over c_i): weights, Grams, h e^2 and sqrt(h) e sums
+        expert_weight = np.matmul(J, ones_c)
         gram = self._expert_grams.sums(J)
-        expert_weight = gram[:, 0] if self.intercept else np.matmul(J, ones_c)
         ss = np.vecdot(J, Q)
         np.multiply(J, R, out=Q)
         score = np.matmul(Q, py[: self.p_expert].T)
@@ -413,10 +404,10 @@ class NumpySweep:
         U = S[1:]
         U *= factor
         rho_g = U if rho is None else np.multiply(U, spare, out=R[1:])
-        if self.shared and self.intercept:
-            resp_z = gram[1:, : self.p_gate]
-        else:
-            resp_z = np.matmul(J[1:], zt.T)
+        # the same product as rho_g_z's: their difference, the gate's
+        # gradient, then cancels alike in float32 (read off the Gram sums,
+        # it lost likelihood there)
+        resp_z = np.matmul(J[1:], zt.T)
         rho_g_z = np.matmul(rho_g, zt.T)
         information = self._information(U, rho_g, zt)
         return (
